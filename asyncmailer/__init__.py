@@ -1,0 +1,44 @@
+"""asyncmailer: send one message, with attachments, to many recipients over SMTP, fast, exactly
+once, with an answer for every recipient."""
+
+from .config import Campaign, Secret, Security, ServerSettings, load_campaign
+from .errors import (
+    AuthError,
+    ConfigError,
+    ConnectError,
+    DeliveryError,
+    InputError,
+    MailerError,
+    TLSRequiredError,
+)
+from .message import Attachment, MessageTemplate
+from .orchestrator import Group, run_campaign
+from .pool import SessionPool
+from .results import CampaignReport, RecipientResult, Status
+from .session import Session
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Attachment",
+    "AuthError",
+    "Campaign",
+    "CampaignReport",
+    "ConfigError",
+    "ConnectError",
+    "DeliveryError",
+    "Group",
+    "InputError",
+    "MailerError",
+    "MessageTemplate",
+    "RecipientResult",
+    "Secret",
+    "Security",
+    "ServerSettings",
+    "Session",
+    "SessionPool",
+    "Status",
+    "TLSRequiredError",
+    "load_campaign",
+    "run_campaign",
+]

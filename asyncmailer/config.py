@@ -1,0 +1,486 @@
+"""Campaign configuration: read `config.json` or a YAML campaign, validate it once, freeze it.
+
+The original program's keys (`subject`, `attachments`, `file_with_message`, `to`, `from`, `cc`)
+are read exactly as before; the keys it hard-coded (server, TLS, login) are new and optional.
+Every problem is an `InputError`/`ConfigError` whose text is one line naming file, line and key.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import aiofiles
+import aiofiles.os
+import yaml
+
+from .errors import ConfigError, InputError
+from .recipients import Mailbox, check_header_value, dedupe, parse_address_list, parse_mailbox
+
+__all__ = [
+    "DEFAULT_CONFIG",
+    "PASSWORD_ENV",
+    "Campaign",
+    "Secret",
+    "Security",
+    "ServerSettings",
+    "load_campaign",
+]
+
+DEFAULT_CONFIG = Path("reliances/config.json")
+PASSWORD_ENV = "ASYNCMAILER_PASSWORD"
+_LEGACY_FOLDER = "reliances"
+
+
+class Security(StrEnum):
+    """How the connection is protected."""
+
+    SSL = "ssl"  # implicit TLS from the first byte (port 465)
+    STARTTLS = "starttls"  # plaintext greeting, then a mandatory STARTTLS upgrade (port 587)
+    NONE = "none"  # no TLS at all: loopback only, unless `allow_plaintext` is set
+
+
+_DEFAULT_PORTS = {Security.SSL: 465, Security.STARTTLS: 587, Security.NONE: 25}
+
+
+class Secret:
+    """A password. Its `repr` and `str` are masked so it cannot leak into logs or tracebacks."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerSettings:
+    """Where and how to connect and log in."""
+
+    host: str
+    port: int
+    security: Security
+    username: str | None
+    password: Secret | None = field(repr=True)
+    tls_ca_file: Path | None = None
+    tls_verify: bool = True
+    timeout: float = 60.0
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Campaign:
+    """A validated campaign: what to send, to whom, through which server."""
+
+    source: Path
+    root: Path
+    subject: str
+    sender: Mailbox
+    to: tuple[Mailbox, ...]
+    cc: tuple[Mailbox, ...]
+    bcc: tuple[Mailbox, ...]
+    message_file: Path
+    attachments_dir: Path | None
+    server: ServerSettings
+    concurrency: int = 4
+    notices: tuple[str, ...] = ()
+
+    @property
+    def recipients(self) -> list[Mailbox]:
+        """Everyone in the envelope: to, cc and bcc, each address once."""
+        return dedupe([*self.to, *self.cc, *self.bcc])
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing the file
+
+
+def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"duplicate key {key!r}")
+        result[key] = value
+    return result
+
+
+def parse_document(text: str, path: Path) -> dict[str, Any]:
+    """Parse JSON (default) or YAML (by suffix) into a mapping.
+
+    :raises ConfigError: naming line and column of a syntax error.
+    """
+    if path.suffix.lower() in (".yaml", ".yml"):
+        try:
+            data = yaml.safe_load(text)
+        except yaml.MarkedYAMLError as err:
+            mark = err.problem_mark or err.context_mark
+            line = mark.line + 1 if mark else None
+            column = mark.column + 1 if mark else None
+            reason = f"invalid YAML: {err.problem or err.context}"
+            raise ConfigError(reason, path=path, line=line, column=column) from None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"invalid YAML: {err}", path=path) from None
+    else:
+        try:
+            data = json.loads(text, object_pairs_hook=_reject_duplicate_keys)
+        except json.JSONDecodeError as err:
+            raise ConfigError(
+                f"invalid JSON: {err.msg}", path=path, line=err.lineno, column=err.colno
+            ) from None
+        except ValueError as err:
+            raise ConfigError(f"invalid JSON: {err}", path=path) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError("the top level must be a mapping of keys to values", path=path)
+    return data
+
+
+def _key_line(text: str, key: str) -> int | None:
+    """The line where `key` is first written (JSON or YAML), for error messages."""
+    pattern = re.compile(rf"""^\s*[-{{,]?\s*["']?{re.escape(key)}["']?\s*:""", re.MULTILINE)
+    match = pattern.search(text)
+    return text.count("\n", 0, match.start()) + 1 if match else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Validating keys
+
+
+class _Fields:
+    """Typed access to the raw mapping; each failure names file, line and key."""
+
+    def __init__(self, data: Mapping[str, Any], text: str, path: Path) -> None:
+        self.data = data
+        self.text = text
+        self.path = path
+
+    def error(self, key: str, reason: str) -> ConfigError:
+        return ConfigError(reason, path=self.path, line=_key_line(self.text, key), field=key)
+
+    def present(self, key: str) -> bool:
+        return self.data.get(key) is not None
+
+    def get_str(self, key: str, default: str | None = None, *, header: bool = False) -> str | None:
+        value = self.data.get(key)
+        if value is None:
+            return default
+        if not isinstance(value, str):
+            raise self.error(key, f"expected a string, got {_describe(value)}")
+        if header and (problem := check_header_value(value)):
+            raise self.error(key, problem)
+        return value
+
+    def get_int(self, key: str, default: int, low: int, high: int) -> int:
+        value = self.data.get(key)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise self.error(key, f"expected a whole number from {low} to {high}, got {value!r}")
+        return value
+
+    def get_number(self, key: str, default: float, low: float, high: float) -> float:
+        value = self.data.get(key)
+        if value is None:
+            return default
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not (low < value <= high)
+        ):
+            raise self.error(key, f"expected a number of seconds above {low} up to {high}")
+        return float(value)
+
+    def get_bool(self, key: str, default: bool) -> bool:
+        value = self.data.get(key)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise self.error(key, f"expected true or false, got {_describe(value)}")
+        return value
+
+    def get_choice(self, key: str, choices: type[StrEnum]) -> StrEnum | None:
+        value = self.get_str(key)
+        if value is None:
+            return None
+        try:
+            return choices(value.lower())
+        except ValueError:
+            allowed = ", ".join(c.value for c in choices)
+            raise self.error(key, f"expected one of {allowed}, got {value!r}") from None
+
+    def get_addresses(self, key: str) -> tuple[Mailbox, ...]:
+        value = self.data.get(key)
+        if value is None:
+            return ()
+        if not isinstance(value, str) and not (
+            isinstance(value, list) and all(isinstance(v, str) for v in value)
+        ):
+            raise self.error(key, "expected a comma-separated string or a list of addresses")
+        try:
+            return tuple(parse_address_list(value))
+        except ValueError as err:
+            raise self.error(key, str(err)) from None
+
+    def get_path(self, key: str, root: Path, default: str | None = None) -> Path | None:
+        value = self.get_str(key, default)
+        if not value:
+            return None
+        candidate = Path(value).expanduser()
+        return candidate if candidate.is_absolute() else root / candidate
+
+
+def _describe(value: Any) -> str:
+    names = {bool: "a boolean", int: "a number", float: "a number", list: "a list"}
+    return names.get(type(value), type(value).__name__)
+
+
+# key -> short description, for the "unknown key" error and the README.
+KNOWN_KEYS: dict[str, str] = {
+    "subject": "Subject line, any length and script",
+    "from": 'sender address ("Name <addr>" allowed)',
+    "to": "recipients: comma-separated string or list",
+    "cc": "copy recipients: comma-separated string or list",
+    "bcc": "blind-copy recipients (envelope only, never a header)",
+    "file_with_message": "the text body file (UTF-8)",
+    "attachments": "folder whose regular files are attached (empty or missing key: none)",
+    "host": "SMTP server (default smtp.<domain of from>)",
+    "port": "port (default 465 for ssl, 587 for starttls, 25 for none)",
+    "security": "ssl (implicit TLS), starttls, or none (loopback only)",
+    "allow_plaintext": "allow security: none to a non-loopback host",
+    "username": "login name (default: the from address)",
+    "password_file": "file with the password (default reliances/your_pswd.txt)",
+    "tls_ca_file": "PEM file of CA certificates to trust instead of the system store",
+    "tls_verify": "verify the server certificate (default true)",
+    "concurrency": "number of SMTP connections used at once (default 4)",
+    "timeout": "seconds to wait for the server at each step (default 60)",
+}
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses (127.0.0.0/8, ::1)."""
+    if host.lower() in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def campaign_root(config_path: Path) -> Path:
+    """The folder relative paths are read from.
+
+    The original layout keeps `config.json` in `reliances/` and names paths from the folder above
+    it (``"file_with_message": "reliances/msg.txt"``); any other config names paths from its own
+    folder.
+    """
+    parent = Path(os.path.abspath(config_path)).parent
+    return parent.parent if parent.name == _LEGACY_FOLDER else parent
+
+
+async def _read_text(path: Path, what: str) -> str:
+    try:
+        async with aiofiles.open(path, "rb") as handle:
+            raw = await handle.read()
+    except FileNotFoundError:
+        raise InputError(f"{what} not found", path=path) from None
+    except IsADirectoryError:
+        raise InputError(f"{what} is a folder, not a file", path=path) from None
+    except OSError as err:
+        raise InputError(f"cannot read {what}: {err.strerror}", path=path) from None
+    return decode_text(raw, path)
+
+
+def decode_text(raw: bytes, path: Path | str) -> str:
+    """Decode UTF-8 (BOM allowed); refuse other encodings and NUL bytes, naming the line.
+
+    :raises InputError: with file and line.
+    """
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise InputError(
+            "not valid UTF-8 text (save the file as UTF-8)", path=path, line=line
+        ) from None
+    if "\x00" in text:
+        line = text.count("\n", 0, text.index("\x00")) + 1
+        raise InputError("contains a NUL byte; is it a text file?", path=path, line=line)
+    return text
+
+
+async def _read_password(path: Path, *, explicit: bool) -> tuple[Secret | None, list[str]]:
+    """Read the password file; a missing default file means "send without AUTH"."""
+    notices: list[str] = []
+    try:
+        mode = await _stat_mode(path)
+    except FileNotFoundError:
+        if explicit:
+            raise InputError("password file not found", path=path, field="password_file") from None
+        return None, notices
+    if mode & 0o077:
+        notices.append(
+            f"warning: {path} is readable by other users (mode {stat.filemode(mode)}); "
+            f"run: chmod 600 {path}"
+        )
+    text = await _read_text(path, "password file")
+    password = text.removesuffix("\n").removesuffix("\r")
+    return (Secret(password) if password else None), notices
+
+
+async def _stat_mode(path: Path) -> int:
+    return (await aiofiles.os.stat(path)).st_mode
+
+
+async def load_campaign(
+    path: str | Path = DEFAULT_CONFIG, *, env: Mapping[str, str] | None = None
+) -> Campaign:
+    """Read and validate a campaign file (JSON, or YAML by suffix).
+
+    :raises ConfigError: unknown key, wrong type or value, syntax error.
+    :raises InputError: a file it names is missing or unreadable.
+    """
+    env = os.environ if env is None else env
+    path = Path(path)
+    text = await _read_text(path, "config file")
+    data = parse_document(text, path)
+    fields = _Fields(data, text, path)
+
+    for key in data:
+        if key not in KNOWN_KEYS:
+            raise fields.error(key, f"unknown key (known keys: {', '.join(KNOWN_KEYS)})")
+
+    root = campaign_root(path)
+    subject = fields.get_str("subject", "", header=True) or ""
+
+    sender_text = fields.get_str("from", header=True)
+    if not sender_text:
+        raise fields.error("from", "required: the sender address")
+    try:
+        sender = parse_mailbox(sender_text)
+    except ValueError as err:
+        raise fields.error("from", str(err)) from None
+
+    to = fields.get_addresses("to")
+    cc = fields.get_addresses("cc")
+    bcc = fields.get_addresses("bcc")
+    if not (to or cc or bcc):
+        raise fields.error("to", "no recipients: fill in to, cc or bcc")
+
+    message_file = fields.get_path("file_with_message", root)
+    if message_file is None:
+        raise fields.error("file_with_message", "required: the file with the message text")
+    if not await aiofiles.os.path.isfile(message_file):
+        raise fields.error("file_with_message", f"file not found: {message_file}")
+
+    attachments_dir = fields.get_path("attachments", root)
+    if attachments_dir is not None and not await aiofiles.os.path.isdir(attachments_dir):
+        raise fields.error("attachments", f"folder not found: {attachments_dir}")
+
+    server, notices = await _server_settings(fields, root, sender, env)
+
+    return Campaign(
+        source=path,
+        root=root,
+        subject=subject,
+        sender=sender,
+        to=to,
+        cc=cc,
+        bcc=bcc,
+        message_file=message_file,
+        attachments_dir=attachments_dir,
+        server=server,
+        concurrency=fields.get_int("concurrency", 4, 1, 1000),
+        notices=tuple(notices),
+    )
+
+
+async def _server_settings(
+    fields: _Fields, root: Path, sender: Mailbox, env: Mapping[str, str]
+) -> tuple[ServerSettings, list[str]]:
+    notices: list[str] = []
+    host = fields.get_str("host")
+    if host is not None and (not host.strip() or check_header_value(host)):
+        raise fields.error("host", "expected a host name or address")
+    port_given = fields.present("port")
+    port = fields.get_int("port", 0, 1, 65535)
+    security = fields.get_choice("security", Security)
+    if security is None:
+        security = Security.STARTTLS if port in (25, 587) else Security.SSL
+    security = Security(security)
+    if not port_given:
+        port = _DEFAULT_PORTS[security]
+    if host is None:
+        host = f"smtp.{sender.domain}"
+        notices.append(f'no host in the config: using {host}:{port} (set "host" to choose)')
+
+    if security is Security.NONE and not is_loopback(host):
+        if not fields.get_bool("allow_plaintext", False):
+            raise fields.error(
+                "security",
+                f"'none' sends the password and mail in clear text; it is allowed only to "
+                f'loopback hosts, not {host!r} (set "allow_plaintext": true to force it)',
+            )
+        notices.append(f"warning: sending to {host} without TLS (allow_plaintext is set)")
+    else:
+        fields.get_bool("allow_plaintext", False)
+
+    tls_verify = fields.get_bool("tls_verify", True)
+    if not tls_verify:
+        notices.append("warning: tls_verify is false: the server's certificate is not checked")
+    tls_ca_file = fields.get_path("tls_ca_file", root)
+    if tls_ca_file is not None and not await aiofiles.os.path.isfile(tls_ca_file):
+        raise fields.error("tls_ca_file", f"file not found: {tls_ca_file}")
+
+    username = fields.get_str("username", sender.addr, header=True)
+    password: Secret | None
+    if env.get(PASSWORD_ENV):
+        password = Secret(env[PASSWORD_ENV])
+    else:
+        explicit = fields.present("password_file")
+        password_file = fields.get_path("password_file", root, f"{_LEGACY_FOLDER}/your_pswd.txt")
+        assert password_file is not None
+        password, more = await _read_password(password_file, explicit=explicit)
+        notices.extend(more)
+    if password is not None and "\n" in password.reveal():
+        raise fields.error("password_file", "the password file must hold one line")
+
+    return (
+        ServerSettings(
+            host=host,
+            port=port,
+            security=security,
+            username=username if password is not None else None,
+            password=password,
+            tls_ca_file=tls_ca_file,
+            tls_verify=tls_verify,
+            timeout=fields.get_number("timeout", 60.0, 0, 3600),
+        ),
+        notices,
+    )

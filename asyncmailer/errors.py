@@ -1,0 +1,92 @@
+"""The exception tree of asyncmailer: every error it raises derives from `MailerError`.
+
+    MailerError
+    ├── InputError (ValueError)            bad config, addresses or files; exit code 2
+    │   └── ConfigError                    a config key or the config file itself
+    └── DeliveryError                      the run could not go on; exit code 3
+        ├── ConnectError (ConnectionError) server unreachable, TLS handshake or certificate failed
+        ├── TLSRequiredError               STARTTLS required but not offered or refused
+        └── AuthError (PermissionError)    login refused, or no usable AUTH mechanism
+
+Details are fields, not only text: `InputError.path`, `.line`, `.field`; `DeliveryError.host`,
+`.port`, `.code`. No message ever contains a password.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = [
+    "AuthError",
+    "ConfigError",
+    "ConnectError",
+    "DeliveryError",
+    "InputError",
+    "MailerError",
+    "TLSRequiredError",
+]
+
+
+class MailerError(Exception):
+    """Root of every error asyncmailer raises."""
+
+
+class InputError(MailerError, ValueError):
+    """Bad input: a file, line or field that cannot be used. Nothing was sent.
+
+    `str()` is one line: ``path:line: field: reason``, omitting the parts that are unknown.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        path: str | Path | None = None,
+        line: int | None = None,
+        column: int | None = None,
+        field: str | None = None,
+    ) -> None:
+        self.reason = reason
+        self.path = str(path) if path is not None else None
+        self.line = line
+        self.column = column
+        self.field = field
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        where = ""
+        if self.path is not None:
+            where = self.path
+            if self.line is not None:
+                where += f":{self.line}"
+                if self.column is not None:
+                    where += f":{self.column}"
+            where += ": "
+        what = f"{self.field}: " if self.field else ""
+        return " ".join(f"{where}{what}{self.reason}".split("\n"))
+
+
+class ConfigError(InputError):
+    """The campaign configuration is invalid (a key, its type or value, or the file itself)."""
+
+
+class DeliveryError(MailerError):
+    """The run cannot go on: the server is unreachable, refuses TLS or refuses the login."""
+
+    def __init__(self, message: str, *, host: str, port: int, code: int | None = None) -> None:
+        self.host = host
+        self.port = port
+        self.code = code
+        super().__init__(f"{host}:{port}: {message}")
+
+
+class ConnectError(DeliveryError, ConnectionError):
+    """Could not connect: refused, timed out, TLS handshake or certificate verification failed."""
+
+
+class TLSRequiredError(DeliveryError):
+    """`security: starttls` was asked for but the server did not offer or complete STARTTLS."""
+
+
+class AuthError(DeliveryError, PermissionError):
+    """The server refused the login, or offers no mechanism we may use."""

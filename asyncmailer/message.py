@@ -1,0 +1,203 @@
+"""Build the message: the MIME tree is built, encoded and dot-stuffed once per run.
+
+A `MessageTemplate` holds the bytes shared by every message of a campaign (From, Subject, the
+text body and every attachment, already base64-encoded, CRLF-terminated and dot-stuffed).
+`render()` adds the headers that differ per message (Date, Message-ID, To, Cc) and returns the
+exact bytes to write after DATA, final ``.`` included: nothing is re-encoded or re-scanned per send.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import mimetypes
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from email import policy as email_policy
+from email.header import Header
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid
+from pathlib import Path
+
+import aiofiles
+
+from .config import decode_text
+from .errors import InputError
+from .recipients import Mailbox
+
+__all__ = [
+    "Attachment",
+    "MessageTemplate",
+    "load_attachments",
+    "load_body",
+    "prepare_data",
+]
+
+# SMTP line endings, and every part 7-bit clean so no server needs 8BITMIME.
+POLICY = email_policy.SMTP.clone(cte_type="7bit")
+
+_LINE_ENDINGS = re.compile(rb"\r\n|\r|\n")
+_LEADING_DOT = re.compile(rb"^\.", re.MULTILINE)
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    """One file to attach, read once."""
+
+    filename: str
+    content_type: str
+    data: bytes = field(repr=False)
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+
+def prepare_data(message: bytes, *, terminate: bool = True) -> bytes:
+    """Make bytes safe to send after DATA.
+
+    Every line ending becomes CRLF (a lone CR or LF can never end the DATA phase early, which is
+    what SMTP smuggling relies on), every line starting with ``.`` gets a second dot (RFC 5321
+    4.5.2), the text ends with CRLF, and with `terminate` the closing ``.`` CRLF is appended.
+    """
+    data = _LINE_ENDINGS.sub(b"\r\n", message)
+    data = _LEADING_DOT.sub(b"..", data)
+    if data and not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    return data + b".\r\n" if terminate else data
+
+
+async def load_body(path: Path) -> str:
+    """Read the message text as UTF-8.
+
+    :raises InputError: missing file, not UTF-8, or a NUL byte (with the line).
+    """
+    try:
+        async with aiofiles.open(path, "rb") as handle:
+            raw = await handle.read()
+    except OSError as err:
+        raise InputError(
+            f"cannot read the message file: {err.strerror}", path=path, field="file_with_message"
+        ) from None
+    return decode_text(raw, path)
+
+
+def _list_files(folder: Path) -> list[tuple[Path, str]]:
+    """Regular files of `folder` (hidden ones skipped), sorted by name, with their MIME type."""
+    entries = []
+    with os.scandir(folder) as scan:
+        for entry in scan:
+            if entry.name.startswith(".") or not entry.is_file():
+                continue
+            content_type, encoding = mimetypes.guess_type(entry.name, strict=False)
+            if content_type is None or encoding is not None:
+                content_type = "application/octet-stream"
+            entries.append((Path(entry.path), content_type))
+    return sorted(entries, key=lambda item: item[0].name)
+
+
+async def load_attachments(folder: Path | None) -> list[Attachment]:
+    """Read every regular file of `folder`, without blocking the event loop.
+
+    :raises InputError: the folder or a file cannot be read.
+    """
+    if folder is None:
+        return []
+    try:
+        listing = await asyncio.to_thread(_list_files, folder)
+    except OSError as err:
+        raise InputError(
+            f"cannot list the attachments folder: {err.strerror}", path=folder, field="attachments"
+        ) from None
+    attachments = []
+    for path, content_type in listing:
+        try:
+            async with aiofiles.open(path, "rb") as handle:
+                data = await handle.read()
+        except OSError as err:
+            raise InputError(f"cannot read attachment: {err.strerror}", path=path) from None
+        attachments.append(Attachment(path.name, content_type, data))
+    return attachments
+
+
+def _fold(name: str, value: str) -> bytes:
+    """One header, folded and encoded (RFC 2047) by the email package."""
+    header = POLICY.header_factory(name, value)
+    folded: str = header.fold(policy=POLICY)
+    return folded.encode("ascii")
+
+
+def _subject(subject: str) -> bytes:
+    """The Subject header, RFC 2047-encoded and folded.
+
+    Python's own folder drops spaces between encoded words in long non-ASCII subjects
+    (CPython gh-92081), so non-ASCII subjects are encoded with `email.header.Header`, which keeps
+    every space inside an encoded word and round-trips exactly.
+    """
+    if subject.isascii() and "=?" not in subject:
+        return _fold("Subject", subject)
+    encoded = Header(subject, "utf-8", header_name="Subject").encode(linesep="\r\n")
+    return b"Subject: " + encoded.encode("ascii") + b"\r\n"
+
+
+class MessageTemplate:
+    """The campaign's message, built once; `render()` gives each transaction its bytes."""
+
+    def __init__(
+        self,
+        *,
+        sender: Mailbox,
+        subject: str,
+        body: str,
+        attachments: Sequence[Attachment] = (),
+    ) -> None:
+        self.sender = sender
+        mime = EmailMessage(policy=POLICY)
+        mime.set_content(body, charset="utf-8")
+        for attachment in attachments:
+            maintype, _, subtype = attachment.content_type.partition("/")
+            mime.add_attachment(
+                attachment.data, maintype=maintype, subtype=subtype, filename=attachment.filename
+            )
+        serialised = mime.as_bytes(policy=POLICY)
+        mime_headers, _, mime_body = serialised.partition(b"\r\n\r\n")
+        shared = (
+            _fold("From", str(sender)) + _subject(subject) + mime_headers + b"\r\n\r\n" + mime_body
+        )
+        self._shared = prepare_data(shared)
+        self._msgid_domain = sender.domain
+
+    @property
+    def shared_size(self) -> int:
+        """Bytes every message carries besides its own few headers."""
+        return len(self._shared)
+
+    def new_message_id(self) -> str:
+        return make_msgid(domain=self._msgid_domain)
+
+    def render(
+        self,
+        *,
+        to: Sequence[Mailbox],
+        cc: Sequence[Mailbox] = (),
+        message_id: str | None = None,
+    ) -> bytes:
+        """The DATA payload for one transaction: its own headers plus the shared bytes.
+
+        Bcc recipients are never written here; they exist only in the envelope.
+        """
+        head = _fold("Date", format_datetime(_now()))
+        head += _fold("Message-ID", message_id or self.new_message_id())
+        if to:
+            head += _fold("To", ", ".join(str(m) for m in to))
+        else:
+            head += b"To: undisclosed-recipients:;\r\n"
+        if cc:
+            head += _fold("Cc", ", ".join(str(m) for m in cc))
+        return prepare_data(head, terminate=False) + self._shared
+
+
+def _now() -> datetime:
+    return datetime.now().astimezone()

@@ -1,0 +1,88 @@
+"""A pool of long-lived SMTP sessions: at most `size` connections, each reused for many sends."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from .session import Session
+
+__all__ = ["SessionPool"]
+
+
+class SessionPool:
+    """Lend sessions to callers, one transaction at a time.
+
+    A borrowed session that is still usable goes back to the idle list for the next caller;
+    a broken one is dropped and its slot reopened on demand. Connections open lazily, so a
+    campaign of one message opens one connection. Errors from `Session.connect()` propagate to
+    the caller that asked for the session (`ConnectError`, `TLSRequiredError`, `AuthError`).
+    """
+
+    def __init__(self, factory: Callable[[], Session], *, size: int) -> None:
+        if size < 1:
+            raise ValueError("size must be at least 1")
+        self._factory = factory
+        self.size = size
+        self._slots = asyncio.Semaphore(size)
+        self._idle: list[Session] = []
+        self._busy: set[Session] = set()
+        self.connections_opened = 0
+
+    def __repr__(self) -> str:
+        return f"<SessionPool size={self.size} busy={len(self._busy)} idle={len(self._idle)}>"
+
+    async def __aenter__(self) -> SessionPool:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def acquire(self) -> Session:
+        """Wait for a free slot; reuse an idle session or open a new one."""
+        await self._slots.acquire()
+        try:
+            while self._idle:
+                session = self._idle.pop()
+                if session.usable:
+                    break
+                session.abort()
+            else:
+                session = self._factory()
+                self.connections_opened += 1
+                await session.connect()
+        except BaseException:
+            self._slots.release()
+            raise
+        self._busy.add(session)
+        return session
+
+    def release(self, session: Session) -> None:
+        """Take a session back: keep it if usable, drop it otherwise."""
+        self._busy.discard(session)
+        if session.usable:
+            self._idle.append(session)
+        else:
+            session.abort()
+        self._slots.release()
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[Session]:
+        """Borrow a session for one transaction."""
+        session = await self.acquire()
+        try:
+            yield session
+        except BaseException:
+            session.abort()
+            raise
+        finally:
+            self.release(session)
+
+    async def close(self) -> None:
+        """QUIT every idle session, close busy ones hard. Shielded from cancellation."""
+        idle, self._idle = self._idle, []
+        for session in self._busy:
+            session.abort()
+        if idle:
+            await asyncio.shield(asyncio.gather(*(s.close() for s in idle)))

@@ -1,0 +1,150 @@
+"""Recipient addresses: parse, validate strictly, normalise and de-duplicate. Pure functions.
+
+An address is accepted only if it is exactly one RFC 5321 mailbox that parses back to itself:
+nothing is silently rewritten (aiosmtplib's own quoting turns ``a@b.com, c@d.com`` into
+``<a@b.com>``; we refuse it instead).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from email.headerregistry import Address
+from email.utils import formataddr
+
+__all__ = [
+    "Mailbox",
+    "check_header_value",
+    "dedupe",
+    "parse_address_list",
+    "parse_mailbox",
+    "validate_addr_spec",
+]
+
+# RFC 5322 atext: the characters allowed in an unquoted local part.
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_LOCAL_RE = re.compile(rf"{_ATOM}(?:\.{_ATOM})*")
+_LABEL_RE = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+_NAME_ADDR_RE = re.compile(r"(?P<name>[^<>]*)<(?P<addr>[^<>]*)>")
+
+
+@dataclass(frozen=True, slots=True)
+class Mailbox:
+    """One validated address, with an optional display name for headers."""
+
+    addr: str
+    name: str = ""
+
+    def __str__(self) -> str:
+        return formataddr((self.name, self.addr)) if self.name else self.addr
+
+    @property
+    def domain(self) -> str:
+        return self.addr.rpartition("@")[2]
+
+    @property
+    def key(self) -> str:
+        """The identity used to send an address once: case does not make a new recipient."""
+        return self.addr.lower()
+
+
+def check_header_value(value: str) -> str | None:
+    """Return why `value` cannot go into a header (CR, LF or another control character)."""
+    if "\r" in value or "\n" in value:
+        return "contains a line break (CR/LF), which could inject headers"
+    if _CONTROL_RE.search(value.replace("\t", "")):
+        return "contains a control character"
+    return None
+
+
+def validate_addr_spec(addr: str) -> str:
+    """Check a bare ``local@domain`` address and return it with its domain in ASCII (IDNA).
+
+    :raises ValueError: with the reason, when the address is not one valid mailbox.
+    """
+    if not addr:
+        raise ValueError("empty address")
+    if _CONTROL_RE.search(addr) or any(c.isspace() for c in addr):
+        raise ValueError(f"{addr!r} contains spaces or control characters")
+    if len(addr) > 254:
+        raise ValueError(f"{addr!r} is longer than 254 characters")
+    local, at, domain = addr.rpartition("@")
+    if not at or not local or not domain:
+        raise ValueError(f"{addr!r} is not of the form name@domain")
+    if not local.isascii():
+        raise ValueError(f"{addr!r}: non-ASCII local parts (SMTPUTF8) are not supported")
+    if not _LOCAL_RE.fullmatch(local) or len(local) > 64:
+        raise ValueError(f"{addr!r}: invalid local part {local!r}")
+    try:
+        ascii_domain = domain.encode("idna").decode("ascii") if not domain.isascii() else domain
+    except UnicodeError as err:
+        raise ValueError(f"{addr!r}: invalid domain {domain!r}") from err
+    labels = ascii_domain.rstrip(".").split(".") if ascii_domain != "." else []
+    if len(labels) < 1 or not all(_LABEL_RE.fullmatch(label) for label in labels):
+        raise ValueError(f"{addr!r}: invalid domain {domain!r}")
+    return f"{local}@{ascii_domain.rstrip('.')}"
+
+
+def parse_mailbox(text: str) -> Mailbox:
+    """Parse one ``addr`` or ``Name <addr>``; refuse anything that is not exactly one mailbox.
+
+    :raises ValueError: with the reason.
+    """
+    text = text.strip()
+    problem = check_header_value(text)
+    if problem:
+        raise ValueError(f"{text!r} {problem}")
+    if "<" not in text and ">" not in text:
+        return Mailbox(validate_addr_spec(text))
+    match = _NAME_ADDR_RE.fullmatch(text)
+    if match is None:
+        raise ValueError(f"{text!r} is not exactly one address")
+    name = match["name"].strip()
+    if name.startswith('"') and name.endswith('"') and len(name) >= 2:
+        name = name[1:-1].replace('\\"', '"')
+    elif '"' in name or "," in name:
+        raise ValueError(f"{text!r} is not exactly one address")
+    valid = validate_addr_spec(match["addr"])
+    # The display name must survive the header machinery (raises on what it cannot carry).
+    Address(display_name=name, addr_spec=valid)
+    return Mailbox(valid, name)
+
+
+def _split_list(text: str) -> Iterator[str]:
+    """Split a comma-separated list, keeping commas inside quoted display names."""
+    start, quoted, angle = 0, False, False
+    for i, char in enumerate(text):
+        if char == '"':
+            quoted = not quoted
+        elif char == "<" and not quoted:
+            angle = True
+        elif char == ">" and not quoted:
+            angle = False
+        elif char == "," and not quoted and not angle:
+            yield text[start:i]
+            start = i + 1
+    yield text[start:]
+
+
+def parse_address_list(value: str | Iterable[str]) -> list[Mailbox]:
+    """Parse a comma-separated string (the original config's form) or a list of addresses.
+
+    Empty entries (``"a@x.org, "``) are ignored; every other entry must be one valid mailbox.
+
+    :raises ValueError: naming the first bad entry.
+    """
+    items = _split_list(value) if isinstance(value, str) else iter(value)
+    return [parse_mailbox(item) for item in items if item.strip()]
+
+
+def dedupe(mailboxes: Iterable[Mailbox]) -> list[Mailbox]:
+    """Keep the first of each address (compared without regard to case), in order."""
+    seen: set[str] = set()
+    unique = []
+    for mailbox in mailboxes:
+        if mailbox.key not in seen:
+            seen.add(mailbox.key)
+            unique.append(mailbox)
+    return unique
