@@ -162,7 +162,9 @@ def parse_document(text: str, path: Path) -> dict[str, Any]:
 
 def _key_line(text: str, key: str) -> int | None:
     """The line where `key` is first written (JSON or YAML), for error messages."""
-    pattern = re.compile(rf"""^\s*[-{{,]?\s*["']?{re.escape(key)}["']?\s*:""", re.MULTILINE)
+    pattern = re.compile(
+        rf"""^[ \t]*[-{{,]?[ \t]*["']?{re.escape(key)}["']?[ \t]*:""", re.MULTILINE
+    )
     match = pattern.search(text)
     return text.count("\n", 0, match.start()) + 1 if match else None
 
@@ -335,15 +337,13 @@ def decode_text(raw: bytes, path: Path | str) -> str:
     return text
 
 
-async def _read_password(path: Path, *, explicit: bool) -> tuple[Secret | None, list[str]]:
-    """Read the password file; a missing default file means "send without AUTH"."""
+async def _read_password(path: Path) -> tuple[Secret | None, list[str]]:
+    """Read the password file.
+
+    :raises FileNotFoundError: when there is none.
+    """
     notices: list[str] = []
-    try:
-        mode = await _stat_mode(path)
-    except FileNotFoundError:
-        if explicit:
-            raise InputError("password file not found", path=path, field="password_file") from None
-        return None, notices
+    mode = await _stat_mode(path)
     if mode & 0o077:
         notices.append(
             f"warning: {path} is readable by other users (mode {stat.filemode(mode)}); "
@@ -466,7 +466,12 @@ async def _server_settings(
         explicit = fields.present("password_file")
         password_file = fields.get_path("password_file", root, f"{_LEGACY_FOLDER}/your_pswd.txt")
         assert password_file is not None
-        password, more = await _read_password(password_file, explicit=explicit)
+        try:
+            password, more = await _read_password(password_file)
+        except FileNotFoundError:
+            if explicit:
+                raise fields.error("password_file", f"file not found: {password_file}") from None
+            password, more = None, []  # no password at all: send without AUTH
         notices.extend(more)
     if password is not None and "\n" in password.reveal():
         raise fields.error("password_file", "the password file must hold one line")

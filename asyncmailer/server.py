@@ -16,8 +16,8 @@ import mailbox
 import os
 import re
 import signal
-import warnings
 import ssl
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,6 +162,8 @@ class EmbeddedServer:
         account: Account | None = None,
         offer_starttls: bool = True,
         auth_require_tls: bool = True,
+        exclude_auth: tuple[str, ...] = (),
+        data_size_limit: int = 0,
         smtp_class: Callable[..., SMTP] = SMTP,
     ) -> None:
         if not is_loopback(host):
@@ -172,6 +174,8 @@ class EmbeddedServer:
         self.account = account
         self.offer_starttls = offer_starttls
         self.auth_require_tls = auth_require_tls
+        self.exclude_auth = exclude_auth
+        self.data_size_limit = data_size_limit
         self.auth_attempts: list[AuthAttempt] = []
         self._smtp_class = smtp_class
         self._wanted = {"ssl": ssl_port, "starttls": starttls_port}
@@ -200,7 +204,7 @@ class EmbeddedServer:
             password = self.account.password.encode("utf-8")
             ok = login == self.account.username and data.password == password
         self.auth_attempts.append(AuthAttempt(mechanism, login, ok))
-        return AuthResult(success=ok, handled=False)
+        return AuthResult(success=ok, handled=False, auth_data=data if ok else None)
 
     def _factory(self, implicit_tls: bool) -> Callable[[], SMTP]:
         def make() -> SMTP:
@@ -221,7 +225,8 @@ class EmbeddedServer:
             authenticator=self._authenticate if self.account else None,
             auth_required=self.account is not None,
             auth_require_tls=False if implicit_tls else self.auth_require_tls,
-            auth_exclude_mechanism=[],
+            auth_exclude_mechanism=list(self.exclude_auth),
+            data_size_limit=self.data_size_limit or None,
         )
 
     async def start(self) -> EmbeddedServer:

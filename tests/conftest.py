@@ -1,0 +1,144 @@
+"""Shared fixtures: trustme certificates, an in-process aiosmtpd server on port 0, and campaign
+folders in the original reliances/ layout."""
+
+from __future__ import annotations
+
+import functools
+import json
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+import yaml
+
+from asyncmailer.server import Account, EmbeddedServer, MailStore
+
+from .smtpd import Recorder, RecordingSMTP
+
+PASSWORD = "пароль-Secret-42"  # non-ASCII on purpose: stdlib smtplib cannot send it
+USER = "sender@example.com"
+SUBJECT = (
+    "Тут будет очень длинная тема There will be a very long topic here " * 7
+)  # the original sample's subject, trailing space included
+
+
+DEFAULT_ACCOUNT = Account(USER, PASSWORD)
+
+
+@dataclass
+class Certs:
+    ca: trustme.CA
+    server_context: ssl.SSLContext
+    ca_file: Path
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost", "127.0.0.1", "::1")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(context)
+    folder = tmp_path_factory.mktemp("ca")
+    ca_file = folder / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    return Certs(ca, context, ca_file)
+
+
+@dataclass
+class RunningServer:
+    server: EmbeddedServer
+    store: MailStore
+    recorder: Recorder
+
+    @property
+    def messages(self) -> list[Any]:
+        return self.store.messages
+
+
+ServerFactory = Callable[..., Awaitable[RunningServer]]
+
+
+@pytest.fixture
+async def smtp_server(certs: Certs, tmp_path: Path) -> AsyncIterator[ServerFactory]:
+    """Start a real aiosmtpd server on 127.0.0.1, port 0, configured per test."""
+    started: list[EmbeddedServer] = []
+
+    async def start(
+        *,
+        account: Account | None = DEFAULT_ACCOUNT,
+        refuse: dict[str, tuple[int, str]] | None = None,
+        offer_starttls: bool = True,
+        auth_require_tls: bool = True,
+        store_folder: Path | None = None,
+        **options: Any,
+    ) -> RunningServer:
+        recorder = Recorder()
+        store = MailStore(store_folder, refuse=refuse)
+        server = EmbeddedServer(
+            tls_context=certs.server_context,
+            store=store,
+            account=account,
+            offer_starttls=offer_starttls,
+            auth_require_tls=auth_require_tls,
+            smtp_class=functools.partial(RecordingSMTP, recorder=recorder),
+            **options,
+        )
+        await server.start()
+        started.append(server)
+        return RunningServer(server, store, recorder)
+
+    yield start
+    for server in started:
+        await server.stop()
+
+
+CampaignFactory = Callable[..., Path]
+
+
+@pytest.fixture
+def make_campaign(tmp_path: Path, certs: Certs) -> CampaignFactory:
+    """Write a campaign in the original layout (reliances/ and files/) and return config.json."""
+
+    def make(
+        *,
+        files: dict[str, bytes] | None = None,
+        body: str = "Hello!\nПривет!\n",
+        password: str | None = PASSWORD,
+        suffix: str = ".json",
+        **keys: Any,
+    ) -> Path:
+        reliances = tmp_path / "reliances"
+        folder = tmp_path / "files"
+        reliances.mkdir(exist_ok=True)
+        folder.mkdir(exist_ok=True)
+        for name, data in (files or {}).items():
+            (folder / name).write_bytes(data)
+        (reliances / "msg.txt").write_text(body, encoding="utf-8")
+        if password is not None:
+            secret = reliances / "your_pswd.txt"
+            secret.write_text(password + "\n", encoding="utf-8")
+            secret.chmod(0o600)
+        config: dict[str, Any] = {
+            "subject": SUBJECT,
+            "attachments": "files",
+            "file_with_message": "reliances/msg.txt",
+            "to": "alice@example.com, bob@example.org",
+            "from": USER,
+            "cc": "carol@example.net",
+            "host": "127.0.0.1",
+            "tls_ca_file": str(certs.ca_file),
+        }
+        config.update(keys)
+        config = {k: v for k, v in config.items() if v is not None}
+        path = reliances / f"config{suffix}"
+        if suffix == ".json":
+            path.write_text(json.dumps(config, ensure_ascii=False, indent=2), encoding="utf-8")
+        else:
+            path.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
+        return path
+
+    return make

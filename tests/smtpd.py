@@ -1,0 +1,52 @@
+"""A recording aiosmtpd server class for tests: keeps every byte each client sent."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiosmtpd.smtp import SMTP
+
+
+@dataclass
+class Chunk:
+    data: bytes
+    tls: bool
+
+
+@dataclass
+class Recorder:
+    """What clients sent, per connection, with whether it came over TLS."""
+
+    connections: list[list[Chunk]] = field(default_factory=list)
+
+    def lines(self) -> list[bytes]:
+        return [b"".join(c.data for c in conn) for conn in self.connections]
+
+    def commands(self) -> list[str]:
+        """Every command line of every connection, upper-cased verb first."""
+        found = []
+        for raw in self.lines():
+            for line in raw.split(b"\r\n"):
+                if line:
+                    found.append(line.decode("utf-8", "replace"))
+        return found
+
+    def plaintext(self) -> bytes:
+        return b"".join(c.data for conn in self.connections for c in conn if not c.tls)
+
+
+class RecordingSMTP(SMTP):
+    def __init__(self, *args: Any, recorder: Recorder, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._recorder = recorder
+        self._chunks: list[Chunk] = []
+        recorder.connections.append(self._chunks)
+
+    def data_received(self, data: bytes) -> None:
+        transport = self.transport
+        tls = self._tls_protocol is not None or (
+            transport is not None and transport.get_extra_info("sslcontext") is not None
+        )
+        self._chunks.append(Chunk(bytes(data), tls))
+        super().data_received(data)

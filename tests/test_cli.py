@@ -1,0 +1,225 @@
+"""The command line, in-process for input errors and as a real subprocess end to end."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import os
+import re
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+from asyncmailer import __version__
+from asyncmailer.cli import main
+
+from .conftest import PASSWORD, USER, CampaignFactory, ServerFactory
+
+
+async def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """Run `python -m asyncmailer ARGS` as a subprocess while the test's server keeps serving."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "asyncmailer",
+        *args,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+def test_bad_config_is_one_line_and_exit_2(
+    make_campaign: CampaignFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = make_campaign(port="465")
+    assert main(["--config", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(f"asyncmailer: {path}:")
+    assert "port: expected a whole number from 1 to 65535, got '465'" in lines[0]
+
+
+def test_missing_config_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["-c", str(tmp_path / "nope.json")]) == 2
+    assert (
+        capsys.readouterr().err == f"asyncmailer: {tmp_path / 'nope.json'}: config file not found\n"
+    )
+
+
+def test_bad_report_suffix_exit_2(
+    make_campaign: CampaignFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["-c", str(make_campaign()), "--report", str(tmp_path / "r.xlsx")]) == 2
+    assert "unknown report format; name the file .csv or .jsonl" in capsys.readouterr().err
+
+
+def test_usage_error_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["send", "--no-such-flag"])
+    assert caught.value.code == 2
+    assert "unrecognized arguments: --no-such-flag" in capsys.readouterr().err
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["--version"])
+    assert caught.value.code == 0
+    assert capsys.readouterr().out == f"asyncmailer {__version__}\n"
+
+
+async def test_one_command_sends_the_reliances_campaign(
+    smtp_server: ServerFactory, make_campaign: CampaignFactory, tmp_path: Path
+) -> None:
+    running = await smtp_server()
+    make_campaign(port=running.server.ssl_port, files={"a.txt": b"attached"})
+    # No arguments at all: reliances/config.json in the current folder, as the original ran.
+    code, out, err = await run_cli("--report", "report.csv", cwd=tmp_path)
+
+    assert code == 0, err
+    assert "3 recipients: 3 accepted" in out
+    assert re.search(r"^alice@example\.com +accepted +250 +2\.0\.0 OK", out, re.MULTILINE)
+    with open(tmp_path / "report.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["recipient"], r["status"], r["code"]) for r in rows] == [
+        ("alice@example.com", "accepted", "250"),
+        ("bob@example.org", "accepted", "250"),
+        ("carol@example.net", "accepted", "250"),
+    ]
+    assert len(running.messages) == 1
+
+
+async def test_refused_recipient_exit_1_and_jsonl_report(
+    smtp_server: ServerFactory, make_campaign: CampaignFactory, tmp_path: Path
+) -> None:
+    running = await smtp_server(refuse={"bob@example.org": (550, "5.1.1 User unknown")})
+    path = make_campaign(port=running.server.ssl_port)
+    code, out, err = await run_cli("-c", str(path), "--report", "r.jsonl", "-q", cwd=tmp_path)
+
+    assert code == 1, err
+    rows = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert rows[1] == {
+        "recipient": "bob@example.org",
+        "status": "refused",
+        "code": 550,
+        "message": "5.1.1 User unknown",
+    }
+    assert "3 recipients: 2 accepted, 1 refused" in out
+    assert err == ""  # --quiet
+
+
+async def test_wrong_password_exit_3_and_the_password_never_shows(
+    smtp_server: ServerFactory, make_campaign: CampaignFactory, tmp_path: Path
+) -> None:
+    running = await smtp_server()
+    wrong = "пароль-wrong-123"
+    path = make_campaign(port=running.server.ssl_port, password=wrong)
+    code, out, err = await run_cli("-c", str(path), "--report", "r.csv", cwd=tmp_path)
+
+    assert code == 3
+    assert f"127.0.0.1:{running.server.ssl_port}: login as {USER} failed: 535" in err
+    assert "Traceback" not in err
+    report = (tmp_path / "r.csv").read_text()
+    assert "skipped" in report
+    for secret in (wrong, PASSWORD):
+        assert secret not in out + err + report
+    assert running.messages == []
+
+
+async def test_wrong_ca_exit_3(
+    smtp_server: ServerFactory, make_campaign: CampaignFactory, tmp_path: Path
+) -> None:
+    import trustme
+
+    running = await smtp_server()
+    other = tmp_path / "other.pem"
+    trustme.CA().cert_pem.write_to_path(str(other))
+    path = make_campaign(port=running.server.ssl_port, tls_ca_file=str(other))
+    code, _out, err = await run_cli("-c", str(path), cwd=tmp_path)
+    assert code == 3
+    assert "certificate verify failed" in err
+    assert running.server.auth_attempts == []
+
+
+async def test_starttls_not_offered_exit_3(
+    smtp_server: ServerFactory, make_campaign: CampaignFactory, tmp_path: Path
+) -> None:
+    running = await smtp_server(offer_starttls=False, auth_require_tls=False)
+    path = make_campaign(port=running.server.starttls_port, security="starttls")
+    code, _out, err = await run_cli("-c", str(path), cwd=tmp_path)
+    assert code == 3
+    assert "does not offer STARTTLS; refusing to go on without TLS" in err
+    assert running.server.auth_attempts == []
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def test_serve_runs_a_campaign_end_to_end(
+    make_campaign: CampaignFactory, tmp_path: Path
+) -> None:
+    ssl_port, starttls_port = free_port(), free_port()
+    demo = tmp_path / ".demo"
+    for security, port in (("ssl", ssl_port), ("starttls", starttls_port)):
+        path = make_campaign(
+            port=port,
+            security=security,
+            tls_ca_file=".demo/ca.pem",
+            bcc="archive@example.com",
+            files={"отчёт.txt": "данные".encode()},
+        )
+        code, out, err = await run_cli(
+            "serve",
+            "--dir",
+            str(demo),
+            "--ssl-port",
+            str(ssl_port),
+            "--starttls-port",
+            str(starttls_port),
+            "--user",
+            USER,
+            "--password-file",
+            str(path.parent / "your_pswd.txt"),
+            "--",
+            sys.executable,
+            "-m",
+            "asyncmailer",
+            "-c",
+            str(path),
+            cwd=tmp_path,
+        )
+        assert code == 0, err
+        assert "4 recipients: 4 accepted" in out
+        assert f"stored in {demo / 'mail'}/" in out
+
+    for rcpt in (
+        "alice@example.com",
+        "bob@example.org",
+        "carol@example.net",
+        "archive@example.com",
+    ):
+        stored = sorted((demo / "mail" / rcpt / "new").iterdir())
+        assert len(stored) == 2  # one per run
+        text = stored[0].read_bytes()
+        assert f"Delivered-To: {rcpt}".encode() in text
+        assert "отчёт.txt".encode() not in text  # RFC 2231-encoded, not raw UTF-8
+        assert b"filename*=utf-8''%D0%BE%D1%82%D1%87%D1%91%D1%82.txt" in text
+
+
+async def test_serve_refuses_a_non_loopback_address(tmp_path: Path) -> None:
+    code, _out, err = await run_cli("serve", "--host", "0.0.0.0", "--dir", "d", cwd=tmp_path)
+    assert code == 2
+    assert "listens on loopback only" in err

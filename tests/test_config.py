@@ -1,0 +1,197 @@
+"""Config loading: the original keys as-is, the new keys, and one clear line for every mistake."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from asyncmailer.config import (
+    PASSWORD_ENV,
+    Secret,
+    Security,
+    campaign_root,
+    load_campaign,
+)
+from asyncmailer.errors import ConfigError, InputError
+from asyncmailer.recipients import Mailbox
+
+from .conftest import PASSWORD, SUBJECT, CampaignFactory
+
+ORIGINAL_KEYS = ("subject", "attachments", "file_with_message", "to", "from", "cc")
+
+
+async def test_original_config_reads_as_is(make_campaign: CampaignFactory, tmp_path: Path) -> None:
+    # Exactly the original six keys, nothing else.
+    path = make_campaign(host=None, tls_ca_file=None)
+    assert set(json.loads(path.read_text())) == set(ORIGINAL_KEYS)
+    campaign = await load_campaign(path, env={})
+
+    assert campaign.subject == SUBJECT
+    assert campaign.root == tmp_path  # the folder above reliances/
+    assert campaign.message_file == tmp_path / "reliances" / "msg.txt"
+    assert campaign.attachments_dir == tmp_path / "files"
+    assert campaign.sender == Mailbox("sender@example.com")
+    assert [m.addr for m in campaign.to] == ["alice@example.com", "bob@example.org"]
+    assert [m.addr for m in campaign.cc] == ["carol@example.net"]
+    server = campaign.server
+    # The original program's server: SSL on 465; the host follows the sender's domain.
+    assert (server.host, server.port, server.security) == ("smtp.example.com", 465, Security.SSL)
+    assert server.username == "sender@example.com"
+    assert server.password == Secret(PASSWORD)
+    assert server.tls_verify is True
+    assert any("no host in the config" in n for n in campaign.notices)
+
+
+async def test_new_keys(make_campaign: CampaignFactory, certs: object) -> None:
+    path = make_campaign(
+        host="127.0.0.1",
+        security="starttls",
+        username="login-name",
+        bcc=["archive@example.com", "Alice <ALICE@example.com>"],
+        concurrency=8,
+        timeout=12.5,
+    )
+    campaign = await load_campaign(path, env={})
+    assert campaign.server.port == 587
+    assert campaign.server.security is Security.STARTTLS
+    assert campaign.server.username == "login-name"
+    assert campaign.server.timeout == 12.5
+    assert campaign.concurrency == 8
+    # alice appears in to and (upper-cased) in bcc: sent once.
+    assert [m.addr for m in campaign.recipients] == [
+        "alice@example.com",
+        "bob@example.org",
+        "carol@example.net",
+        "archive@example.com",
+    ]
+
+
+async def test_yaml_campaign_has_the_same_keys(make_campaign: CampaignFactory) -> None:
+    path = make_campaign(suffix=".yaml", port=2465, to=["alice@example.com"])
+    campaign = await load_campaign(path, env={})
+    assert campaign.subject == SUBJECT
+    assert campaign.server.port == 2465
+    assert campaign.server.security is Security.SSL
+    assert [m.addr for m in campaign.to] == ["alice@example.com"]
+
+
+async def test_config_outside_reliances_resolves_from_its_own_folder(tmp_path: Path) -> None:
+    (tmp_path / "body.txt").write_text("hi")
+    path = tmp_path / "campaign.yml"
+    path.write_text(
+        "subject: s\nfrom: a@example.com\nto: b@example.com\nfile_with_message: body.txt\n"
+    )
+    campaign = await load_campaign(path, env={})
+    assert campaign.message_file == tmp_path / "body.txt"
+    assert campaign.attachments_dir is None
+    assert campaign.server.password is None  # no password file: send without AUTH
+    assert campaign_root(path) == tmp_path
+
+
+async def test_password_from_environment_wins(make_campaign: CampaignFactory) -> None:
+    campaign = await load_campaign(make_campaign(), env={PASSWORD_ENV: "from-env"})
+    assert campaign.server.password == Secret("from-env")
+
+
+async def test_password_file_readable_by_others_warns(make_campaign: CampaignFactory) -> None:
+    path = make_campaign()
+    (path.parent / "your_pswd.txt").chmod(0o644)
+    campaign = await load_campaign(path, env={})
+    assert any("readable by other users" in n and "chmod 600" in n for n in campaign.notices)
+    assert all(PASSWORD not in n for n in campaign.notices)
+
+
+async def test_tls_verify_false_only_when_written(make_campaign: CampaignFactory) -> None:
+    campaign = await load_campaign(make_campaign(tls_verify=False), env={})
+    assert campaign.server.tls_verify is False
+    assert any("tls_verify is false" in n for n in campaign.notices)
+    with pytest.raises(ConfigError, match="tls_verify: expected true or false"):
+        await load_campaign(make_campaign(tls_verify="false"), env={})
+
+
+async def test_plaintext_only_to_loopback(make_campaign: CampaignFactory) -> None:
+    campaign = await load_campaign(make_campaign(security="none"), env={})
+    assert (campaign.server.security, campaign.server.port) == (Security.NONE, 25)
+    with pytest.raises(ConfigError, match="allowed only to loopback hosts"):
+        await load_campaign(make_campaign(security="none", host="mail.example.com"), env={})
+    forced = make_campaign(security="none", host="mail.example.com", allow_plaintext=True)
+    assert (await load_campaign(forced, env={})).server.security is Security.NONE
+
+
+def line_of(path: Path, text: str) -> int:
+    return next(i for i, line in enumerate(path.read_text().splitlines(), 1) if text in line)
+
+
+@pytest.mark.parametrize(
+    ("keys", "key", "reason"),
+    [
+        ({"colour": "red"}, "colour", "unknown key (known keys: subject, from,"),
+        ({"port": "465"}, "port", "expected a whole number from 1 to 65535, got '465'"),
+        ({"port": 70000}, "port", "expected a whole number from 1 to 65535"),
+        ({"concurrency": 0}, "concurrency", "expected a whole number from 1 to 1000"),
+        ({"timeout": -1}, "timeout", "expected a number of seconds above 0"),
+        ({"security": "tls"}, "security", "expected one of ssl, starttls, none, got 'tls'"),
+        ({"subject": "Hi\r\nBcc: evil@example.com"}, "subject", "contains a line break (CR/LF)"),
+        ({"from": "me@example.com\nBcc: x@example.com"}, "from", "contains a line break"),
+        ({"to": "alice@example.com, bob@exa mple.com"}, "to", "'bob@exa mple.com' contains"),
+        ({"cc": 5}, "cc", "expected a comma-separated string or a list"),
+        ({"subject": ["a"]}, "subject", "expected a string, got a list"),
+        ({"to": "", "cc": ""}, "to", "no recipients"),
+        ({"file_with_message": "reliances/nope.txt"}, "file_with_message", "file not found"),
+        ({"attachments": "missing"}, "attachments", "folder not found"),
+        ({"tls_ca_file": "nope.pem"}, "tls_ca_file", "file not found"),
+        ({"password_file": "nope.txt"}, "password_file", "file not found"),
+    ],
+)
+async def test_bad_keys_give_one_line_with_file_line_and_key(
+    make_campaign: CampaignFactory, keys: dict[str, object], key: str, reason: str
+) -> None:
+    path = make_campaign(**keys)
+    with pytest.raises(InputError) as caught:
+        await load_campaign(path, env={})
+    message = str(caught.value)
+    assert "\n" not in message
+    assert caught.value.field == key
+    quoted = '"' + key + '"'
+    assert message.startswith(f"{path}:{line_of(path, quoted)}: {key}: ")
+    assert reason in message
+
+
+async def test_json_syntax_error_names_line_and_column(tmp_path: Path) -> None:
+    path = tmp_path / "config.json"
+    path.write_text('{\n  "subject": "x",\n  "to": "a@example.com"\n  "from": "b@example.com"\n}')
+    with pytest.raises(ConfigError) as caught:
+        await load_campaign(path, env={})
+    assert str(caught.value) == f"{path}:4:3: invalid JSON: Expecting ',' delimiter"
+
+
+async def test_yaml_syntax_error_names_line_and_column(tmp_path: Path) -> None:
+    path = tmp_path / "campaign.yaml"
+    path.write_text("subject: x\nto: [a@example.com\nfrom: b@example.com\n")
+    with pytest.raises(ConfigError, match=rf"^{path}:3:5: invalid YAML: "):
+        await load_campaign(path, env={})
+
+
+async def test_duplicate_json_key_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "config.json"
+    path.write_text('{"to": "a@example.com", "to": "b@example.com"}')
+    with pytest.raises(ConfigError, match="duplicate key 'to'"):
+        await load_campaign(path, env={})
+
+
+async def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
+    path = tmp_path / "config.json"
+    path.write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        await load_campaign(path, env={})
+
+
+async def test_missing_or_binary_config_file(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="config file not found"):
+        await load_campaign(tmp_path / "none.json", env={})
+    path = tmp_path / "config.json"
+    path.write_bytes(b'{"subject": "\xff"}')
+    with pytest.raises(InputError, match=rf"{path}:1: not valid UTF-8"):
+        await load_campaign(path, env={})

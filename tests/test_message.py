@@ -1,0 +1,191 @@
+"""Message building: headers, subject encoding, attachments, DATA preparation. No network."""
+
+from __future__ import annotations
+
+import random
+from email import policy
+from email.message import EmailMessage
+from email.parser import BytesParser
+from pathlib import Path
+
+import pytest
+
+from asyncmailer.errors import InputError
+from asyncmailer.message import (
+    Attachment,
+    MessageTemplate,
+    load_attachments,
+    load_body,
+    prepare_data,
+)
+from asyncmailer.recipients import parse_mailbox
+
+from .conftest import SUBJECT
+
+
+def parse_payload(payload: bytes) -> EmailMessage:
+    """What a receiving server stores: undo dot-stuffing and drop the final '.'."""
+    assert payload.endswith(b"\r\n.\r\n")
+    lines = payload[: -len(b".\r\n")].split(b"\r\n")
+    unstuffed = b"\r\n".join(line[1:] if line.startswith(b".") else line for line in lines)
+    message = BytesParser(policy=policy.default).parsebytes(unstuffed)
+    assert isinstance(message, EmailMessage)
+    return message
+
+
+def template(subject: str = SUBJECT, body: str = "Hi\n", **kw: object) -> MessageTemplate:
+    return MessageTemplate(
+        sender=parse_mailbox("Отправитель <sender@example.com>"),
+        subject=subject,
+        body=body,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def test_sample_subject_round_trips_exactly() -> None:
+    payload = template().render(to=[parse_mailbox("alice@example.com")])
+    message = parse_payload(payload)
+    assert str(message["Subject"]) == SUBJECT
+    assert all(len(line) <= 78 for line in payload.split(b"\r\n"))
+    assert payload.isascii()
+
+
+def test_subjects_that_python_folding_breaks_round_trip() -> None:
+    # CPython gh-92081: the stock folder drops the space between these words.
+    subject = (
+        "very Тут There will long тема long 日本語 will a длинная here topic "
+        "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxx be очень будет очень тема There"
+    )
+    assert str(parse_payload(template(subject).render(to=[]))["Subject"]) == subject
+
+    words = ["Тут", "будет", "тема", "There", "will", "a", "日本語", "ü", "x" * 30, "=?utf-8?q?x?="]
+    rng = random.Random(7)
+    for _ in range(300):
+        subject = " ".join(rng.choice(words) for _ in range(rng.randint(1, 40)))
+        subject += rng.choice(["", " ", "  "])
+        assert str(parse_payload(template(subject).render(to=[]))["Subject"]) == subject
+
+
+def test_headers_to_cc_no_bcc_date_and_unique_message_ids() -> None:
+    t = template()
+    to = [parse_mailbox("alice@example.com"), parse_mailbox('"Bob, B." <bob@example.org>')]
+    cc = [parse_mailbox("Кэрол <carol@example.net>")]
+    first = parse_payload(t.render(to=to, cc=cc))
+    second = parse_payload(t.render(to=to, cc=cc))
+
+    assert [a.addr_spec for a in first["To"].addresses] == ["alice@example.com", "bob@example.org"]
+    assert first["To"].addresses[1].display_name == "Bob, B."
+    assert first["Cc"].addresses[0].display_name == "Кэрол"
+    assert first["From"].addresses[0].display_name == "Отправитель"
+    assert first["Bcc"] is None
+    assert first["Date"].datetime is not None
+    assert first["Message-ID"] != second["Message-ID"]
+    assert str(first["Message-ID"]).endswith("@example.com>")
+
+
+def test_only_bcc_gives_undisclosed_recipients() -> None:
+    message = parse_payload(template().render(to=[]))
+    assert str(message["To"]) == "undisclosed-recipients:;"
+
+
+def test_body_is_utf8_text_with_line_endings_normalised() -> None:
+    body = "Привет\r\nline two\rline three\n.starts with a dot\n"
+    message = parse_payload(template(body=body).render(to=[]))
+    text = message.get_body(("plain",))
+    assert text is not None
+    assert text.get_content_charset() == "utf-8"
+    # Canonical form: every line break is CRLF, whatever the file used.
+    assert text.get_content() == "Привет\r\nline two\r\nline three\r\n.starts with a dot\r\n"
+
+
+def test_attachments_are_byte_identical_with_names_and_types() -> None:
+    attachments = [
+        Attachment("отчёт за ноябрь.pdf", "application/pdf", b"%PDF-1.4\n" + bytes(range(256))),
+        Attachment("notes.txt", "text/plain", b"line\r\n.dot line\n\x00binary?"),
+        Attachment("photo.png", "image/png", b"\x89PNG\r\n\x1a\n" + b"\xff" * 5000),
+    ]
+    message = parse_payload(template(attachments=attachments).render(to=[]))
+    received = list(message.iter_attachments())
+    assert [a.get_filename() for a in received] == [a.filename for a in attachments]
+    assert [a.get_content_type() for a in received] == [a.content_type for a in attachments]
+    for sent, got in zip(attachments, received, strict=True):
+        assert got.get_payload(decode=True) == sent.data
+
+
+def test_shared_part_is_built_once() -> None:
+    t = template(attachments=[Attachment("a.bin", "application/octet-stream", b"x" * 100_000)])
+    one = t.render(to=[parse_mailbox("a@example.com")])
+    two = t.render(to=[parse_mailbox("b@example.com")])
+    # The encoded attachment is the same object's bytes, appended as is.
+    assert one.endswith(t._shared) and two.endswith(t._shared)
+    assert t.shared_size > 100_000
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"Hi\n.\nMAIL FROM:<evil@example.com>\n",
+        b"Hi\r.\rMAIL FROM:<evil@example.com>\r",
+        b"Hi\n.\r\nMAIL FROM:<evil@example.com>\r\n",
+        b"Hi\r\n.\nMAIL FROM:<evil@example.com>\n",
+        b"Hi\r\n.\r\nMAIL FROM:<evil@example.com>\r\n",
+    ],
+)
+def test_prepare_data_defeats_smuggling(payload: bytes) -> None:
+    data = prepare_data(payload)
+    assert data.endswith(b"\r\n.\r\n")
+    body = data[: -len(b".\r\n")]
+    # The only end-of-data sequence is the one we append.
+    assert b"\r\n.\r\n" not in body
+    assert b"\r\n..\r\n" in body
+    assert b"\r" not in body.replace(b"\r\n", b"") and b"\n" not in body.replace(b"\r\n", b"")
+
+
+def test_prepare_data_stuffs_a_leading_dot_on_the_first_line() -> None:
+    assert prepare_data(b".hidden\r\nok") == b"..hidden\r\nok\r\n.\r\n"
+    assert prepare_data(b"x", terminate=False) == b"x\r\n"
+
+
+async def test_load_attachments_sorted_regular_files_only(tmp_path: Path) -> None:
+    (tmp_path / "b.pdf").write_bytes(b"B")
+    (tmp_path / "a.txt").write_bytes(b"A")
+    (tmp_path / "Я.bin").write_bytes(b"C")
+    (tmp_path / ".gitkeep").write_bytes(b"")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "inner.txt").write_bytes(b"no")
+    attachments = await load_attachments(tmp_path)
+    assert [(a.filename, a.content_type, a.data) for a in attachments] == [
+        ("a.txt", "text/plain", b"A"),
+        ("b.pdf", "application/pdf", b"B"),
+        ("Я.bin", "application/octet-stream", b"C"),
+    ]
+    assert await load_attachments(tmp_path / "sub") == [
+        Attachment("inner.txt", "text/plain", b"no")
+    ]
+
+
+async def test_empty_attachments_folder_means_no_attachments(tmp_path: Path) -> None:
+    assert await load_attachments(tmp_path) == []
+    message = parse_payload(template().render(to=[]))
+    assert message.get_content_type() == "text/plain"
+
+
+async def test_load_body_rejects_non_utf8_with_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "msg.txt"
+    path.write_bytes(b"line one\nline two\n" + "третья".encode("cp1251") + b"\n")
+    with pytest.raises(InputError) as caught:
+        await load_body(path)
+    assert str(caught.value) == f"{path}:3: not valid UTF-8 text (save the file as UTF-8)"
+
+
+async def test_load_body_rejects_nul_with_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "msg.txt"
+    path.write_bytes(b"ok\nok\x00\n")
+    with pytest.raises(InputError, match=r"msg\.txt:2: contains a NUL byte"):
+        await load_body(path)
+
+
+async def test_load_body_strips_a_bom(tmp_path: Path) -> None:
+    path = tmp_path / "msg.txt"
+    path.write_bytes(b"\xef\xbb\xbfHello")
+    assert await load_body(path) == "Hello"

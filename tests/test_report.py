@@ -1,0 +1,80 @@
+"""Report files and the final table."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from asyncmailer.errors import InputError
+from asyncmailer.report import ReportWriter, format_table
+from asyncmailer.results import CampaignReport, RecipientResult, Status
+
+RESULTS = [
+    RecipientResult("alice@example.com", Status.ACCEPTED, 250, "2.0.0 OK"),
+    RecipientResult("bob@example.org", Status.REFUSED, 550, "5.1.1 User unknown, sorry"),
+    RecipientResult("carol@example.net", Status.SKIPPED, None, "not attempted: x", 0),
+]
+
+
+async def test_csv_report_is_written_incrementally(tmp_path: Path) -> None:
+    path = tmp_path / "report.csv"
+    async with ReportWriter(path) as writer:
+        await writer.write(RESULTS[:1])
+        # Flushed already: a crash now would leave alice in the file.
+        assert path.read_text().splitlines() == [
+            "recipient,status,code,message",
+            "alice@example.com,accepted,250,2.0.0 OK",
+        ]
+        await writer.write(RESULTS[1:])
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert rows[1] == {
+        "recipient": "bob@example.org",
+        "status": "refused",
+        "code": "550",
+        "message": "5.1.1 User unknown, sorry",
+    }
+    assert rows[2]["code"] == ""
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".ndjson", ".json"])
+async def test_json_lines_report(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"report{suffix}"
+    async with ReportWriter(path) as writer:
+        await writer.write(RESULTS)
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    assert rows == [r.as_row() for r in RESULTS]
+    assert rows[2]["code"] is None
+
+
+def test_unknown_suffix_is_an_input_error(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="unknown report format"):
+        ReportWriter(tmp_path / "report.txt")
+
+
+async def test_unwritable_report_is_an_input_error(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="cannot write the report"):
+        async with ReportWriter(tmp_path / "missing-folder" / "r.csv"):
+            pass
+
+
+def test_table_aligns_columns() -> None:
+    lines = format_table(RESULTS).splitlines()
+    assert lines[0].split() == ["RECIPIENT", "STATUS", "CODE", "MESSAGE"]
+    assert lines[2] == "bob@example.org    refused   550   5.1.1 User unknown, sorry"
+    assert lines[3] == "carol@example.net  skipped         not attempted: x"
+
+
+def test_summary_and_all_accepted() -> None:
+    report = CampaignReport()
+    observed = [report.all_accepted]  # nothing sent is not success
+    report.add(RESULTS[:1])
+    observed.append(report.all_accepted)
+    report.add(RESULTS[1:])
+    observed.append(report.all_accepted)
+    assert observed == [False, True, False]
+    assert report.summary() == "3 recipients: 1 accepted, 1 refused, 1 skipped"
+    assert str(RESULTS[1]) == "refused  bob@example.org 550 5.1.1 User unknown, sorry"
