@@ -17,9 +17,9 @@ from typing import TextIO
 from . import __version__
 from .config import DEFAULT_CONFIG, PASSWORD_ENV, load_campaign
 from .errors import InputError, MailerError
-from .orchestrator import run_campaign
+from .orchestrator import prepare_message, run_campaign
 from .report import ReportWriter, format_table
-from .results import RecipientResult
+from .results import RecipientResult, plural
 
 __all__ = ["EXIT_CODES", "main", "run"]
 
@@ -135,6 +135,8 @@ async def send_command(args: argparse.Namespace, *, out: TextIO = sys.stdout) ->
     for notice in campaign.notices:
         print(f"asyncmailer: {notice}", file=sys.stderr)
     writer = ReportWriter(args.report) if args.report else None
+    # Read and check the body and attachments before anything is sent or written.
+    template = await prepare_message(campaign)
 
     async def show(results: Sequence[RecipientResult]) -> None:
         if writer is not None:
@@ -147,15 +149,15 @@ async def send_command(args: argparse.Namespace, *, out: TextIO = sys.stdout) ->
     login = f" as {server.username}" if server.username else " without AUTH"
     if not args.quiet:
         print(
-            f"asyncmailer: sending to {len(campaign.recipients)} recipients via "
+            f"asyncmailer: sending to {plural(len(campaign.recipients), 'recipient')} via "
             f"{server.address} ({server.security.value}{login})",
             file=sys.stderr,
         )
     if writer is not None:
         async with writer:
-            report = await run_campaign(campaign, on_results=show)
+            report = await run_campaign(campaign, template=template, on_results=show)
     else:
-        report = await run_campaign(campaign, on_results=show)
+        report = await run_campaign(campaign, template=template, on_results=show)
 
     print(format_table(report.results), file=out)
     print(report.summary(), file=out)

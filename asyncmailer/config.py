@@ -119,11 +119,17 @@ class Campaign:
 # Parsing the file
 
 
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        self.key = key
+        super().__init__(f"duplicate key {key!r}")
+
+
 def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for key, value in pairs:
         if key in result:
-            raise ValueError(f"duplicate key {key!r}")
+            raise _DuplicateKey(key)
         result[key] = value
     return result
 
@@ -151,8 +157,10 @@ def parse_document(text: str, path: Path) -> dict[str, Any]:
             raise ConfigError(
                 f"invalid JSON: {err.msg}", path=path, line=err.lineno, column=err.colno
             ) from None
-        except ValueError as err:
-            raise ConfigError(f"invalid JSON: {err}", path=path) from None
+        except _DuplicateKey as err:
+            lines = _key_lines(text, err.key)
+            line = lines[1] if len(lines) > 1 else None
+            raise ConfigError(f"invalid JSON: {err}", path=path, line=line) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -160,13 +168,17 @@ def parse_document(text: str, path: Path) -> dict[str, Any]:
     return data
 
 
-def _key_line(text: str, key: str) -> int | None:
-    """The line where `key` is first written (JSON or YAML), for error messages."""
+def _key_lines(text: str, key: str) -> list[int]:
+    """The lines where `key` is written (JSON or YAML), for error messages."""
     pattern = re.compile(
         rf"""^[ \t]*[-{{,]?[ \t]*["']?{re.escape(key)}["']?[ \t]*:""", re.MULTILINE
     )
-    match = pattern.search(text)
-    return text.count("\n", 0, match.start()) + 1 if match else None
+    return [text.count("\n", 0, match.start()) + 1 for match in pattern.finditer(text)]
+
+
+def _key_line(text: str, key: str) -> int | None:
+    lines = _key_lines(text, key)
+    return lines[0] if lines else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -257,7 +269,7 @@ class _Fields:
 
 
 def _describe(value: Any) -> str:
-    names = {bool: "a boolean", int: "a number", float: "a number", list: "a list"}
+    names = {bool: "a boolean", int: "a number", float: "a number", list: "a list", str: "a string"}
     return names.get(type(value), type(value).__name__)
 
 
@@ -473,8 +485,9 @@ async def _server_settings(
                 raise fields.error("password_file", f"file not found: {password_file}") from None
             password, more = None, []  # no password at all: send without AUTH
         notices.extend(more)
-    if password is not None and "\n" in password.reveal():
-        raise fields.error("password_file", "the password file must hold one line")
+    if password is not None and ("\n" in password.reveal() or "\r" in password.reveal()):
+        where = PASSWORD_ENV if env.get(PASSWORD_ENV) else "password_file"
+        raise fields.error(where, "the password must be one line")
 
     return (
         ServerSettings(

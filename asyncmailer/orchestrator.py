@@ -15,7 +15,7 @@ from .recipients import Mailbox, dedupe
 from .results import CampaignReport, RecipientResult, Status
 from .session import Session, build_tls_context
 
-__all__ = ["Group", "ResultCallback", "run_campaign"]
+__all__ = ["Group", "ResultCallback", "prepare_message", "run_campaign"]
 
 ResultCallback = Callable[[Sequence[RecipientResult]], Awaitable[None]]
 
@@ -44,9 +44,27 @@ async def _aiter(groups: Iterable[Group]) -> AsyncIterator[Group]:
         yield group
 
 
+async def prepare_message(campaign: Campaign) -> MessageTemplate:
+    """Read the body and attachments without blocking and build the message once.
+
+    :raises InputError: the message file or an attachment cannot be read or is not UTF-8.
+    """
+    body = await load_body(campaign.message_file)
+    attachments = await load_attachments(campaign.attachments_dir)
+    # Encoding attachments is CPU work: do it once, off the event loop.
+    return await asyncio.to_thread(
+        MessageTemplate,
+        sender=campaign.sender,
+        subject=campaign.subject,
+        body=body,
+        attachments=attachments,
+    )
+
+
 async def run_campaign(
     campaign: Campaign,
     *,
+    template: MessageTemplate | None = None,
     on_results: ResultCallback | None = None,
     groups: Iterable[Group] | None = None,
     local_hostname: str | None = None,
@@ -59,16 +77,8 @@ async def run_campaign(
 
     :raises InputError: the message file or an attachment cannot be read.
     """
-    body = await load_body(campaign.message_file)
-    attachments = await load_attachments(campaign.attachments_dir)
-    # Encoding attachments is CPU work: do it once, off the event loop.
-    template = await asyncio.to_thread(
-        MessageTemplate,
-        sender=campaign.sender,
-        subject=campaign.subject,
-        body=body,
-        attachments=attachments,
-    )
+    if template is None:
+        template = await prepare_message(campaign)
     server = campaign.server
     tls_context = (
         await asyncio.to_thread(build_tls_context, server)

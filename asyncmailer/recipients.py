@@ -66,6 +66,8 @@ def validate_addr_spec(addr: str) -> str:
     """
     if not addr:
         raise ValueError("empty address")
+    if ";" in addr:
+        raise ValueError(f"{addr!r}: separate addresses with commas, not semicolons")
     if _CONTROL_RE.search(addr) or any(c.isspace() for c in addr):
         raise ValueError(f"{addr!r} contains spaces or control characters")
     if len(addr) > 254:

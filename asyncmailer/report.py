@@ -18,7 +18,7 @@ from .results import RecipientResult
 __all__ = ["REPORT_FIELDS", "ReportWriter", "format_table"]
 
 REPORT_FIELDS = ("recipient", "status", "code", "message")
-_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
+_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 
 
 class ReportWriter:
@@ -26,7 +26,7 @@ class ReportWriter:
     that stops half-way leaves every finished recipient in the file.
 
     The format follows the suffix: ``.csv`` (header ``recipient,status,code,message``), or
-    ``.jsonl``/``.ndjson``/``.json`` (one JSON object per line).
+    ``.jsonl``/``.ndjson`` (one JSON object per line).
     """
 
     def __init__(self, path: str | Path) -> None:

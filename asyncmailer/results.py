@@ -9,7 +9,12 @@ from enum import StrEnum
 
 from .errors import DeliveryError
 
-__all__ = ["CampaignReport", "RecipientResult", "Status"]
+__all__ = ["CampaignReport", "RecipientResult", "Status", "plural"]
+
+
+def plural(count: int, word: str) -> str:
+    """``1 message``, ``2 messages``."""
+    return f"{count} {word}{'' if count == 1 else 's'}"
 
 
 class Status(StrEnum):
@@ -76,4 +81,4 @@ class CampaignReport:
     def summary(self) -> str:
         counts = self.counts
         parts = [f"{counts[s]} {s.value}" for s in Status if counts[s]]
-        return f"{len(self.results)} recipients: " + (", ".join(parts) or "none")
+        return f"{plural(len(self.results), 'recipient')}: " + (", ".join(parts) or "none")

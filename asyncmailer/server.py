@@ -27,6 +27,7 @@ import aiofiles
 
 from .config import PASSWORD_ENV, decode_text, is_loopback
 from .errors import InputError
+from .results import plural
 
 __all__ = [
     "Account",
@@ -266,6 +267,8 @@ class EmbeddedServer:
 
 async def serve_command(args: argparse.Namespace) -> int:
     """`asyncmailer serve`: listen until interrupted, or while the command after ``--`` runs."""
+    if not is_loopback(args.host):
+        raise InputError(f"the embedded server listens on loopback only, not {args.host!r}")
     account = None
     if args.user:
         password = os.environ.get(PASSWORD_ENV)
@@ -305,8 +308,9 @@ async def serve_command(args: argparse.Namespace) -> int:
             await _wait_for_signal()
             status = 0
     folders = store.stored_folders()
+    accepted = plural(len(store.messages), "message")
     print(
-        f"asyncmailer serve: accepted {len(store.messages)} messages; stored in {store.folder}/ "
+        f"asyncmailer serve: accepted {accepted}; stored in {store.folder}/ "
         f"(one Maildir per recipient: {', '.join(f.name for f in folders) or 'none'})",
         flush=True,
     )

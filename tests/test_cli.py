@@ -223,3 +223,16 @@ async def test_serve_refuses_a_non_loopback_address(tmp_path: Path) -> None:
     code, _out, err = await run_cli("serve", "--host", "0.0.0.0", "--dir", "d", cwd=tmp_path)
     assert code == 2
     assert "listens on loopback only" in err
+
+
+def test_bad_body_fails_before_anything_is_sent_or_written(
+    make_campaign: CampaignFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = make_campaign(port=1)
+    (tmp_path / "reliances" / "msg.txt").write_bytes("Привет".encode("utf-16"))
+    report = tmp_path / "r.csv"
+    assert main(["-c", str(path), "--report", str(report)]) == 2
+    err = capsys.readouterr().err
+    body = tmp_path / "reliances" / "msg.txt"
+    assert err == f"asyncmailer: {body}:1: not valid UTF-8 text (save the file as UTF-8)\n"
+    assert not report.exists()

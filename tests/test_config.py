@@ -195,3 +195,22 @@ async def test_missing_or_binary_config_file(tmp_path: Path) -> None:
     path.write_bytes(b'{"subject": "\xff"}')
     with pytest.raises(InputError, match=rf"{path}:1: not valid UTF-8"):
         await load_campaign(path, env={})
+
+
+async def test_duplicate_json_key_names_the_second_line(tmp_path: Path) -> None:
+    path = tmp_path / "config.json"
+    path.write_text('{\n "to": "a@example.com",\n "to": "b@example.com"\n}')
+    with pytest.raises(ConfigError) as caught:
+        await load_campaign(path, env={})
+    assert str(caught.value) == f"{path}:3: invalid JSON: duplicate key 'to'"
+
+
+async def test_semicolon_separated_addresses_get_a_hint(make_campaign: CampaignFactory) -> None:
+    path = make_campaign(to="alice@example.com; bob@example.org")
+    with pytest.raises(ConfigError, match="separate addresses with commas, not semicolons"):
+        await load_campaign(path, env={})
+
+
+async def test_multiline_password_from_env_names_the_env(make_campaign: CampaignFactory) -> None:
+    with pytest.raises(ConfigError, match=f"{PASSWORD_ENV}: the password must be one line"):
+        await load_campaign(make_campaign(), env={PASSWORD_ENV: "a\nb"})
