@@ -37,6 +37,8 @@ __all__ = [
 
 DEFAULT_CONFIG = Path("reliances/config.json")
 PASSWORD_ENV = "ASYNCMAILER_PASSWORD"
+# RFC 5321 4.5.3.1.8: every server must accept at least 100 recipients per transaction.
+DEFAULT_GROUP_SIZE = 100
 _LEGACY_FOLDER = "reliances"
 
 
@@ -86,6 +88,8 @@ class ServerSettings:
     tls_ca_file: Path | None = None
     tls_verify: bool = True
     timeout: float = 60.0
+    pipelining: bool = True
+    max_messages_per_connection: int = 0
 
     @property
     def address(self) -> str:
@@ -107,7 +111,20 @@ class Campaign:
     attachments_dir: Path | None
     server: ServerSettings
     concurrency: int = 4
+    recipients_file: Path | None = None
+    recipients_column: str = "email"
+    name_column: str = "name"
+    group_size: int = DEFAULT_GROUP_SIZE
+    rate: float | None = None
+    max_connections: int | None = None
     notices: tuple[str, ...] = ()
+
+    @property
+    def connections(self) -> int:
+        """How many connections (and so transactions) may be open at once."""
+        if self.max_connections is None:
+            return self.concurrency
+        return min(self.concurrency, self.max_connections)
 
     @property
     def recipients(self) -> list[Mailbox]:
@@ -184,6 +201,20 @@ def _key_line(text: str, key: str) -> int | None:
 # ---------------------------------------------------------------------------------------------
 # Validating keys
 
+_RATE_RE = re.compile(r"(?P<count>\d+(?:\.\d+)?)\s*/\s*(?P<unit>[a-zA-Z]+)")
+_RATE_UNITS = {
+    "s": 1.0,
+    "sec": 1.0,
+    "second": 1.0,
+    "m": 60.0,
+    "min": 60.0,
+    "minute": 60.0,
+    "h": 3600.0,
+    "hour": 3600.0,
+    "d": 86400.0,
+    "day": 86400.0,
+}
+
 
 class _Fields:
     """Typed access to the raw mapping; each failure names file, line and key."""
@@ -236,6 +267,28 @@ class _Fields:
         if not isinstance(value, bool):
             raise self.error(key, f"expected true or false, got {_describe(value)}")
         return value
+
+    def get_rate(self, key: str) -> float | None:
+        """Messages per second, from a number or ``N/second``, ``N/minute``, ``N/hour``."""
+        value = self.data.get(key)
+        if value is None:
+            return None
+        reason = "expected messages per second, or 'N/second', 'N/minute', 'N/hour'"
+        if isinstance(value, bool):
+            raise self.error(key, reason)
+        if isinstance(value, int | float):
+            count, per = float(value), 1.0
+        elif (
+            isinstance(value, str)
+            and (match := _RATE_RE.fullmatch(value.strip()))
+            and match["unit"].lower() in _RATE_UNITS
+        ):
+            count, per = float(match["count"]), _RATE_UNITS[match["unit"].lower()]
+        else:
+            raise self.error(key, f"{reason}, got {value!r}")
+        if count <= 0:
+            raise self.error(key, f"{reason}, above 0")
+        return count / per
 
     def get_choice(self, key: str, choices: type[StrEnum]) -> StrEnum | None:
         value = self.get_str(key)
@@ -292,6 +345,14 @@ KNOWN_KEYS: dict[str, str] = {
     "tls_verify": "verify the server certificate (default true)",
     "concurrency": "number of SMTP connections used at once (default 4)",
     "timeout": "seconds to wait for the server at each step (default 60)",
+    "recipients_file": "list of recipients: .csv with a header, or one address per line",
+    "recipients_column": "CSV column holding the address (default email)",
+    "name_column": "CSV column holding a display name, if present (default name)",
+    "group_size": "recipients per SMTP transaction, one message each (default 100)",
+    "pipelining": "use ESMTP PIPELINING when the server offers it (default true)",
+    "max_messages_per_connection": "reconnect after this many messages (default 0: never)",
+    "rate": "at most this many messages per second, or '600/minute', '5000/hour'",
+    "max_connections": "cap on simultaneous connections (default: concurrency)",
 }
 
 
@@ -402,8 +463,11 @@ async def load_campaign(
     to = fields.get_addresses("to")
     cc = fields.get_addresses("cc")
     bcc = fields.get_addresses("bcc")
-    if not (to or cc or bcc):
-        raise fields.error("to", "no recipients: fill in to, cc or bcc")
+    recipients_file = fields.get_path("recipients_file", root)
+    if recipients_file is not None and not await aiofiles.os.path.isfile(recipients_file):
+        raise fields.error("recipients_file", f"file not found: {recipients_file}")
+    if not (to or cc or bcc or recipients_file):
+        raise fields.error("to", "no recipients: fill in to, cc, bcc or recipients_file")
 
     message_file = fields.get_path("file_with_message", root)
     if message_file is None:
@@ -429,6 +493,14 @@ async def load_campaign(
         attachments_dir=attachments_dir,
         server=server,
         concurrency=fields.get_int("concurrency", 4, 1, 1000),
+        recipients_file=recipients_file,
+        recipients_column=fields.get_str("recipients_column", "email") or "email",
+        name_column=fields.get_str("name_column", "name") or "name",
+        group_size=fields.get_int("group_size", DEFAULT_GROUP_SIZE, 1, 10000),
+        rate=fields.get_rate("rate"),
+        max_connections=fields.get_int("max_connections", 0, 1, 1000)
+        if fields.present("max_connections")
+        else None,
         notices=tuple(notices),
     )
 
@@ -499,6 +571,10 @@ async def _server_settings(
             tls_ca_file=tls_ca_file,
             tls_verify=tls_verify,
             timeout=fields.get_number("timeout", 60.0, 0, 3600),
+            pipelining=fields.get_bool("pipelining", True),
+            max_messages_per_connection=fields.get_int(
+                "max_messages_per_connection", 0, 0, 10_000_000
+            ),
         ),
         notices,
     )

@@ -74,17 +74,44 @@ class AuthAttempt:
 
 
 class MailStore:
-    """aiosmtpd handler: refuse the recipients it is told to, keep and store every message."""
+    """aiosmtpd handler: refuse the senders and recipients it is told to (`refuse` maps an
+    address to a code and text), keep and store every message."""
 
     def __init__(
         self,
         folder: Path | None = None,
         *,
         refuse: Mapping[str, tuple[int, str]] | None = None,
+        pipelining: bool = True,
     ) -> None:
         self.folder = folder
+        self.pipelining = pipelining
         self.refuse = {k.lower(): v for k, v in (refuse or {}).items()}
         self.messages: list[ReceivedMessage] = []
+
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        """aiosmtpd reads commands one after another, so pipelined input works: say so."""
+        session.host_name = hostname
+        if self.pipelining:
+            responses.insert(-1, "250-PIPELINING")
+        return responses
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        rule = self.refuse.get(address.lower())
+        if rule is not None:
+            return f"{rule[0]} {rule[1]}"
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 2.1.0 OK"
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]

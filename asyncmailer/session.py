@@ -9,6 +9,7 @@ the server's own reply, and knows whether a lost connection happened before or a
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import ssl
@@ -20,6 +21,7 @@ from aiosmtplib import SMTPResponse
 
 from .config import Security, ServerSettings
 from .errors import AuthError, ConnectError, TLSRequiredError
+from .protocol import ReplyReader
 from .results import RecipientResult, Status
 
 __all__ = ["Session", "build_tls_context", "classify"]
@@ -74,7 +76,11 @@ class Session:
             local_hostname=local_hostname,
         )
         self.transactions = 0
+        self.pipelining = False
         self._broken = False
+        self._closing = False
+        self._reader: ReplyReader | None = None
+        self._extensions: dict[str, str] = {}
 
     def __repr__(self) -> str:
         state = "connected" if self.usable else "closed"
@@ -100,7 +106,18 @@ class Session:
 
     @property
     def usable(self) -> bool:
-        return not self._broken and self._smtp.is_connected
+        """Connected and good for another transaction."""
+        if self._broken or self._closing:
+            return False
+        if self._reader is not None:
+            return self._reader.is_open
+        return self._smtp.is_connected
+
+    @property
+    def exhausted(self) -> bool:
+        """It has carried `max_messages_per_connection` messages: time to reconnect."""
+        limit = self.settings.max_messages_per_connection
+        return bool(limit) and self.transactions >= limit
 
     # -- connecting --------------------------------------------------------------------------
 
@@ -132,6 +149,7 @@ class Session:
             raise ConnectError(f"could not connect: {_describe(err)}", **self._where) from None
         if settings.password is not None:
             await self._login()
+        self._take_over()
 
     async def _starttls(self) -> None:
         if not self._smtp.supports_extension("starttls"):
@@ -182,126 +200,237 @@ class Session:
             text = _scrub(_describe(err), settings.username, password)
             raise ConnectError(f"connection lost during login: {text}", **self._where) from None
 
+    def _take_over(self) -> None:
+        """Hand the connection from aiosmtplib to our `ReplyReader`, which keeps every reply,
+        so that commands can be pipelined (RFC 2920)."""
+        transport = self._smtp.transport
+        assert isinstance(transport, asyncio.Transport)
+        self._extensions = dict(self._smtp.esmtp_extensions)
+        self._reader = ReplyReader()
+        transport.set_protocol(self._reader)
+        self._reader.connection_made(transport)
+        self.pipelining = self.settings.pipelining and "pipelining" in self._extensions
+
     # -- closing -----------------------------------------------------------------------------
 
     async def close(self) -> None:
         """QUIT politely; close hard if the server does not answer."""
         if self.usable:
+            assert self._reader is not None
             with contextlib.suppress(aiosmtplib.SMTPException, OSError):
-                await self._smtp.quit()
+                self._reader.write(b"QUIT\r\n")
+                await self._reader.read(min(self.settings.timeout, 5))
         self.abort()
 
     def abort(self) -> None:
         """Close the connection at once, without QUIT."""
         self._broken = True
+        if self._reader is not None:
+            self._reader.close()
         self._smtp.close()
 
     # -- sending -----------------------------------------------------------------------------
 
     async def send(
-        self, sender: str, recipients: Sequence[str], data: bytes
+        self, sender: str, recipients: Sequence[str], data: bytes | Sequence[bytes]
     ) -> list[RecipientResult]:
         """Run one transaction and return one result per recipient, in order.
 
         `data` is the DATA payload from `MessageTemplate.render()` (CRLF, dot-stuffed, closing
-        ``.`` included). Never raises for a server reply or a lost connection: those become
-        results (`refused`, `deferred`, or `unknown` when the connection died after the final
-        ``.``), and a lost connection leaves `usable` False.
+        ``.`` included), as bytes or as parts written one after the other. With PIPELINING
+        (offered and not turned off), MAIL, every RCPT and DATA go in one write.
+
+        Never raises for a server reply or a lost connection: those become results (`refused`,
+        `deferred`, or `unknown` when the connection died after the final ``.``), and a lost
+        connection leaves `usable` False.
         """
-        self.transactions += 1
-        results: dict[str, RecipientResult] = {}
-        accepted: list[str] = []
+        assert self._reader is not None, "connect() first"
+        parts = (data,) if isinstance(data, bytes) else tuple(data)
+        size = sum(len(p) for p in parts)
         limit = self.size_limit
-        if limit and len(data) > limit:
-            note = f"message is {len(data)} bytes; the server accepts at most {limit} (SIZE)"
+        if limit and size > limit:
+            note = f"message is {size} bytes; the server accepts at most {limit} (SIZE)"
             return [RecipientResult(r, Status.REFUSED, None, note) for r in recipients]
-        phase = "before MAIL FROM"
+        self.transactions += 1
+        transaction = _Transaction(recipients)
         try:
-            mail_from = b"FROM:<" + sender.encode() + b">" + self._size(data)
-            mail = await self._command(b"MAIL", mail_from)
-            if mail.code != 250:
-                await self._reset()
-                status = classify(mail.code)
-                return [_result(r, status, mail, "sender refused: ") for r in recipients]
-            for recipient in recipients:
-                phase = "during RCPT TO"
-                reply = await self._command(b"RCPT", b"TO:<" + recipient.encode() + b">")
-                if reply.code in (250, 251):
-                    accepted.append(recipient)
-                else:
-                    results[recipient] = _result(recipient, classify(reply.code), reply)
-            if not accepted:
-                await self._reset()
-                return [results[r] for r in recipients]
-            phase = "before the message was sent"
-            start = await self._command(b"DATA")
-            if start.code != 354:
-                await self._reset()
-                for recipient in accepted:
-                    results[recipient] = _result(recipient, classify(start.code), start)
-                return [results[r] for r in recipients]
-            phase = "while sending the message"
-            protocol = self._smtp.protocol
-            assert protocol is not None
-            protocol.write(data)
-            phase = "after the final '.'"
-            end = await protocol.read_response(timeout=self._data_timeout(data))
+            if self.pipelining:
+                go = await self._envelope_pipelined(transaction, sender, size)
+            else:
+                go = await self._envelope_stepwise(transaction, sender, size)
+            if go:
+                await self._message(transaction, parts, size)
         except _CONNECTION_ERRORS as err:
             self.abort()
-            lost = phase == "after the final '.'"
-            status = Status.UNKNOWN if lost else Status.DEFERRED
-            note = (
-                "connection lost after the message was sent and before the server's reply: "
-                "it may or may not have been accepted"
-                if lost
-                else f"connection lost {phase}: not delivered ({_describe(err)})"
-            )
-            for recipient in recipients:
-                if recipient not in results:
-                    results[recipient] = RecipientResult(recipient, status, None, note)
-            return [results[r] for r in recipients]
-        if end.code == 421:
-            self.abort()
-        status = Status.ACCEPTED if end.code == 250 else classify(end.code)
-        for recipient in accepted:
-            results[recipient] = _result(recipient, status, end)
-        return [results[r] for r in recipients]
+            transaction.connection_lost(err)
+        if transaction.failed and self.usable:
+            await self._reset()
+        return transaction.results()
 
-    async def _command(self, *args: bytes) -> SMTPResponse:
-        response = await self._smtp.execute_command(*args)
-        if response.code == 421:
-            self.abort()
-        return response
+    def _mail_from(self, sender: str, size: int) -> bytes:
+        extra = b" SIZE=%d" % size if "size" in self._extensions else b""
+        return b"MAIL FROM:<" + sender.encode() + b">" + extra + b"\r\n"
+
+    async def _envelope_pipelined(self, tx: _Transaction, sender: str, size: int) -> bool:
+        """MAIL, RCPT for everyone and DATA in one write; then the replies, in order."""
+        reader = self._reader
+        assert reader is not None
+        commands = [self._mail_from(sender, size)]
+        commands.extend(b"RCPT TO:<" + r.encode() + b">\r\n" for r in tx.recipients)
+        commands.append(b"DATA\r\n")
+        reader.write(b"".join(commands))
+        timeout = self.settings.timeout
+        tx.phase = "during MAIL FROM"
+        mail = await reader.read(timeout)
+        tx.phase = "during RCPT TO"
+        for recipient in tx.recipients:
+            tx.rcpt(recipient, await reader.read(timeout), mail)
+        tx.phase = "before the message was sent"
+        start = await reader.read(timeout)
+        self._check_421(mail, start)
+        if start.code == 354 and not tx.accepted:
+            # RFC 2920 3.1: DATA was accepted though no recipient was; end it empty.
+            reader.write(b".\r\n")
+            await reader.read(timeout)
+            tx.failed = True
+            return False
+        return tx.data_started(start)
+
+    async def _envelope_stepwise(self, tx: _Transaction, sender: str, size: int) -> bool:
+        """One command, one reply: for servers without PIPELINING."""
+        timeout = self.settings.timeout
+        reader = self._reader
+        assert reader is not None
+        tx.phase = "during MAIL FROM"
+        reader.write(self._mail_from(sender, size))
+        mail = await reader.read(timeout)
+        self._check_421(mail)
+        if mail.code != 250:
+            for recipient in tx.recipients:
+                tx.rcpt(recipient, mail, mail)
+            return False
+        tx.phase = "during RCPT TO"
+        for recipient in tx.recipients:
+            reader.write(b"RCPT TO:<" + recipient.encode() + b">\r\n")
+            reply = await reader.read(timeout)
+            self._check_421(reply)
+            tx.rcpt(recipient, reply, mail)
+        if not tx.accepted:
+            tx.failed = True
+            return False
+        tx.phase = "before the message was sent"
+        reader.write(b"DATA\r\n")
+        start = await reader.read(timeout)
+        self._check_421(start)
+        return tx.data_started(start)
+
+    async def _message(self, tx: _Transaction, parts: Sequence[bytes], size: int) -> None:
+        reader = self._reader
+        assert reader is not None
+        tx.phase = "while sending the message"
+        for part in parts:
+            reader.write(part)
+        await reader.drain()
+        tx.phase = "after the final '.'"
+        end = await reader.read(self._data_timeout(size))
+        self._check_421(end)
+        tx.finish(end)
+
+    def _check_421(self, *replies: SMTPResponse) -> None:
+        """421: the server is closing the connection; drop it once this transaction ends."""
+        if any(reply.code == 421 for reply in replies):
+            self._closing = True
 
     async def _reset(self) -> None:
-        if self.usable:
-            try:
-                reply = await self._command(b"RSET")
-            except _CONNECTION_ERRORS:
-                self.abort()
-                return
-            if reply.code != 250:
-                self.abort()
+        reader = self._reader
+        assert reader is not None
+        if self._closing:
+            self.abort()
+            return
+        try:
+            reader.write(b"RSET\r\n")
+            reply = await reader.read(self.settings.timeout)
+        except _CONNECTION_ERRORS:
+            self.abort()
+            return
+        if reply.code != 250:
+            self.abort()
 
     @property
     def size_limit(self) -> int | None:
         """The largest message the server takes (its SIZE extension), if it says."""
-        value = self._smtp.esmtp_extensions.get("size", "")
+        value = self._extensions.get("size", "")
         return int(value) if value.isdigit() and int(value) > 0 else None
 
-    def _size(self, data: bytes) -> bytes:
-        return b" SIZE=%d" % len(data) if self._smtp.supports_extension("size") else b""
-
-    def _data_timeout(self, data: bytes) -> float:
+    def _data_timeout(self, size: int) -> float:
         """Time for the final reply: the configured timeout plus time to move the bytes at
         a slow 64 KiB/s, so a large attachment on a slow link does not time out spuriously."""
-        return self.settings.timeout + len(data) / 65536
+        return self.settings.timeout + size / 65536
+
+
+class _Transaction:
+    """The per-recipient bookkeeping of one mail transaction."""
+
+    __slots__ = ("accepted", "failed", "outcome", "phase", "recipients")
+
+    def __init__(self, recipients: Sequence[str]) -> None:
+        self.recipients = recipients
+        self.accepted: list[str] = []
+        self.outcome: dict[str, RecipientResult] = {}
+        self.phase = "before MAIL FROM"
+        self.failed = False
+
+    def rcpt(self, recipient: str, reply: SMTPResponse, mail: SMTPResponse) -> None:
+        if mail.code != 250:
+            # With PIPELINING the RCPT replies then only echo the refused MAIL FROM.
+            self.outcome[recipient] = _result(recipient, classify(mail.code), mail, "sender: ")
+            self.failed = True
+        elif reply.code in (250, 251):
+            self.accepted.append(recipient)
+        else:
+            self.outcome[recipient] = _result(recipient, classify(reply.code), reply)
+
+    def data_started(self, start: SMTPResponse) -> bool:
+        if start.code == 354:
+            return True
+        self.failed = True
+        for recipient in self.accepted:
+            self.outcome.setdefault(recipient, _result(recipient, classify(start.code), start))
+        return False
+
+    def finish(self, end: SMTPResponse) -> None:
+        status = Status.ACCEPTED if end.code == 250 else classify(end.code)
+        text = _clean(end.message)
+        for recipient in self.accepted:
+            self.outcome[recipient] = RecipientResult(recipient, status, end.code, text)
+        if status is not Status.ACCEPTED:
+            self.failed = True
+
+    def connection_lost(self, err: BaseException) -> None:
+        lost = self.phase == "after the final '.'"
+        status = Status.UNKNOWN if lost else Status.DEFERRED
+        note = (
+            "connection lost after the message was sent and before the server's reply: "
+            "it may or may not have been accepted"
+            if lost
+            else f"connection lost {self.phase}: not delivered ({_describe(err)})"
+        )
+        for recipient in self.recipients:
+            if recipient not in self.outcome:
+                self.outcome[recipient] = RecipientResult(recipient, status, None, note)
+
+    def results(self) -> list[RecipientResult]:
+        return [self.outcome[r] for r in self.recipients]
+
+
+def _clean(text: str) -> str:
+    return " ".join(text.split())
 
 
 def _result(
     recipient: str, status: Status, reply: SMTPResponse, prefix: str = ""
 ) -> RecipientResult:
-    return RecipientResult(recipient, status, reply.code, prefix + " ".join(reply.message.split()))
+    return RecipientResult(recipient, status, reply.code, prefix + _clean(reply.message))
 
 
 def _describe(err: BaseException) -> str:

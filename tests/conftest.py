@@ -74,10 +74,11 @@ async def smtp_server(certs: Certs, tmp_path: Path) -> AsyncIterator[ServerFacto
         offer_starttls: bool = True,
         auth_require_tls: bool = True,
         store_folder: Path | None = None,
+        pipelining: bool = True,
         **options: Any,
     ) -> RunningServer:
         recorder = Recorder()
-        store = MailStore(store_folder, refuse=refuse)
+        store = MailStore(store_folder, refuse=refuse, pipelining=pipelining)
         server = EmbeddedServer(
             tls_context=certs.server_context,
             store=store,

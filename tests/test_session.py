@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -159,12 +160,16 @@ async def test_no_password_sends_without_auth(smtp_server: ServerFactory, certs:
     assert running.messages[0].login is None
 
 
-async def test_each_recipient_gets_its_own_reply(smtp_server: ServerFactory, certs: Certs) -> None:
+@pytest.mark.parametrize("pipelining", [True, False])
+async def test_each_recipient_gets_its_own_reply(
+    smtp_server: ServerFactory, certs: Certs, pipelining: bool
+) -> None:
     running = await smtp_server(
+        pipelining=pipelining,
         refuse={
             "bob@example.org": (550, "5.1.1 <bob@example.org>: Recipient address rejected"),
             "dave@example.org": (451, "4.3.0 Try again later"),
-        }
+        },
     )
     recipients = ["alice@example.com", "bob@example.org", "carol@example.net", "dave@example.org"]
     async with session_for(settings_for(running, certs)) as session:
@@ -188,11 +193,15 @@ async def test_each_recipient_gets_its_own_reply(smtp_server: ServerFactory, cer
     assert message.rcpt_tos == ("alice@example.com", "carol@example.net")
 
 
-async def test_all_refused_sends_no_data_and_keeps_the_connection(
-    smtp_server: ServerFactory, certs: Certs
+@pytest.mark.parametrize("pipelining", [True, False])
+async def test_all_refused_sends_no_message_and_keeps_the_connection(
+    smtp_server: ServerFactory, certs: Certs, pipelining: bool
 ) -> None:
-    running = await smtp_server(refuse={"bob@example.org": (550, "5.1.1 no such user")})
+    running = await smtp_server(
+        pipelining=pipelining, refuse={"bob@example.org": (550, "5.1.1 no such user")}
+    )
     async with session_for(settings_for(running, certs)) as session:
+        assert session.pipelining is pipelining
         refused = await session.send(USER, ["bob@example.org"], DATA)
         assert session.usable
         accepted = await session.send(USER, ["alice@example.com"], DATA)
@@ -200,7 +209,10 @@ async def test_all_refused_sends_no_data_and_keeps_the_connection(
     assert refused[0].status is Status.REFUSED
     assert accepted[0].status is Status.ACCEPTED
     commands = running.recorder.commands()
-    assert commands.count("DATA") == 1
+    # Pipelined, DATA went out with the RCPTs and the server refused it (no recipients).
+    assert commands.count("DATA") == (2 if pipelining else 1)
+    assert "Hello" not in commands[: commands.index("RSET")]
+    assert [m.rcpt_tos for m in running.messages] == [("alice@example.com",)]
     assert "RSET" in commands
     assert len(running.recorder.connections) == 1  # reused, not reopened
 
@@ -260,3 +272,58 @@ def test_repr_never_shows_the_password(certs: Certs) -> None:
     for text in (repr(settings), str(settings), repr(session_for(settings))):
         assert PASSWORD not in text
     assert "********" in repr(settings)
+
+
+async def test_pipelining_sends_the_envelope_in_one_write(
+    smtp_server: ServerFactory, certs: Certs
+) -> None:
+    running = await smtp_server()
+    recipients = [f"user{i}@example.com" for i in range(20)]
+    async with session_for(settings_for(running, certs)) as session:
+        assert session.pipelining
+        results = await session.send(USER, recipients, DATA)
+    assert {r.status for r in results} == {Status.ACCEPTED}
+    envelope = (
+        b"MAIL FROM:<sender@example.com>\r\n"
+        + b"".join(b"RCPT TO:<%s>\r\n" % r.encode() for r in recipients)
+        + b"DATA\r\n"
+    )
+    chunks = [c.data for c in running.recorder.connections[0]]
+    assert envelope in chunks  # one write, one TCP read on the server
+    assert running.messages[0].rcpt_tos == tuple(recipients)
+
+
+async def test_pipelining_can_be_turned_off(smtp_server: ServerFactory, certs: Certs) -> None:
+    running = await smtp_server()
+    settings = dataclasses.replace(settings_for(running, certs), pipelining=False)
+    async with session_for(settings) as session:
+        assert not session.pipelining
+        results = await session.send(USER, ["a@example.com", "b@example.com"], DATA)
+    assert [r.status for r in results] == [Status.ACCEPTED, Status.ACCEPTED]
+    chunks = [c.data for c in running.recorder.connections[0]]
+    assert b"RCPT TO:<a@example.com>\r\n" in chunks
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+async def test_refused_sender_refuses_everyone(
+    smtp_server: ServerFactory, certs: Certs, pipelining: bool
+) -> None:
+    running = await smtp_server(
+        pipelining=pipelining, refuse={USER: (553, "5.7.1 Sender address rejected")}
+    )
+    async with session_for(settings_for(running, certs)) as session:
+        results = await session.send(USER, ["a@example.com", "b@example.com"], DATA)
+        assert session.usable
+    assert [(r.status, r.code) for r in results] == [(Status.REFUSED, 553)] * 2
+    assert {r.message for r in results} == {"sender: 5.7.1 Sender address rejected"}
+    assert running.messages == []
+
+
+async def test_exhausted_after_max_messages(smtp_server: ServerFactory, certs: Certs) -> None:
+    running = await smtp_server()
+    settings = dataclasses.replace(settings_for(running, certs), max_messages_per_connection=2)
+    async with session_for(settings) as session:
+        await session.send(USER, ["a@example.com"], DATA)
+        assert not session.exhausted
+        await session.send(USER, ["a@example.com"], DATA)
+        assert session.exhausted

@@ -1,0 +1,146 @@
+"""SMTP replies off the wire: framing (a pure function) and a protocol that keeps every reply.
+
+aiosmtplib's protocol expects one command, one reply: with PIPELINING several replies arrive in
+one read, and it would drop or stall on them. Once a session has connected, secured and logged
+in through aiosmtplib, its transport is handed to `ReplyReader`, which frames every complete
+reply into a queue, so any number of commands can be written before the replies are read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+
+from aiosmtplib import SMTPReadTimeoutError, SMTPResponse, SMTPServerDisconnected
+
+__all__ = ["MAX_REPLY", "ReplyReader", "parse_replies"]
+
+MAX_REPLY = 64 * 1024  # a server sending more than this without a final line is broken
+
+
+class ReplyError(SMTPServerDisconnected):
+    """The server sent something that is not an SMTP reply; the connection is dropped."""
+
+
+def parse_replies(buffer: bytearray) -> list[SMTPResponse]:
+    """Take every complete reply off the front of `buffer` (which is consumed).
+
+    A reply is one or more lines ``NNN-text`` ended by a line ``NNN text`` (RFC 5321 4.2).
+
+    :raises ReplyError: a line that does not start with a three-digit code.
+    """
+    replies: list[SMTPResponse] = []
+    start = 0
+    lines: list[bytes] = []
+    while (end := buffer.find(b"\n", start)) != -1:
+        line = bytes(buffer[start:end]).rstrip(b"\r")
+        start = end + 1
+        if len(line) < 3 or not line[:3].isdigit():
+            raise ReplyError(f"malformed reply line: {line[:80]!r}")
+        lines.append(line)
+        if line[3:4] != b"-":
+            code = int(line[:3])
+            text = b"\n".join(part[4:].strip() for part in lines)
+            replies.append(SMTPResponse(code, text.decode("utf-8", "replace")))
+            lines = []
+            del buffer[:start]
+            start = 0
+    if len(buffer) > MAX_REPLY:
+        raise ReplyError("reply too long")
+    return replies
+
+
+class ReplyReader(asyncio.Protocol):
+    """Collects replies in arrival order; `read()` returns the next one."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._replies: deque[SMTPResponse] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._error: Exception | None = None
+        self._paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer.extend(data)
+        try:
+            self._replies.extend(parse_replies(self._buffer))
+        except ReplyError as err:
+            self._fail(err)
+            if self.transport is not None:
+                self.transport.abort()
+            return
+        if self._replies:
+            self._wake()
+
+    def eof_received(self) -> bool:
+        self._fail(SMTPServerDisconnected("the server closed the connection"))
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        err = SMTPServerDisconnected("connection lost" + (f": {exc}" if exc else ""))
+        self._fail(err)
+        self.transport = None
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_exception(err)
+            self._drain_waiter.exception()  # retrieved: nobody may be draining
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_result(None)
+
+    def _fail(self, err: Exception) -> None:
+        if self._error is None:
+            self._error = err
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    @property
+    def is_open(self) -> bool:
+        return self.transport is not None and not self.transport.is_closing() and not self._error
+
+    def write(self, data: bytes) -> None:
+        if not self.is_open:
+            raise self._error or SMTPServerDisconnected("connection lost")
+        assert self.transport is not None
+        self.transport.write(data)
+
+    async def drain(self) -> None:
+        """Wait while the transport's write buffer is over its high-water mark."""
+        if self._paused and self.is_open:
+            self._drain_waiter = asyncio.get_running_loop().create_future()
+            await self._drain_waiter
+
+    async def read(self, timeout: float | None) -> SMTPResponse:
+        """The next reply, in order.
+
+        :raises SMTPServerDisconnected: the connection was lost first.
+        :raises SMTPReadTimeoutError: no reply in `timeout` seconds.
+        """
+        while not self._replies:
+            if self._error is not None:
+                raise self._error
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await asyncio.wait_for(self._waiter, timeout)
+            except TimeoutError:
+                raise SMTPReadTimeoutError("timed out waiting for the server's reply") from None
+            finally:
+                self._waiter = None
+        return self._replies.popleft()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
