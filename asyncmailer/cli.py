@@ -18,8 +18,9 @@ from . import __version__
 from .config import DEFAULT_CONFIG, PASSWORD_ENV, load_campaign
 from .errors import InputError, MailerError
 from .orchestrator import prepare_message, run_campaign
+from .progress import ConsoleObserver
 from .report import ReportWriter, format_table
-from .results import RecipientResult, plural
+from .results import Status, plural
 
 __all__ = ["EXIT_CODES", "main", "run"]
 
@@ -130,6 +131,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERNAL
 
 
+TABLE_ROWS = 100  # a longer result list is summarised; the report file has every row
+
+
 async def send_command(args: argparse.Namespace, *, out: TextIO = sys.stdout) -> int:
     campaign = await load_campaign(args.config)
     for notice in campaign.notices:
@@ -138,31 +142,44 @@ async def send_command(args: argparse.Namespace, *, out: TextIO = sys.stdout) ->
     # Read and check the body and attachments before anything is sent or written.
     template = await prepare_message(campaign)
 
-    async def show(results: Sequence[RecipientResult]) -> None:
-        if writer is not None:
-            await writer.write(results)
-        if not args.quiet:
-            for result in results:
-                print(f"  {result}", file=sys.stderr)
-
     server = campaign.server
     login = f" as {server.username}" if server.username else " without AUTH"
+    target = plural(len(campaign.recipients), "recipient")
+    if campaign.recipients_file is not None:
+        target = f"the list {campaign.recipients_file}" + (
+            f" and {target}" if campaign.recipients else ""
+        )
     if not args.quiet:
         print(
-            f"asyncmailer: sending to {plural(len(campaign.recipients), 'recipient')} via "
-            f"{server.address} ({server.security.value}{login})",
+            f"asyncmailer: sending to {target} via {server.address} "
+            f"({server.security.value}{login})",
             file=sys.stderr,
         )
-    if writer is not None:
-        async with writer:
-            report = await run_campaign(campaign, template=template, on_results=show)
-    else:
-        report = await run_campaign(campaign, template=template, on_results=show)
+    observer = ConsoleObserver(
+        writer=writer, per_recipient=campaign.recipients_file is None, quiet=args.quiet
+    )
+    try:
+        if writer is not None:
+            async with writer:
+                report = await run_campaign(campaign, template=template, observer=observer)
+        else:
+            report = await run_campaign(campaign, template=template, observer=observer)
+    finally:
+        observer.finish()
 
-    print(format_table(report.results), file=out)
+    if report.complete and report.total <= TABLE_ROWS:
+        print(format_table(report.results), file=out)
+    elif report.problems:
+        shown = report.problems[:TABLE_ROWS]
+        print(format_table(shown), file=out)
+        hidden = report.total - report.counts[Status.ACCEPTED] - len(shown)
+        if hidden > 0:
+            print(f"... and {plural(hidden, 'more recipient')} not accepted", file=out)
     print(report.summary(), file=out)
     if args.report:
         print(f"report written to {args.report}", file=out)
+    elif not report.complete:
+        print("every recipient's result: run again with --report FILE.csv", file=out)
     if report.fatal is not None:
         print(f"asyncmailer: {report.fatal}", file=sys.stderr)
         return EXIT_SERVER

@@ -12,6 +12,7 @@ import asyncio
 import mimetypes
 import os
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -168,6 +169,8 @@ class MessageTemplate:
         )
         self._shared = prepare_data(shared)
         self._msgid_domain = sender.domain
+        self._date_second = -1
+        self._date_header = b""
 
     @property
     def shared_size(self) -> int:
@@ -177,6 +180,35 @@ class MessageTemplate:
     def new_message_id(self) -> str:
         return make_msgid(domain=self._msgid_domain)
 
+    def _date(self) -> bytes:
+        """The Date header, made once per second rather than once per message."""
+        now = int(time.time())
+        if now != self._date_second:
+            self._date_second = now
+            self._date_header = _fold("Date", format_datetime(_now()))
+        return self._date_header
+
+    def render_parts(
+        self,
+        *,
+        to: Sequence[Mailbox],
+        cc: Sequence[Mailbox] = (),
+        message_id: str | None = None,
+    ) -> tuple[bytes, bytes]:
+        """The DATA payload for one transaction as (its own headers, the shared bytes).
+
+        Writing the two parts one after the other sends the message; the shared part, with
+        every attachment, is never copied. Bcc recipients are never written here.
+        """
+        head = [
+            self._date(),
+            b"Message-ID: " + (message_id or self.new_message_id()).encode("ascii") + b"\r\n",
+        ]
+        head.append(_address_header("To", to) if to else b"To: undisclosed-recipients:;\r\n")
+        if cc:
+            head.append(_address_header("Cc", cc))
+        return prepare_data(b"".join(head), terminate=False), self._shared
+
     def render(
         self,
         *,
@@ -184,19 +216,16 @@ class MessageTemplate:
         cc: Sequence[Mailbox] = (),
         message_id: str | None = None,
     ) -> bytes:
-        """The DATA payload for one transaction: its own headers plus the shared bytes.
+        """The DATA payload for one transaction, in one piece."""
+        return b"".join(self.render_parts(to=to, cc=cc, message_id=message_id))
 
-        Bcc recipients are never written here; they exist only in the envelope.
-        """
-        head = _fold("Date", format_datetime(_now()))
-        head += _fold("Message-ID", message_id or self.new_message_id())
-        if to:
-            head += _fold("To", ", ".join(str(m) for m in to))
-        else:
-            head += b"To: undisclosed-recipients:;\r\n"
-        if cc:
-            head += _fold("Cc", ", ".join(str(m) for m in cc))
-        return prepare_data(head, terminate=False) + self._shared
+
+def _address_header(name: str, mailboxes: Sequence[Mailbox]) -> bytes:
+    """To/Cc: one plain ASCII address is written directly; anything else is folded and
+    RFC 2047-encoded by the email package."""
+    if len(mailboxes) == 1 and not mailboxes[0].name and mailboxes[0].addr.isascii():
+        return f"{name}: {mailboxes[0].addr}\r\n".encode("ascii")
+    return _fold(name, ", ".join(str(m) for m in mailboxes))
 
 
 def _now() -> datetime:

@@ -15,7 +15,8 @@ class SessionPool:
     """Lend sessions to callers, one transaction at a time.
 
     A borrowed session that is still usable goes back to the idle list for the next caller;
-    a broken one is dropped and its slot reopened on demand. Connections open lazily, so a
+    one that has carried `max_messages_per_connection` messages is closed with QUIT, and a
+    broken one is dropped; either way its slot reopens on demand. Connections open lazily, so a
     campaign of one message opens one connection. Errors from `Session.connect()` propagate to
     the caller that asked for the session (`ConnectError`, `TLSRequiredError`, `AuthError`).
     """
@@ -58,14 +59,19 @@ class SessionPool:
         self._busy.add(session)
         return session
 
-    def release(self, session: Session) -> None:
-        """Take a session back: keep it if usable, drop it otherwise."""
+    async def release(self, session: Session) -> None:
+        """Take a session back: keep it if usable; QUIT it if it has carried its
+        `max_messages_per_connection`; drop it if broken."""
         self._busy.discard(session)
-        if session.usable:
-            self._idle.append(session)
-        else:
-            session.abort()
-        self._slots.release()
+        try:
+            if session.usable and not session.exhausted:
+                self._idle.append(session)
+            elif session.usable:
+                await asyncio.shield(session.close())
+            else:
+                session.abort()
+        finally:
+            self._slots.release()
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[Session]:
@@ -77,7 +83,7 @@ class SessionPool:
             session.abort()
             raise
         finally:
-            self.release(session)
+            await self.release(session)
 
     async def close(self) -> None:
         """QUIT every idle session, close busy ones hard. Shielded from cancellation."""

@@ -64,7 +64,7 @@ class FingerprintSet:
     """
 
     def __init__(self) -> None:
-        self._table = array("Q", bytes(8 * 1024))
+        self._table = array("Q", [0]) * 1024
         self._mask = 1023
         self._count = 0
 
@@ -100,7 +100,7 @@ class FingerprintSet:
 
     def _grow(self) -> None:
         old = self._table
-        self._table = array("Q", bytes(16 * len(old)))
+        self._table = array("Q", [0]) * (2 * len(old))
         self._mask = len(self._table) - 1
         for fingerprint in old:
             if fingerprint:
@@ -120,7 +120,11 @@ class _Reader:
         self.name = -1
         self.line = 0
         if self.is_csv:
-            self._read_header(column, name_column)
+            try:
+                self._read_header(column, name_column)
+            except BaseException:
+                self.handle.close()
+                raise
 
     def _read_header(self, column: str, name_column: str) -> None:
         header = next(self.rows, None)

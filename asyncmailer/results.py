@@ -57,28 +57,40 @@ class RecipientResult:
 
 @dataclass(slots=True)
 class CampaignReport:
-    """All results of a run, in the order they arrived."""
+    """The outcome of a run: exact counts for every recipient, and the results themselves up to
+    `keep` of them (all of them for a small campaign; a long list's go to the report file).
+    """
 
+    keep: int = 10_000
     results: list[RecipientResult] = field(default_factory=list)
+    problems: list[RecipientResult] = field(default_factory=list)  # first `keep` not accepted
+    counts: Counter[Status] = field(default_factory=Counter)
+    total: int = 0
+    duplicates: int = 0
     # Set when the run had to stop early (server unreachable, TLS refused, login failed).
     fatal: DeliveryError | None = None
 
     def add(self, results: Iterable[RecipientResult]) -> None:
-        self.results.extend(results)
+        for result in results:
+            self.total += 1
+            self.counts[result.status] += 1
+            if len(self.results) < self.keep:
+                self.results.append(result)
+            if result.status is not Status.ACCEPTED and len(self.problems) < self.keep:
+                self.problems.append(result)
 
     @property
-    def counts(self) -> Counter[Status]:
-        return Counter(result.status for result in self.results)
+    def complete(self) -> bool:
+        """Every result is in `results`."""
+        return len(self.results) == self.total
 
     @property
     def all_accepted(self) -> bool:
-        return (
-            self.fatal is None
-            and bool(self.results)
-            and all(r.status is Status.ACCEPTED for r in self.results)
-        )
+        return self.fatal is None and self.total > 0 and self.counts[Status.ACCEPTED] == self.total
 
     def summary(self) -> str:
-        counts = self.counts
-        parts = [f"{counts[s]} {s.value}" for s in Status if counts[s]]
-        return f"{plural(len(self.results), 'recipient')}: " + (", ".join(parts) or "none")
+        parts = [f"{self.counts[s]} {s.value}" for s in Status if self.counts[s]]
+        text = f"{plural(self.total, 'recipient')}: " + (", ".join(parts) or "none")
+        if self.duplicates:
+            text += f" ({plural(self.duplicates, 'duplicate')} in the list sent once)"
+        return text

@@ -17,6 +17,7 @@ import os
 import re
 import signal
 import ssl
+import time
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -56,6 +57,7 @@ class ReceivedMessage:
     data: bytes = field(repr=False)
     tls: bool
     login: str | None
+    received_at: float = 0.0  # time.monotonic() when the final "." arrived
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +135,7 @@ class MailStore:
             tls=server.transport is not None
             and server.transport.get_extra_info("sslcontext") is not None,
             login=login,
+            received_at=time.monotonic(),
         )
         self.messages.append(message)
         if self.folder is not None:

@@ -143,6 +143,13 @@ def line_of(path: Path, text: str) -> int:
         ({"attachments": "missing"}, "attachments", "folder not found"),
         ({"tls_ca_file": "nope.pem"}, "tls_ca_file", "file not found"),
         ({"password_file": "nope.txt"}, "password_file", "file not found"),
+        ({"recipients_file": "nope.csv"}, "recipients_file", "file not found"),
+        ({"group_size": 0}, "group_size", "expected a whole number from 1 to 10000"),
+        ({"rate": "10 per fortnight"}, "rate", "expected messages per second"),
+        ({"rate": "10/fortnight"}, "rate", "expected messages per second"),
+        ({"rate": 0}, "rate", "above 0"),
+        ({"pipelining": "yes"}, "pipelining", "expected true or false, got a string"),
+        ({"max_connections": 0}, "max_connections", "expected a whole number from 1"),
     ],
 )
 async def test_bad_keys_give_one_line_with_file_line_and_key(
@@ -214,3 +221,29 @@ async def test_semicolon_separated_addresses_get_a_hint(make_campaign: CampaignF
 async def test_multiline_password_from_env_names_the_env(make_campaign: CampaignFactory) -> None:
     with pytest.raises(ConfigError, match=f"{PASSWORD_ENV}: the password must be one line"):
         await load_campaign(make_campaign(), env={PASSWORD_ENV: "a\nb"})
+
+
+@pytest.mark.parametrize(
+    ("rate", "per_second"),
+    [(5, 5.0), (0.5, 0.5), ("10/s", 10.0), ("600/minute", 10.0), ("3600 / hour", 1.0)],
+)
+async def test_rate_forms(make_campaign: CampaignFactory, rate: object, per_second: float) -> None:
+    campaign = await load_campaign(make_campaign(rate=rate), env={})
+    assert campaign.rate == pytest.approx(per_second)
+
+
+async def test_list_keys_and_defaults(make_campaign: CampaignFactory, tmp_path: Path) -> None:
+    (tmp_path / "list.csv").write_text("email\na@example.com\n")
+    path = make_campaign(to=None, cc=None, recipients_file="list.csv")
+    campaign = await load_campaign(path, env={})
+    assert campaign.recipients_file == tmp_path / "list.csv"
+    assert (campaign.group_size, campaign.recipients_column, campaign.name_column) == (
+        100,
+        "email",
+        "name",
+    )
+    assert campaign.server.pipelining is True
+    assert campaign.server.max_messages_per_connection == 0
+    assert campaign.rate is None and campaign.connections == campaign.concurrency == 4
+    capped = await load_campaign(make_campaign(concurrency=8, max_connections=3), env={})
+    assert capped.connections == 3

@@ -6,10 +6,11 @@ from collections.abc import Sequence
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
+from pathlib import Path
 
 from asyncmailer.config import load_campaign
 from asyncmailer.errors import AuthError, TLSRequiredError
-from asyncmailer.orchestrator import Group, run_campaign
+from asyncmailer.orchestrator import Group, Observer, run_campaign
 from asyncmailer.recipients import parse_mailbox
 from asyncmailer.results import RecipientResult, Status
 
@@ -39,14 +40,20 @@ async def test_campaign_arrives_intact(
         body="Здравствуйте!\n.dot line\n",
     )
     seen: list[RecipientResult] = []
+    expected: list[int | None] = []
 
-    async def on_results(results: Sequence[RecipientResult]) -> None:
-        seen.extend(results)
+    class Recording(Observer):
+        async def started(self, count: int | None) -> None:
+            expected.append(count)
 
-    report = await run_campaign(await load_campaign(path, env={}), on_results=on_results)
+        async def results(self, results: Sequence[RecipientResult]) -> None:
+            seen.extend(results)
+
+    report = await run_campaign(await load_campaign(path, env={}), observer=Recording())
 
     assert report.all_accepted and report.fatal is None
     assert seen == report.results
+    assert expected == [4]
     assert [r.recipient for r in report.results] == [
         "alice@example.com",
         "bob@example.org",
@@ -140,3 +147,138 @@ async def test_stripped_starttls_stops_before_auth(
     assert {r.status for r in report.results} == {Status.SKIPPED}
     assert running.server.auth_attempts == []
     assert b"AUTH" not in b"".join(running.recorder.lines())
+
+
+def write_list(path: Path, count: int, *, extra: str = "") -> Path:
+    path.write_text(
+        "email,name\n" + "".join(f"u{i}@example.com,U {i}\n" for i in range(count)) + extra
+    )
+    return path
+
+
+async def test_list_campaign_in_groups_nobody_sees_anybody(
+    smtp_server: ServerFactory, make_campaign: CampaignFactory, tmp_path: Path
+) -> None:
+    running = await smtp_server()
+    recipients = write_list(
+        tmp_path / "list.csv",
+        250,
+        extra="bad address,Bad\nu7@example.com,Dup\nalice@example.com,Also in to\n",
+    )
+    path = make_campaign(
+        port=running.server.ssl_port,
+        to="alice@example.com",
+        cc=None,
+        recipients_file=str(recipients),
+        group_size=100,
+        concurrency=3,
+    )
+    report = await run_campaign(await load_campaign(path, env={}))
+
+    assert report.counts[Status.ACCEPTED] == 251  # alice + 250 list rows
+    assert report.counts[Status.SKIPPED] == 1
+    [bad] = report.problems
+    assert bad.recipient == "bad address"
+    assert bad.message.startswith(f"{recipients}:252: email: 'bad address'")
+    assert report.duplicates == 2
+    assert report.total == 252
+    # The config's group first, then the list in groups of 100, 100 and 50.
+    sizes = sorted(len(m.rcpt_tos) for m in running.messages)
+    assert sizes == [1, 50, 100, 100]
+    delivered = [r for m in running.messages for r in m.rcpt_tos]
+    assert len(delivered) == len(set(delivered)) == 251
+    for message in running.messages:
+        if len(message.rcpt_tos) > 1:
+            headers = parse(message.data)
+            assert str(headers["To"]) == "undisclosed-recipients:;"
+            assert headers["Cc"] is None
+            assert b"u1@example.com" not in message.data.split(b"\r\n\r\n")[0]
+
+
+async def test_group_size_one_names_the_recipient(
+    smtp_server: ServerFactory, make_campaign: CampaignFactory, tmp_path: Path
+) -> None:
+    running = await smtp_server()
+    recipients = write_list(tmp_path / "list.csv", 5)
+    path = make_campaign(
+        port=running.server.ssl_port,
+        to=None,
+        cc=None,
+        recipients_file=str(recipients),
+        group_size=1,
+    )
+    report = await run_campaign(await load_campaign(path, env={}))
+    assert report.all_accepted and report.total == 5
+    for message in running.messages:
+        [rcpt] = message.rcpt_tos
+        to = parse(message.data)["To"]
+        assert [a.addr_spec for a in to.addresses] == [rcpt]
+        assert to.addresses[0].display_name == "U " + rcpt[1:].split("@")[0]
+
+
+async def test_reconnects_after_max_messages_per_connection(
+    smtp_server: ServerFactory, make_campaign: CampaignFactory, tmp_path: Path
+) -> None:
+    running = await smtp_server()
+    recipients = write_list(tmp_path / "list.csv", 10)
+    path = make_campaign(
+        port=running.server.ssl_port,
+        to=None,
+        cc=None,
+        recipients_file=str(recipients),
+        group_size=1,
+        concurrency=1,
+        max_messages_per_connection=3,
+    )
+    report = await run_campaign(await load_campaign(path, env={}))
+    assert report.all_accepted
+    per_connection = [
+        sum(1 for line in conn_text.split(b"\r\n") if line.startswith(b"MAIL FROM"))
+        for conn_text in running.recorder.lines()
+    ]
+    assert per_connection == [3, 3, 3, 1]
+    assert all(text.endswith(b"QUIT\r\n") for text in running.recorder.lines())
+
+
+async def test_rate_limit_holds_across_the_pool(
+    smtp_server: ServerFactory, make_campaign: CampaignFactory, tmp_path: Path
+) -> None:
+    running = await smtp_server()
+    recipients = write_list(tmp_path / "list.csv", 21)
+    path = make_campaign(
+        port=running.server.ssl_port,
+        to=None,
+        cc=None,
+        recipients_file=str(recipients),
+        group_size=1,
+        concurrency=8,
+        rate="100/s",
+    )
+    campaign = await load_campaign(path, env={})
+    assert campaign.rate == 100
+    report = await run_campaign(campaign)
+    assert report.all_accepted
+    # 8 connections could send all 21 at once; at 100/s, message k may not start before
+    # k/100 s after the first. Checked on the server's clock.
+    times = sorted(m.received_at for m in running.messages)
+    for k, at in enumerate(times):
+        assert at - times[0] >= k / 100 - 0.01
+
+
+async def test_max_connections_caps_the_pool(
+    smtp_server: ServerFactory, make_campaign: CampaignFactory, tmp_path: Path
+) -> None:
+    running = await smtp_server()
+    recipients = write_list(tmp_path / "list.csv", 40)
+    path = make_campaign(
+        port=running.server.ssl_port,
+        to=None,
+        cc=None,
+        recipients_file=str(recipients),
+        group_size=1,
+        concurrency=16,
+        max_connections=2,
+    )
+    report = await run_campaign(await load_campaign(path, env={}))
+    assert report.all_accepted
+    assert len(running.recorder.connections) <= 2

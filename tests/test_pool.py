@@ -50,10 +50,10 @@ async def test_pool_never_exceeds_its_size(smtp_server: ServerFactory, certs: Ce
     await asyncio.sleep(0)
     assert not third.done()  # waits for a free slot
     assert "busy=2" in repr(pool)
-    pool.release(first)
+    await pool.release(first)
     assert await third is first  # the released session is handed on, no new connection
-    pool.release(second)
-    pool.release(first)
+    await pool.release(second)
+    await pool.release(first)
     await pool.close()
     assert pool.connections_opened == 2
 

@@ -1,0 +1,124 @@
+"""Telling the user how a run goes: a line per recipient for a small campaign, a progress bar on
+a terminal (rich) or a plain periodic line otherwise for a list, and the report file."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from typing import TextIO
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+)
+
+from .orchestrator import Observer
+from .report import ReportWriter
+from .results import RecipientResult, Status
+
+__all__ = ["ConsoleObserver"]
+
+PLAIN_INTERVAL = 5.0  # seconds between progress lines when not on a terminal
+
+
+class ConsoleObserver(Observer):
+    """Shows progress on `stream` (stderr) and appends every result to the report file."""
+
+    def __init__(
+        self,
+        *,
+        writer: ReportWriter | None = None,
+        per_recipient: bool = True,
+        quiet: bool = False,
+        stream: TextIO = sys.stderr,
+        interval: float = PLAIN_INTERVAL,
+    ) -> None:
+        self.writer = writer
+        self.per_recipient = per_recipient
+        self.quiet = quiet
+        self.stream = stream
+        self.interval = interval
+        self.counts: Counter[Status] = Counter()
+        self.done = 0
+        self.expected: int | None = None
+        self._started = time.monotonic()
+        self._last_line = self._started
+        self._bar: Progress | None = None
+        self._task = TaskID(0)
+
+    async def started(self, expected: int | None) -> None:
+        self.expected = expected
+        self._started = self._last_line = time.monotonic()
+        if self.quiet or self.per_recipient or not self.stream.isatty():
+            return
+        self._bar = Progress(
+            TextColumn("sending"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[counts]}"),
+            TextColumn("{task.fields[rate]}"),
+            TimeRemainingColumn(),
+            console=Console(file=self.stream),
+            transient=False,
+        )
+        self._task = self._bar.add_task("send", total=expected, counts="", rate="")
+        self._bar.start()
+
+    async def results(self, results: Sequence[RecipientResult]) -> None:
+        if self.writer is not None:
+            await self.writer.write(results)
+        for result in results:
+            self.counts[result.status] += 1
+        self.done += len(results)
+        if self.quiet:
+            return
+        if self.per_recipient:
+            for result in results:
+                print(f"  {result}", file=self.stream)
+        elif self._bar is not None:
+            self._bar.update(
+                self._task, completed=self.done, counts=self.describe(), rate=self.rate()
+            )
+        elif time.monotonic() - self._last_line >= self.interval:
+            self._last_line = time.monotonic()
+            print(f"asyncmailer: {self.line()}", file=self.stream, flush=True)
+
+    def finish(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+        elif not (self.quiet or self.per_recipient):
+            print(f"asyncmailer: {self.line()}", file=self.stream, flush=True)
+
+    def describe(self) -> str:
+        return ", ".join(f"{self.counts[s]} {s.value}" for s in Status if self.counts[s])
+
+    def rate(self) -> str:
+        elapsed = max(time.monotonic() - self._started, 1e-9)
+        return f"{self.done / elapsed:,.0f} recipients/s"
+
+    def line(self) -> str:
+        """``1,234/10,000 recipients (1,200 accepted, 34 refused), 456 recipients/s, ETA 19s``"""
+        total = f"/{self.expected:,}" if self.expected else ""
+        text = f"{self.done:,}{total} recipients ({self.describe() or 'none yet'}), {self.rate()}"
+        elapsed = time.monotonic() - self._started
+        if self.expected and self.done and self.expected > self.done:
+            remaining = elapsed / self.done * (self.expected - self.done)
+            text += f", ETA {_duration(remaining)}"
+        return text
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
