@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 
@@ -106,11 +106,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line and return its exit code. Never raises for bad input."""
     args = parseargs(argv)
     try:
-        if args.command == "serve":
-            from .server import serve_command
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            if args.command == "serve":
+                from .server import serve_command
 
-            return asyncio.run(serve_command(args))
-        return asyncio.run(send_command(args))
+                return runner.run(serve_command(args))
+            return runner.run(send_command(args))
     except KeyboardInterrupt:
         print("asyncmailer: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -184,6 +185,15 @@ async def send_command(args: argparse.Namespace, *, out: TextIO = sys.stdout) ->
         print(f"asyncmailer: {report.fatal}", file=sys.stderr)
         return EXIT_SERVER
     return EXIT_OK if report.all_accepted else EXIT_NOT_ALL_ACCEPTED
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop when it is installed (``pip install asyncmailer[fast]``)."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 def run() -> None:

@@ -200,8 +200,13 @@ async def run_campaign(
             await deliver(results)
 
     size = campaign.connections
-    async with SessionPool(new_session, size=size) as pool:
-        await asyncio.gather(*(worker(pool) for _ in range(size)))
+    try:
+        async with SessionPool(new_session, size=size) as pool, asyncio.TaskGroup() as workers:
+            for _ in range(size):
+                workers.create_task(worker(pool))
+    except BaseExceptionGroup as failed:
+        # A bug or an interrupt in one worker stopped them all; surface the first cause.
+        raise failed.exceptions[0] from None
 
     if report.fatal is not None:
         async for group in pending:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from typing import cast
 
 from aiosmtplib import SMTPReadTimeoutError, SMTPResponse, SMTPServerDisconnected
 
@@ -29,25 +30,39 @@ def parse_replies(buffer: bytearray) -> list[SMTPResponse]:
 
     :raises ReplyError: a line that does not start with a three-digit code.
     """
+    last = buffer.rfind(b"\n")
+    if last == -1:
+        if len(buffer) > MAX_REPLY:
+            raise ReplyError("reply too long")
+        return []
     replies: list[SMTPResponse] = []
-    start = 0
-    lines: list[bytes] = []
-    while (end := buffer.find(b"\n", start)) != -1:
-        line = bytes(buffer[start:end]).rstrip(b"\r")
-        start = end + 1
+    pending: list[bytes] = []
+    consumed = offset = 0
+    for raw in bytes(buffer[: last + 1]).split(b"\n")[:-1]:
+        offset += len(raw) + 1
+        line = raw[:-1] if raw.endswith(b"\r") else raw
         if len(line) < 3 or not line[:3].isdigit():
             raise ReplyError(f"malformed reply line: {line[:80]!r}")
-        lines.append(line)
-        if line[3:4] != b"-":
-            code = int(line[:3])
-            text = b"\n".join(part[4:].strip() for part in lines)
-            replies.append(SMTPResponse(code, text.decode("utf-8", "replace")))
-            lines = []
-            del buffer[:start]
-            start = 0
+        if line[3:4] == b"-":
+            pending.append(line[4:].strip())
+            continue
+        if pending:
+            pending.append(line[4:].strip())
+            text = b"\n".join(pending)
+            pending = []
+        else:
+            text = line[4:].strip()
+        replies.append(SMTPResponse(int(line[:3]), text.decode("utf-8", "replace")))
+        consumed = offset
+    del buffer[:consumed]
     if len(buffer) > MAX_REPLY:
         raise ReplyError("reply too long")
     return replies
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(SMTPReadTimeoutError("timed out waiting for the server's reply"))
 
 
 class ReplyReader(asyncio.Protocol):
@@ -63,8 +78,7 @@ class ReplyReader(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self._buffer.extend(data)
@@ -132,13 +146,16 @@ class ReplyReader(asyncio.Protocol):
         while not self._replies:
             if self._error is not None:
                 raise self._error
-            self._waiter = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            waiter = self._waiter = loop.create_future()
+            # One timer per wait, without asyncio.wait_for's extra task and callbacks.
+            timer = loop.call_later(timeout, _expire, waiter) if timeout is not None else None
             try:
-                await asyncio.wait_for(self._waiter, timeout)
-            except TimeoutError:
-                raise SMTPReadTimeoutError("timed out waiting for the server's reply") from None
+                await waiter
             finally:
                 self._waiter = None
+                if timer is not None:
+                    timer.cancel()
         return self._replies.popleft()
 
     def close(self) -> None:

@@ -14,7 +14,7 @@ import base64
 import contextlib
 import ssl
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import aiosmtplib
 from aiosmtplib import SMTPResponse
@@ -26,6 +26,7 @@ from .results import RecipientResult, Status
 
 __all__ = ["Session", "build_tls_context", "classify"]
 
+_JOIN_BELOW = 64 * 1024
 # Anything that leaves the connection in an unknown state: the session is dropped.
 _CONNECTION_ERRORS = (aiosmtplib.SMTPException, OSError)
 
@@ -203,8 +204,9 @@ class Session:
     def _take_over(self) -> None:
         """Hand the connection from aiosmtplib to our `ReplyReader`, which keeps every reply,
         so that commands can be pipelined (RFC 2920)."""
-        transport = self._smtp.transport
-        assert isinstance(transport, asyncio.Transport)
+        # asyncio's and uvloop's transports both have set_protocol(); uvloop's are not
+        # asyncio.Transport subclasses.
+        transport = cast(asyncio.Transport, self._smtp.transport)
         self._extensions = dict(self._smtp.esmtp_extensions)
         self._reader = ReplyReader()
         transport.set_protocol(self._reader)
@@ -328,8 +330,11 @@ class Session:
         reader = self._reader
         assert reader is not None
         tx.phase = "while sending the message"
-        for part in parts:
-            reader.write(part)
+        if size <= _JOIN_BELOW:
+            reader.write(b"".join(parts))  # one send() for a small message
+        else:
+            for part in parts:  # the shared part, with the attachments, is never copied
+                reader.write(part)
         await reader.drain()
         tx.phase = "after the final '.'"
         end = await reader.read(self._data_timeout(size))
