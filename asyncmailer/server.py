@@ -337,11 +337,11 @@ async def serve_command(args: argparse.Namespace) -> int:
         else:
             await _wait_for_signal()
             status = 0
-    folders = store.stored_folders()
-    accepted = plural(len(store.messages), "message")
+    folders = [f.name for f in store.stored_folders()]
+    shown = ", ".join(folders[:4]) + (f", ... ({len(folders)} in all)" if len(folders) > 4 else "")
     print(
-        f"asyncmailer serve: accepted {accepted}; stored in {store.folder}/ "
-        f"(one Maildir per recipient: {', '.join(f.name for f in folders) or 'none'})",
+        f"asyncmailer serve: accepted {plural(len(store.messages), 'message')}; stored in "
+        f"{store.folder}/ (one Maildir per recipient: {shown or 'none'})",
         flush=True,
     )
     return status

@@ -236,3 +236,35 @@ def test_bad_body_fails_before_anything_is_sent_or_written(
     body = tmp_path / "reliances" / "msg.txt"
     assert err == f"asyncmailer: {body}:1: not valid UTF-8 text (save the file as UTF-8)\n"
     assert not report.exists()
+
+
+async def test_list_campaign_summarises_and_reports_every_row(
+    smtp_server: ServerFactory, make_campaign: CampaignFactory, tmp_path: Path
+) -> None:
+    running = await smtp_server(refuse={"u3@example.com": (550, "5.1.1 User unknown")})
+    (tmp_path / "list.txt").write_text(
+        "".join(f"u{i}@example.com\n" for i in range(150)) + "broken@\nu5@example.com\n"
+    )
+    path = make_campaign(
+        port=running.server.ssl_port, to=None, cc=None, recipients_file="list.txt", group_size=40
+    )
+    code, out, err = await run_cli("-c", str(path), "--report", "r.csv", cwd=tmp_path)
+
+    assert code == 1, err
+    assert (
+        "151 recipients: 149 accepted, 1 refused, 1 skipped (1 duplicate in the list sent once)"
+        in out
+    )
+    # Only the problems are listed, not 151 rows.
+    assert re.search(r"^u3@example\.com +refused +550 +5\.1\.1 User unknown$", out, re.MULTILINE)
+    assert re.search(r"^broken@ +skipped +.*list\.txt:151: 'broken@' is not of the form", out, re.M)
+    assert "u4@example.com" not in out
+    # Not a terminal: progress comes as plain lines on stderr, the last one complete.
+    assert "asyncmailer: 151/150 recipients" not in err
+    assert re.search(
+        r"asyncmailer: 151/15\d recipients \(149 accepted, 1 refused, 1 skipped\)", err
+    )
+    with open(tmp_path / "r.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 151
+    assert sum(len(m.rcpt_tos) for m in running.messages) == 149
