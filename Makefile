@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml
 # Then the list campaign (reliances/list.yaml: 1,200 addresses, groups of 100, STARTTLS).
 demo: $(STAMP)
 	@chmod 600 reliances/your_pswd.txt
-	@rm -rf .demo/mail
+	@rm -rf .demo
 	$(BIN)/asyncmailer serve --dir .demo --user sender@example.com \
 		--password-file reliances/your_pswd.txt -- sh -c '\
 		$(BIN)/asyncmailer --config reliances/config.json --report .demo/report.csv && \

@@ -11,8 +11,9 @@ from .errors import (
     MailerError,
     TLSRequiredError,
 )
+from .journal import Journal, JournalError
 from .message import Attachment, MessageTemplate
-from .orchestrator import Group, run_campaign
+from .orchestrator import Observer, RunOptions, run_campaign
 from .pool import SessionPool
 from .results import CampaignReport, RecipientResult, Status
 from .session import Session
@@ -27,11 +28,14 @@ __all__ = [
     "ConfigError",
     "ConnectError",
     "DeliveryError",
-    "Group",
     "InputError",
+    "Journal",
+    "JournalError",
     "MailerError",
     "MessageTemplate",
+    "Observer",
     "RecipientResult",
+    "RunOptions",
     "Secret",
     "Security",
     "ServerSettings",

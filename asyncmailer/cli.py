@@ -2,13 +2,15 @@
 
 Exit codes: 0 every recipient accepted; 1 some recipient not accepted; 2 bad config, input or
 usage (nothing sent); 3 the server could not be reached, refused TLS, or refused the login;
-70 an internal error (a bug: please report it); 130 interrupted.
+70 an internal error (a bug: please report it); 75 interrupted, resumable.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -17,10 +19,11 @@ from typing import TextIO
 from . import __version__
 from .config import DEFAULT_CONFIG, PASSWORD_ENV, load_campaign
 from .errors import InputError, MailerError
-from .orchestrator import prepare_message, run_campaign
+from .journal import JournalReader, journal_path
+from .orchestrator import RunOptions, prepare_message, run_campaign
 from .progress import ConsoleObserver
 from .report import ReportWriter, format_table
-from .results import Status, plural
+from .results import CampaignReport, Status, plural
 
 __all__ = ["EXIT_CODES", "main", "run"]
 
@@ -30,7 +33,7 @@ EXIT_OK, EXIT_NOT_ALL_ACCEPTED, EXIT_USAGE, EXIT_SERVER, EXIT_INTERNAL, EXIT_INT
     2,
     3,
     70,
-    130,
+    75,
 )
 EXIT_CODES = {
     EXIT_OK: "every recipient was accepted",
@@ -38,9 +41,9 @@ EXIT_CODES = {
     EXIT_USAGE: "bad config, input file or command line; nothing was sent",
     EXIT_SERVER: "the server could not be reached, refused TLS, or refused the login",
     EXIT_INTERNAL: "internal error (a bug; run with --debug and report it)",
-    EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C, SIGTERM); run the same command again to resume",
 }
-_COMMANDS = ("send", "serve")
+_COMMANDS = ("send", "serve", "status")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -77,7 +80,20 @@ def parseargs(argv: Sequence[str] | None = None) -> argparse.Namespace:
     send.add_argument(
         "-q", "--quiet", action="store_true", help="print only the final table and summary"
     )
+    send.add_argument(
+        "--resend-unknown",
+        action="store_true",
+        help="also send again to recipients whose outcome is unknown (may duplicate)",
+    )
     send.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+
+    status = commands.add_parser(
+        "status",
+        help="show a campaign's counts from its journal",
+        description="Show how many recipients of a campaign are in each state.",
+    )
+    status.add_argument("-c", "--config", type=Path, default=DEFAULT_CONFIG, help="campaign file")
+    status.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
     serve = commands.add_parser(
         "serve",
@@ -111,6 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 from .server import serve_command
 
                 return runner.run(serve_command(args))
+            if args.command == "status":
+                return runner.run(status_command(args))
             return runner.run(send_command(args))
     except KeyboardInterrupt:
         print("asyncmailer: interrupted", file=sys.stderr)
@@ -133,6 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 TABLE_ROWS = 100  # a longer result list is summarised; the report file has every row
+STOP_TIMEOUT = 30.0  # seconds transactions in flight get to finish after Ctrl-C or SIGTERM
 
 
 async def send_command(args: argparse.Namespace, *, out: TextIO = sys.stdout) -> int:
@@ -159,15 +178,41 @@ async def send_command(args: argparse.Namespace, *, out: TextIO = sys.stdout) ->
     observer = ConsoleObserver(
         writer=writer, per_recipient=campaign.recipients_file is None, quiet=args.quiet
     )
+    options = RunOptions(resend_unknown=args.resend_unknown)
     try:
-        if writer is not None:
-            async with writer:
-                report = await run_campaign(campaign, template=template, observer=observer)
-        else:
-            report = await run_campaign(campaign, template=template, observer=observer)
-    finally:
+        with _SignalStop(options.stop):
+            if writer is not None:
+                async with writer:
+                    report = await run_campaign(
+                        campaign, template=template, observer=observer, options=options
+                    )
+            else:
+                report = await run_campaign(
+                    campaign, template=template, observer=observer, options=options
+                )
+    except asyncio.CancelledError:
         observer.finish()
+        print(
+            "asyncmailer: stopped at once; the journal knows where every recipient stands. "
+            "Run the same command again to resume.",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    observer.finish()
 
+    if args.report:
+        await write_full_report(args.report, report)
+    _print_outcome(report, args, out)
+    if report.fatal is not None:
+        print(f"asyncmailer: {report.fatal}", file=sys.stderr)
+        return EXIT_SERVER
+    if options.stop.is_set():
+        print("asyncmailer: interrupted; run the same command again to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return EXIT_OK if report.all_accepted else EXIT_NOT_ALL_ACCEPTED
+
+
+def _print_outcome(report: CampaignReport, args: argparse.Namespace, out: TextIO) -> None:
     if report.complete and report.total <= TABLE_ROWS:
         print(format_table(report.results), file=out)
     elif report.problems:
@@ -177,14 +222,91 @@ async def send_command(args: argparse.Namespace, *, out: TextIO = sys.stdout) ->
         if hidden > 0:
             print(f"... and {plural(hidden, 'more recipient')} not accepted", file=out)
     print(report.summary(), file=out)
+    if report.counts[Status.UNKNOWN]:
+        print(
+            f"{plural(report.counts[Status.UNKNOWN], 'recipient')} unknown: the connection or "
+            "the run stopped after the message was sent and before the server answered; they "
+            "are not sent again unless you run with --resend-unknown",
+            file=out,
+        )
     if args.report:
         print(f"report written to {args.report}", file=out)
     elif not report.complete:
         print("every recipient's result: run again with --report FILE.csv", file=out)
-    if report.fatal is not None:
-        print(f"asyncmailer: {report.fatal}", file=sys.stderr)
-        return EXIT_SERVER
-    return EXIT_OK if report.all_accepted else EXIT_NOT_ALL_ACCEPTED
+
+
+async def write_full_report(path: Path, report: CampaignReport) -> None:
+    """Replace the report written as the run went with every recipient of the campaign, this
+    run's and earlier runs', from the journal (atomically: a temporary file, then rename)."""
+    assert report.journal is not None
+    partial = path.with_name(f".{path.stem}.partial{path.suffix}")
+    async with ReportWriter(partial) as writer:
+        await writer.write(report.bad_rows)
+        async for page in JournalReader(report.journal).pages():
+            await writer.write(page)
+    await asyncio.to_thread(os.replace, partial, path)
+
+
+class _SignalStop:
+    """First SIGINT/SIGTERM: take no new work, let transactions in flight finish (at most
+    STOP_TIMEOUT seconds). Second one, or the timeout: stop at once."""
+
+    def __init__(self, stop: asyncio.Event) -> None:
+        self.stop = stop
+        self.loop = asyncio.get_running_loop()
+        self.task = asyncio.current_task()
+        self.count = 0
+
+    def __enter__(self) -> None:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self.loop.add_signal_handler(signum, self._signal)
+
+    def __exit__(self, *exc_info: object) -> None:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self.loop.remove_signal_handler(signum)
+
+    def _signal(self) -> None:
+        self.count += 1
+        assert self.task is not None
+        if self.count == 1:
+            self.stop.set()
+            print(
+                "\nasyncmailer: stopping: finishing the transactions in flight "
+                f"(at most {STOP_TIMEOUT:.0f} s); press Ctrl-C again to stop at once",
+                file=sys.stderr,
+                flush=True,
+            )
+            self.loop.call_later(STOP_TIMEOUT, self.task.cancel)
+        else:
+            self.task.cancel()
+
+
+STATE_WORDS = {
+    "accepted": "accepted",
+    "refused": "refused",
+    "deferred": "deferred (to retry)",
+    "unknown": "unknown (not resent unless --resend-unknown)",
+    "skipped": "skipped",
+    "pending": "pending (not attempted yet)",
+    "inflight": "in flight (claimed by a run)",
+    "data": "past DATA, awaiting the reply",
+}
+
+
+async def status_command(args: argparse.Namespace, *, out: TextIO = sys.stdout) -> int:
+    """`asyncmailer status`: a campaign's counts from its journal."""
+    campaign = await load_campaign(args.config)
+    path = journal_path(campaign.state_dir, campaign.source)
+    counts = await JournalReader(path).counts()
+    print(f"campaign {args.config}: journal {path}", file=out)
+    for state, word in STATE_WORDS.items():
+        if counts[state]:
+            print(f"  {counts[state]:>9,}  {word}", file=out)
+    print(f"  {sum(counts.values()):>9,}  recipients in all", file=out)
+    left = counts["pending"] + counts["deferred"] + counts["inflight"]
+    if left:
+        print(f"{plural(left, 'recipient')} still to send: run the campaign again", file=out)
+    return EXIT_OK
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -90,6 +90,8 @@ class ServerSettings:
     timeout: float = 60.0
     pipelining: bool = True
     max_messages_per_connection: int = 0
+    connect_timeout: float = 30.0
+    data_timeout: float = 600.0
 
     @property
     def address(self) -> str:
@@ -117,6 +119,10 @@ class Campaign:
     group_size: int = DEFAULT_GROUP_SIZE
     rate: float | None = None
     max_connections: int | None = None
+    state_dir: Path = Path(".asyncmailer")
+    retry_attempts: int = 5
+    retry_delay: float = 10.0
+    retry_max_age: float = 1800.0
     notices: tuple[str, ...] = ()
 
     @property
@@ -353,6 +359,13 @@ KNOWN_KEYS: dict[str, str] = {
     "max_messages_per_connection": "reconnect after this many messages (default 0: never)",
     "rate": "at most this many messages per second, or '600/minute', '5000/hour'",
     "max_connections": "cap on simultaneous connections (default: concurrency)",
+    "connect_timeout": "seconds to connect, greet, secure and log in (default 30)",
+    "data_timeout": "seconds to wait for the reply to the final '.' (default 600, RFC 5321), "
+    "plus one per 64 KiB of message",
+    "state_dir": "folder for the campaign journal (default .asyncmailer beside reliances/)",
+    "retry_attempts": "tries per recipient in one run on temporary failures (default 5)",
+    "retry_delay": "seconds before the first retry; doubles each time, up to 300 (default 10)",
+    "retry_max_age": "stop retrying in this run after this many seconds (default 1800)",
 }
 
 
@@ -501,6 +514,10 @@ async def load_campaign(
         max_connections=fields.get_int("max_connections", 0, 1, 1000)
         if fields.present("max_connections")
         else None,
+        state_dir=fields.get_path("state_dir", root, ".asyncmailer") or root / ".asyncmailer",
+        retry_attempts=fields.get_int("retry_attempts", 5, 1, 100),
+        retry_delay=fields.get_number("retry_delay", 10.0, 0, 86400),
+        retry_max_age=fields.get_number("retry_max_age", 1800.0, 0, 30 * 86400),
         notices=tuple(notices),
     )
 
@@ -572,6 +589,8 @@ async def _server_settings(
             tls_verify=tls_verify,
             timeout=fields.get_number("timeout", 60.0, 0, 3600),
             pipelining=fields.get_bool("pipelining", True),
+            connect_timeout=fields.get_number("connect_timeout", 30.0, 0, 3600),
+            data_timeout=fields.get_number("data_timeout", 600.0, 0, 86400),
             max_messages_per_connection=fields.get_int(
                 "max_messages_per_connection", 0, 0, 10_000_000
             ),

@@ -29,6 +29,7 @@ from .errors import InputError
 from .recipients import Mailbox
 
 __all__ = [
+    "END_OF_DATA",
     "Attachment",
     "MessageTemplate",
     "load_attachments",
@@ -39,6 +40,7 @@ __all__ = [
 # SMTP line endings, and every part 7-bit clean so no server needs 8BITMIME.
 POLICY = email_policy.SMTP.clone(cte_type="7bit")
 
+END_OF_DATA = b".\r\n"
 _LINE_ENDINGS = re.compile(rb"\r\n|\r|\n")
 _LEADING_DOT = re.compile(rb"^\.", re.MULTILINE)
 
@@ -67,7 +69,7 @@ def prepare_data(message: bytes, *, terminate: bool = True) -> bytes:
     data = _LEADING_DOT.sub(b"..", data)
     if data and not data.endswith(b"\r\n"):
         data += b"\r\n"
-    return data + b".\r\n" if terminate else data
+    return data + END_OF_DATA if terminate else data
 
 
 async def load_body(path: Path) -> str:
@@ -167,7 +169,7 @@ class MessageTemplate:
         shared = (
             _fold("From", str(sender)) + _subject(subject) + mime_headers + b"\r\n\r\n" + mime_body
         )
-        self._shared = prepare_data(shared)
+        self._shared = prepare_data(shared, terminate=False)
         self._msgid_domain = sender.domain
         self._date_second = -1
         self._date_header = b""
@@ -195,7 +197,8 @@ class MessageTemplate:
         cc: Sequence[Mailbox] = (),
         message_id: str | None = None,
     ) -> tuple[bytes, bytes]:
-        """The DATA payload for one transaction as (its own headers, the shared bytes).
+        """The message for one transaction as (its own headers, the shared bytes), dot-stuffed
+        and CRLF-terminated, without the final ``.`` that `Session.send()` writes.
 
         Writing the two parts one after the other sends the message; the shared part, with
         every attachment, is never copied. Bcc recipients are never written here.
@@ -216,8 +219,8 @@ class MessageTemplate:
         cc: Sequence[Mailbox] = (),
         message_id: str | None = None,
     ) -> bytes:
-        """The DATA payload for one transaction, in one piece."""
-        return b"".join(self.render_parts(to=to, cc=cc, message_id=message_id))
+        """The whole DATA payload for one transaction, final ``.`` included, in one piece."""
+        return b"".join(self.render_parts(to=to, cc=cc, message_id=message_id)) + END_OF_DATA
 
 
 def _address_header(name: str, mailboxes: Sequence[Mailbox]) -> bytes:

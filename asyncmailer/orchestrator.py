@@ -1,51 +1,57 @@
-"""Run a campaign: load its files without blocking, build the message once, stream the
-recipients into groups, send every group through the session pool, and report a result for each
-recipient as it comes."""
+"""Run a campaign: load its files without blocking, build the message once, record every
+recipient in the journal, then send what is due through the session pool, retrying temporary
+failures, and report a result for each recipient as it comes.
+
+Re-running the same campaign resumes from its journal: accepted and refused recipients are never
+sent again; pending and deferred ones are; ``unknown`` ones only when asked.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable, Sequence
-from dataclasses import dataclass
+import dataclasses
+import random
+import ssl
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from .config import Campaign, Security
-from .errors import DeliveryError
+from .errors import AuthError, ConnectError, TLSRequiredError
+from .journal import Journal, WorkItem, journal_path
 from .message import MessageTemplate, load_attachments, load_body
 from .pool import SessionPool
 from .recipient_list import BadRow, FingerprintSet, RecipientFile
-from .recipients import Mailbox, dedupe
+from .recipients import Mailbox
 from .results import CampaignReport, RecipientResult, Status
 from .session import Session, build_tls_context
 from .throttle import RateLimiter
 
-__all__ = ["Group", "Observer", "prepare_message", "run_campaign"]
+__all__ = ["MAX_RETRY_DELAY", "Observer", "RunOptions", "prepare_message", "run_campaign"]
 
-
-@dataclass(frozen=True, slots=True)
-class Group:
-    """Recipients that share one message and one SMTP transaction.
-
-    `to` and `cc` are shown in the headers; `bcc` only travels in the envelope.
-    """
-
-    to: tuple[Mailbox, ...] = ()
-    cc: tuple[Mailbox, ...] = ()
-    bcc: tuple[Mailbox, ...] = ()
-
-    @property
-    def envelope(self) -> list[str]:
-        """Every address the transaction sends to, each once: to, cc and bcc."""
-        return [m.addr for m in dedupe([*self.to, *self.cc, *self.bcc])]
+MAX_RETRY_DELAY = 300.0
+_LOAD_BATCH = 5000
 
 
 class Observer:
     """What a run tells as it goes. Subclass and override what you need."""
 
     async def started(self, expected: int | None) -> None:
-        """Sending begins; `expected` is about how many recipients there are, if known."""
+        """Sending begins; `expected` is how many recipients this run has to try."""
 
     async def results(self, results: Sequence[RecipientResult]) -> None:
         """Results of one transaction (or skipped recipients), as they come."""
+
+
+@dataclass(slots=True)
+class RunOptions:
+    """How this run treats the journal, and how it is stopped."""
+
+    resend_unknown: bool = False
+    # Set it to stop taking new work; transactions in flight finish.
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    local_hostname: str | None = None
 
 
 async def prepare_message(campaign: Campaign) -> MessageTemplate:
@@ -65,66 +71,107 @@ async def prepare_message(campaign: Campaign) -> MessageTemplate:
     )
 
 
-class _Plan:
-    """The campaign's groups, made lazily: the config's to/cc/bcc as one message (as the
-    original program sent it), then the recipient list in groups of `group_size`."""
+class _Retry:
+    """Exponential backoff with jitter, bounded by attempts and by time in this run."""
 
-    def __init__(self, campaign: Campaign, report: CampaignReport) -> None:
-        self.campaign = campaign
-        self.report = report
-        self.seen = FingerprintSet()
-        self.list = (
-            RecipientFile(
-                campaign.recipients_file,
-                column=campaign.recipients_column,
-                name_column=campaign.name_column,
-                seen=self.seen,
-            )
-            if campaign.recipients_file
-            else None
-        )
-        self.skipped: list[RecipientResult] = []  # bad rows waiting to be reported
+    def __init__(self, campaign: Campaign) -> None:
+        self.attempts = campaign.retry_attempts
+        self.delay = campaign.retry_delay
+        self.deadline = time.time() + campaign.retry_max_age
 
-    async def expected(self) -> int:
-        """Check the list file (UTF-8, no NUL) and estimate the recipient count from it.
-
-        :raises InputError: the list cannot be read or is not UTF-8.
-        """
-        campaign = self.campaign
-        count = len(campaign.recipients)
-        if self.list is not None:
-            scan = await self.list.scan()
-            count += max(scan.lines - (1 if self.list.path.suffix.lower() == ".csv" else 0), 0)
-        return count
-
-    async def groups(self) -> AsyncIterator[Group]:
-        campaign = self.campaign
-        if campaign.to or campaign.cc or campaign.bcc:
-            for mailbox in campaign.recipients:
-                self.seen.add(mailbox.key)
-            yield Group(campaign.to, campaign.cc, campaign.bcc)
-        if self.list is None:
-            return
-        size = campaign.group_size
-        batch: list[Mailbox] = []
-        async for item in self.list:
-            if isinstance(item, BadRow):
-                self.skipped.append(RecipientResult(item.text, Status.SKIPPED, None, str(item), 0))
-                continue
-            batch.append(item.mailbox)
-            if len(batch) == size:
-                yield _list_group(batch)
-                batch = []
-        if batch:
-            yield _list_group(batch)
-        self.report.duplicates = self.list.duplicates
+    def at(self, attempt: int) -> float | None:
+        if attempt >= self.attempts:
+            return None
+        delay = min(self.delay * 2 ** (attempt - 1), MAX_RETRY_DELAY)
+        when = time.time() + delay * random.uniform(0.8, 1.2)
+        return when if when <= self.deadline else None
 
 
-def _list_group(mailboxes: list[Mailbox]) -> Group:
-    """List recipients never see each other: alone, one is named in To; together, none is."""
-    if len(mailboxes) == 1:
-        return Group(to=(mailboxes[0],))
-    return Group(bcc=tuple(mailboxes))
+class _Scheduler:
+    """Hands out due work from the journal, a batch of groups at a time; waits for deferred
+    recipients to come due while anything may still change."""
+
+    def __init__(self, journal: Journal, batch: int, stop: asyncio.Event) -> None:
+        self.journal = journal
+        self.batch = batch
+        self.stop = stop
+        self.buffer: deque[WorkItem] = deque()
+        self.in_flight = 0
+        self.changed = asyncio.Event()
+        self.lock = asyncio.Lock()
+
+    async def next(self) -> WorkItem | None:
+        async with self.lock:
+            while not self.stop.is_set():
+                if self.buffer:
+                    self.in_flight += 1
+                    return self.buffer.popleft()
+                claimed = await self.journal.claim(self.batch, time.time())
+                if claimed:
+                    self.buffer.extend(claimed)
+                    continue
+                self.changed.clear()
+                if self.in_flight:
+                    await self._wait(None)  # a transaction in flight may defer recipients
+                    continue
+                due = await self.journal.next_due()
+                if due is None:
+                    return None
+                await self._wait(max(due - time.time(), 0.0))
+            return None
+
+    def done(self) -> None:
+        self.in_flight -= 1
+        self.changed.set()
+
+    async def _wait(self, timeout: float | None) -> None:
+        waiters = [
+            asyncio.ensure_future(self.changed.wait()),
+            asyncio.ensure_future(self.stop.wait()),
+        ]
+        try:
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+    async def release_buffered(self) -> None:
+        while self.buffer:
+            await self.journal.release(self.buffer.popleft())
+
+
+async def _load(
+    campaign: Campaign, journal: Journal, report: CampaignReport, observer: Observer
+) -> None:
+    """Record every recipient in the journal (each address once); report bad list rows."""
+    seen = FingerprintSet()
+    if campaign.recipients:
+        await journal.add_config_group(campaign.recipients)
+        for mailbox in campaign.recipients:
+            seen.add(mailbox.key)
+    if campaign.recipients_file is None:
+        return
+    source = RecipientFile(
+        campaign.recipients_file,
+        column=campaign.recipients_column,
+        name_column=campaign.name_column,
+        seen=seen,
+    )
+    await source.scan()
+    batch: list[Mailbox] = []
+    bad: list[RecipientResult] = []
+    async for item in source:
+        if isinstance(item, BadRow):
+            bad.append(RecipientResult(item.text, Status.SKIPPED, None, str(item), 0))
+            continue
+        batch.append(item.mailbox)
+        if len(batch) == _LOAD_BATCH:
+            await journal.add_list(batch, campaign.group_size)
+            batch = []
+    if batch:
+        await journal.add_list(batch, campaign.group_size)
+    report.bad_rows = bad
+    report.duplicates = source.duplicates
 
 
 async def run_campaign(
@@ -132,18 +179,20 @@ async def run_campaign(
     *,
     template: MessageTemplate | None = None,
     observer: Observer | None = None,
-    groups: Iterable[Group] | None = None,
-    local_hostname: str | None = None,
+    options: RunOptions | None = None,
 ) -> CampaignReport:
-    """Send the campaign and return its report.
+    """Send (or resume) the campaign and return its report.
 
-    A server that cannot be reached or refuses TLS or the login stops the run: transactions in
-    flight finish, every recipient not attempted is reported `skipped`, and `report.fatal`
-    holds the error. Bad list rows are reported `skipped` with file and line.
+    Temporary failures are retried within the run (`retry_attempts`, `retry_delay`,
+    `retry_max_age`); what is still deferred stays in the journal for the next run. A server
+    that refuses TLS or the login, or cannot be reached when the run starts, stops the run:
+    transactions in flight finish and `report.fatal` holds the error.
 
     :raises InputError: the message file, an attachment or the recipient list cannot be read.
+    :raises JournalError: the journal is locked by another run, or cannot be written.
     """
     observer = observer or Observer()
+    options = options or RunOptions()
     if template is None:
         template = await prepare_message(campaign)
     server = campaign.server
@@ -153,53 +202,86 @@ async def run_campaign(
         else None
     )
     report = CampaignReport()
-    plan = _Plan(campaign, report)
-    if groups is None:
-        expected: int | None = await plan.expected()
-        pending = plan.groups()
-    else:
-        groups = list(groups)
-        expected = sum(len(g.envelope) for g in groups)
-        pending = _aiter(groups)
-    await observer.started(expected)
+    path = journal_path(campaign.state_dir, campaign.source)
+    report.journal = path
+    async with await Journal.open(path, msgid_domain=campaign.sender.domain) as journal:
+        await _load(campaign, journal, report, observer)
+        report.recovered = await journal.start_run(resend_unknown=options.resend_unknown)
+        counts = await journal.counts()
+        await observer.started(counts["pending"] + counts["deferred"] + len(report.bad_rows))
+        if report.bad_rows:
+            await observer.results(report.bad_rows)
+        await _send(campaign, template, journal, tls_context, observer, options, report)
+        await _fill_report(journal, report)
+    return report
 
+
+async def _send(
+    campaign: Campaign,
+    template: MessageTemplate,
+    journal: Journal,
+    tls_context: ssl.SSLContext | None,
+    observer: Observer,
+    options: RunOptions,
+    report: CampaignReport,
+) -> None:
+    server = campaign.server
+    retry = _Retry(campaign)
     limiter = RateLimiter(campaign.rate) if campaign.rate else None
-    lock = asyncio.Lock()
-    stop = asyncio.Event()
-
-    async def deliver(results: Sequence[RecipientResult]) -> None:
-        report.add(results)
-        await observer.results(results)
-
-    async def next_group() -> Group | None:
-        async with lock:
-            group = None if stop.is_set() else await anext(pending, None)
-        if plan.skipped:
-            skipped, plan.skipped = plan.skipped, []
-            await deliver(skipped)
-        return group
+    size = campaign.connections
+    scheduler = _Scheduler(journal, max(2 * size, 8), options.stop)
+    connected = False  # a server unreachable from the start is fatal; later, it is retried
 
     def new_session() -> Session:
-        return Session(server, tls_context=tls_context, local_hostname=local_hostname)
+        return Session(
+            server,
+            tls_context=tls_context,
+            local_hostname=options.local_hostname,
+        )
+
+    def headers(item: WorkItem) -> tuple[tuple[Mailbox, ...], tuple[Mailbox, ...]]:
+        if item.headers:
+            return campaign.to, campaign.cc
+        if campaign.group_size == 1 and len(item.recipients) == 1:
+            return item.recipients, ()  # alone in the message: named in To
+        return (), ()  # list recipients never see each other
+
+    async def attempt(item: WorkItem, pool: SessionPool) -> list[RecipientResult]:
+        nonlocal connected
+        envelope = [m.addr for m in item.recipients]
+        if limiter is not None:
+            await limiter.wait()
+        try:
+            async with pool.session() as session:
+                connected = True
+                to, cc = headers(item)
+                parts = template.render_parts(to=to, cc=cc, message_id=item.message_id)
+                return await session.send(
+                    campaign.sender.addr,
+                    envelope,
+                    parts,
+                    before_end=lambda: journal.mark_data(item.ids),
+                )
+        except ConnectError as err:
+            if not connected:
+                raise
+            note = f"not delivered: {err}"
+            return [RecipientResult(r, Status.DEFERRED, err.code, note) for r in envelope]
 
     async def worker(pool: SessionPool) -> None:
-        while (group := await next_group()) is not None:
-            envelope = group.envelope
+        while (item := await scheduler.next()) is not None:
             try:
-                if limiter is not None:
-                    await limiter.wait()
-                async with pool.session() as session:
-                    parts = template.render_parts(to=group.to, cc=group.cc)
-                    results = await session.send(campaign.sender.addr, envelope, parts)
-            except DeliveryError as err:
-                if report.fatal is None:
-                    report.fatal = err
-                stop.set()
-                await deliver([_skipped(r, err) for r in envelope])
+                results = await attempt(item, pool)
+            except (AuthError, TLSRequiredError, ConnectError) as err:
+                report.fatal = report.fatal or err
+                options.stop.set()
+                await journal.release(item)
                 return
-            await deliver(results)
+            finally:
+                scheduler.done()
+            await journal.record(item, results, retry_at=retry.at, max_attempts=retry.attempts)
+            await observer.results(results)
 
-    size = campaign.connections
     try:
         async with SessionPool(new_session, size=size) as pool, asyncio.TaskGroup() as workers:
             for _ in range(size):
@@ -207,19 +289,21 @@ async def run_campaign(
     except BaseExceptionGroup as failed:
         # A bug or an interrupt in one worker stopped them all; surface the first cause.
         raise failed.exceptions[0] from None
-
-    if report.fatal is not None:
-        async for group in pending:
-            await deliver([_skipped(r, report.fatal) for r in group.envelope])
-    if plan.skipped:
-        await deliver(plan.skipped)
-    return report
+    finally:
+        await asyncio.shield(scheduler.release_buffered())
 
 
-async def _aiter(groups: Iterable[Group]) -> AsyncIterator[Group]:
-    for group in groups:
-        yield group
+async def _fill_report(journal: Journal, report: CampaignReport) -> None:
+    """The campaign's state from the journal: this run and every run before it."""
+    report.add(report.bad_rows)
+    after = 0
+    while page := await journal.results(after):
+        report.add(_explain(result, report) for _, result in page)
+        after = page[-1][0]
 
 
-def _skipped(recipient: str, reason: DeliveryError) -> RecipientResult:
-    return RecipientResult(recipient, Status.SKIPPED, reason.code, f"not attempted: {reason}", 0)
+def _explain(result: RecipientResult, report: CampaignReport) -> RecipientResult:
+    """A recipient this run never got to, when the run stopped on a fatal error: say why."""
+    if report.fatal is not None and result.status is Status.SKIPPED and not result.attempts:
+        return dataclasses.replace(result, message=f"not attempted: {report.fatal}")
+    return result

@@ -6,6 +6,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 
 from .errors import DeliveryError
 
@@ -69,6 +70,9 @@ class CampaignReport:
     duplicates: int = 0
     # Set when the run had to stop early (server unreachable, TLS refused, login failed).
     fatal: DeliveryError | None = None
+    journal: Path | None = None
+    recovered: dict[str, int] = field(default_factory=dict)  # what a stopped run had left
+    bad_rows: list[RecipientResult] = field(default_factory=list)  # this run's bad list rows
 
     def add(self, results: Iterable[RecipientResult]) -> None:
         for result in results:

@@ -13,7 +13,7 @@ import asyncio
 import base64
 import contextlib
 import ssl
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
 import aiosmtplib
@@ -21,6 +21,7 @@ from aiosmtplib import SMTPResponse
 
 from .config import Security, ServerSettings
 from .errors import AuthError, ConnectError, TLSRequiredError
+from .message import END_OF_DATA
 from .protocol import ReplyReader
 from .results import RecipientResult, Status
 
@@ -73,7 +74,7 @@ class Session:
             use_tls=settings.security is Security.SSL,
             start_tls=False,
             tls_context=tls_context if settings.security is not Security.NONE else None,
-            timeout=settings.timeout,
+            timeout=settings.connect_timeout,
             local_hostname=local_hostname,
         )
         self.transactions = 0
@@ -234,21 +235,27 @@ class Session:
     # -- sending -----------------------------------------------------------------------------
 
     async def send(
-        self, sender: str, recipients: Sequence[str], data: bytes | Sequence[bytes]
+        self,
+        sender: str,
+        recipients: Sequence[str],
+        message: Sequence[bytes],
+        *,
+        before_end: Callable[[], Awaitable[None]] | None = None,
     ) -> list[RecipientResult]:
         """Run one transaction and return one result per recipient, in order.
 
-        `data` is the DATA payload from `MessageTemplate.render()` (CRLF, dot-stuffed, closing
-        ``.`` included), as bytes or as parts written one after the other. With PIPELINING
-        (offered and not turned off), MAIL, every RCPT and DATA go in one write.
+        `message` is the content from `MessageTemplate.render_parts()`: parts written one
+        after the other, CRLF-terminated and dot-stuffed, without the final ``.``, which is
+        written here, after `before_end()` has returned (the journal's commit point). With
+        PIPELINING (offered and not turned off), MAIL, every RCPT and DATA go in one write.
 
         Never raises for a server reply or a lost connection: those become results (`refused`,
         `deferred`, or `unknown` when the connection died after the final ``.``), and a lost
         connection leaves `usable` False.
         """
         assert self._reader is not None, "connect() first"
-        parts = (data,) if isinstance(data, bytes) else tuple(data)
-        size = sum(len(p) for p in parts)
+        parts = tuple(message)
+        size = sum(len(p) for p in parts) + len(END_OF_DATA)
         limit = self.size_limit
         if limit and size > limit:
             note = f"message is {size} bytes; the server accepts at most {limit} (SIZE)"
@@ -261,7 +268,7 @@ class Session:
             else:
                 go = await self._envelope_stepwise(transaction, sender, size)
             if go:
-                await self._message(transaction, parts, size)
+                await self._message(transaction, parts, size, before_end)
         except _CONNECTION_ERRORS as err:
             self.abort()
             transaction.connection_lost(err)
@@ -326,14 +333,25 @@ class Session:
         self._check_421(start)
         return tx.data_started(start)
 
-    async def _message(self, tx: _Transaction, parts: Sequence[bytes], size: int) -> None:
+    async def _message(
+        self,
+        tx: _Transaction,
+        parts: Sequence[bytes],
+        size: int,
+        before_end: Callable[[], Awaitable[None]] | None,
+    ) -> None:
         reader = self._reader
         assert reader is not None
         tx.phase = "while sending the message"
-        if size <= _JOIN_BELOW:
-            reader.write(b"".join(parts))  # one send() for a small message
-        else:
+        if before_end is not None:
             for part in parts:  # the shared part, with the attachments, is never copied
+                reader.write(part)
+            await before_end()  # committed while the body is on its way
+            reader.write(END_OF_DATA)
+        elif size <= _JOIN_BELOW:
+            reader.write(b"".join((*parts, END_OF_DATA)))  # one send() for a small message
+        else:
+            for part in (*parts, END_OF_DATA):
                 reader.write(part)
         await reader.drain()
         tx.phase = "after the final '.'"
@@ -368,9 +386,10 @@ class Session:
         return int(value) if value.isdigit() and int(value) > 0 else None
 
     def _data_timeout(self, size: int) -> float:
-        """Time for the final reply: the configured timeout plus time to move the bytes at
-        a slow 64 KiB/s, so a large attachment on a slow link does not time out spuriously."""
-        return self.settings.timeout + size / 65536
+        """Time for the reply to the final ".": `data_timeout` plus a second per 64 KiB, so a
+        large attachment on a slow link does not time out spuriously (the whole body may
+        still sit in our send buffer when the wait starts)."""
+        return self.settings.data_timeout + size / 65536
 
 
 class _Transaction:

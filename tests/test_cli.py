@@ -178,6 +178,7 @@ async def test_serve_runs_a_campaign_end_to_end(
             port=port,
             security=security,
             tls_ca_file=".demo/ca.pem",
+            state_dir=f".state-{security}",  # two campaigns, not a resume of one
             bcc="archive@example.com",
             files={"отчёт.txt": "данные".encode()},
         )

@@ -114,10 +114,15 @@ def test_attachments_are_byte_identical_with_names_and_types() -> None:
 
 def test_shared_part_is_built_once() -> None:
     t = template(attachments=[Attachment("a.bin", "application/octet-stream", b"x" * 100_000)])
-    one = t.render(to=[parse_mailbox("a@example.com")])
-    two = t.render(to=[parse_mailbox("b@example.com")])
-    # The encoded attachment is the same object's bytes, appended as is.
-    assert one.endswith(t._shared) and two.endswith(t._shared)
+    one = t.render(to=[parse_mailbox("a@example.com")], message_id="<1@example.com>")
+    # The encoded attachment is the same object's bytes, written as is after each head.
+    head_one, shared_one = t.render_parts(
+        to=[parse_mailbox("a@example.com")], message_id="<1@example.com>"
+    )
+    head_two, shared_two = t.render_parts(to=[parse_mailbox("b@example.com")])
+    assert shared_one is shared_two
+    assert one == head_one + shared_one + b".\r\n"
+    assert b"a@example.com" in head_one and b"b@example.com" in head_two
     assert t.shared_size > 100_000
 
 

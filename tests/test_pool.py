@@ -13,7 +13,7 @@ from asyncmailer.session import Session, build_tls_context
 
 from .conftest import PASSWORD, USER, Certs, RunningServer, ServerFactory
 
-DATA = b"Subject: pool\r\n\r\nbody\r\n.\r\n"
+DATA = (b"Subject: pool\r\n\r\nbody\r\n",)  # without the final "."
 
 
 def factory(running: RunningServer, certs: Certs, password: str = PASSWORD) -> Session:

@@ -17,7 +17,7 @@ from asyncmailer.session import Session, build_tls_context
 
 from .conftest import PASSWORD, USER, Certs, RunningServer, ServerFactory
 
-DATA = b"Subject: test\r\n\r\nHello\r\n.\r\n"
+DATA = (b"Subject: test\r\n\r\nHello\r\n",)  # without the final "."
 B64_PASSWORD = base64.b64encode(PASSWORD.encode()).decode()
 
 
@@ -235,7 +235,7 @@ async def test_message_larger_than_server_size_is_refused_before_data(
     smtp_server: ServerFactory, certs: Certs
 ) -> None:
     running = await smtp_server(data_size_limit=1000)
-    big = b"Subject: big\r\n\r\n" + b"x" * 76 + b"\r\n" * 1 + (b"y" * 76 + b"\r\n") * 20 + b".\r\n"
+    big = (b"Subject: big\r\n\r\n" + (b"y" * 76 + b"\r\n") * 20,)
     async with session_for(settings_for(running, certs)) as session:
         assert session.size_limit == 1000
         results = await session.send(USER, ["alice@example.com"], big)

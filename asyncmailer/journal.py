@@ -1,0 +1,514 @@
+"""The campaign journal: every recipient's state in SQLite, so a run can stop anywhere and resume.
+
+One file per campaign in the state folder, WAL mode, ``synchronous=FULL``, one writer thread.
+Requests from the event loop queue up and the writer runs all that are waiting in one SQLite
+transaction and one commit (group commit), then answers each: durability without one fsync per
+message.
+
+A recipient goes ``pending`` -> ``inflight`` (committed before MAIL FROM) -> ``data`` (committed
+before the final ``.`` is written) -> ``accepted`` / ``refused`` / ``deferred`` / ``unknown``.
+After a crash, ``inflight`` is safe to send again (the server never saw the final dot) and
+``data`` is ``unknown`` (it may have been delivered): never sent twice unless asked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from email.utils import make_msgid
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .errors import InputError
+from .recipients import Mailbox
+from .results import RecipientResult, Status
+
+__all__ = ["Journal", "JournalError", "JournalReader", "WorkItem", "journal_path"]
+
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS groups (
+    id INTEGER PRIMARY KEY,
+    message_id TEXT NOT NULL,
+    headers INTEGER NOT NULL          -- 1: the config's to/cc group, shown in the headers
+);
+CREATE TABLE IF NOT EXISTS recipients (
+    id INTEGER PRIMARY KEY,
+    key TEXT NOT NULL UNIQUE,         -- the address, lower-cased: each address once
+    addr TEXT NOT NULL,
+    name TEXT NOT NULL DEFAULT '',
+    grp INTEGER NOT NULL REFERENCES groups(id),
+    state TEXT NOT NULL DEFAULT 'pending',
+    code INTEGER,
+    message TEXT NOT NULL DEFAULT '',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    run_attempts INTEGER NOT NULL DEFAULT 0,
+    first_try REAL,
+    next_try REAL NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS recipients_by_state ON recipients (state, grp);
+"""
+
+# Journal states beyond the report's statuses: claimed for a transaction, and past DATA.
+INFLIGHT = "inflight"
+DATA = "data"
+NEVER = 1e18  # next_try of a recipient given up on for this run
+
+
+class JournalError(InputError):
+    """The journal cannot be opened or written (locked by another run, read-only, disk full)."""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkItem:
+    """One transaction to run: a group's due recipients and the group's own Message-ID."""
+
+    group: int
+    message_id: str
+    headers: bool  # the config's group: To/Cc come from the config
+    ids: tuple[int, ...]
+    recipients: tuple[Mailbox, ...]
+    attempts: int  # the most any of them has had in this run
+
+
+class _Writer(threading.Thread):
+    """Owns the SQLite connection; runs queued requests in batches, one commit per batch."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(name=f"journal {path.name}", daemon=True)
+        self.path = path
+        self.requests: queue.SimpleQueue[
+            tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]] | None
+        ] = queue.SimpleQueue()
+        self.loop = asyncio.get_running_loop()
+        self.ready: asyncio.Future[None] = self.loop.create_future()
+        self.db: sqlite3.Connection | None = None
+
+    def run(self) -> None:
+        try:
+            self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.executescript(SCHEMA)
+        except sqlite3.Error as err:
+            self.loop.call_soon_threadsafe(_fail, self.ready, err)
+            return
+        self.loop.call_soon_threadsafe(_succeed, self.ready, None)
+        while True:
+            first = self.requests.get()
+            if first is None:
+                break
+            batch = [first]
+            while len(batch) < 500:
+                try:
+                    item = self.requests.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self.requests.put(None)  # stop after this batch
+                    break
+                batch.append(item)
+            self._run_batch(batch)
+        self.db.close()
+
+    def _run_batch(
+        self, batch: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]]
+    ) -> None:
+        assert self.db is not None
+        answers: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+            for function, future in batch:
+                try:
+                    answers.append((future, function(self.db), None))
+                except sqlite3.Error:
+                    raise
+                except Exception as err:  # a bug in one request fails that request only
+                    answers.append((future, None, err))
+            self.db.execute("COMMIT")
+        except sqlite3.Error as err:
+            with contextlib.suppress(sqlite3.Error):
+                self.db.execute("ROLLBACK")
+            for _, future in batch:
+                self.loop.call_soon_threadsafe(_fail, future, err)
+            return
+        for future, value, error in answers:
+            if error is not None:
+                self.loop.call_soon_threadsafe(_fail, future, error)
+            else:
+                self.loop.call_soon_threadsafe(_succeed, future, value)
+
+
+def _succeed(future: asyncio.Future[Any], value: Any) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+def _fail(future: asyncio.Future[Any], error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)
+
+
+def journal_path(state_dir: Path, config_path: Path) -> Path:
+    """One journal per campaign file: ``<state_dir>/<config name>.journal.sqlite``."""
+    return state_dir / f"{config_path.name}.journal.sqlite"
+
+
+class Journal:
+    """The durable record of one campaign. Open with `Journal.open()`; use as a context."""
+
+    def __init__(self, path: Path, writer: _Writer, lock: int) -> None:
+        self.path = path
+        self._writer = writer
+        self._lock = lock
+        self.msgid_domain = "localhost"
+
+    def __repr__(self) -> str:
+        return f"<Journal {self.path}>"
+
+    @classmethod
+    async def open(cls, path: Path, *, msgid_domain: str = "localhost") -> Journal:
+        """Open (creating) the journal and lock it against a second run.
+
+        :raises JournalError: locked by another run, or not writable.
+        """
+        lock = await asyncio.to_thread(_lock, path)
+        writer = _Writer(path)
+        writer.start()
+        try:
+            await writer.ready
+        except sqlite3.Error as err:
+            os.close(lock)
+            raise JournalError(f"cannot open the journal: {err}", path=path) from None
+        journal = cls(path, writer, lock)
+        journal.msgid_domain = msgid_domain
+        return journal
+
+    async def __aenter__(self) -> Journal:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        self._writer.requests.put(None)
+        await asyncio.to_thread(self._writer.join)
+        os.close(self._lock)
+
+    async def _call(self, function: Callable[[sqlite3.Connection], T]) -> T:
+        future: asyncio.Future[T] = self._writer.loop.create_future()
+        self._writer.requests.put((function, future))
+        try:
+            return await asyncio.shield(future)
+        except sqlite3.Error as err:
+            raise JournalError(f"cannot write the journal: {err}", path=self.path) from None
+
+    # -- loading -----------------------------------------------------------------------------
+
+    async def add_config_group(self, mailboxes: Sequence[Mailbox]) -> int:
+        """The config's to/cc/bcc as one group (once per campaign). Returns how many are new."""
+
+        def add(db: sqlite3.Connection) -> int:
+            row = db.execute("SELECT value FROM meta WHERE key = 'config_group'").fetchone()
+            if row is None:
+                group = self._new_group(db, headers=True)
+                db.execute("INSERT INTO meta VALUES ('config_group', ?)", (str(group),))
+            else:
+                group = int(row[0])
+            return self._insert(db, mailboxes, lambda: group)
+
+        return await self._call(add)
+
+    async def add_list(self, mailboxes: Sequence[Mailbox], group_size: int) -> int:
+        """Add list recipients not seen before, in new groups of `group_size`. Returns how many
+        were new (the rest are duplicates)."""
+
+        def add(db: sqlite3.Connection) -> int:
+            state = {"group": 0, "filled": group_size}
+
+            def group() -> int:
+                if state["filled"] >= group_size:
+                    state["group"] = self._new_group(db, headers=False)
+                    state["filled"] = 0
+                state["filled"] += 1
+                return state["group"]
+
+            return self._insert(db, mailboxes, group)
+
+        return await self._call(add)
+
+    def _new_group(self, db: sqlite3.Connection, *, headers: bool) -> int:
+        cursor = db.execute(
+            "INSERT INTO groups (message_id, headers) VALUES (?, ?)",
+            (make_msgid(domain=self.msgid_domain), int(headers)),
+        )
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    @staticmethod
+    def _insert(
+        db: sqlite3.Connection,
+        mailboxes: Iterable[Mailbox],
+        group: Callable[[], int],
+    ) -> int:
+        """Insert the addresses not in the journal yet; `group()` names each new one's group
+        (called only for those, so groups fill without gaps)."""
+        added = 0
+        for mailbox in mailboxes:
+            if db.execute("SELECT 1 FROM recipients WHERE key = ?", (mailbox.key,)).fetchone():
+                continue
+            db.execute(
+                "INSERT INTO recipients (key, addr, name, grp) VALUES (?, ?, ?, ?)",
+                (mailbox.key, mailbox.addr, mailbox.name, group()),
+            )
+            added += 1
+        return added
+
+    # -- starting a run ----------------------------------------------------------------------
+
+    async def start_run(self, *, resend_unknown: bool) -> dict[str, int]:
+        """Settle what a stopped run left: claimed but never past DATA -> pending; past DATA
+        without a reply -> unknown (or pending with `resend_unknown`); deferred -> due now.
+        Returns how many of each were changed."""
+
+        def start(db: sqlite3.Connection) -> dict[str, int]:
+            changed = {}
+            changed["inflight"] = db.execute(
+                "UPDATE recipients SET state = 'pending' WHERE state = ?", (INFLIGHT,)
+            ).rowcount
+            changed["data"] = db.execute(
+                "UPDATE recipients SET state = 'unknown', code = NULL, message = ? WHERE state = ?",
+                (
+                    "the run stopped after the message was sent and before the server's "
+                    "reply: it may or may not have been delivered",
+                    DATA,
+                ),
+            ).rowcount
+            if resend_unknown:
+                changed["unknown"] = db.execute(
+                    "UPDATE recipients SET state = 'pending' WHERE state = 'unknown'"
+                ).rowcount
+            db.execute(
+                "UPDATE recipients SET next_try = 0, run_attempts = 0 "
+                "WHERE state IN ('pending', 'deferred')"
+            )
+            return changed
+
+        return await self._call(start)
+
+    # -- sending -----------------------------------------------------------------------------
+
+    async def claim(self, limit: int, now: float) -> list[WorkItem]:
+        """Take up to `limit` groups with recipients due now and mark those recipients in
+        flight, committed before any of them is sent."""
+
+        def claim(db: sqlite3.Connection) -> list[WorkItem]:
+            groups = [
+                row[0]
+                for row in db.execute(
+                    "SELECT DISTINCT grp FROM recipients WHERE state IN ('pending', 'deferred') "
+                    "AND next_try <= ? ORDER BY grp LIMIT ?",
+                    (now, limit),
+                )
+            ]
+            items = []
+            for group in groups:
+                message_id, headers = db.execute(
+                    "SELECT message_id, headers FROM groups WHERE id = ?", (group,)
+                ).fetchone()
+                rows = db.execute(
+                    "SELECT id, addr, name, run_attempts FROM recipients WHERE grp = ? "
+                    "AND state IN ('pending', 'deferred') AND next_try <= ? ORDER BY id",
+                    (group, now),
+                ).fetchall()
+                db.executemany(
+                    "UPDATE recipients SET state = ? WHERE id = ?", [(INFLIGHT, r[0]) for r in rows]
+                )
+                items.append(
+                    WorkItem(
+                        group=group,
+                        message_id=message_id,
+                        headers=bool(headers),
+                        ids=tuple(r[0] for r in rows),
+                        recipients=tuple(Mailbox(r[1], r[2]) for r in rows),
+                        attempts=max(r[3] for r in rows),
+                    )
+                )
+            return items
+
+        return await self._call(claim)
+
+    async def mark_data(self, ids: Sequence[int]) -> None:
+        """The final ``.`` is about to be written for these: committed first."""
+
+        def mark(db: sqlite3.Connection) -> None:
+            db.executemany("UPDATE recipients SET state = ? WHERE id = ?", [(DATA, i) for i in ids])
+
+        await self._call(mark)
+
+    async def record(
+        self,
+        item: WorkItem,
+        results: Sequence[RecipientResult],
+        *,
+        retry_at: Callable[[int], float | None],
+        max_attempts: int,
+    ) -> None:
+        """Store a transaction's results. A deferred recipient is due again at
+        `retry_at(attempts)`, or given up on for this run when that is None."""
+        now = time.time()
+
+        def store(db: sqlite3.Connection) -> None:
+            for row_id, result in zip(item.ids, results, strict=True):
+                state = result.status.value
+                next_try = 0.0
+                counts_as_try = result.status is not Status.SKIPPED or result.attempts > 0
+                if result.status is Status.DEFERRED:
+                    if result.code == 452 and item.attempts + 1 < max_attempts:
+                        # 452: too many recipients for this transaction; the rest go at once
+                        # in a new one (still counted, so a server that always says 452 ends).
+                        state = "pending"
+                    else:
+                        when = retry_at(item.attempts + 1)
+                        next_try = NEVER if when is None else when
+                db.execute(
+                    "UPDATE recipients SET state = ?, code = ?, message = ?, "
+                    "attempts = attempts + ?, run_attempts = run_attempts + ?, "
+                    "first_try = COALESCE(first_try, ?), next_try = ? WHERE id = ?",
+                    (
+                        state,
+                        result.code,
+                        result.message,
+                        int(counts_as_try),
+                        int(counts_as_try),
+                        now,
+                        next_try,
+                        row_id,
+                    ),
+                )
+
+        await self._call(store)
+
+    async def release(self, item: WorkItem) -> None:
+        """Give claimed recipients back, untried (e.g. the run is stopping)."""
+
+        def release(db: sqlite3.Connection) -> None:
+            db.executemany(
+                "UPDATE recipients SET state = 'pending' WHERE id = ? AND state = ?",
+                [(i, INFLIGHT) for i in item.ids],
+            )
+
+        await self._call(release)
+
+    async def next_due(self) -> float | None:
+        """When the next deferred recipient is due in this run, if any is."""
+
+        def due(db: sqlite3.Connection) -> float | None:
+            row = db.execute(
+                "SELECT MIN(next_try) FROM recipients WHERE state IN ('pending', 'deferred') "
+                "AND next_try < ?",
+                (NEVER,),
+            ).fetchone()
+            return None if row[0] is None else float(row[0])
+
+        return await self._call(due)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    async def counts(self) -> Counter[str]:
+        return await self._call(_counts)
+
+    async def results(self, after: int = 0, limit: int = 5000) -> list[tuple[int, RecipientResult]]:
+        """Every recipient's latest result, in order, a page at a time (by row id)."""
+        return await self._call(lambda db: _page(db, after, limit))
+
+
+NOT_YET = "not attempted yet: run the campaign again to send"
+
+
+def _result(
+    addr: str, state: str, code: int | None, message: str, attempts: int
+) -> RecipientResult:
+    """A journal row as the report shows it."""
+    if state in ("pending", INFLIGHT):
+        return RecipientResult(addr, Status.SKIPPED, None, NOT_YET, attempts)
+    if state == DATA:
+        return RecipientResult(addr, Status.UNKNOWN, None, message, attempts)
+    return RecipientResult(addr, Status(state), code, message, attempts)
+
+
+_RESULTS_QUERY = (
+    "SELECT id, addr, state, code, message, attempts FROM recipients WHERE id > ? "
+    "ORDER BY id LIMIT ?"
+)
+
+
+def _page(db: sqlite3.Connection, after: int, limit: int) -> list[tuple[int, RecipientResult]]:
+    return [(row[0], _result(*row[1:])) for row in db.execute(_RESULTS_QUERY, (after, limit))]
+
+
+def _counts(db: sqlite3.Connection) -> Counter[str]:
+    return Counter(dict(db.execute("SELECT state, COUNT(*) FROM recipients GROUP BY state")))
+
+
+class JournalReader:
+    """Read a journal while (or after) a run writes it: `asyncmailer status`, the final report."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def _connect(self) -> sqlite3.Connection:
+        if not self.path.exists():
+            raise JournalError("no journal: this campaign has not run yet", path=self.path)
+        # Used from the default executor's threads, one call at a time.
+        return sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+
+    async def counts(self) -> Counter[str]:
+        def read() -> Counter[str]:
+            with contextlib.closing(self._connect()) as db:
+                return _counts(db)
+
+        return await asyncio.to_thread(read)
+
+    async def pages(self, limit: int = 5000) -> AsyncIterator[list[RecipientResult]]:
+        """Every recipient's latest result, in order, a page at a time."""
+        db = await asyncio.to_thread(self._connect)
+        try:
+            after = 0
+            while page := await asyncio.to_thread(_page, db, after, limit):
+                yield [result for _, result in page]
+                after = page[-1][0]
+        finally:
+            await asyncio.to_thread(db.close)
+
+
+def _lock(path: Path) -> int:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as err:
+        raise JournalError(
+            f"cannot create the journal: {err.strerror} (set state_dir to a writable folder)",
+            path=path,
+        ) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise JournalError(
+            "another run of this campaign is in progress (its journal is locked); "
+            "wait for it, or stop it first",
+            path=path,
+        ) from None
+    return fd
