@@ -8,10 +8,11 @@ from .errors import (
     ConnectError,
     DeliveryError,
     InputError,
+    JournalError,
     MailerError,
     TLSRequiredError,
 )
-from .journal import Journal, JournalError
+from .journal import Journal
 from .message import Attachment, MessageTemplate
 from .orchestrator import Observer, RunOptions, run_campaign
 from .pool import SessionPool

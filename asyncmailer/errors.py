@@ -2,7 +2,9 @@
 
     MailerError
     ├── InputError (ValueError)            bad config, addresses or files; exit code 2
-    │   └── ConfigError                    a config key or the config file itself
+    │   ├── ConfigError                    a config key or the config file itself
+    │   └── JournalError                   the campaign journal: locked by another run, or
+    │                                      cannot be created or written
     └── DeliveryError                      the run could not go on; exit code 3
         ├── ConnectError (ConnectionError) server unreachable, TLS handshake or certificate failed
         ├── TLSRequiredError               STARTTLS required but not offered or refused
@@ -22,6 +24,7 @@ __all__ = [
     "ConnectError",
     "DeliveryError",
     "InputError",
+    "JournalError",
     "MailerError",
     "TLSRequiredError",
 ]
@@ -68,6 +71,11 @@ class InputError(MailerError, ValueError):
 
 class ConfigError(InputError):
     """The campaign configuration is invalid (a key, its type or value, or the file itself)."""
+
+
+class JournalError(InputError):
+    """The campaign journal cannot be used: another run holds it, or it cannot be created or
+    written (read-only folder, full disk)."""
 
 
 class DeliveryError(MailerError):

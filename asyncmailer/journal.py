@@ -28,11 +28,11 @@ from email.utils import make_msgid
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .errors import InputError
+from .errors import JournalError
 from .recipients import Mailbox
 from .results import RecipientResult, Status
 
-__all__ = ["Journal", "JournalError", "JournalReader", "WorkItem", "journal_path"]
+__all__ = ["Journal", "JournalReader", "WorkItem", "journal_path"]
 
 T = TypeVar("T")
 
@@ -64,10 +64,6 @@ CREATE INDEX IF NOT EXISTS recipients_by_state ON recipients (state, grp);
 INFLIGHT = "inflight"
 DATA = "data"
 NEVER = 1e18  # next_try of a recipient given up on for this run
-
-
-class JournalError(InputError):
-    """The journal cannot be opened or written (locked by another run, read-only, disk full)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -263,7 +263,9 @@ async def _send(
                     before_end=lambda: journal.mark_data(item.ids),
                 )
         except ConnectError as err:
-            if not connected:
+            # Unreachable from the start: a wrong host, port or certificate; stop. A 4xx
+            # greeting (busy) or a failure once we were sending: retry with backoff.
+            if not connected and not (err.code and 400 <= err.code < 500):
                 raise
             note = f"not delivered: {err}"
             return [RecipientResult(r, Status.DEFERRED, err.code, note) for r in envelope]

@@ -80,7 +80,7 @@ async def smtp_server(certs: Certs, tmp_path: Path) -> AsyncIterator[ServerFacto
         recorder = Recorder()
         store = MailStore(store_folder, refuse=refuse, pipelining=pipelining)
         server = EmbeddedServer(
-            tls_context=certs.server_context,
+            tls_context=options.pop("tls_context", certs.server_context),
             store=store,
             account=account,
             offer_starttls=offer_starttls,

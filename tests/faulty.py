@@ -1,0 +1,188 @@
+"""A scriptable misbehaving SMTP server for the fault matrix: plain asyncio, real sockets.
+
+Every fault is a field of `Faults`; `times` fields say how often a fault fires (None: always),
+so a test can make the first attempt fail and the retry succeed. The server keeps every message
+whose final "." it read, even when it then drops the connection without replying: exactly what
+a real server may have done (RFC 1047), and what a duplicate check must count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import ssl
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Faults:
+    greeting: str = "220 faulty.test ESMTP"
+    greeting_421: int = 0  # times to greet with 421 and close
+    greeting_delay: float = 0.0  # seconds; float("inf"): never greet
+    pipelining: bool = True
+    starttls: str | None = None  # offer STARTTLS and answer it with this ("454 ..." refuses)
+    auth: str = "235 2.7.0 OK"  # the reply to the password
+    rcpt: dict[str, str] = field(default_factory=dict)  # address -> reply
+    rcpt_once: dict[str, str] = field(default_factory=dict)  # address -> reply, first time only
+    max_rcpt: int = 0  # 452 past this many recipients in one transaction
+    rcpt_421_at: int = 0  # reply 421 and close at the Nth RCPT of a session...
+    rcpt_421_times: int | None = 1  # ...this many times
+    drop_after_354: int | None = 0  # times to close right after 354
+    drop_after_dot: int | None = 0  # times to keep the message, then close without a reply
+    final_delay: float = 0.0  # seconds before the reply to "."
+    final_delay_times: int | None = 0
+    close_after: int = 0  # 421 at MAIL after this many messages in one session
+    data_reply: str = "250 2.0.0 queued"
+
+
+@dataclass
+class Stored:
+    mail_from: str
+    rcpt_tos: tuple[str, ...]
+    data: bytes
+
+
+class FaultyServer:
+    def __init__(self, faults: Faults, *, tls: ssl.SSLContext | None = None) -> None:
+        self.faults = faults
+        self.tls = tls  # for STARTTLS
+        self.messages: list[Stored] = []
+        self.connections = 0
+        self.auth_lines: list[bytes] = []  # everything sent after AUTH, in the clear or not
+        self.plaintext: bytearray = bytearray()  # every byte received before any TLS
+        self._server: asyncio.Server | None = None
+        self._counters: dict[str, int] = {}
+        self.port = 0
+
+    def _fire(self, name: str, times: int | None) -> bool:
+        if times is None:
+            return True
+        used = self._counters.get(name, 0)
+        if used < times:
+            self._counters[name] = used + 1
+            return True
+        return False
+
+    async def start(self) -> FaultyServer:
+        self._server = await asyncio.start_server(self._session, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), 2)
+
+    @property
+    def delivered(self) -> list[str]:
+        return [r for m in self.messages for r in m.rcpt_tos]
+
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            await self._converse(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
+            pass
+        finally:
+            writer.close()
+
+    async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        f = self.faults
+        if f.greeting_delay:
+            await asyncio.sleep(f.greeting_delay)
+        if self._fire("greeting_421", f.greeting_421):
+            await self._say(writer, "421 4.3.2 Service not available, try later")
+            return
+        await self._say(writer, f.greeting)
+        if not f.greeting.startswith("220"):
+            return
+        tls = False
+        mail_from: str | None = None
+        rcpts: list[str] = []
+        messages = rcpt_count = 0
+
+        while line := await reader.readline():
+            if not tls:
+                self.plaintext.extend(line)
+            command = line.rstrip(b"\r\n")
+            verb = command[:4].upper()
+            if verb == b"EHLO":
+                extensions = ["250-faulty.test", "250-SIZE 10000000", "250-AUTH LOGIN PLAIN"]
+                if f.pipelining:
+                    extensions.append("250-PIPELINING")
+                if f.starttls and not tls:
+                    extensions.append("250-STARTTLS")
+                await self._say(writer, "\r\n".join([*extensions, "250 8BITMIME"]))
+            elif verb == b"STAR":
+                await self._say(writer, f.starttls or "502 no")
+                if f.starttls and f.starttls.startswith("220") and self.tls:
+                    await writer.start_tls(self.tls)
+                    tls = True
+            elif verb == b"AUTH":
+                self.auth_lines.append(command)
+                parts = command.split()
+                if len(parts) == 2 and parts[1].upper() == b"LOGIN":
+                    await self._say(writer, "334 " + base64.b64encode(b"Username:").decode())
+                    self.auth_lines.append(await reader.readline())
+                await self._say(writer, "334 " + base64.b64encode(b"Password:").decode())
+                self.auth_lines.append(await reader.readline())
+                await self._say(writer, f.auth)
+                if not f.auth.startswith("235"):
+                    continue
+            elif verb == b"MAIL":
+                if f.close_after and messages >= f.close_after:
+                    await self._say(writer, "421 4.7.0 too many messages, closing")
+                    return
+                mail_from = command.decode().split(":", 1)[1].split(">")[0].strip("<")
+                rcpts = []
+                await self._say(writer, "250 2.1.0 OK")
+            elif verb == b"RCPT":
+                rcpt_count += 1
+                address = command.decode().split(":", 1)[1].split(">")[0].strip("<")
+                if (
+                    f.rcpt_421_at
+                    and rcpt_count == f.rcpt_421_at
+                    and self._fire("rcpt_421", f.rcpt_421_times)
+                ):
+                    await self._say(writer, "421 4.3.2 shutting down")
+                    return
+                reply = f.rcpt.get(address) or f.rcpt_once.pop(address, None)
+                if reply is None and f.max_rcpt and len(rcpts) >= f.max_rcpt:
+                    reply = "452 4.5.3 Too many recipients"
+                if reply is None:
+                    rcpts.append(address)
+                    reply = "250 2.1.5 OK"
+                await self._say(writer, reply)
+            elif verb == b"DATA":
+                if not rcpts:
+                    await self._say(writer, "554 5.5.1 no valid recipients")
+                    continue
+                await self._say(writer, "354 go ahead")
+                if self._fire("drop_after_354", f.drop_after_354):
+                    return
+                body = await reader.readuntil(b"\r\n.\r\n")
+                self.messages.append(Stored(mail_from or "", tuple(rcpts), body))
+                messages += 1
+                if self._fire("drop_after_dot", f.drop_after_dot):
+                    return
+                if f.final_delay and self._fire("final_delay", f.final_delay_times):
+                    await asyncio.sleep(f.final_delay)
+                await self._say(writer, f.data_reply)
+                rcpts = []
+            elif verb == b"RSET":
+                rcpts = []
+                await self._say(writer, "250 2.0.0 OK")
+            elif verb == b"NOOP":
+                await self._say(writer, "250 2.0.0 OK")
+            elif verb == b"QUIT":
+                await self._say(writer, "221 2.0.0 bye")
+                return
+            else:
+                await self._say(writer, "500 5.5.2 what?")
+
+    @staticmethod
+    async def _say(writer: asyncio.StreamWriter, text: str) -> None:
+        writer.write(text.encode() + b"\r\n")
+        await writer.drain()

@@ -1,0 +1,303 @@
+"""The fault matrix: every failure a relay or the network produces, over real sockets, with the
+outcome for each recipient and the journal's state checked."""
+
+from __future__ import annotations
+
+import base64
+import ssl
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+
+from asyncmailer.config import load_campaign
+from asyncmailer.errors import AuthError, ConnectError, JournalError, TLSRequiredError
+from asyncmailer.journal import JournalReader
+from asyncmailer.orchestrator import RunOptions, run_campaign
+from asyncmailer.results import CampaignReport, Status
+
+from .conftest import PASSWORD, CampaignFactory, Certs, ServerFactory
+from .faulty import Faults, FaultyServer
+
+RECIPIENTS = [f"r{i}@example.com" for i in range(6)]
+FAST = {"retry_delay": 0.01, "timeout": 2, "connect_timeout": 1, "data_timeout": 1}
+
+
+@pytest.fixture
+async def faulty() -> AsyncIterator[Callable[..., Any]]:
+    servers: list[FaultyServer] = []
+
+    async def start(tls: ssl.SSLContext | None = None, **faults: Any) -> FaultyServer:
+        server = await FaultyServer(Faults(**faults), tls=tls).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        await server.stop()
+
+
+async def send(
+    make_campaign: CampaignFactory,
+    port: int,
+    *,
+    recipients: list[str] = RECIPIENTS,
+    resend_unknown: bool = False,
+    **keys: Any,
+) -> tuple[CampaignReport, Counter[str]]:
+    """Run a list campaign against the server and return the report and the journal's counts."""
+    settings: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "port": port,
+        "security": "none",
+        "to": None,
+        "cc": None,
+        "recipients_file": "list.txt",
+        "group_size": 10,
+        "concurrency": 2,
+        "password": None,
+        **FAST,
+        **keys,
+    }
+    path = make_campaign(**settings)
+    (path.parent.parent / "list.txt").write_text("".join(r + "\n" for r in recipients))
+    campaign = await load_campaign(path, env={})
+    report = await run_campaign(campaign, options=RunOptions(resend_unknown=resend_unknown))
+    assert report.journal is not None
+    counts = await JournalReader(report.journal).counts()
+    return report, counts
+
+
+def statuses(report: CampaignReport) -> dict[str, tuple[Status, int | None, int]]:
+    return {r.recipient: (r.status, r.code, r.attempts) for r in report.results}
+
+
+async def test_421_greeting_is_retried(faulty: Any, make_campaign: CampaignFactory) -> None:
+    server = await faulty(greeting_421=2)
+    report, journal = await send(make_campaign, server.port, concurrency=1)
+    assert report.all_accepted
+    assert journal == Counter(accepted=6)
+    assert sorted(server.delivered) == RECIPIENTS
+    assert server.connections == 3
+
+
+async def test_421_after_rcpt_reconnects_and_retries(
+    faulty: Any, make_campaign: CampaignFactory
+) -> None:
+    server = await faulty(rcpt_421_at=3)
+    report, journal = await send(make_campaign, server.port)
+    assert report.all_accepted and journal == Counter(accepted=6)
+    assert sorted(server.delivered) == RECIPIENTS  # each exactly once
+    assert {r.attempts for r in report.results} == {2}
+    assert server.connections >= 2
+
+
+async def test_451_on_one_recipient_defers_only_it(
+    faulty: Any, make_campaign: CampaignFactory
+) -> None:
+    server = await faulty(rcpt_once={"r2@example.com": "451 4.3.0 greylisted, try later"})
+    report, journal = await send(make_campaign, server.port)
+    result = statuses(report)
+    assert result["r2@example.com"] == (Status.ACCEPTED, 250, 2)
+    assert result["r1@example.com"] == (Status.ACCEPTED, 250, 1)
+    assert journal == Counter(accepted=6)
+    assert sorted(server.delivered) == RECIPIENTS
+    assert len(server.messages) == 2  # the group, then r2 alone with the same Message-ID
+    ids = {m.data.split(b"Message-ID: ")[1].split(b"\r\n")[0] for m in server.messages}
+    assert len(ids) == 1
+
+
+async def test_452_sends_the_rest_in_a_new_transaction(
+    faulty: Any, make_campaign: CampaignFactory
+) -> None:
+    server = await faulty(max_rcpt=2)
+    report, journal = await send(make_campaign, server.port, concurrency=1)
+    assert report.all_accepted and journal == Counter(accepted=6)
+    assert [len(m.rcpt_tos) for m in server.messages] == [2, 2, 2]
+    assert sorted(server.delivered) == RECIPIENTS
+
+
+async def test_550_on_some_and_permanent_refusal_is_final(
+    faulty: Any, make_campaign: CampaignFactory
+) -> None:
+    refused = "550 5.1.1 <r4@example.com>: Recipient address rejected"
+    server = await faulty(rcpt={"r4@example.com": refused})
+    report, journal = await send(make_campaign, server.port)
+    assert statuses(report)["r4@example.com"] == (Status.REFUSED, 550, 1)
+    assert journal == Counter(accepted=5, refused=1)
+    assert "r4@example.com" not in server.delivered
+    # A second run sends nothing: accepted and refused are final.
+    _again, journal = await send(make_campaign, server.port)
+    assert journal == Counter(accepted=5, refused=1)
+    assert len(server.messages) == 1
+
+
+async def test_all_refused_sends_no_message(faulty: Any, make_campaign: CampaignFactory) -> None:
+    server = await faulty(rcpt={r: "550 5.7.1 relay denied" for r in RECIPIENTS})
+    report, journal = await send(make_campaign, server.port)
+    assert {s for s, _, _ in statuses(report).values()} == {Status.REFUSED}
+    assert journal == Counter(refused=6)
+    assert server.messages == []
+
+
+async def test_535_stops_the_run_without_a_retry_storm(
+    faulty: Any, make_campaign: CampaignFactory
+) -> None:
+    server = await faulty(auth="535 5.7.8 Authentication credentials invalid")
+    report, journal = await send(make_campaign, server.port, password=PASSWORD, concurrency=4)
+    assert isinstance(report.fatal, AuthError)
+    assert server.connections <= 4  # every worker tried once, nobody retried
+    assert {r.status for r in report.results} == {Status.SKIPPED}
+    assert all("535" in r.message for r in report.results)
+    assert journal == Counter(pending=6)  # nothing failed: the next run sends them all
+
+
+async def test_drop_after_354_is_retried(faulty: Any, make_campaign: CampaignFactory) -> None:
+    server = await faulty(drop_after_354=1)
+    report, journal = await send(make_campaign, server.port, concurrency=1)
+    assert report.all_accepted and journal == Counter(accepted=6)
+    assert sorted(server.delivered) == RECIPIENTS
+
+
+async def test_drop_after_final_dot_is_unknown_and_not_resent(
+    faulty: Any, make_campaign: CampaignFactory
+) -> None:
+    server = await faulty(drop_after_dot=1)
+    report, journal = await send(make_campaign, server.port, concurrency=1)
+    assert {r.status for r in report.results} == {Status.UNKNOWN}
+    assert "may or may not have been accepted" in report.results[0].message
+    assert journal == Counter(unknown=6)
+    assert sorted(server.delivered) == RECIPIENTS  # the server did keep it
+    # Resuming does not resend them...
+    _, journal = await send(make_campaign, server.port, concurrency=1)
+    assert journal == Counter(unknown=6) and len(server.messages) == 1
+    # ...unless asked, at the price of a second copy.
+    _, journal = await send(make_campaign, server.port, concurrency=1, resend_unknown=True)
+    assert journal == Counter(accepted=6) and len(server.messages) == 2
+
+
+async def test_slow_final_reply_times_out_as_unknown(
+    faulty: Any, make_campaign: CampaignFactory
+) -> None:
+    server = await faulty(final_delay=3, final_delay_times=1)
+    _report, journal = await send(make_campaign, server.port, concurrency=1, data_timeout=0.2)
+    assert journal == Counter(unknown=6)
+    assert sorted(server.delivered) == RECIPIENTS
+
+
+async def test_connect_that_never_answers_is_fatal_at_start(
+    faulty: Any, make_campaign: CampaignFactory
+) -> None:
+    server = await faulty(greeting_delay=30)
+    report, journal = await send(make_campaign, server.port, connect_timeout=0.3)
+    assert isinstance(report.fatal, ConnectError)
+    assert "could not connect" in str(report.fatal)
+    assert journal == Counter(pending=6)
+
+
+async def test_server_closing_after_n_messages(faulty: Any, make_campaign: CampaignFactory) -> None:
+    server = await faulty(close_after=2)
+    report, journal = await send(make_campaign, server.port, group_size=1, concurrency=1)
+    assert report.all_accepted and journal == Counter(accepted=6)
+    assert sorted(server.delivered) == RECIPIENTS
+    assert server.connections == 3
+    # Told the limit, the client reconnects first and no message is ever refused.
+    quiet = await faulty(close_after=2)
+    report, journal = await send(
+        make_campaign,
+        quiet.port,
+        group_size=1,
+        concurrency=1,
+        max_messages_per_connection=2,
+        state_dir="state2",
+    )
+    assert {r.attempts for r in report.results} == {1}
+    assert quiet.connections == 3
+
+
+async def test_plaintext_on_the_tls_port(faulty: Any, make_campaign: CampaignFactory) -> None:
+    server = await faulty()
+    report, journal = await send(make_campaign, server.port, security="ssl")
+    assert isinstance(report.fatal, ConnectError)
+    assert journal == Counter(pending=6)
+
+
+async def test_certificate_for_another_host(
+    smtp_server: ServerFactory, make_campaign: CampaignFactory, certs: Certs, tmp_path: Path
+) -> None:
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("mail.other.example").configure_cert(context)
+    running = await smtp_server(tls_context=context)
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    report, _journal = await send(
+        make_campaign,
+        running.server.ssl_port,
+        security="ssl",
+        tls_ca_file=str(tmp_path / "ca.pem"),
+        password=PASSWORD,
+    )
+    assert isinstance(report.fatal, ConnectError)
+    assert "certificate" in str(report.fatal) and "mismatch" in str(report.fatal).lower()
+    assert running.server.auth_attempts == []
+
+
+@pytest.mark.parametrize("starttls", [None, "454 4.7.0 TLS not available due to temporary reason"])
+async def test_starttls_stripped_or_refused_never_sends_the_password(
+    faulty: Any, make_campaign: CampaignFactory, starttls: str | None
+) -> None:
+    server = await faulty(starttls=starttls)
+    report, journal = await send(make_campaign, server.port, security="starttls", password=PASSWORD)
+    assert isinstance(report.fatal, TLSRequiredError)
+    assert server.auth_lines == []
+    wire = bytes(server.plaintext)
+    assert PASSWORD.encode() not in wire
+    assert base64.b64encode(PASSWORD.encode()) not in wire
+    assert b"AUTH" not in wire
+    assert journal == Counter(pending=6)
+
+
+async def test_journal_that_cannot_be_created(make_campaign: CampaignFactory) -> None:
+    with pytest.raises(JournalError, match="cannot create the journal"):
+        await send(make_campaign, 1, state_dir="/proc/asyncmailer-state")
+
+
+async def test_two_runs_of_one_campaign_are_refused(
+    faulty: Any, make_campaign: CampaignFactory
+) -> None:
+    from asyncmailer.journal import Journal, journal_path
+
+    server = await faulty()
+    path = make_campaign(host="127.0.0.1", port=server.port, security="none", password=None)
+    campaign = await load_campaign(path, env={})
+    async with await Journal.open(journal_path(campaign.state_dir, campaign.source)):
+        with pytest.raises(JournalError, match="another run of this campaign is in progress"):
+            await run_campaign(campaign)
+    assert server.messages == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "Hi\n.\nMAIL FROM:<evil@example.com>\nRCPT TO:<victim@example.com>\nDATA\nsmuggled\n.\n",
+        "Hi\r.\rMAIL FROM:<evil@example.com>\r",
+        "Hi\n.\r\nMAIL FROM:<evil@example.com>\r\n",
+        "Hi\r\n.\nMAIL FROM:<evil@example.com>\n",
+    ],
+)
+async def test_smuggling_payloads_arrive_as_one_intact_message(
+    smtp_server: ServerFactory, make_campaign: CampaignFactory, body: str
+) -> None:
+    running = await smtp_server()
+    path = make_campaign(port=running.server.ssl_port, body=body)
+    report = await run_campaign(await load_campaign(path, env={}))
+    assert report.all_accepted
+    # One message from us, the would-be commands inside it as text; nothing else ran.
+    [message] = running.messages
+    assert message.mail_from == "sender@example.com"
+    assert message.rcpt_tos == ("alice@example.com", "bob@example.org", "carol@example.net")
+    text = message.data.decode()
+    assert "MAIL FROM:<evil@example.com>" in text
