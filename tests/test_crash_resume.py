@@ -1,0 +1,90 @@
+"""kill -9 at random points, then resume, again and again: from what the server received, no
+recipient is missing and none got two copies, except those the journal calls unknown."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+from asyncmailer.journal import JournalReader
+from asyncmailer.results import Status
+
+from .conftest import CampaignFactory
+from .faulty import Faults, FaultyServer
+
+COUNT = 10_000
+
+
+async def test_killed_and_resumed_run_delivers_each_recipient_once(
+    make_campaign: CampaignFactory, tmp_path: Path
+) -> None:
+    server = await FaultyServer(Faults()).start()
+    try:
+        path = make_campaign(
+            host="127.0.0.1",
+            port=server.port,
+            security="none",
+            password=None,
+            to=None,
+            cc=None,
+            recipients_file="list.txt",
+            group_size=25,
+            concurrency=4,
+            retry_delay=0.01,
+        )
+        (tmp_path / "list.txt").write_text("".join(f"user{i}@example.com\n" for i in range(COUNT)))
+        rng = random.Random(20261126)
+        kills = 0
+        started = time.monotonic()
+        for attempt in range(12):
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "asyncmailer",
+                "-c",
+                str(path),
+                "-q",
+                cwd=tmp_path,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            if attempt < 6:  # the first six runs are killed at a random point
+                await asyncio.sleep(rng.uniform(0.4, 1.6))
+                if process.returncode is None:
+                    os.kill(process.pid, signal.SIGKILL)
+                    kills += 1
+            _, err = await asyncio.wait_for(process.communicate(), 120)
+            if process.returncode in (0, 1):
+                break
+            assert process.returncode == -signal.SIGKILL, err.decode()
+        elapsed = time.monotonic() - started
+
+        journal = path.parent.parent / ".asyncmailer" / "config.json.journal.sqlite"
+        counts = await JournalReader(journal).counts()
+        results = [r async for page in JournalReader(journal).pages() for r in page]
+        unknown = {r.recipient for r in results if r.status is Status.UNKNOWN}
+        copies = Counter(server.delivered)
+
+        assert len(results) == COUNT
+        assert counts["accepted"] + counts["unknown"] == COUNT, counts
+        for result in results:
+            if result.status is Status.ACCEPTED:
+                assert copies[result.recipient] == 1, result
+            else:
+                assert copies[result.recipient] <= 1, result
+        assert set(copies) <= {r.recipient for r in results}
+        print(
+            f"\n{COUNT} recipients, {kills} kill -9s, {elapsed:.1f} s: "
+            f"{counts['accepted']} accepted exactly once, {len(unknown)} unknown "
+            f"({sum(copies[r] for r in unknown)} of them did arrive), "
+            f"{sum(1 for n in copies.values() if n > 1)} duplicates"
+        )
+        assert kills >= 3  # the test must have interrupted real work
+    finally:
+        await server.stop()
