@@ -58,6 +58,8 @@ CREATE TABLE IF NOT EXISTS recipients (
     next_try REAL NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS recipients_by_state ON recipients (state, grp);
+CREATE INDEX IF NOT EXISTS recipients_due ON recipients (grp, next_try)
+    WHERE state IN ('pending', 'deferred');
 """
 
 # Journal states beyond the report's statuses: claimed for a transaction, and past DATA.
@@ -136,14 +138,17 @@ class _Writer(threading.Thread):
         except sqlite3.Error as err:
             with contextlib.suppress(sqlite3.Error):
                 self.db.execute("ROLLBACK")
-            for _, future in batch:
-                self.loop.call_soon_threadsafe(_fail, future, err)
-            return
-        for future, value, error in answers:
-            if error is not None:
-                self.loop.call_soon_threadsafe(_fail, future, error)
-            else:
-                self.loop.call_soon_threadsafe(_succeed, future, value)
+            answers = [(future, None, err) for _, future in batch]
+        # One wake-up of the event loop per batch, not one per request.
+        self.loop.call_soon_threadsafe(_answer, answers)
+
+
+def _answer(answers: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for future, value, error in answers:
+        if error is not None:
+            _fail(future, error)
+        else:
+            _succeed(future, value)
 
 
 def _succeed(future: asyncio.Future[Any], value: Any) -> None:
@@ -154,6 +159,7 @@ def _succeed(future: asyncio.Future[Any], value: Any) -> None:
 def _fail(future: asyncio.Future[Any], error: BaseException) -> None:
     if not future.done():
         future.set_exception(error)
+        future.exception()  # retrieved: a request nobody awaits must not warn at exit
 
 
 def journal_path(state_dir: Path, config_path: Path) -> Path:
@@ -202,11 +208,15 @@ class Journal:
         await asyncio.to_thread(self._writer.join)
         os.close(self._lock)
 
-    async def _call(self, function: Callable[[sqlite3.Connection], T]) -> T:
+    def _submit(self, function: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        """Queue a request for the writer; it runs in the order submitted."""
         future: asyncio.Future[T] = self._writer.loop.create_future()
         self._writer.requests.put((function, future))
+        return future
+
+    async def _call(self, function: Callable[[sqlite3.Connection], T]) -> T:
         try:
-            return await asyncio.shield(future)
+            return await asyncio.shield(self._submit(function))
         except sqlite3.Error as err:
             raise JournalError(f"cannot write the journal: {err}", path=self.path) from None
 
@@ -310,35 +320,32 @@ class Journal:
         flight, committed before any of them is sent."""
 
         def claim(db: sqlite3.Connection) -> list[WorkItem]:
-            groups = [
-                row[0]
-                for row in db.execute(
-                    "SELECT DISTINCT grp FROM recipients WHERE state IN ('pending', 'deferred') "
-                    "AND next_try <= ? ORDER BY grp LIMIT ?",
-                    (now, limit),
-                )
-            ]
+            rows = db.execute(
+                "UPDATE recipients SET state = ? WHERE id IN ("
+                " SELECT id FROM recipients WHERE state IN ('pending', 'deferred')"
+                " AND next_try <= ? AND grp IN ("
+                "  SELECT DISTINCT grp FROM recipients WHERE state IN ('pending', 'deferred')"
+                "  AND next_try <= ? ORDER BY grp LIMIT ?))"
+                " RETURNING grp, id, addr, name, run_attempts",
+                (INFLIGHT, now, now, limit),
+            ).fetchall()
+            by_group: dict[int, list[tuple[int, int, str, str, int]]] = {}
+            for row in rows:
+                by_group.setdefault(row[0], []).append(row)
             items = []
-            for group in groups:
+            for group in sorted(by_group):
+                members = sorted(by_group[group], key=lambda r: r[1])
                 message_id, headers = db.execute(
                     "SELECT message_id, headers FROM groups WHERE id = ?", (group,)
                 ).fetchone()
-                rows = db.execute(
-                    "SELECT id, addr, name, run_attempts FROM recipients WHERE grp = ? "
-                    "AND state IN ('pending', 'deferred') AND next_try <= ? ORDER BY id",
-                    (group, now),
-                ).fetchall()
-                db.executemany(
-                    "UPDATE recipients SET state = ? WHERE id = ?", [(INFLIGHT, r[0]) for r in rows]
-                )
                 items.append(
                     WorkItem(
                         group=group,
                         message_id=message_id,
                         headers=bool(headers),
-                        ids=tuple(r[0] for r in rows),
-                        recipients=tuple(Mailbox(r[1], r[2]) for r in rows),
-                        attempts=max(r[3] for r in rows),
+                        ids=tuple(r[1] for r in members),
+                        recipients=tuple(Mailbox(r[2], r[3]) for r in members),
+                        attempts=max(r[4] for r in members),
                     )
                 )
             return items
@@ -353,48 +360,43 @@ class Journal:
 
         await self._call(mark)
 
-    async def record(
+    def record(
         self,
         item: WorkItem,
         results: Sequence[RecipientResult],
         *,
         retry_at: Callable[[int], float | None],
         max_attempts: int,
-    ) -> None:
-        """Store a transaction's results. A deferred recipient is due again at
-        `retry_at(attempts)`, or given up on for this run when that is None."""
+    ) -> asyncio.Future[None]:
+        """Queue a transaction's results (the caller need not wait for the commit: requests
+        run in order, so anything asked later sees them). A deferred recipient is due again
+        at `retry_at(attempts)`, or given up on for this run when that is None."""
         now = time.time()
 
-        def store(db: sqlite3.Connection) -> None:
-            for row_id, result in zip(item.ids, results, strict=True):
-                state = result.status.value
-                next_try = 0.0
-                counts_as_try = result.status is not Status.SKIPPED or result.attempts > 0
-                if result.status is Status.DEFERRED:
-                    if result.code == 452 and item.attempts + 1 < max_attempts:
-                        # 452: too many recipients for this transaction; the rest go at once
-                        # in a new one (still counted, so a server that always says 452 ends).
-                        state = "pending"
-                    else:
-                        when = retry_at(item.attempts + 1)
-                        next_try = NEVER if when is None else when
-                db.execute(
-                    "UPDATE recipients SET state = ?, code = ?, message = ?, "
-                    "attempts = attempts + ?, run_attempts = run_attempts + ?, "
-                    "first_try = COALESCE(first_try, ?), next_try = ? WHERE id = ?",
-                    (
-                        state,
-                        result.code,
-                        result.message,
-                        int(counts_as_try),
-                        int(counts_as_try),
-                        now,
-                        next_try,
-                        row_id,
-                    ),
-                )
+        rows = []
+        for row_id, result in zip(item.ids, results, strict=True):
+            state = result.status.value
+            next_try = 0.0
+            tried = int(result.status is not Status.SKIPPED or result.attempts > 0)
+            if result.status is Status.DEFERRED:
+                if result.code == 452 and item.attempts + 1 < max_attempts:
+                    # 452: too many recipients for this transaction; the rest go at once in a
+                    # new one (still counted, so a server that always says 452 ends).
+                    state = "pending"
+                else:
+                    when = retry_at(item.attempts + 1)
+                    next_try = NEVER if when is None else when
+            rows.append((state, result.code, result.message, tried, tried, now, next_try, row_id))
 
-        await self._call(store)
+        def store(db: sqlite3.Connection) -> None:
+            db.executemany(
+                "UPDATE recipients SET state = ?, code = ?, message = ?, "
+                "attempts = attempts + ?, run_attempts = run_attempts + ?, "
+                "first_try = COALESCE(first_try, ?), next_try = ? WHERE id = ?",
+                rows,
+            )
+
+        return self._submit(store)
 
     async def release(self, item: WorkItem) -> None:
         """Give claimed recipients back, untried (e.g. the run is stopping)."""

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .config import Campaign, Security
-from .errors import AuthError, ConnectError, TLSRequiredError
+from .errors import AuthError, ConnectError, JournalError, TLSRequiredError
 from .journal import Journal, WorkItem, journal_path
 from .message import MessageTemplate, load_attachments, load_body
 from .pool import SessionPool
@@ -270,6 +270,14 @@ async def _send(
             note = f"not delivered: {err}"
             return [RecipientResult(r, Status.DEFERRED, err.code, note) for r in envelope]
 
+    failures: list[BaseException] = []
+
+    def check_stored(stored: asyncio.Future[None]) -> None:
+        """A result the journal could not store stops the run (disk full, I/O error)."""
+        if not stored.cancelled() and stored.exception() is not None:
+            failures.append(stored.exception())  # type: ignore[arg-type]
+            options.stop.set()
+
     async def worker(pool: SessionPool) -> None:
         while (item := await scheduler.next()) is not None:
             try:
@@ -281,7 +289,8 @@ async def _send(
                 return
             finally:
                 scheduler.done()
-            await journal.record(item, results, retry_at=retry.at, max_attempts=retry.attempts)
+            stored = journal.record(item, results, retry_at=retry.at, max_attempts=retry.attempts)
+            stored.add_done_callback(check_stored)
             await observer.results(results)
 
     try:
@@ -293,6 +302,8 @@ async def _send(
         raise failed.exceptions[0] from None
     finally:
         await asyncio.shield(scheduler.release_buffered())
+    if failures:
+        raise JournalError(f"cannot write the journal: {failures[0]}", path=journal.path)
 
 
 async def _fill_report(journal: Journal, report: CampaignReport) -> None:
