@@ -206,6 +206,13 @@ async def send_command(args: argparse.Namespace, *, out: TextIO = sys.stdout) ->
     if report.fatal is not None:
         print(f"asyncmailer: {report.fatal}", file=sys.stderr)
         return EXIT_SERVER
+    if report.quota_reached:
+        print(
+            f"asyncmailer: daily quota of {campaign.daily_quota} recipients reached; run the "
+            "same command again tomorrow to go on",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
     if options.stop.is_set():
         print("asyncmailer: interrupted; run the same command again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -123,6 +123,7 @@ class Campaign:
     retry_attempts: int = 5
     retry_delay: float = 10.0
     retry_max_age: float = 1800.0
+    daily_quota: int = 0
     notices: tuple[str, ...] = ()
 
     @property
@@ -359,6 +360,7 @@ KNOWN_KEYS: dict[str, str] = {
     "max_messages_per_connection": "reconnect after this many messages (default 0: never)",
     "rate": "at most this many messages per second, or '600/minute', '5000/hour'",
     "max_connections": "cap on simultaneous connections (default: concurrency)",
+    "daily_quota": "at most this many recipients a day, across runs (default 0: no limit)",
     "connect_timeout": "seconds to connect, greet, secure and log in (default 30)",
     "data_timeout": "seconds to wait for the reply to the final '.' (default 600, RFC 5321), "
     "plus one per 64 KiB of message",
@@ -518,6 +520,7 @@ async def load_campaign(
         retry_attempts=fields.get_int("retry_attempts", 5, 1, 100),
         retry_delay=fields.get_number("retry_delay", 10.0, 0, 86400),
         retry_max_age=fields.get_number("retry_max_age", 1800.0, 0, 30 * 86400),
+        daily_quota=fields.get_int("daily_quota", 0, 0, 100_000_000),
         notices=tuple(notices),
     )
 

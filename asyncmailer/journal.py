@@ -409,6 +409,25 @@ class Journal:
 
         await self._call(release)
 
+    async def sent_on(self, day: str) -> int:
+        """How many recipients were tried on `day` (YYYY-MM-DD), for the daily quota."""
+
+        def read(db: sqlite3.Connection) -> int:
+            row = db.execute("SELECT value FROM meta WHERE key = ?", (f"sent:{day}",)).fetchone()
+            return int(row[0]) if row else 0
+
+        return await self._call(read)
+
+    def count_sent(self, day: str, count: int) -> asyncio.Future[None]:
+        def add(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE "
+                "SET value = CAST(value AS INTEGER) + excluded.value",
+                (f"sent:{day}", count),
+            )
+
+        return self._submit(add)
+
     async def next_due(self) -> float | None:
         """When the next deferred recipient is due in this run, if any is."""
 

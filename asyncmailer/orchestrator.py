@@ -246,11 +246,24 @@ async def _send(
             return item.recipients, ()  # alone in the message: named in To
         return (), ()  # list recipients never see each other
 
+    failures: list[BaseException] = []
+
+    def check_stored(stored: asyncio.Future[None]) -> None:
+        """A result the journal could not store stops the run (disk full, I/O error)."""
+        if not stored.cancelled() and stored.exception() is not None:
+            failures.append(stored.exception())  # type: ignore[arg-type]
+            options.stop.set()
+
+    quota = _Quota(campaign.daily_quota, journal)
+    await quota.load()
+
     async def attempt(item: WorkItem, pool: SessionPool) -> list[RecipientResult]:
         nonlocal connected
         envelope = [m.addr for m in item.recipients]
         if limiter is not None:
             await limiter.wait()
+        if (counted := quota.take(len(envelope))) is not None:
+            counted.add_done_callback(check_stored)
         try:
             async with pool.session() as session:
                 connected = True
@@ -270,16 +283,14 @@ async def _send(
             note = f"not delivered: {err}"
             return [RecipientResult(r, Status.DEFERRED, err.code, note) for r in envelope]
 
-    failures: list[BaseException] = []
-
-    def check_stored(stored: asyncio.Future[None]) -> None:
-        """A result the journal could not store stops the run (disk full, I/O error)."""
-        if not stored.cancelled() and stored.exception() is not None:
-            failures.append(stored.exception())  # type: ignore[arg-type]
-            options.stop.set()
-
     async def worker(pool: SessionPool) -> None:
         while (item := await scheduler.next()) is not None:
+            if not quota.allows(len(item.recipients)):
+                report.quota_reached = True
+                options.stop.set()
+                scheduler.done()
+                await journal.release(item)
+                return
             try:
                 results = await attempt(item, pool)
             except (AuthError, TLSRequiredError, ConnectError) as err:
@@ -304,6 +315,32 @@ async def _send(
         await asyncio.shield(scheduler.release_buffered())
     if failures:
         raise JournalError(f"cannot write the journal: {failures[0]}", path=journal.path)
+
+
+class _Quota:
+    """`daily_quota` recipients per calendar day (local time), counted in the journal so it
+    holds across runs."""
+
+    def __init__(self, limit: int, journal: Journal) -> None:
+        self.limit = limit
+        self.journal = journal
+        self.day = ""
+        self.used = 0
+
+    async def load(self) -> None:
+        self.day = time.strftime("%Y-%m-%d")
+        self.used = await self.journal.sent_on(self.day) if self.limit else 0
+
+    def allows(self, count: int) -> bool:
+        if time.strftime("%Y-%m-%d") != self.day:  # midnight passed: a new day's quota
+            self.day, self.used = time.strftime("%Y-%m-%d"), 0
+        return not self.limit or self.used + count <= self.limit
+
+    def take(self, count: int) -> asyncio.Future[None] | None:
+        if not self.limit:
+            return None
+        self.used += count
+        return self.journal.count_sent(self.day, count)
 
 
 async def _fill_report(journal: Journal, report: CampaignReport) -> None:

@@ -73,6 +73,7 @@ class CampaignReport:
     journal: Path | None = None
     recovered: dict[str, int] = field(default_factory=dict)  # what a stopped run had left
     bad_rows: list[RecipientResult] = field(default_factory=list)  # this run's bad list rows
+    quota_reached: bool = False  # the run stopped at the daily quota
 
     def add(self, results: Iterable[RecipientResult]) -> None:
         for result in results:

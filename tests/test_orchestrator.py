@@ -289,3 +289,25 @@ async def test_max_connections_caps_the_pool(
     report = await run_campaign(await load_campaign(path, env={}))
     assert report.all_accepted
     assert len(running.recorder.connections) <= 2
+
+
+async def test_daily_quota_holds_across_runs(
+    smtp_server: ServerFactory, make_campaign: CampaignFactory, tmp_path: Path
+) -> None:
+    running = await smtp_server()
+    recipients = write_list(tmp_path / "list.csv", 25)
+    path = make_campaign(
+        port=running.server.ssl_port,
+        to=None,
+        cc=None,
+        recipients_file=str(recipients),
+        group_size=5,
+        concurrency=1,
+        daily_quota=12,
+    )
+    first = await run_campaign(await load_campaign(path, env={}))
+    assert first.quota_reached
+    assert first.counts[Status.ACCEPTED] == 10  # two groups of 5 fit in 12; a third does not
+    second = await run_campaign(await load_campaign(path, env={}))
+    assert second.quota_reached and second.counts[Status.ACCEPTED] == 10  # nothing more today
+    assert sum(len(m.rcpt_tos) for m in running.messages) == 10
