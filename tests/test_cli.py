@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import re
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -269,3 +270,61 @@ async def test_list_campaign_summarises_and_reports_every_row(
         rows = list(csv.DictReader(handle))
     assert len(rows) == 151
     assert sum(len(m.rcpt_tos) for m in running.messages) == 149
+
+
+async def test_sigterm_finishes_transactions_in_flight_then_resume_completes(
+    make_campaign: CampaignFactory, tmp_path: Path
+) -> None:
+    from .faulty import Faults, FaultyServer
+
+    server = await FaultyServer(Faults(final_delay=0.05, final_delay_times=None)).start()
+    try:
+        (tmp_path / "list.txt").write_text("".join(f"u{i}@example.com\n" for i in range(200)))
+        path = make_campaign(
+            host="127.0.0.1",
+            port=server.port,
+            security="none",
+            password=None,
+            to=None,
+            cc=None,
+            recipients_file="list.txt",
+            group_size=2,
+            concurrency=2,
+        )
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "asyncmailer",
+            "-c",
+            str(path),
+            "--report",
+            "r.csv",
+            cwd=tmp_path,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        for _ in range(400):  # wait (at most 20 s) until it is really sending
+            if server.messages:
+                break
+            await asyncio.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(process.communicate(), 60)
+        assert process.returncode == 75, err.decode()
+        assert "stopping: finishing the transactions in flight" in err.decode()
+        assert "interrupted; run the same command again to resume" in err.decode()
+        sent_before = len(server.delivered)
+        assert 0 < sent_before < 200
+        # The report already has every recipient: accepted ones, and the rest not attempted.
+        with open(tmp_path / "r.csv", newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        assert len(rows) == 200
+        assert sum(r["status"] == "accepted" for r in rows) == sent_before
+
+        code, _, err_text = await run_cli("-c", str(path), cwd=tmp_path)
+        assert code == 0, err_text
+        assert sorted(server.delivered) == sorted(f"u{i}@example.com" for i in range(200))
+        code, out_text, _ = await run_cli("status", "-c", str(path), cwd=tmp_path)
+        assert code == 0
+        assert re.search(r"^\s+200\s+accepted$", out_text, re.MULTILINE)
+    finally:
+        await server.stop()
