@@ -328,3 +328,51 @@ async def test_sigterm_finishes_transactions_in_flight_then_resume_completes(
         assert re.search(r"^\s+200\s+accepted$", out_text, re.MULTILINE)
     finally:
         await server.stop()
+
+
+async def test_full_disk_for_the_journal_stops_cleanly_and_resume_completes(
+    make_campaign: CampaignFactory, tmp_path: Path
+) -> None:
+    """A file-size limit (RLIMIT_FSIZE) makes every write past 256 KiB fail, as a full disk."""
+    import resource
+
+    from .faulty import Faults, FaultyServer
+
+    def small_disk() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write instead of killing us
+        resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, 256 * 1024))
+
+    server = await FaultyServer(Faults()).start()
+    try:
+        (tmp_path / "list.txt").write_text("".join(f"u{i}@example.com\n" for i in range(8000)))
+        path = make_campaign(
+            host="127.0.0.1",
+            port=server.port,
+            security="none",
+            password=None,
+            to=None,
+            cc=None,
+            recipients_file="list.txt",
+        )
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "asyncmailer",
+            "-c",
+            str(path),
+            cwd=tmp_path,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            preexec_fn=small_disk,
+        )
+        _, err = await asyncio.wait_for(process.communicate(), 60)
+        text = err.decode()
+        assert process.returncode == 2, text
+        assert "cannot write the journal" in text and "Traceback" not in text
+        assert len(text.strip().splitlines()) <= 3
+
+        code, _, err_text = await run_cli("-c", str(path), cwd=tmp_path)
+        assert code == 0, err_text
+        assert sorted(server.delivered) == sorted(f"u{i}@example.com" for i in range(8000))
+    finally:
+        await server.stop()
