@@ -19,7 +19,7 @@ from typing import TextIO
 from . import __version__
 from .config import DEFAULT_CONFIG, PASSWORD_ENV, load_campaign
 from .errors import InputError, MailerError
-from .journal import JournalReader, journal_path
+from .journal import JournalReader, archive, journal_path
 from .orchestrator import RunOptions, prepare_message, run_campaign
 from .progress import ConsoleObserver
 from .report import ReportWriter, format_table
@@ -79,6 +79,11 @@ def parseargs(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     send.add_argument(
         "-q", "--quiet", action="store_true", help="print only the final table and summary"
+    )
+    send.add_argument(
+        "--restart",
+        action="store_true",
+        help="set the campaign's journal aside and send to everyone again",
     )
     send.add_argument(
         "--resend-unknown",
@@ -161,6 +166,10 @@ async def send_command(args: argparse.Namespace, *, out: TextIO = sys.stdout) ->
     writer = ReportWriter(args.report) if args.report else None
     # Read and check the body and attachments before anything is sent or written.
     template = await prepare_message(campaign)
+    if args.restart:
+        old = await asyncio.to_thread(archive, journal_path(campaign.state_dir, campaign.source))
+        if old is not None:
+            print(f"asyncmailer: the previous journal is kept as {old}", file=sys.stderr)
 
     server = campaign.server
     login = f" as {server.username}" if server.username else " without AUTH"

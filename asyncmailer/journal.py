@@ -32,7 +32,7 @@ from .errors import JournalError
 from .recipients import Mailbox
 from .results import RecipientResult, Status
 
-__all__ = ["Journal", "JournalReader", "WorkItem", "journal_path"]
+__all__ = ["Journal", "JournalReader", "WorkItem", "archive", "journal_path"]
 
 T = TypeVar("T")
 
@@ -508,6 +508,27 @@ class JournalReader:
                 after = page[-1][0]
         finally:
             await asyncio.to_thread(db.close)
+
+
+def archive(path: Path) -> Path | None:
+    """Set a campaign's journal aside (renamed with the time), so the next run starts afresh.
+    Returns the new name, or None when there was no journal.
+
+    :raises JournalError: another run holds it.
+    """
+    lock = _lock(path)
+    try:
+        if not path.exists():
+            return None
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        target = path.with_name(f"{path.name}.{stamp}")
+        for suffix in ("", "-wal", "-shm"):
+            source = Path(f"{path}{suffix}")
+            if source.exists():
+                source.rename(f"{target}{suffix}")
+        return target
+    finally:
+        os.close(lock)
 
 
 def _lock(path: Path) -> int:

@@ -376,3 +376,21 @@ async def test_full_disk_for_the_journal_stops_cleanly_and_resume_completes(
         assert sorted(server.delivered) == sorted(f"u{i}@example.com" for i in range(8000))
     finally:
         await server.stop()
+
+
+async def test_rerun_sends_nothing_new_and_restart_sends_again(
+    smtp_server: ServerFactory, make_campaign: CampaignFactory, tmp_path: Path
+) -> None:
+    running = await smtp_server()
+    path = make_campaign(port=running.server.ssl_port)
+    for _ in range(2):
+        code, out, err = await run_cli("-c", str(path), cwd=tmp_path)
+        assert code == 0, err
+        assert "3 recipients: 3 accepted" in out
+    assert len(running.messages) == 1  # the second run resumed a finished campaign
+    code, out, err = await run_cli("-c", str(path), "--restart", cwd=tmp_path)
+    assert code == 0, err
+    assert "the previous journal is kept as" in err
+    assert len(running.messages) == 2
+    kept = list((tmp_path / ".asyncmailer").glob("config.json.journal.sqlite.*"))
+    assert kept
