@@ -32,8 +32,10 @@ demo: $(STAMP)
 	@rm -rf .demo
 	$(BIN)/asyncmailer serve --dir .demo --user sender@example.com \
 		--password-file reliances/your_pswd.txt -- sh -c '\
-		$(BIN)/asyncmailer --config reliances/config.json --report .demo/report.csv && \
-		$(BIN)/asyncmailer --config reliances/list.yaml --report .demo/list-report.csv'
+		$(BIN)/asyncmailer --config reliances/config.json --state-dir .demo/state \
+			--report .demo/report.csv && \
+		$(BIN)/asyncmailer --config reliances/list.yaml --state-dir .demo/state \
+			--report .demo/list-report.csv'
 	@echo "Open the messages: ls .demo/mail/*/new/ (one Maildir per recipient); reports: .demo/*.csv"
 
 test: lint typecheck pytest

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import signal
 import sys
@@ -17,9 +18,9 @@ from pathlib import Path
 from typing import TextIO
 
 from . import __version__
-from .config import DEFAULT_CONFIG, PASSWORD_ENV, load_campaign
-from .errors import InputError, MailerError
-from .journal import JournalReader, archive, journal_path
+from .config import DEFAULT_CONFIG, PASSWORD_ENV, Campaign, load_campaign
+from .errors import InputError, JournalError, MailerError
+from .journal import JournalReader, archive, journal_path, probe_lock
 from .orchestrator import RunOptions, prepare_message, run_campaign
 from .progress import ConsoleObserver
 from .report import ReportWriter, format_table
@@ -38,10 +39,12 @@ EXIT_OK, EXIT_NOT_ALL_ACCEPTED, EXIT_USAGE, EXIT_SERVER, EXIT_INTERNAL, EXIT_INT
 EXIT_CODES = {
     EXIT_OK: "every recipient was accepted",
     EXIT_NOT_ALL_ACCEPTED: "at least one recipient was refused, deferred, unknown or skipped",
-    EXIT_USAGE: "bad config, input file or command line; nothing was sent",
+    EXIT_USAGE: "bad config, input file or command line, or the journal is locked or cannot "
+    "be written; nothing was sent, or (journal write failure) the run stopped: fix, then resume",
     EXIT_SERVER: "the server could not be reached, refused TLS, or refused the login",
     EXIT_INTERNAL: "internal error (a bug; run with --debug and report it)",
-    EXIT_INTERRUPTED: "interrupted (Ctrl-C, SIGTERM); run the same command again to resume",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C, SIGTERM) or the daily quota reached; run the same "
+    "command again to resume",
 }
 _COMMANDS = ("send", "serve", "status")
 
@@ -78,6 +81,11 @@ def parseargs(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--report", type=Path, help="also write every result to this .csv or .jsonl file"
     )
     send.add_argument(
+        "--state-dir",
+        type=Path,
+        help="folder for the campaign's journal (default: state_dir of the config)",
+    )
+    send.add_argument(
         "-q", "--quiet", action="store_true", help="print only the final table and summary"
     )
     send.add_argument(
@@ -98,6 +106,7 @@ def parseargs(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description="Show how many recipients of a campaign are in each state.",
     )
     status.add_argument("-c", "--config", type=Path, default=DEFAULT_CONFIG, help="campaign file")
+    status.add_argument("--state-dir", type=Path, help="folder of the campaign's journal")
     status.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
     serve = commands.add_parser(
@@ -159,15 +168,26 @@ TABLE_ROWS = 100  # a longer result list is summarised; the report file has ever
 STOP_TIMEOUT = 30.0  # seconds transactions in flight get to finish after Ctrl-C or SIGTERM
 
 
-async def send_command(args: argparse.Namespace, *, out: TextIO = sys.stdout) -> int:
+async def _campaign(args: argparse.Namespace) -> Campaign:
     campaign = await load_campaign(args.config)
+    if args.state_dir is not None:
+        campaign = dataclasses.replace(campaign, state_dir=args.state_dir)
+    return campaign
+
+
+async def send_command(args: argparse.Namespace, *, out: TextIO = sys.stdout) -> int:
+    campaign = await _campaign(args)
+    journal_file = journal_path(campaign.state_dir, campaign.source)
+    # A second run of the same campaign is refused before it prints or truncates anything
+    # (the journal's own lock still guards the run itself).
+    await asyncio.to_thread(probe_lock, journal_file)
     for notice in campaign.notices:
         print(f"asyncmailer: {notice}", file=sys.stderr)
     writer = ReportWriter(args.report) if args.report else None
     # Read and check the body and attachments before anything is sent or written.
     template = await prepare_message(campaign)
     if args.restart:
-        old = await asyncio.to_thread(archive, journal_path(campaign.state_dir, campaign.source))
+        old = await asyncio.to_thread(archive, journal_file)
         if old is not None:
             print(f"asyncmailer: the previous journal is kept as {old}", file=sys.stderr)
 
@@ -311,8 +331,11 @@ STATE_WORDS = {
 
 async def status_command(args: argparse.Namespace, *, out: TextIO = sys.stdout) -> int:
     """`asyncmailer status`: a campaign's counts from its journal."""
-    campaign = await load_campaign(args.config)
+    campaign = await _campaign(args)
     path = journal_path(campaign.state_dir, campaign.source)
+    if not await asyncio.to_thread(path.exists):
+        print(f"campaign {args.config} has not run yet (no journal at {path})", file=out)
+        return EXIT_OK
     counts = await JournalReader(path).counts()
     print(f"campaign {args.config}: journal {path}", file=out)
     for state, word in STATE_WORDS.items():
@@ -320,8 +343,13 @@ async def status_command(args: argparse.Namespace, *, out: TextIO = sys.stdout) 
             print(f"  {counts[state]:>9,}  {word}", file=out)
     print(f"  {sum(counts.values()):>9,}  recipients in all", file=out)
     left = counts["pending"] + counts["deferred"] + counts["inflight"]
-    if left:
-        print(f"{plural(left, 'recipient')} still to send: run the campaign again", file=out)
+    try:
+        await asyncio.to_thread(probe_lock, path)
+    except JournalError:
+        print("a run of this campaign is in progress", file=out)
+    else:
+        if left:
+            print(f"{plural(left, 'recipient')} still to send: run the campaign again", file=out)
     return EXIT_OK
 
 

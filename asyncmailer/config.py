@@ -209,8 +209,8 @@ def _key_line(text: str, key: str) -> int | None:
 # Validating keys
 
 _RATE_RE = re.compile(r"(?P<count>\d+(?:\.\d+)?)\s*/\s*(?P<unit>[a-zA-Z]+)")
-_RATE_UNITS = {
-    "s": 1.0,
+_RATE_UNITS = {  # singular; a plural "s" is dropped before the look-up
+    "": 1.0,
     "sec": 1.0,
     "second": 1.0,
     "m": 60.0,
@@ -280,7 +280,7 @@ class _Fields:
         value = self.data.get(key)
         if value is None:
             return None
-        reason = "expected messages per second, or 'N/second', 'N/minute', 'N/hour'"
+        reason = "expected messages per second, or 'N/second', 'N/minute', 'N/hour', 'N/day'"
         if isinstance(value, bool):
             raise self.error(key, reason)
         if isinstance(value, int | float):
@@ -288,9 +288,9 @@ class _Fields:
         elif (
             isinstance(value, str)
             and (match := _RATE_RE.fullmatch(value.strip()))
-            and match["unit"].lower() in _RATE_UNITS
+            and match["unit"].lower().removesuffix("s") in _RATE_UNITS
         ):
-            count, per = float(match["count"]), _RATE_UNITS[match["unit"].lower()]
+            count, per = float(match["count"]), _RATE_UNITS[match["unit"].lower().removesuffix("s")]
         else:
             raise self.error(key, f"{reason}, got {value!r}")
         if count <= 0:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import os
 import queue
 import sqlite3
@@ -30,9 +31,9 @@ from typing import Any, TypeVar
 
 from .errors import JournalError
 from .recipients import Mailbox
-from .results import RecipientResult, Status
+from .results import NOT_ATTEMPTED, RecipientResult, Status
 
-__all__ = ["Journal", "JournalReader", "WorkItem", "archive", "journal_path"]
+__all__ = ["Journal", "JournalReader", "WorkItem", "archive", "journal_path", "probe_lock"]
 
 T = TypeVar("T")
 
@@ -185,7 +186,7 @@ class Journal:
 
         :raises JournalError: locked by another run, or not writable.
         """
-        lock = await asyncio.to_thread(_lock, path)
+        lock = await asyncio.to_thread(functools.partial(_lock, path, create=True))
         writer = _Writer(path)
         writer.start()
         try:
@@ -374,15 +375,18 @@ class Journal:
         now = time.time()
 
         rows = []
+        progress = any(r.status is Status.ACCEPTED for r in results)
         for row_id, result in zip(item.ids, results, strict=True):
             state = result.status.value
             next_try = 0.0
             tried = int(result.status is not Status.SKIPPED or result.attempts > 0)
             if result.status is Status.DEFERRED:
-                if result.code == 452 and item.attempts + 1 < max_attempts:
+                if result.code == 452 and (progress or item.attempts + 1 < max_attempts):
                     # 452: too many recipients for this transaction; the rest go at once in a
-                    # new one (still counted, so a server that always says 452 ends).
+                    # new one. Not a failed try while others got through; a server that says
+                    # 452 to everyone uses up the tries like any 4xx.
                     state = "pending"
+                    tried = int(not progress)
                 else:
                     when = retry_at(item.attempts + 1)
                     next_try = NEVER if when is None else when
@@ -451,7 +455,7 @@ class Journal:
         return await self._call(lambda db: _page(db, after, limit))
 
 
-NOT_YET = "not attempted yet: run the campaign again to send"
+NOT_YET = f"{NOT_ATTEMPTED} yet: run the campaign again to send"
 
 
 def _result(
@@ -522,6 +526,10 @@ def archive(path: Path) -> Path | None:
             return None
         stamp = time.strftime("%Y%m%d-%H%M%S")
         target = path.with_name(f"{path.name}.{stamp}")
+        number = 1
+        while target.exists():  # two restarts in one second keep both
+            number += 1
+            target = path.with_name(f"{path.name}.{stamp}-{number}")
         for suffix in ("", "-wal", "-shm"):
             source = Path(f"{path}{suffix}")
             if source.exists():
@@ -531,7 +539,15 @@ def archive(path: Path) -> Path | None:
         os.close(lock)
 
 
-def _lock(path: Path) -> int:
+def probe_lock(path: Path) -> None:
+    """Fail now if another run holds the campaign's journal.
+
+    :raises JournalError: it is locked, or its folder cannot be created.
+    """
+    os.close(_lock(path))
+
+
+def _lock(path: Path, *, create: bool = False) -> int:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
@@ -549,4 +565,12 @@ def _lock(path: Path) -> int:
             "wait for it, or stop it first",
             path=path,
         ) from None
+    if create:
+        try:
+            # The journal holds every address: readable by its owner only (sqlite gives its
+            # -wal and -shm files the same mode).
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        except OSError as err:
+            os.close(fd)
+            raise JournalError(f"cannot create the journal: {err.strerror}", path=path) from None
     return fd

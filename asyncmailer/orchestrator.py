@@ -24,7 +24,7 @@ from .message import MessageTemplate, load_attachments, load_body
 from .pool import SessionPool
 from .recipient_list import BadRow, FingerprintSet, RecipientFile
 from .recipients import Mailbox
-from .results import CampaignReport, RecipientResult, Status
+from .results import NOT_ATTEMPTED, CampaignReport, RecipientResult, Status
 from .session import Session, build_tls_context
 from .throttle import RateLimiter
 
@@ -262,8 +262,6 @@ async def _send(
         envelope = [m.addr for m in item.recipients]
         if limiter is not None:
             await limiter.wait()
-        if (counted := quota.take(len(envelope))) is not None:
-            counted.add_done_callback(check_stored)
         try:
             async with pool.session() as session:
                 connected = True
@@ -291,6 +289,9 @@ async def _send(
                 scheduler.done()
                 await journal.release(item)
                 return
+            # Checked and counted in one step, before any wait, so workers cannot overshoot.
+            if (counted := quota.take(len(item.recipients))) is not None:
+                counted.add_done_callback(check_stored)
             try:
                 results = await attempt(item, pool)
             except (AuthError, TLSRequiredError, ConnectError) as err:
@@ -355,5 +356,5 @@ async def _fill_report(journal: Journal, report: CampaignReport) -> None:
 def _explain(result: RecipientResult, report: CampaignReport) -> RecipientResult:
     """A recipient this run never got to, when the run stopped on a fatal error: say why."""
     if report.fatal is not None and result.status is Status.SKIPPED and not result.attempts:
-        return dataclasses.replace(result, message=f"not attempted: {report.fatal}")
+        return dataclasses.replace(result, message=f"{NOT_ATTEMPTED}: {report.fatal}")
     return result

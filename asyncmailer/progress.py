@@ -56,6 +56,13 @@ class ConsoleObserver(Observer):
     async def started(self, expected: int | None) -> None:
         self.expected = expected
         self._started = self._last_line = time.monotonic()
+        if expected == 0 and not self.quiet:
+            print(
+                "asyncmailer: nothing left to send: the journal has an answer for every "
+                "recipient (--restart sends the campaign again)",
+                file=self.stream,
+            )
+            return
         if self.quiet or self.per_recipient or not self.stream.isatty():
             return
         self._bar = Progress(
@@ -76,7 +83,8 @@ class ConsoleObserver(Observer):
             await self.writer.write(results)
         for result in results:
             self.counts[result.status] += 1
-        self.done += len(results)
+            # A deferral is not an answer yet: it will be tried again.
+            self.done += result.status is not Status.DEFERRED
         if self.quiet:
             return
         if self.per_recipient:
@@ -94,11 +102,16 @@ class ConsoleObserver(Observer):
         if self._bar is not None:
             self._bar.stop()
             self._bar = None
-        elif not (self.quiet or self.per_recipient):
+        elif not (self.quiet or self.per_recipient or self.expected == 0):
             print(f"asyncmailer: {self.line()}", file=self.stream, flush=True)
 
     def describe(self) -> str:
-        return ", ".join(f"{self.counts[s]} {s.value}" for s in Status if self.counts[s])
+        """``1,200 accepted, 3 refused, 7 deferrals`` (a recipient may be deferred twice)."""
+        return ", ".join(
+            f"{self.counts[s]:,} {'deferrals' if s is Status.DEFERRED else s.value}"
+            for s in Status
+            if self.counts[s]
+        )
 
     def rate(self) -> str:
         elapsed = max(time.monotonic() - self._started, 1e-9)

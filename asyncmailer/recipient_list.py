@@ -59,7 +59,8 @@ class ScanResult:
 class FingerprintSet:
     """A set of strings kept as 64-bit BLAKE2b fingerprints in one open-addressing array.
 
-    About 16 bytes per member at the worst load, against ~100 for a Python set of strings. Two
+    16 to 32 bytes per member (8 a slot, 2 to 4 slots each), against ~100 for a Python set of
+    strings. Two
     different addresses share a fingerprint with probability ~n²/2⁶⁵ (3·10⁻⁸ for a million).
     """
 

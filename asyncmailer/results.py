@@ -14,8 +14,11 @@ __all__ = ["CampaignReport", "RecipientResult", "Status", "plural"]
 
 
 def plural(count: int, word: str) -> str:
-    """``1 message``, ``2 messages``."""
-    return f"{count} {word}{'' if count == 1 else 's'}"
+    """``1 message``, ``2 messages``, ``1,200 messages``."""
+    return f"{count:,} {word}{'' if count == 1 else 's'}"
+
+
+NOT_ATTEMPTED = "not attempted"  # how a skipped result that was never tried begins
 
 
 class Status(StrEnum):
@@ -47,6 +50,16 @@ class RecipientResult:
         text = f" {self.message}" if self.message else ""
         return f"{self.status.value:<8} {self.recipient}{code}{text}"
 
+    @property
+    def untried(self) -> bool:
+        """Skipped because the run never got to it (it stopped early), not for a reason of its
+        own like a bad list row."""
+        return (
+            self.status is Status.SKIPPED
+            and self.attempts == 0
+            and self.message.startswith(NOT_ATTEMPTED)
+        )
+
     def as_row(self) -> dict[str, str | int | None]:
         return {
             "recipient": self.recipient,
@@ -67,6 +80,7 @@ class CampaignReport:
     problems: list[RecipientResult] = field(default_factory=list)  # first `keep` not accepted
     counts: Counter[Status] = field(default_factory=Counter)
     total: int = 0
+    not_attempted: int = 0  # skipped because the run never got to them (stopped early)
     duplicates: int = 0
     # Set when the run had to stop early (server unreachable, TLS refused, login failed).
     fatal: DeliveryError | None = None
@@ -81,7 +95,9 @@ class CampaignReport:
             self.counts[result.status] += 1
             if len(self.results) < self.keep:
                 self.results.append(result)
-            if result.status is not Status.ACCEPTED and len(self.problems) < self.keep:
+            if result.untried:
+                self.not_attempted += 1
+            elif result.status is not Status.ACCEPTED and len(self.problems) < self.keep:
                 self.problems.append(result)
 
     @property
@@ -94,7 +110,12 @@ class CampaignReport:
         return self.fatal is None and self.total > 0 and self.counts[Status.ACCEPTED] == self.total
 
     def summary(self) -> str:
-        parts = [f"{self.counts[s]} {s.value}" for s in Status if self.counts[s]]
+        """``5,000 recipients: 560 accepted, 2 refused, 4,438 not attempted yet``"""
+        counts = self.counts.copy()
+        counts[Status.SKIPPED] -= self.not_attempted
+        parts = [f"{counts[s]:,} {s.value}" for s in Status if counts[s] > 0]
+        if self.not_attempted:
+            parts.append(f"{self.not_attempted:,} not attempted yet")
         text = f"{plural(self.total, 'recipient')}: " + (", ".join(parts) or "none")
         if self.duplicates:
             text += f" ({plural(self.duplicates, 'duplicate')} in the list sent once)"

@@ -394,3 +394,12 @@ async def test_rerun_sends_nothing_new_and_restart_sends_again(
     assert len(running.messages) == 2
     kept = list((tmp_path / ".asyncmailer").glob("config.json.journal.sqlite.*"))
     assert kept
+
+
+async def test_status_before_any_run_and_with_state_dir(
+    make_campaign: CampaignFactory, tmp_path: Path
+) -> None:
+    path = make_campaign()
+    code, out, err = await run_cli("status", "-c", str(path), "--state-dir", "st", cwd=tmp_path)
+    assert code == 0, err
+    assert out.startswith(f"campaign {path} has not run yet (no journal at st/")

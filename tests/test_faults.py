@@ -120,6 +120,18 @@ async def test_452_sends_the_rest_in_a_new_transaction(
     assert sorted(server.delivered) == RECIPIENTS
 
 
+async def test_452_splits_do_not_use_up_the_tries(
+    faulty: Any, make_campaign: CampaignFactory
+) -> None:
+    server = await faulty(max_rcpt=10)
+    recipients = [f"x{i}@example.com" for i in range(100)]
+    report, journal = await send(
+        make_campaign, server.port, recipients=recipients, group_size=100, retry_attempts=2
+    )
+    assert report.all_accepted and journal == Counter(accepted=100)
+    assert [len(m.rcpt_tos) for m in server.messages] == [10] * 10
+
+
 async def test_550_on_some_and_permanent_refusal_is_final(
     faulty: Any, make_campaign: CampaignFactory
 ) -> None:

@@ -8,6 +8,8 @@ from email.message import EmailMessage
 from email.parser import BytesParser
 from pathlib import Path
 
+import pytest
+
 from asyncmailer.config import load_campaign
 from asyncmailer.errors import AuthError, TLSRequiredError
 from asyncmailer.orchestrator import Observer, run_campaign
@@ -291,8 +293,13 @@ async def test_max_connections_caps_the_pool(
     assert len(running.recorder.connections) <= 2
 
 
+@pytest.mark.parametrize(("concurrency", "rate"), [(1, None), (4, "50/s")])
 async def test_daily_quota_holds_across_runs(
-    smtp_server: ServerFactory, make_campaign: CampaignFactory, tmp_path: Path
+    smtp_server: ServerFactory,
+    make_campaign: CampaignFactory,
+    tmp_path: Path,
+    concurrency: int,
+    rate: str | None,
 ) -> None:
     running = await smtp_server()
     recipients = write_list(tmp_path / "list.csv", 25)
@@ -302,7 +309,8 @@ async def test_daily_quota_holds_across_runs(
         cc=None,
         recipients_file=str(recipients),
         group_size=5,
-        concurrency=1,
+        concurrency=concurrency,
+        rate=rate,
         daily_quota=12,
     )
     first = await run_campaign(await load_campaign(path, env={}))

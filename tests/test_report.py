@@ -78,5 +78,10 @@ def test_summary_and_all_accepted() -> None:
     report.add(RESULTS[1:])
     observed.append(report.all_accepted)
     assert observed == [False, True, False]
-    assert report.summary() == "3 recipients: 1 accepted, 1 refused, 1 skipped"
+    assert report.summary() == "3 recipients: 1 accepted, 1 refused, 1 not attempted yet"
+    report.add([RecipientResult("bad", Status.SKIPPED, None, "list.csv:7: bad address", 0)])
+    assert report.summary() == (
+        "4 recipients: 1 accepted, 1 refused, 1 skipped, 1 not attempted yet"
+    )
+    assert [r.recipient for r in report.problems] == ["bob@example.org", "bad"]
     assert str(RESULTS[1]) == "refused  bob@example.org 550 5.1.1 User unknown, sorry"
