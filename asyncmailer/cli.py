@@ -1,8 +1,9 @@
 """The command line: `asyncmailer [send]` runs a campaign, `asyncmailer serve` the local server.
 
-Exit codes: 0 every recipient accepted; 1 some recipient not accepted; 2 bad config, input or
-usage (nothing sent); 3 the server could not be reached, refused TLS, or refused the login;
-70 an internal error (a bug: please report it); 75 interrupted, resumable.
+Exit codes (EXIT_CODES below): 0 every recipient accepted; 1 some recipient not accepted; 2 bad
+config, input or usage, or an unusable journal; 3 the server could not be reached, refused TLS,
+or refused the login; 70 an internal error (a bug: please report it); 75 interrupted or the
+daily quota reached: run the same command again to resume.
 """
 
 from __future__ import annotations
@@ -177,15 +178,15 @@ async def _campaign(args: argparse.Namespace) -> Campaign:
 
 async def send_command(args: argparse.Namespace, *, out: TextIO = sys.stdout) -> int:
     campaign = await _campaign(args)
+    writer = ReportWriter(args.report) if args.report else None
+    # Read and check the body and attachments before anything is sent or written.
+    template = await prepare_message(campaign)
     journal_file = journal_path(campaign.state_dir, campaign.source)
     # A second run of the same campaign is refused before it prints or truncates anything
     # (the journal's own lock still guards the run itself).
     await asyncio.to_thread(probe_lock, journal_file)
     for notice in campaign.notices:
         print(f"asyncmailer: {notice}", file=sys.stderr)
-    writer = ReportWriter(args.report) if args.report else None
-    # Read and check the body and attachments before anything is sent or written.
-    template = await prepare_message(campaign)
     if args.restart:
         old = await asyncio.to_thread(archive, journal_file)
         if old is not None:
@@ -254,7 +255,7 @@ def _print_outcome(report: CampaignReport, args: argparse.Namespace, out: TextIO
     elif report.problems:
         shown = report.problems[:TABLE_ROWS]
         print(format_table(shown), file=out)
-        hidden = report.total - report.counts[Status.ACCEPTED] - len(shown)
+        hidden = report.total - report.counts[Status.ACCEPTED] - report.not_attempted - len(shown)
         if hidden > 0:
             print(f"... and {plural(hidden, 'more recipient')} not accepted", file=out)
     print(report.summary(), file=out)

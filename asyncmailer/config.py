@@ -209,17 +209,15 @@ def _key_line(text: str, key: str) -> int | None:
 # Validating keys
 
 _RATE_RE = re.compile(r"(?P<count>\d+(?:\.\d+)?)\s*/\s*(?P<unit>[a-zA-Z]+)")
-_RATE_UNITS = {  # singular; a plural "s" is dropped before the look-up
-    "": 1.0,
-    "sec": 1.0,
-    "second": 1.0,
-    "m": 60.0,
-    "min": 60.0,
-    "minute": 60.0,
-    "h": 3600.0,
-    "hour": 3600.0,
-    "d": 86400.0,
-    "day": 86400.0,
+_RATE_UNITS = {
+    unit: seconds
+    for seconds, units in (
+        (1.0, ("s", "sec", "secs", "second", "seconds")),
+        (60.0, ("m", "min", "mins", "minute", "minutes")),
+        (3600.0, ("h", "hr", "hrs", "hour", "hours")),
+        (86400.0, ("d", "day", "days")),
+    )
+    for unit in units
 }
 
 
@@ -288,9 +286,9 @@ class _Fields:
         elif (
             isinstance(value, str)
             and (match := _RATE_RE.fullmatch(value.strip()))
-            and match["unit"].lower().removesuffix("s") in _RATE_UNITS
+            and match["unit"].lower() in _RATE_UNITS
         ):
-            count, per = float(match["count"]), _RATE_UNITS[match["unit"].lower().removesuffix("s")]
+            count, per = float(match["count"]), _RATE_UNITS[match["unit"].lower()]
         else:
             raise self.error(key, f"{reason}, got {value!r}")
         if count <= 0:

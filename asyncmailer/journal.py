@@ -570,6 +570,9 @@ def _lock(path: Path, *, create: bool = False) -> int:
             # The journal holds every address: readable by its owner only (sqlite gives its
             # -wal and -shm files the same mode).
             os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+            for suffix in ("", "-wal", "-shm"):  # journals made before this were 644
+                with contextlib.suppress(FileNotFoundError):
+                    os.chmod(f"{path}{suffix}", 0o600)
         except OSError as err:
             os.close(fd)
             raise JournalError(f"cannot create the journal: {err.strerror}", path=path) from None

@@ -103,7 +103,7 @@ class ConsoleObserver(Observer):
             self._bar.stop()
             self._bar = None
         elif not (self.quiet or self.per_recipient or self.expected == 0):
-            print(f"asyncmailer: {self.line()}", file=self.stream, flush=True)
+            print(f"asyncmailer: {self.line(final=True)}", file=self.stream, flush=True)
 
     def describe(self) -> str:
         """``1,200 accepted, 3 refused, 7 deferrals`` (a recipient may be deferred twice)."""
@@ -117,12 +117,12 @@ class ConsoleObserver(Observer):
         elapsed = max(time.monotonic() - self._started, 1e-9)
         return f"{self.done / elapsed:,.0f} recipients/s"
 
-    def line(self) -> str:
+    def line(self, *, final: bool = False) -> str:
         """``1,234/10,000 recipients (1,200 accepted, 34 refused), 456 recipients/s, ETA 19s``"""
         total = f"/{self.expected:,}" if self.expected else ""
         text = f"{self.done:,}{total} recipients ({self.describe() or 'none yet'}), {self.rate()}"
         elapsed = time.monotonic() - self._started
-        if self.expected and self.done and self.expected > self.done:
+        if not final and self.expected and self.done and self.expected > self.done:
             remaining = elapsed / self.done * (self.expected - self.done)
             text += f", ETA {_duration(remaining)}"
         return text

@@ -147,6 +147,7 @@ def line_of(path: Path, text: str) -> int:
         ({"group_size": 0}, "group_size", "expected a whole number from 1 to 10000"),
         ({"rate": "10 per fortnight"}, "rate", "expected messages per second"),
         ({"rate": "10/fortnight"}, "rate", "expected messages per second"),
+        ({"rate": "10/ms"}, "rate", "expected messages per second"),
         ({"rate": 0}, "rate", "above 0"),
         ({"pipelining": "yes"}, "pipelining", "expected true or false, got a string"),
         ({"max_connections": 0}, "max_connections", "expected a whole number from 1"),
@@ -225,7 +226,15 @@ async def test_multiline_password_from_env_names_the_env(make_campaign: Campaign
 
 @pytest.mark.parametrize(
     ("rate", "per_second"),
-    [(5, 5.0), (0.5, 0.5), ("10/s", 10.0), ("600/minute", 10.0), ("3600 / hour", 1.0)],
+    [
+        (5, 5.0),
+        (0.5, 0.5),
+        ("10/s", 10.0),
+        ("600/minute", 10.0),
+        ("600/minutes", 10.0),
+        ("3600 / hour", 1.0),
+        ("86400/day", 1.0),
+    ],
 )
 async def test_rate_forms(make_campaign: CampaignFactory, rate: object, per_second: float) -> None:
     campaign = await load_campaign(make_campaign(rate=rate), env={})
