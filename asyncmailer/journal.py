@@ -56,9 +56,10 @@ CREATE TABLE IF NOT EXISTS recipients (
     attempts INTEGER NOT NULL DEFAULT 0,
     run_attempts INTEGER NOT NULL DEFAULT 0,
     first_try REAL,
-    next_try REAL NOT NULL DEFAULT 0
+    next_try REAL NOT NULL DEFAULT 0,
+    loaded INTEGER NOT NULL DEFAULT 0  -- the load (run) that last read it from the list
 );
-CREATE INDEX IF NOT EXISTS recipients_by_state ON recipients (state, grp);
+-- Only the recipients still to send, in group order: what claim() scans.
 CREATE INDEX IF NOT EXISTS recipients_due ON recipients (grp, next_try)
     WHERE state IN ('pending', 'deferred');
 """
@@ -176,6 +177,10 @@ class Journal:
         self._writer = writer
         self._lock = lock
         self.msgid_domain = "localhost"
+        # Loading state, used only from the writer thread.
+        self._load = 0
+        self._list_group = 0
+        self._list_filled = 0
 
     def __repr__(self) -> str:
         return f"<Journal {self.path}>"
@@ -223,8 +228,20 @@ class Journal:
 
     # -- loading -----------------------------------------------------------------------------
 
+    async def begin_load(self) -> None:
+        """Start reading the campaign's recipients (once per run): an address read twice in
+        one load is a duplicate; one known from an earlier run is not."""
+
+        def begin(db: sqlite3.Connection) -> None:
+            row = db.execute("SELECT value FROM meta WHERE key = 'loads'").fetchone()
+            self._load = int(row[0]) + 1 if row else 1
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('loads', ?)", (str(self._load),))
+            self._list_group, self._list_filled = 0, 0
+
+        await self._call(begin)
+
     async def add_config_group(self, mailboxes: Sequence[Mailbox]) -> int:
-        """The config's to/cc/bcc as one group (once per campaign). Returns how many are new."""
+        """The config's to/cc/bcc as one group (once per campaign). Returns the duplicates."""
 
         def add(db: sqlite3.Connection) -> int:
             row = db.execute("SELECT value FROM meta WHERE key = 'config_group'").fetchone()
@@ -238,22 +255,21 @@ class Journal:
         return await self._call(add)
 
     async def add_list(self, mailboxes: Sequence[Mailbox], group_size: int) -> int:
-        """Add list recipients not seen before, in new groups of `group_size`. Returns how many
-        were new (the rest are duplicates)."""
+        """Add list recipients not known yet, filling groups of `group_size` across calls.
+        Returns how many were duplicates within this load (sent once)."""
 
-        def add(db: sqlite3.Connection) -> int:
-            state = {"group": 0, "filled": group_size}
+        def group() -> int:
+            if not self._list_group or self._list_filled >= group_size:
+                self._list_group = self._new_group(self._db(), headers=False)
+                self._list_filled = 0
+            self._list_filled += 1
+            return self._list_group
 
-            def group() -> int:
-                if state["filled"] >= group_size:
-                    state["group"] = self._new_group(db, headers=False)
-                    state["filled"] = 0
-                state["filled"] += 1
-                return state["group"]
+        return await self._call(lambda db: self._insert(db, mailboxes, group))
 
-            return self._insert(db, mailboxes, group)
-
-        return await self._call(add)
+    def _db(self) -> sqlite3.Connection:
+        assert self._writer.db is not None
+        return self._writer.db
 
     def _new_group(self, db: sqlite3.Connection, *, headers: bool) -> int:
         cursor = db.execute(
@@ -263,24 +279,30 @@ class Journal:
         assert cursor.lastrowid is not None
         return cursor.lastrowid
 
-    @staticmethod
     def _insert(
+        self,
         db: sqlite3.Connection,
         mailboxes: Iterable[Mailbox],
         group: Callable[[], int],
     ) -> int:
         """Insert the addresses not in the journal yet; `group()` names each new one's group
-        (called only for those, so groups fill without gaps)."""
-        added = 0
+        (called only for those, so groups fill without gaps). Returns the duplicates: the
+        addresses this load had already read."""
+        duplicates = 0
         for mailbox in mailboxes:
-            if db.execute("SELECT 1 FROM recipients WHERE key = ?", (mailbox.key,)).fetchone():
-                continue
-            db.execute(
-                "INSERT INTO recipients (key, addr, name, grp) VALUES (?, ?, ?, ?)",
-                (mailbox.key, mailbox.addr, mailbox.name, group()),
-            )
-            added += 1
-        return added
+            row = db.execute(
+                "SELECT id, loaded FROM recipients WHERE key = ?", (mailbox.key,)
+            ).fetchone()
+            if row is None:
+                db.execute(
+                    "INSERT INTO recipients (key, addr, name, grp, loaded) VALUES (?, ?, ?, ?, ?)",
+                    (mailbox.key, mailbox.addr, mailbox.name, group(), self._load),
+                )
+            elif row[1] == self._load:
+                duplicates += 1
+            else:
+                db.execute("UPDATE recipients SET loaded = ? WHERE id = ?", (self._load, row[0]))
+        return duplicates
 
     # -- starting a run ----------------------------------------------------------------------
 
@@ -321,14 +343,20 @@ class Journal:
         flight, committed before any of them is sent."""
 
         def claim(db: sqlite3.Connection) -> list[WorkItem]:
+            # The first `limit` groups with a due recipient, in order; then every due recipient
+            # up to the last of them is one of theirs. Both statements walk the partial index
+            # of recipients still to send, so a claim costs what it takes, not the list's size.
+            (last,) = db.execute(
+                "SELECT MAX(grp) FROM (SELECT DISTINCT grp FROM recipients"
+                " WHERE state IN ('pending', 'deferred') AND next_try <= ? ORDER BY grp LIMIT ?)",
+                (now, limit),
+            ).fetchone()
+            if last is None:
+                return []
             rows = db.execute(
-                "UPDATE recipients SET state = ? WHERE id IN ("
-                " SELECT id FROM recipients WHERE state IN ('pending', 'deferred')"
-                " AND next_try <= ? AND grp IN ("
-                "  SELECT DISTINCT grp FROM recipients WHERE state IN ('pending', 'deferred')"
-                "  AND next_try <= ? ORDER BY grp LIMIT ?))"
-                " RETURNING grp, id, addr, name, run_attempts",
-                (INFLIGHT, now, now, limit),
+                "UPDATE recipients SET state = ? WHERE state IN ('pending', 'deferred')"
+                " AND next_try <= ? AND grp <= ? RETURNING grp, id, addr, name, run_attempts",
+                (INFLIGHT, now, last),
             ).fetchall()
             by_group: dict[int, list[tuple[int, int, str, str, int]]] = {}
             for row in rows:

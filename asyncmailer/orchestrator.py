@@ -22,7 +22,7 @@ from .errors import AuthError, ConnectError, JournalError, TLSRequiredError
 from .journal import Journal, WorkItem, journal_path
 from .message import MessageTemplate, load_attachments, load_body
 from .pool import SessionPool
-from .recipient_list import BadRow, FingerprintSet, RecipientFile
+from .recipient_list import BadRow, RecipientFile
 from .recipients import Mailbox
 from .results import NOT_ATTEMPTED, CampaignReport, RecipientResult, Status
 from .session import Session, build_tls_context
@@ -144,34 +144,32 @@ async def _load(
     campaign: Campaign, journal: Journal, report: CampaignReport, observer: Observer
 ) -> None:
     """Record every recipient in the journal (each address once); report bad list rows."""
-    seen = FingerprintSet()
+    await journal.begin_load()
     if campaign.recipients:
         await journal.add_config_group(campaign.recipients)
-        for mailbox in campaign.recipients:
-            seen.add(mailbox.key)
     if campaign.recipients_file is None:
         return
     source = RecipientFile(
         campaign.recipients_file,
         column=campaign.recipients_column,
         name_column=campaign.name_column,
-        seen=seen,
     )
     await source.scan()
     batch: list[Mailbox] = []
     bad: list[RecipientResult] = []
+    duplicates = 0
     async for item in source:
         if isinstance(item, BadRow):
             bad.append(RecipientResult(item.text, Status.SKIPPED, None, str(item), 0))
             continue
         batch.append(item.mailbox)
         if len(batch) == _LOAD_BATCH:
-            await journal.add_list(batch, campaign.group_size)
+            duplicates += await journal.add_list(batch, campaign.group_size)
             batch = []
     if batch:
-        await journal.add_list(batch, campaign.group_size)
+        duplicates += await journal.add_list(batch, campaign.group_size)
     report.bad_rows = bad
-    report.duplicates = source.duplicates
+    report.duplicates = duplicates
 
 
 async def run_campaign(

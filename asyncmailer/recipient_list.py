@@ -3,8 +3,8 @@
 The file is read by a worker thread in batches, so the event loop never blocks and memory does
 not grow with the list. Before anything is sent, `scan()` checks the whole file is UTF-8 without
 NUL bytes and counts its lines (for progress and ETA). Each row becomes a `Recipient` or a
-`BadRow` naming file and line; an address seen before is dropped (sent once), remembered in a
-compact set of 64-bit fingerprints (about 16 bytes per address).
+`BadRow` naming file and line. Duplicates are the journal's business: it keeps each address
+once, on disk.
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import codecs
 import csv
-import hashlib
-from array import array
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +20,7 @@ from typing import IO
 from .errors import InputError
 from .recipients import Mailbox, parse_mailbox
 
-__all__ = ["BadRow", "FingerprintSet", "Recipient", "RecipientFile", "ScanResult"]
+__all__ = ["BadRow", "Recipient", "RecipientFile", "ScanResult"]
 
 _BATCH = 2000
 _SCAN_CHUNK = 1 << 20
@@ -54,58 +52,6 @@ class BadRow:
 class ScanResult:
     lines: int
     size: int
-
-
-class FingerprintSet:
-    """A set of strings kept as 64-bit BLAKE2b fingerprints in one open-addressing array.
-
-    16 to 32 bytes per member (8 a slot, 2 to 4 slots each), against ~100 for a Python set of
-    strings. Two
-    different addresses share a fingerprint with probability ~n²/2⁶⁵ (3·10⁻⁸ for a million).
-    """
-
-    def __init__(self) -> None:
-        self._table = array("Q", [0]) * 1024
-        self._mask = 1023
-        self._count = 0
-
-    def __len__(self) -> int:
-        return self._count
-
-    @staticmethod
-    def _fingerprint(value: str) -> int:
-        digest = hashlib.blake2b(value.encode("utf-8"), digest_size=8).digest()
-        return int.from_bytes(digest, "little") or 1  # 0 marks an empty slot
-
-    def add(self, value: str) -> bool:
-        """Add `value`; return False if it was already there."""
-        fingerprint = self._fingerprint(value)
-        if not self._insert(fingerprint):
-            return False
-        self._count += 1
-        if self._count * 2 > self._mask:
-            self._grow()
-        return True
-
-    def _insert(self, fingerprint: int) -> bool:
-        table, mask = self._table, self._mask
-        slot = fingerprint & mask
-        while True:
-            current = table[slot]
-            if current == 0:
-                table[slot] = fingerprint
-                return True
-            if current == fingerprint:
-                return False
-            slot = (slot + 1) & mask
-
-    def _grow(self) -> None:
-        old = self._table
-        self._table = array("Q", [0]) * (2 * len(old))
-        self._mask = len(self._table) - 1
-        for fingerprint in old:
-            if fingerprint:
-                self._insert(fingerprint)
 
 
 class _Reader:
@@ -232,8 +178,7 @@ def _scan(path: Path) -> ScanResult:
 class RecipientFile:
     """A recipient list file, read lazily; iterate it with ``async for``.
 
-    Yields each new `Recipient` and each `BadRow`; an address already seen (in the list, or
-    passed in `seen`) is counted in `duplicates` and not yielded.
+    Yields a `Recipient` or a `BadRow` for every row that is not blank (or a comment).
     """
 
     def __init__(
@@ -242,13 +187,10 @@ class RecipientFile:
         *,
         column: str = "email",
         name_column: str = "name",
-        seen: FingerprintSet | None = None,
     ) -> None:
         self.path = path
         self.column = column
         self.name_column = name_column
-        self.seen = seen if seen is not None else FingerprintSet()
-        self.duplicates = 0
         self.bad_rows = 0
 
     async def scan(self) -> ScanResult:
@@ -277,10 +219,6 @@ class RecipientFile:
                 for item in batch:
                     if isinstance(item, BadRow):
                         self.bad_rows += 1
-                        yield item
-                    elif self.seen.add(item.mailbox.key):
-                        yield item
-                    else:
-                        self.duplicates += 1
+                    yield item
         finally:
             await asyncio.to_thread(reader.close)

@@ -54,8 +54,12 @@ async def test_killed_and_resumed_run_delivers_each_recipient_once(
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE,
             )
-            if attempt < 6:  # the first six runs are killed at a random point
-                await asyncio.sleep(rng.uniform(0.4, 1.6))
+            if attempt < 6:  # the first six runs are killed at a random point while sending
+                target = len(server.delivered) + rng.randint(200, COUNT // 8)
+                for _ in range(2000):  # at most 20 s
+                    if len(server.delivered) >= target or process.returncode is not None:
+                        break
+                    await asyncio.sleep(0.01)
                 if process.returncode is None:
                     os.kill(process.pid, signal.SIGKILL)
                     kills += 1
@@ -85,6 +89,6 @@ async def test_killed_and_resumed_run_delivers_each_recipient_once(
             f"({sum(copies[r] for r in unknown)} of them did arrive), "
             f"{sum(1 for n in copies.values() if n > 1)} duplicates"
         )
-        assert kills >= 3  # the test must have interrupted real work
+        assert kills == 6  # every kill interrupted real work
     finally:
         await server.stop()

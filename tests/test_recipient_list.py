@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from asyncmailer.errors import InputError
-from asyncmailer.recipient_list import BadRow, FingerprintSet, Recipient, RecipientFile
+from asyncmailer.recipient_list import BadRow, Recipient, RecipientFile
 
 
 async def collect(path: Path, **kw: str) -> tuple[list[Recipient], list[BadRow], RecipientFile]:
-    source = RecipientFile(path, **kw)  # type: ignore[arg-type]
+    source = RecipientFile(path, **kw)
     good: list[Recipient] = []
     bad: list[BadRow] = []
     async for item in source:
@@ -82,17 +82,6 @@ async def test_bad_rows_are_named_and_skipped(tmp_path: Path) -> None:
     assert source.bad_rows == 3
 
 
-async def test_duplicates_are_dropped_case_insensitively(tmp_path: Path) -> None:
-    path = tmp_path / "list.txt"
-    path.write_text("a@example.com\nA@EXAMPLE.COM\nb@example.com\na@example.com\n")
-    seen = FingerprintSet()
-    seen.add("b@example.com")  # e.g. already in the config's to/cc
-    source = RecipientFile(path, seen=seen)
-    addresses = [item.mailbox.addr async for item in source if isinstance(item, Recipient)]
-    assert addresses == ["a@example.com"]
-    assert source.duplicates == 3
-
-
 async def test_scan_rejects_non_utf8_and_nul_with_the_line(tmp_path: Path) -> None:
     path = tmp_path / "list.txt"
     path.write_bytes(b"a@example.com\nb@example.com\n" + "в@example.com".encode("cp1251"))
@@ -110,15 +99,8 @@ async def test_missing_file(tmp_path: Path) -> None:
         await RecipientFile(tmp_path / "none.csv").scan()
 
 
-def test_fingerprint_set_grows_and_remembers() -> None:
-    seen = FingerprintSet()
-    assert all(seen.add(f"user{i}@example.com") for i in range(50_000))
-    assert not any(seen.add(f"user{i}@example.com") for i in range(0, 50_000, 7))
-    assert len(seen) == 50_000
-
-
 async def test_streaming_memory_does_not_grow_with_the_list(tmp_path: Path) -> None:
-    """Reading 60,000 rows holds a batch at a time, plus 8-16 bytes a fingerprint."""
+    """Reading 60,000 rows holds a batch at a time, whatever the list's length."""
     path = tmp_path / "big.txt"
     path.write_text("".join(f"user{i}@example.com\n" for i in range(60_000)))
     tracemalloc.start()
@@ -130,5 +112,5 @@ async def test_streaming_memory_does_not_grow_with_the_list(tmp_path: Path) -> N
     finally:
         tracemalloc.stop()
     assert count == 60_000
-    # The addresses alone, kept as strings, would take ~4.5 MB; the fingerprint table is 1 MB.
-    assert peak < 3 * 1024 * 1024, peak
+    # The addresses alone, kept as strings, would take ~4.5 MB.
+    assert peak < 2 * 1024 * 1024, peak
