@@ -67,6 +67,12 @@ CREATE INDEX IF NOT EXISTS recipients_due ON recipients (grp, next_try)
 # Journal states beyond the report's statuses: claimed for a transaction, and past DATA.
 INFLIGHT = "inflight"
 DATA = "data"
+_MARK_DATA = "UPDATE recipients SET state = ? WHERE id = ?"
+_RECORD = (
+    "UPDATE recipients SET state = ?, code = ?, message = ?, attempts = attempts + ?, "
+    "run_attempts = run_attempts + ?, first_try = COALESCE(first_try, ?), next_try = ? "
+    "WHERE id = ?"
+)
 NEVER = 1e18  # next_try of a recipient given up on for this run
 
 
@@ -177,6 +183,9 @@ class Journal:
         self._writer = writer
         self._lock = lock
         self.msgid_domain = "localhost"
+        # Rows waiting for the writer, by statement (see _add).
+        self._pending: dict[str, tuple[list[tuple[Any, ...]], asyncio.Future[None]]] = {}
+        self._pending_lock = threading.Lock()
         # Loading state, used only from the writer thread.
         self._load = 0
         self._list_group = 0
@@ -219,6 +228,24 @@ class Journal:
         future: asyncio.Future[T] = self._writer.loop.create_future()
         self._writer.requests.put((function, future))
         return future
+
+    def _add(self, sql: str, rows: Iterable[tuple[Any, ...]]) -> asyncio.Future[None]:
+        """Queue rows for one `executemany(sql)`: rows added until the writer gets to it join
+        the same statement and commit (many transactions' marks and results in one go)."""
+        with self._pending_lock:
+            pending = self._pending.get(sql)
+            if pending is None:
+                future: asyncio.Future[None] = self._writer.loop.create_future()
+                pending = self._pending[sql] = ([], future)
+                self._writer.requests.put((functools.partial(self._flush, sql), future))
+            pending[0].extend(rows)
+            return pending[1]
+
+    def _flush(self, sql: str, db: sqlite3.Connection) -> None:
+        """In the writer thread: run every row queued for `sql`."""
+        with self._pending_lock:
+            rows, _ = self._pending.pop(sql)
+        db.executemany(sql, rows)
 
     async def _call(self, function: Callable[[sqlite3.Connection], T]) -> T:
         try:
@@ -383,11 +410,10 @@ class Journal:
 
     async def mark_data(self, ids: Sequence[int]) -> None:
         """The final ``.`` is about to be written for these: committed first."""
-
-        def mark(db: sqlite3.Connection) -> None:
-            db.executemany("UPDATE recipients SET state = ? WHERE id = ?", [(DATA, i) for i in ids])
-
-        await self._call(mark)
+        try:
+            await asyncio.shield(self._add(_MARK_DATA, [(DATA, i) for i in ids]))
+        except sqlite3.Error as err:
+            raise JournalError(f"cannot write the journal: {err}", path=self.path) from None
 
     def record(
         self,
@@ -420,15 +446,7 @@ class Journal:
                     next_try = NEVER if when is None else when
             rows.append((state, result.code, result.message, tried, tried, now, next_try, row_id))
 
-        def store(db: sqlite3.Connection) -> None:
-            db.executemany(
-                "UPDATE recipients SET state = ?, code = ?, message = ?, "
-                "attempts = attempts + ?, run_attempts = run_attempts + ?, "
-                "first_try = COALESCE(first_try, ?), next_try = ? WHERE id = ?",
-                rows,
-            )
-
-        return self._submit(store)
+        return self._add(_RECORD, rows)
 
     async def release(self, item: WorkItem) -> None:
         """Give claimed recipients back, untried (e.g. the run is stopping)."""

@@ -331,9 +331,11 @@ class _Quota:
         self.used = await self.journal.sent_on(self.day) if self.limit else 0
 
     def allows(self, count: int) -> bool:
+        if not self.limit:
+            return True
         if time.strftime("%Y-%m-%d") != self.day:  # midnight passed: a new day's quota
             self.day, self.used = time.strftime("%Y-%m-%d"), 0
-        return not self.limit or self.used + count <= self.limit
+        return self.used + count <= self.limit
 
     def take(self, count: int) -> asyncio.Future[None] | None:
         if not self.limit:
