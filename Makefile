@@ -41,8 +41,8 @@ demo: $(STAMP)
 test: lint typecheck pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check asyncmailer tests
-	$(BIN)/ruff format --check asyncmailer tests
+	$(BIN)/ruff check asyncmailer tests bench
+	$(BIN)/ruff format --check asyncmailer tests bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -1,0 +1,99 @@
+"""What is measured: one `Case` per row of the table, in the order they run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ORIGINAL = "original (smtplib)"
+ASYNCMAILER = "asyncmailer"
+SMTP_SOURCE = "smtp-source"
+MEMORY = "asyncmailer (memory)"
+
+SIZES = ("2.4KB", "143KB")
+CONCURRENCIES = (1, 8, 32)
+LATENCIES_MS = (0, 50)
+MEMORY_LISTS = (10_000, 1_000_000)
+MEMORY_GROUP_SIZE = 100
+MEMORY_CONCURRENCY = 32
+
+# Messages per run. At 0 ms: per size; at 50 ms: for concurrency 32, proportionally fewer below.
+_COUNT_0MS = {"2.4KB": 10_000, "143KB": 2_000}
+_ORIGINAL_0MS = 2_000
+_COUNT_50MS_C32 = 2_000
+_ORIGINAL_50MS = 20  # ~7 round trips of 50 ms each: about 3 messages/s
+_MIN_COUNT = 20
+
+
+@dataclass(frozen=True, slots=True)
+class Case:
+    """One measured run."""
+
+    sender: str
+    latency_ms: int
+    size: str
+    concurrency: int
+    pipelining: bool | None  # None: the sender has no such switch
+    messages: int  # SMTP transactions
+    recipients: int
+
+    @property
+    def group_size(self) -> int:
+        return self.recipients // self.messages
+
+    @property
+    def timeout(self) -> float:
+        """Seconds before the run is killed."""
+        return 420.0 if self.recipients >= 1_000_000 else 180.0
+
+
+def _scaled(count: int, scale: float) -> int:
+    return max(_MIN_COUNT, round(count * scale))
+
+
+def _count(latency_ms: int, size: str, concurrency: int, scale: float) -> int:
+    if latency_ms == 0:
+        return _scaled(_COUNT_0MS[size], scale)
+    return _scaled(_COUNT_50MS_C32 * concurrency // max(CONCURRENCIES), scale)
+
+
+def _throughput(latency_ms: int, size: str, scale: float) -> list[Case]:
+    original = _ORIGINAL_0MS if latency_ms == 0 else _ORIGINAL_50MS
+    n = _scaled(original, scale)
+    cases = [Case(ORIGINAL, latency_ms, size, 1, None, n, n)]
+    for concurrency in CONCURRENCIES:
+        n = _count(latency_ms, size, concurrency, scale)
+        cases += [
+            Case(ASYNCMAILER, latency_ms, size, concurrency, pipelining, n, n)
+            for pipelining in (True, False)
+        ]
+        cases.append(Case(SMTP_SOURCE, latency_ms, size, concurrency, False, n, n))
+    return cases
+
+
+def matrix(*, quick: bool, scale: float = 1.0) -> list[Case]:
+    """Every run: throughput at each latency and size, then memory with big lists.
+
+    `quick` leaves out the 1,000,000-recipient run; `scale` multiplies the message counts
+    (a smoke test of the harness; the ratios need 1.0).
+    """
+    cases = [
+        case
+        for latency_ms in LATENCIES_MS
+        for size in SIZES
+        for case in _throughput(latency_ms, size, scale)
+    ]
+    for count in MEMORY_LISTS:
+        if quick and count >= 1_000_000:
+            continue
+        cases.append(
+            Case(
+                MEMORY,
+                0,
+                "2.4KB",
+                MEMORY_CONCURRENCY,
+                True,
+                count // MEMORY_GROUP_SIZE,
+                count,
+            )
+        )
+    return cases

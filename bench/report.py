@@ -1,0 +1,229 @@
+"""Rows of results, the printed table, the target ratios and bench/results.json."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from cases import ASYNCMAILER, MEMORY, ORIGINAL, SMTP_SOURCE, Case
+
+OK = "ok"
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """The outcome of one case. Numbers are None when the run did not happen."""
+
+    case: Case
+    sink: str
+    status: str  # "ok", "skipped", "not available yet", "failed", "timeout"
+    detail: str = ""
+    seconds: float | None = None
+    cpu_seconds: float | None = None
+    max_rss_kb: int | None = None
+    message_bytes: int | None = None
+    sink_cpu_seconds: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == OK
+
+    @property
+    def msgs_per_s(self) -> float | None:
+        if not self.ok or not self.seconds:
+            return None
+        return self.case.messages / self.seconds
+
+    @property
+    def cpu_per_1k(self) -> float | None:
+        if not self.ok or self.cpu_seconds is None:
+            return None
+        return self.cpu_seconds * 1000 / self.case.messages
+
+    @property
+    def rss_mb(self) -> float | None:
+        return None if self.max_rss_kb is None else self.max_rss_kb / 1024
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["case"] = asdict(self.case)
+        data["msgs_per_s"] = self.msgs_per_s
+        data["recipients_per_s"] = (
+            self.case.recipients / self.seconds if self.ok and self.seconds else None
+        )
+        data["cpu_s_per_1k_msgs"] = self.cpu_per_1k
+        data["peak_rss_mb"] = self.rss_mb
+        return data
+
+
+def _num(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def pipelining_label(value: bool | None) -> str:
+    return "-" if value is None else ("on" if value else "off")
+
+
+_HEADERS = (
+    "sender",
+    "sink",
+    "latency",
+    "size",
+    "conc",
+    "pipelining",
+    "messages",
+    "rcpts",
+    "seconds",
+    "msgs/s",
+    "CPU s/1k",
+    "RSS MB",
+    "status",
+)
+
+
+def _cells(row: Row) -> tuple[str, ...]:
+    case = row.case
+    status = row.status if not row.detail else f"{row.status}: {row.detail}"
+    return (
+        case.sender,
+        row.sink,
+        f"{case.latency_ms} ms",
+        case.size,
+        str(case.concurrency),
+        pipelining_label(case.pipelining),
+        f"{case.messages:,}",
+        f"{case.recipients:,}",
+        _num(row.seconds, 2),
+        _num(row.msgs_per_s, 0),
+        _num(row.cpu_per_1k, 2),
+        _num(row.rss_mb, 1),
+        status,
+    )
+
+
+def format_table(rows: Sequence[Row]) -> str:
+    table = [_HEADERS, *(_cells(row) for row in rows)]
+    widths = [max(len(line[i]) for line in table) for i in range(len(_HEADERS) - 1)]
+    numeric = set(range(6, 12))
+
+    def render(cells: tuple[str, ...]) -> str:
+        parts = [
+            cell.rjust(width) if i in numeric else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(cells, widths, strict=False))
+        ]
+        return "  ".join([*parts, cells[-1]]).rstrip()
+
+    return "\n".join(render(cells) for cells in table)
+
+
+@dataclass(frozen=True, slots=True)
+class Ratio:
+    """One target line: a measured value against its target."""
+
+    name: str
+    value: float | None
+    target: float
+    at_least: bool  # True: value >= target passes; False: value <= target passes
+    missing: str = ""
+
+    @property
+    def verdict(self) -> str:
+        if self.value is None:
+            return "N/A"
+        passed = self.value >= self.target if self.at_least else self.value <= self.target
+        return "PASS" if passed else "FAIL"
+
+    def line(self) -> str:
+        sign = ">=" if self.at_least else "<="
+        value = f"{self.value:.4g}" if self.value is not None else f"n/a ({self.missing})"
+        return f"{self.verdict:4}  {self.name}: {value} (target {sign} {self.target:g})"
+
+
+def _find(rows: Sequence[Row], match: Callable[[Case], bool]) -> Row | None:
+    return next((row for row in rows if match(row.case)), None)
+
+
+def _why(row: Row | None, label: str) -> str:
+    if row is None:
+        return f"no {label} row"
+    return f"{label}: {row.status}" + (f": {row.detail}" if row.detail else "")
+
+
+def _speed_ratio(name: str, top: Row | None, bottom: Row | None, target: float) -> Ratio:
+    a = top.msgs_per_s if top else None
+    b = bottom.msgs_per_s if bottom else None
+    if a is None or b is None:
+        missing = _why(top, "asyncmailer") if a is None else _why(bottom, "baseline")
+        return Ratio(name, None, target, True, missing)
+    return Ratio(name, a / b, target, True)
+
+
+def _row(rows: Sequence[Row], sender: str, latency: int, size: str, conc: int) -> Row | None:
+    """The row for these settings (for asyncmailer: the one with pipelining on)."""
+
+    def match(case: Case) -> bool:
+        same = (case.sender, case.latency_ms, case.size, case.concurrency) == (
+            sender,
+            latency,
+            size,
+            conc,
+        )
+        return same and (sender != ASYNCMAILER or case.pipelining is True)
+
+    return _find(rows, match)
+
+
+def ratios(rows: Sequence[Row]) -> list[Ratio]:
+    """The project's targets, each computed from rows of this run."""
+    result = []
+    for size, target in (("2.4KB", 0.40), ("143KB", 0.75)):
+        result.append(
+            _speed_ratio(
+                f"0 ms, {size}, c=32, pipelining on: asyncmailer / smtp-source msgs/s",
+                _row(rows, ASYNCMAILER, 0, size, 32),
+                _row(rows, SMTP_SOURCE, 0, size, 32),
+                target,
+            )
+        )
+    for size in ("2.4KB", "143KB"):
+        mailer = _row(rows, ASYNCMAILER, 50, size, 32)
+        result.append(
+            _speed_ratio(
+                f"50 ms, {size}, c=32: asyncmailer / smtp-source -s 32 msgs/s",
+                mailer,
+                _row(rows, SMTP_SOURCE, 50, size, 32),
+                1.8,
+            )
+        )
+        result.append(
+            _speed_ratio(
+                f"50 ms, {size}, c=32: asyncmailer / original way msgs/s",
+                mailer,
+                _row(rows, ORIGINAL, 50, size, 1),
+                100,
+            )
+        )
+    result.append(_memory_ratio(rows))
+    return result
+
+
+def _memory_ratio(rows: Sequence[Row]) -> Ratio:
+    name = "peak RSS of asyncmailer at 1,000,000 recipients, MB"
+    row = _find(rows, lambda c: c.sender == MEMORY and c.recipients == 1_000_000)
+    if row is None or not row.ok:
+        return Ratio(name, None, 64, False, _why(row, "1,000,000-recipient run"))
+    return Ratio(name, row.rss_mb, 64, False)
+
+
+def write_json(path: Path, meta: dict[str, Any], rows: Sequence[Row], lines: list[Ratio]) -> None:
+    document = {
+        **meta,
+        "rows": [row.to_json() for row in rows],
+        "ratios": [
+            {**asdict(ratio), "verdict": ratio.verdict, "line": ratio.line()} for ratio in lines
+        ],
+    }
+    path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")

@@ -1,0 +1,321 @@
+"""Benchmark asyncmailer against smtplib (the original way) and Postfix's smtp-source.
+
+    python bench/run.py [--quick] [--scale X] [--budget SECONDS]
+
+Every sender runs as its own subprocess against a fresh sink on 127.0.0.1: smtp-sink for 0 ms
+per reply, bench/latency_sink.py for 50 ms. Prints a table and the target ratios, writes
+bench/results.json, and exits 0 whatever the numbers (it is a measurement, not a test).
+BENCH_QUICK=1 in the environment is the same as --quick (leave out the 1,000,000-recipient run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import cases
+import report
+import sinks
+import workload
+from cases import ASYNCMAILER, MEMORY, ORIGINAL, SMTP_SOURCE, Case
+from measure import ProcessStats, run_measured
+from report import Row
+from tools import Tools, ensure_tools
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+RESULTS = BENCH / "results.json"
+ORIGINAL_WAY = BENCH / "original_way.py"
+DEFAULT_BUDGET = 600.0  # seconds for all runs together; later runs are skipped past it
+PROBE = Case(ASYNCMAILER, 0, "2.4KB", 2, True, 20, 20)
+_SUMMARY = re.compile(r"^([\d,]+) recipients?: (.*)$", re.MULTILINE)
+_ACCEPTED = re.compile(r"([\d,]+) accepted")
+_TAIL_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """Everything a run needs; `mailer_missing` says why asyncmailer rows cannot run."""
+
+    folder: Path
+    work: workload.Workload
+    tools: Tools
+    env: dict[str, str]
+    deadline: float
+    mailer_missing: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A finished sender process and what its sink counted."""
+
+    stats: ProcessStats
+    stdout: str
+    stderr: str
+    sink: sinks.SinkTotals
+
+
+def _tail(path: Path) -> str:
+    with path.open("rb") as handle:
+        handle.seek(max(0, path.stat().st_size - _TAIL_BYTES))
+        return handle.read().decode("utf-8", "replace")
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][:200] if lines else "(no output)"
+
+
+def _sink_for(case: Case, ctx: Context, output: Path) -> sinks.Sink:
+    if case.latency_ms == 0 and ctx.tools.sink is not None:
+        return sinks.smtp_sink(ctx.tools.sink, output)
+    return sinks.latency_sink(case.latency_ms, output, case.timeout + 60)
+
+
+def _argv(case: Case, ctx: Context, port: int, name: str) -> list[str]:
+    size = ctx.work.sizes[case.size]
+    if case.sender == ORIGINAL:
+        return [
+            sys.executable,
+            str(ORIGINAL_WAY),
+            *("--port", str(port), "--count", str(case.messages)),
+            *("--message", str(size.eml_crlf)),
+        ]
+    if case.sender == SMTP_SOURCE:
+        assert ctx.tools.source is not None
+        return [
+            str(ctx.tools.source),
+            "-d",  # don't disconnect: reuse each connection for the next message
+            *("-s", str(case.concurrency), "-m", str(case.messages), "-F", str(size.eml_lf)),
+            *("-M", "localhost", "-f", workload.SENDER, "-t", workload.RECIPIENT),
+            f"{sinks.HOST}:{port}",
+        ]
+    spec = workload.CampaignSpec(
+        port=port,
+        recipients=workload.recipients_file(ctx.folder, case.recipients),
+        size=size,
+        concurrency=case.concurrency,
+        pipelining=bool(case.pipelining),
+        group_size=case.group_size,
+    )
+    campaign = workload.write_campaign(ctx.folder, name, ctx.work.body_file, spec)
+    return [sys.executable, "-m", "asyncmailer", "-c", str(campaign), "-q"]
+
+
+def _execute(case: Case, ctx: Context, name: str) -> tuple[str, Outcome]:
+    """Start a sink, run the sender against it, stop the sink."""
+    out, err, sink_log = (ctx.folder / f"{name}.{ext}" for ext in ("out", "err", "sink"))
+    timeout = max(1.0, min(case.timeout, ctx.deadline - time.monotonic()))
+    with _sink_for(case, ctx, sink_log) as sink:
+        argv = _argv(case, ctx, sink.port, name)
+        stats = run_measured(
+            argv, stdout=out, stderr=err, timeout=timeout, env=ctx.env, gnu_time=ctx.tools.gnu_time
+        )
+        totals = sink.stop()
+    return sink.name, Outcome(stats, _tail(out), _tail(err), totals)
+
+
+def _judge(case: Case, outcome: Outcome) -> tuple[str, str]:
+    """(status, detail) for a finished run."""
+    stats, delivered = outcome.stats, outcome.sink.messages
+    if stats.timed_out:
+        return "timeout", f"killed after {stats.seconds:.0f} s"
+    if case.sender in (ASYNCMAILER, MEMORY):
+        if stats.returncode == 2 and "unknown key" in outcome.stderr:
+            return "not available yet", _last_line(outcome.stderr).partition(" (known keys")[0]
+        summary = _SUMMARY.findall(outcome.stdout)
+        accepted = _ACCEPTED.search(summary[-1][1]) if summary else None
+        if accepted is None or int(accepted.group(1).replace(",", "")) != case.recipients:
+            shown = " ".join(summary[-1]) if summary else "no summary line"
+            return "failed", f"exit {stats.returncode}: {shown}; {_last_line(outcome.stderr)}"
+    if stats.returncode != 0:
+        return "failed", f"exit {stats.returncode}: {_last_line(outcome.stderr)}"
+    if delivered != case.messages:
+        return "failed", f"sink counted {delivered} messages, expected {case.messages}"
+    return report.OK, ""
+
+
+def run_case(case: Case, ctx: Context, name: str) -> Row:
+    sink = "smtp-sink" if case.latency_ms == 0 and ctx.tools.sink else "latency_sink"
+    if case.sender == SMTP_SOURCE and not ctx.tools.postfix:
+        return Row(case, sink, "skipped", "smtp-source not installed (see notes)")
+    if case.sender in (ASYNCMAILER, MEMORY) and ctx.mailer_missing:
+        return Row(case, sink, "not available yet", ctx.mailer_missing)
+    if time.monotonic() >= ctx.deadline:
+        return Row(case, sink, "skipped", "time budget used up (see --budget)")
+    try:
+        sink, outcome = _execute(case, ctx, name)
+    except (OSError, RuntimeError) as err:
+        return Row(case, sink, "failed", f"{type(err).__name__}: {err}")
+    status, detail = _judge(case, outcome)
+    stats, data_bytes = outcome.stats, outcome.sink.data_bytes
+    ok = status == report.OK
+    return Row(
+        case,
+        sink,
+        status,
+        detail,
+        seconds=stats.seconds,
+        cpu_seconds=stats.cpu_seconds,
+        max_rss_kb=stats.max_rss_kb,
+        message_bytes=data_bytes // case.messages if data_bytes and ok else None,
+        sink_cpu_seconds=outcome.sink.cpu_seconds,
+    )
+
+
+def _describe(case: Case) -> str:
+    on_off = report.pipelining_label(case.pipelining)
+    pipelining = "" if case.pipelining is None else f" pipelining {on_off}"
+    return (
+        f"{case.sender}, {case.latency_ms} ms, {case.size}, c={case.concurrency}{pipelining}, "
+        f"{case.messages:,} messages"
+    )
+
+
+def _progress(number: int, total: int, row: Row) -> None:
+    speed = f"{row.msgs_per_s:,.0f} msgs/s" if row.msgs_per_s else row.status
+    detail = f" ({row.detail})" if row.detail and not row.ok else ""
+    print(f"[{number}/{total}] {_describe(row.case)}: {speed}{detail}", file=sys.stderr, flush=True)
+
+
+def probe(ctx: Context) -> str:
+    """Run asyncmailer cheaply once; return why its rows cannot run ("" if they can)."""
+    row = run_case(PROBE, ctx, "probe")
+    result = f"{row.status}: {row.detail}" if row.detail else row.status
+    print(f"asyncmailer probe ({PROBE.messages} messages): {result}", file=sys.stderr, flush=True)
+    return row.detail if row.status == "not available yet" else ""
+
+
+def _git(*args: str) -> str:
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return done.stdout.rstrip("\n")
+
+
+def _postfix_version() -> str:
+    try:
+        done = subprocess.run(
+            ["dpkg-query", "-W", "-f=${Version}", "postfix"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return done.stdout.strip()
+
+
+def _versions(*names: str) -> dict[str, str | None]:
+    """Installed versions in this interpreter, which also runs asyncmailer (None: missing)."""
+    found: dict[str, str | None] = {}
+    for name in names:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def machine_info() -> dict[str, Any]:
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "nproc": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "tmpdir": tempfile.gettempdir(),  # sender inputs and asyncmailer's journal live here
+        "postfix": _postfix_version(),
+        "packages": _versions("asyncmailer", "aiosmtplib", "uvloop"),
+    }
+
+
+def git_state() -> dict[str, Any]:
+    """The commit and the uncommitted files of asyncmailer/ that the runs measure."""
+    return {
+        "commit": _git("rev-parse", "--short", "HEAD"),
+        "dirty_files": _git("status", "--porcelain", "--", "asyncmailer").splitlines(),
+    }
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="asyncmailer benchmark (see bench/README.md)")
+    parser.add_argument("--quick", action="store_true", help="leave out the 1,000,000 list")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply message counts")
+    parser.add_argument("--budget", type=float, default=DEFAULT_BUDGET, help="seconds in all")
+    parser.add_argument("--output", type=Path, default=RESULTS, help="results JSON file")
+    args = parser.parse_args()
+    args.quick = args.quick or os.environ.get("BENCH_QUICK", "") not in ("", "0")
+    return args
+
+
+def run_all(
+    args: argparse.Namespace, folder: Path, notes: list[str]
+) -> tuple[list[Row], dict[str, int]]:
+    """Run every case; return the rows and the stdlib message sizes in bytes."""
+    found = ensure_tools(notes)
+    notes.extend(found.problems)
+    if not found.postfix:
+        notes.append("so smtp-source rows are skipped and the 0 ms rows use latency_sink")
+    env = {k: v for k, v in os.environ.items() if k != "ASYNCMAILER_PASSWORD"}
+    ctx = Context(folder, workload.prepare(folder), found, env, time.monotonic() + args.budget)
+    missing = probe(ctx)
+    if missing:
+        notes.append(f"asyncmailer rows not available yet: {missing}")
+    ctx = replace(ctx, mailer_missing=missing)
+    plan = cases.matrix(quick=args.quick, scale=args.scale)
+    if args.quick:
+        notes.append("quick run: the 1,000,000-recipient memory run is left out")
+    rows = []
+    for number, case in enumerate(plan, 1):
+        row = run_case(case, ctx, f"run{number:02d}")
+        _progress(number, len(plan), row)
+        rows.append(row)
+    return rows, {label: size.nbytes for label, size in ctx.work.sizes.items()}
+
+
+def main() -> int:
+    args = parse_args()
+    notes: list[str] = []
+    started = time.monotonic()
+    git = git_state()  # before the runs: the code they measure
+    with tempfile.TemporaryDirectory(prefix="asyncmailer-bench-") as tmp:
+        rows, sizes = run_all(args, Path(tmp), notes)
+    lines = report.ratios(rows)
+    print()
+    print(report.format_table(rows))
+    print()
+    for line in lines:
+        print(line.line())
+    for note in notes:
+        print(f"note: {note}")
+    meta = {
+        "machine": machine_info(),
+        "git": git,
+        "quick": args.quick,
+        "scale": args.scale,
+        "duration_s": round(time.monotonic() - started, 1),
+        "message_bytes_stdlib": sizes,
+        "notes": notes,
+    }
+    report.write_json(args.output, meta, rows, lines)
+    print(f"results written to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

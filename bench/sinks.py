@@ -1,0 +1,142 @@
+"""The SMTP sinks, one fresh process per measured run, on 127.0.0.1 only.
+
+`smtp-sink` (Postfix) for the 0 ms rows and `latency_sink.py` for the rows with a per-reply
+delay. Each reports at the end how many messages it accepted, which is checked against the
+number the sender claims it sent.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from measure import cpu_seconds, reap
+
+HOST = "127.0.0.1"
+LATENCY_SINK = Path(__file__).with_name("latency_sink.py")
+_START_TIMEOUT = 10.0
+_STOP_TIMEOUT = 10.0
+_POLL = 0.02
+_SMTP_SINK_COUNT = re.compile(rb"mesg=(\d+)")
+_LATENCY_SINK_COUNT = re.compile(rb"messages=(\d+)")
+_LATENCY_SINK_BYTES = re.compile(rb"data_bytes=(\d+)")
+
+
+@dataclass(frozen=True, slots=True)
+class SinkTotals:
+    """What a sink says it accepted (None: it did not say)."""
+
+    messages: int | None
+    data_bytes: int | None
+    cpu_seconds: float | None  # the sink's own CPU time over its life
+
+
+def _last_int(pattern: re.Pattern[bytes], text: bytes) -> int | None:
+    found = pattern.findall(text)
+    return int(found[-1]) if found else None
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _wait_listening(port: int, proc: subprocess.Popen[bytes]) -> None:
+    """Poll until something accepts connections on `port` (bounded by _START_TIMEOUT)."""
+    for _ in range(int(_START_TIMEOUT / _POLL)):
+        if proc.poll() is not None:
+            raise RuntimeError(f"sink exited with status {proc.returncode} before listening")
+        try:
+            with socket.create_connection((HOST, port), timeout=1):
+                return
+        except OSError:
+            time.sleep(_POLL)
+    raise RuntimeError(f"sink not listening on {HOST}:{port} after {_START_TIMEOUT} s")
+
+
+class Sink:
+    """A sink subprocess, used as a context manager; `stop()` returns what it accepted."""
+
+    def __init__(
+        self, name: str, argv: list[str], output: Path, *, port: int, counter: re.Pattern[bytes]
+    ) -> None:
+        """`port` 0: the sink picks one and prints ``listening HOST:PORT``."""
+        self.name = name
+        self._argv = argv
+        self._output = output
+        self.port = port
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._counter = counter
+
+    def __enter__(self) -> Sink:
+        with self._output.open("wb") as out:
+            self._proc = subprocess.Popen(
+                self._argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+        try:
+            if self.port:
+                _wait_listening(self.port, self._proc)
+            else:
+                self.port = self._read_port()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def _read_port(self) -> int:
+        assert self._proc is not None
+        for _ in range(int(_START_TIMEOUT / _POLL)):
+            match = re.search(rb"listening [\d.]+:(\d+)", self._output.read_bytes())
+            if match:
+                return int(match.group(1))
+            if self._proc.poll() is not None:
+                break
+            time.sleep(_POLL)
+        raise RuntimeError(f"{self.name} did not start: {self._output.read_text()[-500:]}")
+
+    def stop(self) -> SinkTotals:
+        """Stop the sink (SIGTERM, then SIGKILL); return what it counted."""
+        proc, self._proc = self._proc, None
+        cpu = None
+        if proc is not None and proc.returncode is None:  # not reaped yet
+            proc.send_signal(signal.SIGTERM)
+            cpu = cpu_seconds(reap(proc, _STOP_TIMEOUT).usage)
+        output = self._output.read_bytes()
+        return SinkTotals(
+            _last_int(self._counter, output), _last_int(_LATENCY_SINK_BYTES, output), cpu
+        )
+
+
+def smtp_sink(binary: Path, output: Path) -> Sink:
+    """Postfix smtp-sink: PIPELINING on, no AUTH announced, counters on stdout (-c)."""
+    port = _free_port()
+    as_root = ["-u", "nobody"] if os.geteuid() == 0 else []  # required when run as root
+    argv = [str(binary), "-c", "-a", *as_root, "-h", "localhost", f"{HOST}:{port}", "1024"]
+    return Sink("smtp-sink", argv, output, port=port, counter=_SMTP_SINK_COUNT)
+
+
+def latency_sink(delay_ms: int, output: Path, max_seconds: float) -> Sink:
+    argv = [
+        sys.executable,
+        str(LATENCY_SINK),
+        "--delay-ms",
+        str(delay_ms),
+        "--max-seconds",
+        str(max_seconds),
+    ]
+    return Sink("latency_sink", argv, output, port=0, counter=_LATENCY_SINK_COUNT)
