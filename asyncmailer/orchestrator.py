@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import random
 import ssl
 import time
@@ -119,6 +120,13 @@ class _Scheduler:
                     return None
                 await self._wait(max(due - time.time(), 0.0))
             return None
+
+    def take_ready(self) -> WorkItem | None:
+        """An item already claimed, without waiting; None if there is none at hand."""
+        if self.buffer and not self.stop.is_set():
+            self.in_flight += 1
+            return self.buffer.popleft()
+        return None
 
     def done(self) -> None:
         self.in_flight -= 1
@@ -255,53 +263,98 @@ async def _send(
     quota = _Quota(campaign.daily_quota, journal)
     await quota.load()
 
-    async def attempt(item: WorkItem, pool: SessionPool) -> list[RecipientResult]:
+    def admit(item: WorkItem) -> bool:
+        """Check and count the daily quota in one step, so workers cannot overshoot it."""
+        if not quota.allows(len(item.recipients)):
+            report.quota_reached = True
+            options.stop.set()
+            return False
+        if (counted := quota.take(len(item.recipients))) is not None:
+            counted.add_done_callback(check_stored)
+        return True
+
+    def render(item: WorkItem) -> tuple[bytes, bytes]:
+        to, cc = headers(item)
+        return template.render_parts(to=to, cc=cc, message_id=item.message_id)
+
+    def finish(item: WorkItem, results: list[RecipientResult]) -> None:
+        scheduler.done()
+        stored = journal.record(item, results, retry_at=retry.at, max_attempts=retry.attempts)
+        stored.add_done_callback(check_stored)
+
+    def follow_up(session: Session) -> WorkItem | None:
+        """The next item, to pipeline after this one's final ".", if one is ready right now
+        (never with a rate limit: its envelope would leave before its turn)."""
+        if limiter is not None or not session.pipelining or options.stop.is_set():
+            return None
+        item = scheduler.take_ready()
+        if item is not None and not admit(item):
+            scheduler.done()
+            scheduler.buffer.appendleft(item)  # released with the rest at the end
+            return None
+        return item
+
+    async def run(item: WorkItem, pool: SessionPool) -> WorkItem | None:
+        """Send `item` and, on the same connection, every item pipelined after it. Returns
+        an item already admitted but not sent (its connection failed first), if any."""
         nonlocal connected
-        envelope = [m.addr for m in item.recipients]
-        if limiter is not None:
-            await limiter.wait()
         try:
             async with pool.session() as session:
                 connected = True
-                to, cc = headers(item)
-                parts = template.render_parts(to=to, cc=cc, message_id=item.message_id)
-                return await session.send(
-                    campaign.sender.addr,
-                    envelope,
-                    parts,
-                    before_end=lambda: journal.mark_data(item.ids),
-                )
+                parts = render(item)
+                while True:
+                    nxt = follow_up(session)
+                    nxt_parts = render(nxt) if nxt is not None else None
+                    then = None
+                    if nxt is not None and nxt_parts is not None:
+                        size = sum(map(len, nxt_parts)) + 3
+                        then = (campaign.sender.addr, [m.addr for m in nxt.recipients], size)
+                    results = await session.send(
+                        campaign.sender.addr,
+                        [m.addr for m in item.recipients],
+                        parts,
+                        before_end=functools.partial(journal.mark_data, item.ids),
+                        then=then,
+                    )
+                    finish(item, results)
+                    await observer.results(results)
+                    if nxt is None or nxt_parts is None:
+                        return None
+                    if not session.preloaded:
+                        return nxt  # its envelope never went out: send it afresh
+                    item, parts = nxt, nxt_parts
         except ConnectError as err:
             # Unreachable from the start: a wrong host, port or certificate; stop. A 4xx
             # greeting (busy) or a failure once we were sending: retry with backoff.
             if not connected and not (err.code and 400 <= err.code < 500):
                 raise
             note = f"not delivered: {err}"
-            return [RecipientResult(r, Status.DEFERRED, err.code, note) for r in envelope]
+            results = [
+                RecipientResult(m.addr, Status.DEFERRED, err.code, note) for m in item.recipients
+            ]
+            finish(item, results)
+            await observer.results(results)
+            return None
 
     async def worker(pool: SessionPool) -> None:
-        while (item := await scheduler.next()) is not None:
-            if not quota.allows(len(item.recipients)):
-                report.quota_reached = True
-                options.stop.set()
+        item: WorkItem | None = await scheduler.next()
+        admitted = False
+        while item is not None:
+            if not admitted and not admit(item):
                 scheduler.done()
                 await journal.release(item)
                 return
-            # Checked and counted in one step, before any wait, so workers cannot overshoot.
-            if (counted := quota.take(len(item.recipients))) is not None:
-                counted.add_done_callback(check_stored)
+            if limiter is not None:
+                await limiter.wait()
             try:
-                results = await attempt(item, pool)
+                pending = await run(item, pool)
             except (AuthError, TLSRequiredError, ConnectError) as err:
                 report.fatal = report.fatal or err
                 options.stop.set()
+                scheduler.done()
                 await journal.release(item)
                 return
-            finally:
-                scheduler.done()
-            stored = journal.record(item, results, retry_at=retry.at, max_attempts=retry.attempts)
-            stored.add_done_callback(check_stored)
-            await observer.results(results)
+            item, admitted = (pending, True) if pending else (await scheduler.next(), False)
 
     try:
         async with SessionPool(new_session, size=size) as pool, asyncio.TaskGroup() as workers:

@@ -25,9 +25,10 @@ from .message import END_OF_DATA
 from .protocol import ReplyReader
 from .results import RecipientResult, Status
 
-__all__ = ["Session", "build_tls_context", "classify"]
+__all__ = ["Envelope", "Session", "build_tls_context", "classify"]
 
 _JOIN_BELOW = 64 * 1024
+Envelope = tuple[str, Sequence[str], int]  # sender, recipients, message size
 # Anything that leaves the connection in an unknown state: the session is dropped.
 _CONNECTION_ERRORS = (aiosmtplib.SMTPException, OSError)
 
@@ -83,6 +84,7 @@ class Session:
         self._closing = False
         self._reader: ReplyReader | None = None
         self._extensions: dict[str, str] = {}
+        self._preloaded: tuple[str, tuple[str, ...]] | None = None
 
     def __repr__(self) -> str:
         state = "connected" if self.usable else "closed"
@@ -217,8 +219,9 @@ class Session:
     # -- closing -----------------------------------------------------------------------------
 
     async def close(self) -> None:
-        """QUIT politely; close hard if the server does not answer."""
-        if self.usable:
+        """QUIT politely; close hard if the server does not answer, or if it is inside a
+        pipelined transaction we will not finish (QUIT would read as message text)."""
+        if self.usable and self._preloaded is None:
             assert self._reader is not None
             with contextlib.suppress(aiosmtplib.SMTPException, OSError):
                 self._reader.write(b"QUIT\r\n")
@@ -241,13 +244,17 @@ class Session:
         message: Sequence[bytes],
         *,
         before_end: Callable[[], Awaitable[None]] | None = None,
+        then: Envelope | None = None,
     ) -> list[RecipientResult]:
         """Run one transaction and return one result per recipient, in order.
 
         `message` is the content from `MessageTemplate.render_parts()`: parts written one
         after the other, CRLF-terminated and dot-stuffed, without the final ``.``, which is
         written here, after `before_end()` has returned (the journal's commit point). With
-        PIPELINING (offered and not turned off), MAIL, every RCPT and DATA go in one write.
+        PIPELINING (offered and not turned off), MAIL, every RCPT and DATA go in one write,
+        and `then`, the next transaction's envelope, goes out with this one's final ``.``
+        (RFC 2920 3.1: message content may start a group): one round trip per message.
+        `preloaded` then says it went out; the next `send()` must be for that envelope.
 
         Never raises for a server reply or a lost connection: those become results (`refused`,
         `deferred`, or `unknown` when the connection died after the final ``.``), and a lost
@@ -256,38 +263,67 @@ class Session:
         assert self._reader is not None, "connect() first"
         parts = tuple(message)
         size = sum(len(p) for p in parts) + len(END_OF_DATA)
+        preloaded, self._preloaded = self._preloaded, None
+        transaction = _Transaction(recipients)
+        if preloaded is not None and preloaded != (sender, tuple(recipients)):
+            # The server is inside another transaction: only closing ends it safely.
+            self.abort()
+            transaction.connection_lost(RuntimeError("pipelined envelope mismatch"))
+            return transaction.results()
         limit = self.size_limit
-        if limit and size > limit:
+        if preloaded is None and limit and size > limit:
             note = f"message is {size} bytes; the server accepts at most {limit} (SIZE)"
             return [RecipientResult(r, Status.REFUSED, None, note) for r in recipients]
         self.transactions += 1
-        transaction = _Transaction(recipients)
         try:
-            if self.pipelining:
-                go = await self._envelope_pipelined(transaction, sender, size)
+            if preloaded is not None:
+                if not self.usable:
+                    raise aiosmtplib.SMTPServerDisconnected("connection closed")
+                go = await self._read_envelope(transaction)
+            elif self.pipelining:
+                self._write_envelope(sender, recipients, size)
+                go = await self._read_envelope(transaction)
             else:
                 go = await self._envelope_stepwise(transaction, sender, size)
             if go:
-                await self._message(transaction, parts, size, before_end)
+                if then is not None and not self._may_preload():
+                    then = None
+                await self._message(transaction, parts, size, before_end, then)
         except _CONNECTION_ERRORS as err:
             self.abort()
             transaction.connection_lost(err)
-        if transaction.failed and self.usable:
+        if transaction.failed and not transaction.ended and self.usable:
             await self._reset()
         return transaction.results()
+
+    @property
+    def preloaded(self) -> bool:
+        """The next transaction's envelope went out with the last final ".": see `send()`."""
+        return self._preloaded is not None
+
+    def _may_preload(self) -> bool:
+        limit = self.settings.max_messages_per_connection
+        return self.pipelining and not self._closing and not (limit and self.transactions >= limit)
 
     def _mail_from(self, sender: str, size: int) -> bytes:
         extra = b" SIZE=%d" % size if "size" in self._extensions else b""
         return b"MAIL FROM:<" + sender.encode() + b">" + extra + b"\r\n"
 
-    async def _envelope_pipelined(self, tx: _Transaction, sender: str, size: int) -> bool:
-        """MAIL, RCPT for everyone and DATA in one write; then the replies, in order."""
+    def _envelope(self, sender: str, recipients: Sequence[str], size: int) -> bytes:
+        """MAIL, RCPT for everyone and DATA: one pipelined group."""
+        commands = [self._mail_from(sender, size)]
+        commands.extend(b"RCPT TO:<" + r.encode() + b">\r\n" for r in recipients)
+        commands.append(b"DATA\r\n")
+        return b"".join(commands)
+
+    def _write_envelope(self, sender: str, recipients: Sequence[str], size: int) -> None:
+        assert self._reader is not None
+        self._reader.write(self._envelope(sender, recipients, size))
+
+    async def _read_envelope(self, tx: _Transaction) -> bool:
+        """The replies to a pipelined MAIL, RCPTs and DATA, in order."""
         reader = self._reader
         assert reader is not None
-        commands = [self._mail_from(sender, size)]
-        commands.extend(b"RCPT TO:<" + r.encode() + b">\r\n" for r in tx.recipients)
-        commands.append(b"DATA\r\n")
-        reader.write(b"".join(commands))
         timeout = self.settings.timeout
         tx.phase = "during MAIL FROM"
         mail = await reader.read(timeout)
@@ -339,25 +375,29 @@ class Session:
         parts: Sequence[bytes],
         size: int,
         before_end: Callable[[], Awaitable[None]] | None,
+        then: Envelope | None = None,
     ) -> None:
         reader = self._reader
         assert reader is not None
         tx.phase = "while sending the message"
+        end = END_OF_DATA if then is None else END_OF_DATA + self._envelope(*then)
         if before_end is not None:
             for part in parts:  # the shared part, with the attachments, is never copied
                 reader.write(part)
             await before_end()  # committed while the body is on its way
-            reader.write(END_OF_DATA)
+            reader.write(end)
         elif size <= _JOIN_BELOW:
-            reader.write(b"".join((*parts, END_OF_DATA)))  # one send() for a small message
+            reader.write(b"".join((*parts, end)))  # one send() for a small message
         else:
-            for part in (*parts, END_OF_DATA):
+            for part in (*parts, end):
                 reader.write(part)
+        if then is not None:
+            self._preloaded = (then[0], tuple(then[1]))
         await reader.drain()
         tx.phase = "after the final '.'"
-        end = await reader.read(self._data_timeout(size))
-        self._check_421(end)
-        tx.finish(end)
+        reply = await reader.read(self._data_timeout(size))
+        self._check_421(reply)
+        tx.finish(reply)
 
     def _check_421(self, *replies: SMTPResponse) -> None:
         """421: the server is closing the connection; drop it once this transaction ends."""
@@ -395,7 +435,7 @@ class Session:
 class _Transaction:
     """The per-recipient bookkeeping of one mail transaction."""
 
-    __slots__ = ("accepted", "failed", "outcome", "phase", "recipients")
+    __slots__ = ("accepted", "ended", "failed", "outcome", "phase", "recipients")
 
     def __init__(self, recipients: Sequence[str]) -> None:
         self.recipients = recipients
@@ -403,6 +443,7 @@ class _Transaction:
         self.outcome: dict[str, RecipientResult] = {}
         self.phase = "before MAIL FROM"
         self.failed = False
+        self.ended = False  # the reply to the final "." came: the transaction is over
 
     def rcpt(self, recipient: str, reply: SMTPResponse, mail: SMTPResponse) -> None:
         if mail.code != 250:
@@ -423,6 +464,7 @@ class _Transaction:
         return False
 
     def finish(self, end: SMTPResponse) -> None:
+        self.ended = True
         status = Status.ACCEPTED if end.code == 250 else classify(end.code)
         text = _clean(end.message)
         for recipient in self.accepted:

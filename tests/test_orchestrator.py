@@ -319,3 +319,28 @@ async def test_daily_quota_holds_across_runs(
     second = await run_campaign(await load_campaign(path, env={}))
     assert second.quota_reached and second.counts[Status.ACCEPTED] == 10  # nothing more today
     assert sum(len(m.rcpt_tos) for m in running.messages) == 10
+
+
+async def test_next_envelope_goes_out_with_the_final_dot(
+    smtp_server: ServerFactory, make_campaign: CampaignFactory, tmp_path: Path
+) -> None:
+    """RFC 2920 3.1: one round trip per message on a pipelining server."""
+    running = await smtp_server()
+    recipients = write_list(tmp_path / "list.csv", 6)
+    path = make_campaign(
+        port=running.server.ssl_port,
+        to=None,
+        cc=None,
+        recipients_file=str(recipients),
+        group_size=1,
+        concurrency=1,
+    )
+    report = await run_campaign(await load_campaign(path, env={}))
+    assert report.all_accepted
+    assert [m.rcpt_tos for m in running.messages] == [(f"u{i}@example.com",) for i in range(6)]
+    [connection] = running.recorder.connections
+    chunks = [c.data for c in connection]
+    # Each message's end and the next envelope arrive in one write.
+    joined = [c for c in chunks if c.startswith(b".\r\nMAIL FROM:<sender@example.com>")]
+    assert len(joined) == 5, chunks
+    assert all(c.endswith(b"\r\nDATA\r\n") for c in joined)
