@@ -381,16 +381,18 @@ class Session:
         assert reader is not None
         tx.phase = "while sending the message"
         end = END_OF_DATA if then is None else END_OF_DATA + self._envelope(*then)
-        if before_end is not None:
+        if size <= _JOIN_BELOW:
+            # A small message: commit first, then the whole message, its final "." and the
+            # next envelope in one send().
+            if before_end is not None:
+                await before_end()
+            reader.write(b"".join((*parts, end)))
+        else:
             for part in parts:  # the shared part, with the attachments, is never copied
                 reader.write(part)
-            await before_end()  # committed while the body is on its way
+            if before_end is not None:
+                await before_end()  # committed while the body is on its way
             reader.write(end)
-        elif size <= _JOIN_BELOW:
-            reader.write(b"".join((*parts, end)))  # one send() for a small message
-        else:
-            for part in (*parts, end):
-                reader.write(part)
         if then is not None:
             self._preloaded = (then[0], tuple(then[1]))
         await reader.drain()

@@ -245,7 +245,7 @@ async def test_certificate_for_another_host(
     ca.issue_cert("mail.other.example").configure_cert(context)
     running = await smtp_server(tls_context=context)
     ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
-    report, _journal = await send(
+    report, journal = await send(
         make_campaign,
         running.server.ssl_port,
         security="ssl",
@@ -253,6 +253,7 @@ async def test_certificate_for_another_host(
         password=PASSWORD,
     )
     assert isinstance(report.fatal, ConnectError)
+    assert journal == Counter(pending=6)
     assert "certificate" in str(report.fatal) and "mismatch" in str(report.fatal).lower()
     assert running.server.auth_attempts == []
 
