@@ -210,7 +210,9 @@ class MessageTemplate:
         head.append(_address_header("To", to) if to else b"To: undisclosed-recipients:;\r\n")
         if cc:
             head.append(_address_header("Cc", cc))
-        return prepare_data(b"".join(head), terminate=False), self._shared
+        # Header lines made here end in CRLF and never start with "." (they start with a
+        # name, or with white space when folded): nothing to normalise or stuff.
+        return b"".join(head), self._shared
 
     def render(
         self,

@@ -7,21 +7,14 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
-from typing import TextIO
-
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-)
+from typing import TYPE_CHECKING, TextIO
 
 from .orchestrator import Observer
 from .report import ReportWriter
 from .results import RecipientResult, Status
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 __all__ = ["ConsoleObserver"]
 
@@ -51,7 +44,7 @@ class ConsoleObserver(Observer):
         self._started = time.monotonic()
         self._last_line = self._started
         self._bar: Progress | None = None
-        self._task = TaskID(0)
+        self._task: TaskID | None = None
 
     async def started(self, expected: int | None) -> None:
         self.expected = expected
@@ -65,6 +58,16 @@ class ConsoleObserver(Observer):
             return
         if self.quiet or self.per_recipient or not self.stream.isatty():
             return
+        # Imported only for a terminal: rich takes a noticeable part of start-up.
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
         self._bar = Progress(
             TextColumn("sending"),
             BarColumn(),
@@ -90,7 +93,7 @@ class ConsoleObserver(Observer):
         if self.per_recipient:
             for result in results:
                 print(f"  {result}", file=self.stream)
-        elif self._bar is not None:
+        elif self._bar is not None and self._task is not None:
             self._bar.update(
                 self._task, completed=self.done, counts=self.describe(), rate=self.rate()
             )
