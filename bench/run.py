@@ -37,7 +37,7 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 RESULTS = BENCH / "results.json"
 ORIGINAL_WAY = BENCH / "original_way.py"
-DEFAULT_BUDGET = 600.0  # seconds for all runs together; later runs are skipped past it
+DEFAULT_BUDGET = 900.0  # seconds for all runs together; later runs are skipped past it
 PROBE = Case(ASYNCMAILER, 0, "2.4KB", 2, True, 20, 20)
 _SUMMARY = re.compile(r"^([\d,]+) recipients?: (.*)$", re.MULTILINE)
 _ACCEPTED = re.compile(r"([\d,]+) accepted")
@@ -174,6 +174,23 @@ def run_case(case: Case, ctx: Context, name: str) -> Row:
     )
 
 
+REPEATS = 3  # the 0 ms rows behind the target ratios move +-15% between runs on 2 cores
+
+
+def run_median(case: Case, ctx: Context, name: str) -> Row:
+    """The rows that the 0 ms ratios compare (concurrency 32, asyncmailer with pipelining and
+    smtp-source) run REPEATS times; the median by msgs/s is kept, and the detail says so."""
+    compared = case.latency_ms == 0 and case.concurrency == 32 and case.pipelining is not False
+    if not compared or case.sender not in (ASYNCMAILER, SMTP_SOURCE):
+        return run_case(case, ctx, name)
+    rows = [run_case(case, ctx, f"{name}-{i}") for i in range(REPEATS)]
+    done = sorted((r for r in rows if r.ok), key=lambda r: r.msgs_per_s or 0.0)
+    if len(done) < REPEATS:
+        return next(r for r in rows if not r.ok)
+    speeds = ", ".join(f"{r.msgs_per_s:,.0f}" for r in rows)
+    return replace(done[REPEATS // 2], detail=f"median of {REPEATS} runs: {speeds} msgs/s")
+
+
 def _describe(case: Case) -> str:
     on_off = report.pipelining_label(case.pipelining)
     pipelining = "" if case.pipelining is None else f" pipelining {on_off}"
@@ -282,7 +299,7 @@ def run_all(
         notes.append("quick run: the 1,000,000-recipient memory run is left out")
     rows = []
     for number, case in enumerate(plan, 1):
-        row = run_case(case, ctx, f"run{number:02d}")
+        row = run_median(case, ctx, f"run{number:02d}")
         _progress(number, len(plan), row)
         rows.append(row)
     return rows, {label: size.nbytes for label, size in ctx.work.sizes.items()}
