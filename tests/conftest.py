@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,3 +143,23 @@ def make_campaign(tmp_path: Path, certs: Certs) -> CampaignFactory:
         return path
 
     return make
+
+
+def plain_list_campaign(
+    make_campaign: CampaignFactory, port: int, addresses: Iterable[str], **keys: Any
+) -> Path:
+    """A list campaign over plain SMTP to a loopback `port`, without AUTH: the recipients in
+    list.txt beside reliances/."""
+    settings: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "port": port,
+        "security": "none",
+        "password": None,
+        "to": None,
+        "cc": None,
+        "recipients_file": "list.txt",
+        **keys,
+    }
+    path = make_campaign(**settings)
+    (path.parent.parent / "list.txt").write_text("".join(a + "\n" for a in addresses))
+    return path

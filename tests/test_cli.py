@@ -17,7 +17,7 @@ import pytest
 from asyncmailer import __version__
 from asyncmailer.cli import main
 
-from .conftest import PASSWORD, USER, CampaignFactory, ServerFactory
+from .conftest import PASSWORD, USER, CampaignFactory, ServerFactory, plain_list_campaign
 
 
 async def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> tuple[int, str, str]:
@@ -279,17 +279,9 @@ async def test_sigterm_finishes_transactions_in_flight_then_resume_completes(
 
     server = await FaultyServer(Faults(final_delay=0.05, final_delay_times=None)).start()
     try:
-        (tmp_path / "list.txt").write_text("".join(f"u{i}@example.com\n" for i in range(200)))
-        path = make_campaign(
-            host="127.0.0.1",
-            port=server.port,
-            security="none",
-            password=None,
-            to=None,
-            cc=None,
-            recipients_file="list.txt",
-            group_size=2,
-            concurrency=2,
+        addresses = [f"u{i}@example.com" for i in range(200)]
+        path = plain_list_campaign(
+            make_campaign, server.port, addresses, group_size=2, concurrency=2
         )
         process = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -344,16 +336,8 @@ async def test_full_disk_for_the_journal_stops_cleanly_and_resume_completes(
 
     server = await FaultyServer(Faults()).start()
     try:
-        (tmp_path / "list.txt").write_text("".join(f"u{i}@example.com\n" for i in range(8000)))
-        path = make_campaign(
-            host="127.0.0.1",
-            port=server.port,
-            security="none",
-            password=None,
-            to=None,
-            cc=None,
-            recipients_file="list.txt",
-        )
+        addresses = [f"u{i}@example.com" for i in range(8000)]
+        path = plain_list_campaign(make_campaign, server.port, addresses)
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",

@@ -15,7 +15,7 @@ from pathlib import Path
 from asyncmailer.journal import JournalReader
 from asyncmailer.results import Status
 
-from .conftest import CampaignFactory
+from .conftest import CampaignFactory, plain_list_campaign
 from .faulty import Faults, FaultyServer
 
 COUNT = 10_000
@@ -26,19 +26,14 @@ async def test_killed_and_resumed_run_delivers_each_recipient_once(
 ) -> None:
     server = await FaultyServer(Faults()).start()
     try:
-        path = make_campaign(
-            host="127.0.0.1",
-            port=server.port,
-            security="none",
-            password=None,
-            to=None,
-            cc=None,
-            recipients_file="list.txt",
+        path = plain_list_campaign(
+            make_campaign,
+            server.port,
+            (f"user{i}@example.com" for i in range(COUNT)),
             group_size=25,
             concurrency=4,
             retry_delay=0.01,
         )
-        (tmp_path / "list.txt").write_text("".join(f"user{i}@example.com\n" for i in range(COUNT)))
         rng = random.Random(20261126)
         kills = 0
         started = time.monotonic()

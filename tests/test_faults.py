@@ -19,7 +19,7 @@ from asyncmailer.journal import JournalReader
 from asyncmailer.orchestrator import RunOptions, run_campaign
 from asyncmailer.results import CampaignReport, Status
 
-from .conftest import PASSWORD, CampaignFactory, Certs, ServerFactory
+from .conftest import PASSWORD, CampaignFactory, Certs, ServerFactory, plain_list_campaign
 from .faulty import Faults, FaultyServer
 
 RECIPIENTS = [f"r{i}@example.com" for i in range(6)]
@@ -49,21 +49,8 @@ async def send(
     **keys: Any,
 ) -> tuple[CampaignReport, Counter[str]]:
     """Run a list campaign against the server and return the report and the journal's counts."""
-    settings: dict[str, Any] = {
-        "host": "127.0.0.1",
-        "port": port,
-        "security": "none",
-        "to": None,
-        "cc": None,
-        "recipients_file": "list.txt",
-        "group_size": 10,
-        "concurrency": 2,
-        "password": None,
-        **FAST,
-        **keys,
-    }
-    path = make_campaign(**settings)
-    (path.parent.parent / "list.txt").write_text("".join(r + "\n" for r in recipients))
+    settings: dict[str, Any] = {"group_size": 10, "concurrency": 2, **FAST, **keys}
+    path = plain_list_campaign(make_campaign, port, recipients, **settings)
     campaign = await load_campaign(path, env={})
     report = await run_campaign(campaign, options=RunOptions(resend_unknown=resend_unknown))
     assert report.journal is not None

@@ -7,6 +7,7 @@ from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,7 +16,7 @@ from asyncmailer.errors import AuthError, TLSRequiredError
 from asyncmailer.orchestrator import Observer, run_campaign
 from asyncmailer.results import RecipientResult, Status
 
-from .conftest import PASSWORD, SUBJECT, CampaignFactory, ServerFactory
+from .conftest import PASSWORD, SUBJECT, CampaignFactory, RunningServer, ServerFactory
 
 FILES = {
     "отчёт за ноябрь.pdf": b"%PDF-1.4\n" + bytes(range(256)) * 40,
@@ -156,6 +157,15 @@ async def test_stripped_starttls_stops_before_auth(
     assert b"AUTH" not in b"".join(running.recorder.lines())
 
 
+def list_campaign(
+    make_campaign: CampaignFactory, running: RunningServer, recipients: Path, **keys: Any
+) -> Path:
+    """A campaign of the list file alone (no to/cc), sent to the test server's TLS port."""
+    return make_campaign(
+        port=running.server.ssl_port, to=None, cc=None, recipients_file=str(recipients), **keys
+    )
+
+
 def write_list(path: Path, count: int, *, extra: str = "") -> Path:
     path.write_text(
         "email,name\n" + "".join(f"u{i}@example.com,U {i}\n" for i in range(count)) + extra
@@ -206,12 +216,10 @@ async def test_group_size_one_names_the_recipient(
     smtp_server: ServerFactory, make_campaign: CampaignFactory, tmp_path: Path
 ) -> None:
     running = await smtp_server()
-    recipients = write_list(tmp_path / "list.csv", 5)
-    path = make_campaign(
-        port=running.server.ssl_port,
-        to=None,
-        cc=None,
-        recipients_file=str(recipients),
+    path = list_campaign(
+        make_campaign,
+        running,
+        write_list(tmp_path / "list.csv", 5),
         group_size=1,
     )
     report = await run_campaign(await load_campaign(path, env={}))
@@ -227,12 +235,10 @@ async def test_reconnects_after_max_messages_per_connection(
     smtp_server: ServerFactory, make_campaign: CampaignFactory, tmp_path: Path
 ) -> None:
     running = await smtp_server()
-    recipients = write_list(tmp_path / "list.csv", 10)
-    path = make_campaign(
-        port=running.server.ssl_port,
-        to=None,
-        cc=None,
-        recipients_file=str(recipients),
+    path = list_campaign(
+        make_campaign,
+        running,
+        write_list(tmp_path / "list.csv", 10),
         group_size=1,
         concurrency=1,
         max_messages_per_connection=3,
@@ -251,12 +257,10 @@ async def test_rate_limit_holds_across_the_pool(
     smtp_server: ServerFactory, make_campaign: CampaignFactory, tmp_path: Path
 ) -> None:
     running = await smtp_server()
-    recipients = write_list(tmp_path / "list.csv", 21)
-    path = make_campaign(
-        port=running.server.ssl_port,
-        to=None,
-        cc=None,
-        recipients_file=str(recipients),
+    path = list_campaign(
+        make_campaign,
+        running,
+        write_list(tmp_path / "list.csv", 21),
         group_size=1,
         concurrency=8,
         rate="100/s",
@@ -278,12 +282,10 @@ async def test_max_connections_caps_the_pool(
     smtp_server: ServerFactory, make_campaign: CampaignFactory, tmp_path: Path
 ) -> None:
     running = await smtp_server()
-    recipients = write_list(tmp_path / "list.csv", 40)
-    path = make_campaign(
-        port=running.server.ssl_port,
-        to=None,
-        cc=None,
-        recipients_file=str(recipients),
+    path = list_campaign(
+        make_campaign,
+        running,
+        write_list(tmp_path / "list.csv", 40),
         group_size=1,
         concurrency=16,
         max_connections=2,
@@ -302,12 +304,10 @@ async def test_daily_quota_holds_across_runs(
     rate: str | None,
 ) -> None:
     running = await smtp_server()
-    recipients = write_list(tmp_path / "list.csv", 25)
-    path = make_campaign(
-        port=running.server.ssl_port,
-        to=None,
-        cc=None,
-        recipients_file=str(recipients),
+    path = list_campaign(
+        make_campaign,
+        running,
+        write_list(tmp_path / "list.csv", 25),
         group_size=5,
         concurrency=concurrency,
         rate=rate,
@@ -326,12 +326,10 @@ async def test_next_envelope_goes_out_with_the_final_dot(
 ) -> None:
     """RFC 2920 3.1: one round trip per message on a pipelining server."""
     running = await smtp_server()
-    recipients = write_list(tmp_path / "list.csv", 6)
-    path = make_campaign(
-        port=running.server.ssl_port,
-        to=None,
-        cc=None,
-        recipients_file=str(recipients),
+    path = list_campaign(
+        make_campaign,
+        running,
+        write_list(tmp_path / "list.csv", 6),
         group_size=1,
         concurrency=1,
     )
