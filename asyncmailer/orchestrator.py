@@ -235,7 +235,8 @@ async def _send(
     retry = _Retry(campaign)
     limiter = RateLimiter(campaign.rate) if campaign.rate else None
     size = campaign.connections
-    scheduler = _Scheduler(journal, max(2 * size, 8), options.stop)
+    # Claim well ahead: a worker pipelines the next item only if one is at hand.
+    scheduler = _Scheduler(journal, max(8 * size, 64), options.stop)
     connected = False  # a server unreachable from the start is fatal; later, it is retried
 
     def new_session() -> Session:
