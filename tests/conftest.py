@@ -3,9 +3,11 @@ folders in the original reliances/ layout."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import ssl
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,3 +165,13 @@ def plain_list_campaign(
     path = make_campaign(**settings)
     (path.parent.parent / "list.txt").write_text("".join(a + "\n" for a in addresses))
     return path
+
+
+async def start_cli(*args: str, cwd: Path, **options: Any) -> asyncio.subprocess.Process:
+    """Start `python -m asyncmailer ARGS` as a real process, output piped (the test's servers
+    keep serving in this event loop while it runs)."""
+    options.setdefault("stdout", asyncio.subprocess.PIPE)
+    options.setdefault("stderr", asyncio.subprocess.PIPE)
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "asyncmailer", *args, cwd=cwd, **options
+    )

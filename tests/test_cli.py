@@ -17,21 +17,19 @@ import pytest
 from asyncmailer import __version__
 from asyncmailer.cli import main
 
-from .conftest import PASSWORD, USER, CampaignFactory, ServerFactory, plain_list_campaign
+from .conftest import (
+    PASSWORD,
+    USER,
+    CampaignFactory,
+    ServerFactory,
+    plain_list_campaign,
+    start_cli,
+)
 
 
 async def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> tuple[int, str, str]:
     """Run `python -m asyncmailer ARGS` as a subprocess while the test's server keeps serving."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "asyncmailer",
-        *args,
-        cwd=cwd,
-        env={**os.environ, **(env or {})},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    process = await start_cli(*args, cwd=cwd, env={**os.environ, **(env or {})})
     out, err = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode is not None
     return process.returncode, out.decode(), err.decode()
@@ -283,18 +281,7 @@ async def test_sigterm_finishes_transactions_in_flight_then_resume_completes(
         path = plain_list_campaign(
             make_campaign, server.port, addresses, group_size=2, concurrency=2
         )
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "asyncmailer",
-            "-c",
-            str(path),
-            "--report",
-            "r.csv",
-            cwd=tmp_path,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        process = await start_cli("-c", str(path), "--report", "r.csv", cwd=tmp_path)
         for _ in range(400):  # wait (at most 20 s) until it is really sending
             if server.messages:
                 break
@@ -338,17 +325,7 @@ async def test_full_disk_for_the_journal_stops_cleanly_and_resume_completes(
     try:
         addresses = [f"u{i}@example.com" for i in range(8000)]
         path = plain_list_campaign(make_campaign, server.port, addresses)
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "asyncmailer",
-            "-c",
-            str(path),
-            cwd=tmp_path,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            preexec_fn=small_disk,
-        )
+        process = await start_cli("-c", str(path), cwd=tmp_path, preexec_fn=small_disk)
         _, err = await asyncio.wait_for(process.communicate(), 60)
         text = err.decode()
         assert process.returncode == 2, text

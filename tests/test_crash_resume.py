@@ -7,7 +7,6 @@ import asyncio
 import os
 import random
 import signal
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 from asyncmailer.journal import JournalReader
 from asyncmailer.results import Status
 
-from .conftest import CampaignFactory, plain_list_campaign
+from .conftest import CampaignFactory, plain_list_campaign, start_cli
 from .faulty import Faults, FaultyServer
 
 COUNT = 10_000
@@ -38,16 +37,8 @@ async def test_killed_and_resumed_run_delivers_each_recipient_once(
         kills = 0
         started = time.monotonic()
         for attempt in range(12):
-            process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "asyncmailer",
-                "-c",
-                str(path),
-                "-q",
-                cwd=tmp_path,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.PIPE,
+            process = await start_cli(
+                "-c", str(path), "-q", cwd=tmp_path, stdout=asyncio.subprocess.DEVNULL
             )
             if attempt < 6:  # the first six runs are killed at a random point while sending
                 target = len(server.delivered) + rng.randint(200, COUNT // 8)
