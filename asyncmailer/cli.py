@@ -293,6 +293,7 @@ class _SignalStop:
         self.loop = asyncio.get_running_loop()
         self.task = asyncio.current_task()
         self.count = 0
+        self.timer: asyncio.TimerHandle | None = None
 
     def __enter__(self) -> None:
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -301,6 +302,8 @@ class _SignalStop:
     def __exit__(self, *exc_info: object) -> None:
         for signum in (signal.SIGINT, signal.SIGTERM):
             self.loop.remove_signal_handler(signum)
+        if self.timer is not None:  # stopped in time: the hard stop must not fire later
+            self.timer.cancel()
 
     def _signal(self) -> None:
         self.count += 1
@@ -313,7 +316,7 @@ class _SignalStop:
                 file=sys.stderr,
                 flush=True,
             )
-            self.loop.call_later(STOP_TIMEOUT, self.task.cancel)
+            self.timer = self.loop.call_later(STOP_TIMEOUT, self.task.cancel)
         else:
             self.task.cancel()
 

@@ -159,6 +159,11 @@ def _answer(answers: list[tuple[asyncio.Future[Any], Any, BaseException | None]]
             _succeed(future, value)
 
 
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 def _succeed(future: asyncio.Future[Any], value: Any) -> None:
     if not future.done():
         future.set_result(value)
@@ -219,9 +224,12 @@ class Journal:
         await self.close()
 
     async def close(self) -> None:
+        """Write what is queued, then release the lock (also when cancelled meanwhile)."""
         self._writer.requests.put(None)
-        await asyncio.to_thread(self._writer.join)
-        os.close(self._lock)
+        try:
+            await asyncio.shield(asyncio.to_thread(self._writer.join))
+        finally:
+            os.close(self._lock)
 
     def _submit(self, function: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
         """Queue a request for the writer; it runs in the order submitted."""
@@ -414,6 +422,17 @@ class Journal:
             await asyncio.shield(self._add(_MARK_DATA, [(DATA, i) for i in ids]))
         except sqlite3.Error as err:
             raise JournalError(f"cannot write the journal: {err}", path=self.path) from None
+
+    def unmark_data(self, ids: Sequence[int]) -> None:
+        """The final "." was not written after all: back to claimed (resent on resume)."""
+
+        def unmark(db: sqlite3.Connection) -> None:
+            db.executemany(
+                "UPDATE recipients SET state = ? WHERE id = ? AND state = ?",
+                [(INFLIGHT, i, DATA) for i in ids],
+            )
+
+        self._submit(unmark).add_done_callback(_retrieve)
 
     def record(
         self,

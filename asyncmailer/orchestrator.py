@@ -274,6 +274,15 @@ async def _send(
             counted.add_done_callback(check_stored)
         return True
 
+    async def mark_data(ids: tuple[int, ...]) -> None:
+        """Commit "past DATA" before the final "."; if the commit fails or the run is cancelled
+        meanwhile, the "." is never written: put the rows back, so they are not unknown."""
+        try:
+            await journal.mark_data(ids)
+        except BaseException:
+            journal.unmark_data(ids)
+            raise
+
     def render(item: WorkItem) -> tuple[bytes, bytes]:
         to, cc = headers(item)
         return template.render_parts(to=to, cc=cc, message_id=item.message_id)
@@ -286,7 +295,12 @@ async def _send(
     def follow_up(session: Session) -> WorkItem | None:
         """The next item, to pipeline after this one's final ".", if one is ready right now
         (never with a rate limit: its envelope would leave before its turn)."""
-        if limiter is not None or not session.pipelining or options.stop.is_set():
+        if (
+            limiter is not None
+            or not session.pipelining
+            or not session.usable
+            or options.stop.is_set()
+        ):
             return None
         item = scheduler.take_ready()
         if item is not None and not admit(item):
@@ -314,15 +328,17 @@ async def _send(
                         campaign.sender.addr,
                         [m.addr for m in item.recipients],
                         parts,
-                        before_end=functools.partial(journal.mark_data, item.ids),
+                        before_end=functools.partial(mark_data, item.ids),
                         then=then,
                     )
                     finish(item, results)
                     await observer.results(results)
                     if nxt is None or nxt_parts is None:
                         return None
-                    if not session.preloaded:
-                        return nxt  # its envelope never went out: send it afresh
+                    if not session.preloaded or not session.usable:
+                        # Its envelope never went out, or its connection died before its
+                        # message: not tried, so it goes again afresh.
+                        return nxt
                     item, parts = nxt, nxt_parts
         except ConnectError as err:
             # Unreachable from the start: a wrong host, port or certificate; stop. A 4xx

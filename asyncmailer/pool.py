@@ -52,7 +52,11 @@ class SessionPool:
             else:
                 session = self._factory()
                 self.connections_opened += 1
-                await session.connect()
+                try:
+                    await session.connect()
+                except BaseException:
+                    session.abort()  # cancelled mid-handshake: no half-open connection
+                    raise
         except BaseException:
             self._slots.release()
             raise

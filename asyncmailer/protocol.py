@@ -62,7 +62,7 @@ def parse_replies(buffer: bytearray) -> list[SMTPResponse]:
 
 def _expire(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
-        waiter.set_exception(SMTPReadTimeoutError("timed out waiting for the server's reply"))
+        waiter.set_exception(SMTPReadTimeoutError("timed out waiting for the server"))
 
 
 class ReplyReader(asyncio.Protocol):
@@ -125,17 +125,26 @@ class ReplyReader(asyncio.Protocol):
     def is_open(self) -> bool:
         return self.transport is not None and not self.transport.is_closing() and not self._error
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         if not self.is_open:
             raise self._error or SMTPServerDisconnected("connection lost")
         assert self.transport is not None
         self.transport.write(data)
 
-    async def drain(self) -> None:
-        """Wait while the transport's write buffer is over its high-water mark."""
+    async def drain(self, timeout: float | None = None) -> None:
+        """Wait while the transport's write buffer is over its high-water mark.
+
+        :raises SMTPReadTimeoutError: the server did not take the data in `timeout` seconds.
+        """
         if self._paused and self.is_open:
-            self._drain_waiter = asyncio.get_running_loop().create_future()
-            await self._drain_waiter
+            loop = asyncio.get_running_loop()
+            waiter = self._drain_waiter = loop.create_future()
+            timer = loop.call_later(timeout, _expire, waiter) if timeout is not None else None
+            try:
+                await waiter
+            finally:
+                if timer is not None:
+                    timer.cancel()
 
     async def read(self, timeout: float | None) -> SMTPResponse:
         """The next reply, in order.

@@ -28,6 +28,7 @@ from .results import RecipientResult, Status
 __all__ = ["Envelope", "Session", "build_tls_context", "classify"]
 
 _JOIN_BELOW = 64 * 1024
+_CHUNK = 256 * 1024
 Envelope = tuple[str, Sequence[str], int]  # sender, recipients, message size
 # Anything that leaves the connection in an unknown state: the session is dropped.
 _CONNECTION_ERRORS = (aiosmtplib.SMTPException, OSError)
@@ -388,14 +389,25 @@ class Session:
                 await before_end()
             reader.write(b"".join((*parts, end)))
         else:
-            for part in parts:  # the shared part, with the attachments, is never copied
-                reader.write(part)
-            if before_end is not None:
-                await before_end()  # committed while the body is on its way
+            # A large message goes in chunks, each waiting until the server has taken the
+            # last: the send buffer stays small, and a server that stops reading is noticed
+            # after `timeout` seconds without progress instead of hanging the run.
+            commit = asyncio.ensure_future(before_end()) if before_end is not None else None
+            try:
+                for part in parts:
+                    view = memoryview(part)
+                    for start in range(0, len(view), _CHUNK):
+                        reader.write(view[start : start + _CHUNK])
+                        await reader.drain(self.settings.timeout)
+                if commit is not None:
+                    await commit  # committed while the body was on its way
+            finally:
+                if commit is not None and not commit.done():
+                    commit.cancel()
             reader.write(end)
         if then is not None:
             self._preloaded = (then[0], tuple(then[1]))
-        await reader.drain()
+        await reader.drain(self.settings.timeout)
         tx.phase = "after the final '.'"
         reply = await reader.read(self._data_timeout(size))
         self._check_421(reply)

@@ -30,6 +30,7 @@ class Faults:
     rcpt_421_times: int | None = 1  # ...this many times
     drop_after_354: int | None = 0  # times to close right after 354
     drop_after_dot: int | None = 0  # times to keep the message, then close without a reply
+    stall_after_354: bool = False  # stop reading after 354, connection left open
     final_delay: float = 0.0  # seconds before the reply to "."
     final_delay_times: int | None = 0
     close_after: int = 0  # 421 at MAIL after this many messages in one session
@@ -109,7 +110,7 @@ class FaultyServer:
             command = line.rstrip(b"\r\n")
             verb = command[:4].upper()
             if verb == b"EHLO":
-                extensions = ["250-faulty.test", "250-SIZE 10000000", "250-AUTH LOGIN PLAIN"]
+                extensions = ["250-faulty.test", "250-SIZE 100000000", "250-AUTH LOGIN PLAIN"]
                 if f.pipelining:
                     extensions.append("250-PIPELINING")
                 if f.starttls and not tls:
@@ -162,6 +163,8 @@ class FaultyServer:
                 await self._say(writer, "354 go ahead")
                 if self._fire("drop_after_354", f.drop_after_354):
                     return
+                if f.stall_after_354:
+                    await asyncio.sleep(3600)  # cancelled when the server stops
                 body = await reader.readuntil(b"\r\n.\r\n")
                 self.messages.append(Stored(mail_from or "", tuple(rcpts), body))
                 messages += 1

@@ -3,6 +3,7 @@ outcome for each recipient and the journal's state checked."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import ssl
 from collections import Counter
@@ -176,6 +177,33 @@ async def test_drop_after_final_dot_is_unknown_and_not_resent(
     # ...unless asked, at the price of a second copy.
     _, journal = await send(make_campaign, server.port, concurrency=1, resend_unknown=True)
     assert journal == Counter(accepted=6) and len(server.messages) == 2
+
+
+async def test_a_server_that_stops_reading_does_not_hang_the_run(
+    faulty: Any, make_campaign: CampaignFactory
+) -> None:
+    server = await faulty(stall_after_354=True)
+    big = {"big.bin": bytes(range(256)) * (64 * 1024)}  # 16 MiB: more than socket buffers hold
+    report, journal = await asyncio.wait_for(
+        send(make_campaign, server.port, files=big, data_timeout=0.3, retry_attempts=1), 120
+    )
+    assert {r.status for r in report.results} == {Status.DEFERRED}
+    assert "not delivered" in report.results[0].message
+    assert journal == Counter(deferred=6)
+    assert server.messages == []
+
+
+async def test_next_envelope_on_a_dying_connection_is_not_a_failed_try(
+    faulty: Any, make_campaign: CampaignFactory
+) -> None:
+    server = await faulty(drop_after_dot=1)
+    report, journal = await send(make_campaign, server.port, group_size=1, concurrency=1)
+    result = statuses(report)
+    assert result["r0@example.com"][0] is Status.UNKNOWN  # cut after its final "."
+    # r1's envelope went out behind r0's "." on the dying connection: it was not tried.
+    assert result["r1@example.com"] == (Status.ACCEPTED, 250, 1)
+    assert journal == Counter(accepted=5, unknown=1)
+    assert Counter(server.delivered) == Counter(RECIPIENTS)
 
 
 async def test_slow_final_reply_times_out_as_unknown(
