@@ -53,10 +53,6 @@ class Attachment:
     content_type: str
     data: bytes = field(repr=False)
 
-    @property
-    def size(self) -> int:
-        return len(self.data)
-
 
 def prepare_data(message: bytes, *, terminate: bool = True) -> bytes:
     """Make bytes safe to send after DATA.

@@ -212,7 +212,7 @@ async def run_campaign(
     report.journal = path
     async with await Journal.open(path, msgid_domain=campaign.sender.domain) as journal:
         await _load(campaign, journal, report, observer)
-        report.recovered = await journal.start_run(resend_unknown=options.resend_unknown)
+        await journal.start_run(resend_unknown=options.resend_unknown)
         counts = await journal.counts()
         await observer.started(counts["pending"] + counts["deferred"] + len(report.bad_rows))
         if report.bad_rows:

@@ -51,7 +51,6 @@ class BadRow:
 @dataclass(frozen=True, slots=True)
 class ScanResult:
     lines: int
-    size: int
 
 
 class _Reader:
@@ -151,7 +150,7 @@ def _quote(name: str) -> str:
 def _scan(path: Path) -> ScanResult:
     """Check the whole file is UTF-8 without NUL bytes; count its lines."""
     decoder = codecs.getincrementaldecoder("utf-8")()
-    lines = size = 0
+    lines = 0
     with open(path, "rb") as handle:
         while chunk := handle.read(_SCAN_CHUNK):
             try:
@@ -165,14 +164,13 @@ def _scan(path: Path) -> ScanResult:
                 line = lines + chunk.count(b"\n", 0, chunk.index(b"\x00")) + 1
                 raise InputError("contains a NUL byte; is it a text file?", path=path, line=line)
             lines += chunk.count(b"\n")
-            size += len(chunk)
         try:
             decoder.decode(b"", final=True)
         except UnicodeDecodeError:
             raise InputError(
                 "not valid UTF-8 text (the file ends inside a character)", path=path, line=lines + 1
             ) from None
-    return ScanResult(lines=lines, size=size)
+    return ScanResult(lines=lines)
 
 
 class RecipientFile:

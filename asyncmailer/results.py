@@ -30,10 +30,6 @@ class Status(StrEnum):
     UNKNOWN = "unknown"  # the connection died after the final "." and before the reply
     SKIPPED = "skipped"  # never attempted; the message says why
 
-    @property
-    def is_final_success(self) -> bool:
-        return self is Status.ACCEPTED
-
 
 @dataclass(frozen=True, slots=True)
 class RecipientResult:
@@ -85,7 +81,6 @@ class CampaignReport:
     # Set when the run had to stop early (server unreachable, TLS refused, login failed).
     fatal: DeliveryError | None = None
     journal: Path | None = None
-    recovered: dict[str, int] = field(default_factory=dict)  # what a stopped run had left
     bad_rows: list[RecipientResult] = field(default_factory=list)  # this run's bad list rows
     quota_reached: bool = False  # the run stopped at the daily quota
 

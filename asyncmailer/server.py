@@ -105,12 +105,15 @@ class MailStore:
             responses.insert(-1, "250-PIPELINING")
         return responses
 
+    def _refusal(self, address: str) -> str | None:
+        rule = self.refuse.get(address.lower())
+        return f"{rule[0]} {rule[1]}" if rule is not None else None
+
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
-        rule = self.refuse.get(address.lower())
-        if rule is not None:
-            return f"{rule[0]} {rule[1]}"
+        if refusal := self._refusal(address):
+            return refusal
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         return "250 2.1.0 OK"
@@ -118,9 +121,8 @@ class MailStore:
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
-        rule = self.refuse.get(address.lower())
-        if rule is not None:
-            return f"{rule[0]} {rule[1]}"
+        if refusal := self._refusal(address):
+            return refusal
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 OK"
 
