@@ -83,7 +83,7 @@ class ConsoleObserver(Observer):
 
     async def results(self, results: Sequence[RecipientResult]) -> None:
         if self.writer is not None:
-            await self.writer.write(results)
+            self.writer.append(results)  # written in the background: sending goes on
         for result in results:
             self.counts[result.status] += 1
             # A deferral is not an answer yet: it will be tried again.

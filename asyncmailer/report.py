@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-import aiofiles
-from aiofiles.threadpool.binary import AsyncBufferedIOBase
+from typing import Any, BinaryIO
 
 from .errors import InputError
 from .results import RecipientResult
@@ -22,11 +20,16 @@ _FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 
 
 class ReportWriter:
-    """Append results to a report file as they arrive, flushing after each batch, so a run
-    that stops half-way leaves every finished recipient in the file.
+    """Append results to a report file as they arrive, so a run that stops half-way leaves
+    every finished recipient in the file.
 
     The format follows the suffix: ``.csv`` (header ``recipient,status,code,message``), or
     ``.jsonl``/``.ndjson`` (one JSON object per line).
+
+    `append()` never waits: results queue up and one writer turns whatever has queued into a
+    single write and flush, in a thread, while the run goes on (a group commit for the
+    report: rows reach the file one write after they come, and sending never waits for the
+    disk). `write()` appends and waits until the rows are in the file.
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -35,35 +38,93 @@ class ReportWriter:
         if kind is None:
             raise InputError("unknown report format; name the file .csv or .jsonl", path=self.path)
         self.kind = kind
-        self._file: AsyncBufferedIOBase | None = None
+        self._file: BinaryIO | None = None
+        self._queued: list[RecipientResult] = []
+        self._flusher: asyncio.Future[None] | None = None
+        self._error: InputError | None = None
 
     async def __aenter__(self) -> ReportWriter:
         try:
-            self._file = await aiofiles.open(self.path, "wb")
+            self._file = await asyncio.to_thread(open, self.path, "wb")
         except OSError as err:
-            raise InputError(f"cannot write the report: {err.strerror}", path=self.path) from None
+            raise self._failed(err) from None
         if self.kind == "csv":
-            await self._write_rows([dict(zip(REPORT_FIELDS, REPORT_FIELDS, strict=True))])
+            header = dict(zip(REPORT_FIELDS, REPORT_FIELDS, strict=True))
+            try:
+                await asyncio.to_thread(self._store, [header])
+            except OSError as err:
+                await self._close()
+                raise self._failed(err) from None
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        if self._file is not None:
-            await self._file.close()
-            self._file = None
+        if self._file is None:
+            return
+        try:
+            await self.flush()
+        finally:
+            await self._close()
+
+    async def _close(self) -> None:
+        file, self._file = self._file, None
+        if file is not None:
+            try:
+                await asyncio.to_thread(file.close)
+            except OSError as err:
+                raise self._failed(err) from None
+
+    def _failed(self, err: OSError) -> InputError:
+        return InputError(f"cannot write the report: {err.strerror or err}", path=self.path)
+
+    def append(self, results: Sequence[RecipientResult]) -> None:
+        """Queue results for the file; they are written while the caller goes on.
+
+        :raises InputError: an earlier write failed (e.g. the disk is full).
+        """
+        assert self._file is not None, "use ReportWriter as an async context manager"
+        if self._error is not None:
+            raise self._error
+        self._queued.extend(results)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.ensure_future(self._drain())
 
     async def write(self, results: Sequence[RecipientResult]) -> None:
-        await self._write_rows([r.as_row() for r in results])
+        """Append results and wait until they are in the file."""
+        self.append(results)
+        await self.flush()
 
-    async def _write_rows(self, rows: Sequence[dict[str, Any]]) -> None:
-        assert self._file is not None, "use ReportWriter as an async context manager"
+    async def flush(self) -> None:
+        """Wait until everything appended so far is in the file.
+
+        :raises InputError: the report cannot be written.
+        """
+        if self._flusher is not None:
+            await asyncio.shield(self._flusher)
+        if self._error is not None:
+            raise self._error
+
+    async def _drain(self) -> None:
+        while self._queued and self._error is None:
+            results, self._queued = self._queued, []
+            try:
+                await asyncio.to_thread(self._store_results, results)
+            except OSError as err:
+                self._error = self._failed(err)
+
+    def _store_results(self, results: Sequence[RecipientResult]) -> None:
+        self._store([r.as_row() for r in results])
+
+    def _store(self, rows: Sequence[dict[str, Any]]) -> None:
+        """In a thread: format the rows, write them and flush."""
+        assert self._file is not None
         if self.kind == "csv":
             buffer = io.StringIO()
             csv.DictWriter(buffer, REPORT_FIELDS, lineterminator="\n").writerows(rows)
             text = buffer.getvalue()
         else:
             text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-        await self._file.write(text.encode("utf-8"))
-        await self._file.flush()
+        self._file.write(text.encode("utf-8"))
+        self._file.flush()
 
 
 def format_table(results: Sequence[RecipientResult]) -> str:

@@ -110,7 +110,12 @@ def _argv(case: Case, ctx: Context, port: int, name: str) -> list[str]:
         group_size=case.group_size,
     )
     campaign = workload.write_campaign(ctx.folder, name, ctx.work.body_file, spec)
-    return [sys.executable, "-m", "asyncmailer", "-c", str(campaign), "-q"]
+    # Reports on, as a user runs it: every recipient's result goes to a CSV file as it comes.
+    report_file = ctx.folder / f"{name}.report.csv"
+    return [
+        *(sys.executable, "-m", "asyncmailer", "-c", str(campaign), "-q"),
+        *("--report", str(report_file)),
+    ]
 
 
 def _execute(case: Case, ctx: Context, name: str) -> tuple[str, Outcome]:

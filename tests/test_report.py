@@ -85,3 +85,22 @@ def test_summary_and_all_accepted() -> None:
     )
     assert [r.recipient for r in report.problems] == ["bob@example.org", "bad"]
     assert str(RESULTS[1]) == "refused  bob@example.org 550 5.1.1 User unknown, sorry"
+
+
+async def test_append_does_not_wait_and_keeps_order(tmp_path: Path) -> None:
+    path = tmp_path / "report.jsonl"
+    async with ReportWriter(path) as writer:
+        for result in RESULTS * 100:
+            writer.append([result])  # returns at once; one writer drains the queue
+        await writer.flush()
+        written = [json.loads(line)["recipient"] for line in path.read_text().splitlines()]
+        assert written == [r.recipient for r in RESULTS] * 100
+
+
+async def test_a_full_disk_is_an_input_error(tmp_path: Path) -> None:
+    full = tmp_path / "report.csv"
+    full.symlink_to("/dev/full")  # every write fails with ENOSPC
+    with pytest.raises(InputError, match="cannot write the report"):
+        async with ReportWriter(full) as writer:
+            writer.append(RESULTS)
+            await writer.flush()
