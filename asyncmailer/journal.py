@@ -17,6 +17,9 @@ import asyncio
 import contextlib
 import fcntl
 import functools
+import itertools
+import json
+import operator
 import os
 import queue
 import sqlite3
@@ -67,13 +70,20 @@ CREATE INDEX IF NOT EXISTS recipients_due ON recipients (grp, next_try)
 # Journal states beyond the report's statuses: claimed for a transaction, and past DATA.
 INFLIGHT = "inflight"
 DATA = "data"
-_MARK_DATA = "UPDATE recipients SET state = ? WHERE id = ?"
+# The writer's bulk statements: each takes every queued row as one JSON array, so a batch is
+# one statement whatever its size. The writer thread gives up the GIL around each SQLite
+# call and must win it back after; with the event loop busy that wait is the cost, so the
+# fewer calls per batch, the faster the journal (executemany is one call per row).
+_MARK_DATA = f"UPDATE recipients SET state = '{DATA}' WHERE id IN (SELECT value FROM json_each(?))"
 _RECORD = (
-    "UPDATE recipients SET state = ?, code = ?, message = ?, attempts = attempts + ?, "
-    "run_attempts = run_attempts + ?, first_try = COALESCE(first_try, ?), next_try = ? "
-    "WHERE id = ?"
+    "UPDATE recipients SET state = r.value ->> 0, code = r.value ->> 1, "
+    "message = r.value ->> 2, attempts = attempts + (r.value ->> 3), "
+    "run_attempts = run_attempts + (r.value ->> 4), "
+    "first_try = COALESCE(first_try, r.value ->> 5), next_try = r.value ->> 6 "
+    "FROM json_each(?) AS r WHERE recipients.id = r.value ->> 7"
 )
 NEVER = 1e18  # next_try of a recipient given up on for this run
+_LOOKUP_CHUNK = 500  # addresses per "key IN (...)" lookup, well under SQLite's variable limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +199,7 @@ class Journal:
         self._lock = lock
         self.msgid_domain = "localhost"
         # Rows waiting for the writer, by statement (see _add).
-        self._pending: dict[str, tuple[list[tuple[Any, ...]], asyncio.Future[None]]] = {}
+        self._pending: dict[str, tuple[list[Any], asyncio.Future[None]]] = {}
         self._pending_lock = threading.Lock()
         # Loading state, used only from the writer thread.
         self._load = 0
@@ -237,9 +247,10 @@ class Journal:
         self._writer.requests.put((function, future))
         return future
 
-    def _add(self, sql: str, rows: Iterable[tuple[Any, ...]]) -> asyncio.Future[None]:
-        """Queue rows for one `executemany(sql)`: rows added until the writer gets to it join
-        the same statement and commit (many transactions' marks and results in one go)."""
+    def _add(self, sql: str, rows: Iterable[Any]) -> asyncio.Future[None]:
+        """Queue rows for `sql` (one of the bulk statements above): rows added until the writer
+        gets to it join the same statement and commit (many transactions' marks and results
+        in one go)."""
         with self._pending_lock:
             pending = self._pending.get(sql)
             if pending is None:
@@ -250,10 +261,10 @@ class Journal:
             return pending[1]
 
     def _flush(self, sql: str, db: sqlite3.Connection) -> None:
-        """In the writer thread: run every row queued for `sql`."""
+        """In the writer thread: run every row queued for `sql`, in one statement."""
         with self._pending_lock:
             rows, _ = self._pending.pop(sql)
-        db.executemany(sql, rows)
+        db.execute(sql, (json.dumps(rows),))
 
     async def _call(self, function: Callable[[sqlite3.Connection], T]) -> T:
         try:
@@ -285,7 +296,7 @@ class Journal:
                 db.execute("INSERT INTO meta VALUES ('config_group', ?)", (str(group),))
             else:
                 group = int(row[0])
-            return self._insert(db, mailboxes, lambda: group)
+            return self._insert(db, mailboxes, lambda count: [group] * count)
 
         return await self._call(add)
 
@@ -293,18 +304,28 @@ class Journal:
         """Add list recipients not known yet, filling groups of `group_size` across calls.
         Returns how many were duplicates within this load (sent once)."""
 
-        def group() -> int:
-            if not self._list_group or self._list_filled >= group_size:
-                self._list_group = self._new_group(self._db(), headers=False)
-                self._list_filled = 0
-            self._list_filled += 1
-            return self._list_group
+        def groups(db: sqlite3.Connection, count: int) -> list[int]:
+            """The groups of `count` new recipients, in order: the open group first, then new
+            ones (inserted in one statement)."""
+            assigned: list[int] = []
+            created: list[tuple[int, str]] = []
+            next_id = 0
+            for _ in range(count):
+                if not self._list_group or self._list_filled >= group_size:
+                    if not next_id:
+                        (top,) = db.execute("SELECT COALESCE(MAX(id), 0) FROM groups").fetchone()
+                        next_id = top + 1
+                    self._list_group, next_id = next_id, next_id + 1
+                    self._list_filled = 0
+                    created.append((self._list_group, make_msgid(domain=self.msgid_domain)))
+                self._list_filled += 1
+                assigned.append(self._list_group)
+            db.executemany("INSERT INTO groups (id, message_id, headers) VALUES (?, ?, 0)", created)
+            return assigned
 
-        return await self._call(lambda db: self._insert(db, mailboxes, group))
-
-    def _db(self) -> sqlite3.Connection:
-        assert self._writer.db is not None
-        return self._writer.db
+        return await self._call(
+            lambda db: self._insert(db, mailboxes, functools.partial(groups, db))
+        )
 
     def _new_group(self, db: sqlite3.Connection, *, headers: bool) -> int:
         cursor = db.execute(
@@ -318,25 +339,47 @@ class Journal:
         self,
         db: sqlite3.Connection,
         mailboxes: Iterable[Mailbox],
-        group: Callable[[], int],
+        groups: Callable[[int], list[int]],
     ) -> int:
-        """Insert the addresses not in the journal yet; `group()` names each new one's group
-        (called only for those, so groups fill without gaps). Returns the duplicates: the
-        addresses this load had already read."""
+        """Insert the addresses not in the journal yet; `groups(n)` names the groups of the n
+        new ones (only those, so groups fill without gaps). Returns the duplicates: the
+        addresses this load had already read.
+
+        Set-wise, for speed with long lists: one lookup of the batch's addresses, then one
+        `executemany` for the new ones and one for those known from an earlier load."""
         duplicates = 0
+        batch: dict[str, Mailbox] = {}
         for mailbox in mailboxes:
-            row = db.execute(
-                "SELECT id, loaded FROM recipients WHERE key = ?", (mailbox.key,)
-            ).fetchone()
-            if row is None:
-                db.execute(
-                    "INSERT INTO recipients (key, addr, name, grp, loaded) VALUES (?, ?, ?, ?, ?)",
-                    (mailbox.key, mailbox.addr, mailbox.name, group(), self._load),
-                )
-            elif row[1] == self._load:
+            if mailbox.key in batch:
                 duplicates += 1
             else:
-                db.execute("UPDATE recipients SET loaded = ? WHERE id = ?", (self._load, row[0]))
+                batch[mailbox.key] = mailbox
+        known: dict[str, tuple[int, int]] = {}
+        keys = list(batch)
+        for start in range(0, len(keys), _LOOKUP_CHUNK):
+            chunk = keys[start : start + _LOOKUP_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            query = f"SELECT key, id, loaded FROM recipients WHERE key IN ({marks})"
+            for key, row_id, loaded in db.execute(query, chunk):
+                known[key] = (row_id, loaded)
+        fresh: list[Mailbox] = []
+        seen_again: list[tuple[int, int]] = []
+        for key, mailbox in batch.items():
+            found = known.get(key)
+            if found is None:
+                fresh.append(mailbox)
+            elif found[1] == self._load:
+                duplicates += 1
+            else:
+                seen_again.append((self._load, found[0]))
+        db.executemany(
+            "INSERT INTO recipients (key, addr, name, grp, loaded) VALUES (?, ?, ?, ?, ?)",
+            [
+                (m.key, m.addr, m.name, group, self._load)
+                for m, group in zip(fresh, groups(len(fresh)), strict=True)
+            ],
+        )
+        db.executemany("UPDATE recipients SET loaded = ? WHERE id = ?", seen_again)
         return duplicates
 
     # -- starting a run ----------------------------------------------------------------------
@@ -393,23 +436,27 @@ class Journal:
                 " AND next_try <= ? AND grp <= ? RETURNING grp, id, addr, name, run_attempts",
                 (INFLIGHT, now, last),
             ).fetchall()
-            by_group: dict[int, list[tuple[int, int, str, str, int]]] = {}
-            for row in rows:
-                by_group.setdefault(row[0], []).append(row)
+            rows.sort()  # by group, then by id: the order they were read from the list
+            first = rows[0][0]
+            groups = {
+                group: (message_id, bool(headers))
+                for group, message_id, headers in db.execute(
+                    "SELECT id, message_id, headers FROM groups WHERE id BETWEEN ? AND ?",
+                    (first, last),
+                )
+            }
             items = []
-            for group in sorted(by_group):
-                members = sorted(by_group[group], key=lambda r: r[1])
-                message_id, headers = db.execute(
-                    "SELECT message_id, headers FROM groups WHERE id = ?", (group,)
-                ).fetchone()
+            for group, members in itertools.groupby(rows, key=operator.itemgetter(0)):
+                found = list(members)
+                message_id, headers = groups[group]
                 items.append(
                     WorkItem(
                         group=group,
                         message_id=message_id,
-                        headers=bool(headers),
-                        ids=tuple(r[1] for r in members),
-                        recipients=tuple(Mailbox(r[2], r[3]) for r in members),
-                        attempts=max(r[4] for r in members),
+                        headers=headers,
+                        ids=tuple(r[1] for r in found),
+                        recipients=tuple(Mailbox(r[2], r[3]) for r in found),
+                        attempts=max(r[4] for r in found),
                     )
                 )
             return items
@@ -419,7 +466,7 @@ class Journal:
     async def mark_data(self, ids: Sequence[int]) -> None:
         """The final ``.`` is about to be written for these: committed first."""
         try:
-            await asyncio.shield(self._add(_MARK_DATA, [(DATA, i) for i in ids]))
+            await asyncio.shield(self._add(_MARK_DATA, ids))
         except sqlite3.Error as err:
             raise JournalError(f"cannot write the journal: {err}", path=self.path) from None
 

@@ -1,0 +1,98 @@
+"""The journal: loading lists (each address once, groups without gaps), and a recipient's
+states through claim, "past DATA" and the result, as a resumed run sees them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from asyncmailer.errors import JournalError
+from asyncmailer.journal import Journal, JournalReader
+from asyncmailer.recipients import Mailbox
+from asyncmailer.results import RecipientResult, Status
+
+
+def boxes(*numbers: int, host: str = "example.com") -> list[Mailbox]:
+    return [Mailbox(f"user{n}@{host}") for n in numbers]
+
+
+async def groups(journal: Journal) -> list[list[str]]:
+    items = await journal.claim(1000, now=0.0)
+    return [[m.addr for m in item.recipients] for item in items]
+
+
+async def test_a_load_sends_each_address_once_and_fills_groups_without_gaps(
+    tmp_path: Path,
+) -> None:
+    async with await Journal.open(tmp_path / "j.sqlite") as journal:
+        await journal.begin_load()
+        # Duplicates inside one batch, across batches, and by case only.
+        dup_first = await journal.add_list([*boxes(1, 2, 3, 2), Mailbox("USER1@example.com")], 2)
+        dup_second = await journal.add_list([*boxes(3, 4), *boxes(5)], 2)
+        assert (dup_first, dup_second) == (2, 1)
+        assert await groups(journal) == [
+            ["user1@example.com", "user2@example.com"],
+            ["user3@example.com", "user4@example.com"],
+            ["user5@example.com"],
+        ]
+
+
+async def test_an_address_from_an_earlier_load_is_not_a_duplicate_nor_sent_again(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "j.sqlite"
+    async with await Journal.open(path) as journal:
+        await journal.begin_load()
+        await journal.add_list(boxes(1, 2), 10)
+        (item,) = await journal.claim(10, now=0.0)
+        results = [RecipientResult(m.addr, Status.ACCEPTED, 250, "ok") for m in item.recipients]
+        await journal.record(item, results, retry_at=lambda _: None, max_attempts=3)
+    async with await Journal.open(path) as journal:
+        await journal.begin_load()
+        # The list read again, with one new address: only that one is new work.
+        assert await journal.add_list(boxes(2, 1, 3), 10) == 0
+        await journal.start_run(resend_unknown=False)
+        assert await groups(journal) == [["user3@example.com"]]
+        assert (await journal.counts())["accepted"] == 2
+
+
+async def test_past_data_without_a_reply_is_unknown_after_a_stop(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    async with await Journal.open(path) as journal:
+        await journal.begin_load()
+        await journal.add_list(boxes(1, 2, 3), 1)
+        first, second, _third = await journal.claim(3, now=0.0)
+        await journal.mark_data(first.ids)  # the final "." went out; no reply came
+        await journal.release(second)  # claimed, never sent: given back
+    # The run died here; the next one settles what it left.
+    async with await Journal.open(path) as journal:
+        changed = await journal.start_run(resend_unknown=False)
+        assert changed == {"inflight": 1, "data": 1}  # the third was still claimed
+        assert dict(await journal.counts()) == {"unknown": 1, "pending": 2}
+        assert await groups(journal) == [["user2@example.com"], ["user3@example.com"]]
+    results = [r async for page in JournalReader(path).pages() for r in page]
+    assert [r.status for r in results] == [Status.UNKNOWN, Status.SKIPPED, Status.SKIPPED]
+    assert "may or may not have been delivered" in results[0].message
+
+
+async def test_a_second_open_of_the_same_journal_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    async with await Journal.open(path):
+        with pytest.raises(JournalError, match="another run of this campaign"):
+            await Journal.open(path)
+
+
+async def test_a_long_load_goes_in_one_pass_per_batch(tmp_path: Path) -> None:
+    # More addresses than one lookup chunk, half of them known from an earlier load.
+    path = tmp_path / "j.sqlite"
+    async with await Journal.open(path) as journal:
+        await journal.begin_load()
+        assert await journal.add_list(boxes(*range(0, 3000, 2)), 100) == 0
+    async with await Journal.open(path) as journal:
+        await journal.begin_load()
+        assert await journal.add_list(boxes(*range(3000)) + boxes(*range(10)), 100) == 10
+        counts = await journal.counts()
+        assert counts["pending"] == 3000
+        items = await journal.claim(1000, now=0.0)
+        assert sorted(len(item.recipients) for item in items) == [100] * 30
