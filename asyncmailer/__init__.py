@@ -1,7 +1,7 @@
 """asyncmailer: send one message, with attachments, to many recipients over SMTP, fast, exactly
 once, with an answer for every recipient."""
 
-from .config import Campaign, Secret, Security, ServerSettings, load_campaign
+from .config import Campaign, JournalSync, Secret, Security, ServerSettings, load_campaign
 from .errors import (
     AuthError,
     ConfigError,
@@ -32,6 +32,7 @@ __all__ = [
     "InputError",
     "Journal",
     "JournalError",
+    "JournalSync",
     "MailerError",
     "MessageTemplate",
     "Observer",

@@ -1,6 +1,7 @@
 """The campaign journal: every recipient's state in SQLite, so a run can stop anywhere and resume.
 
-One file per campaign in the state folder, WAL mode, ``synchronous=FULL``, one writer thread.
+One file per campaign in the state folder, WAL mode, ``synchronous=FULL`` (``NORMAL`` when the
+campaign sets ``journal_sync: normal``), one writer thread.
 Requests from the event loop queue up and the writer runs all that are waiting in one SQLite
 transaction and one commit (group commit), then answers each: durability without one fsync per
 message.
@@ -82,6 +83,7 @@ _RECORD = (
     "first_try = COALESCE(first_try, r.value ->> 5), next_try = r.value ->> 6 "
     "FROM json_each(?) AS r WHERE recipients.id = r.value ->> 7"
 )
+_SYNC_MODES = {"full": "FULL", "normal": "NORMAL"}  # never a value from outside into the SQL
 NEVER = 1e18  # next_try of a recipient given up on for this run
 _LOOKUP_CHUNK = 500  # addresses per "key IN (...)" lookup, well under SQLite's variable limit
 
@@ -101,9 +103,10 @@ class WorkItem:
 class _Writer(threading.Thread):
     """Owns the SQLite connection; runs queued requests in batches, one commit per batch."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, sync: str) -> None:
         super().__init__(name=f"journal {path.name}", daemon=True)
         self.path = path
+        self.sync = sync
         self.requests: queue.SimpleQueue[
             tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]] | None
         ] = queue.SimpleQueue()
@@ -115,7 +118,7 @@ class _Writer(threading.Thread):
         try:
             self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.execute(f"PRAGMA synchronous={_SYNC_MODES[self.sync]}")
             self.db.executescript(SCHEMA)
         except sqlite3.Error as err:
             self.loop.call_soon_threadsafe(_fail, self.ready, err)
@@ -210,13 +213,18 @@ class Journal:
         return f"<Journal {self.path}>"
 
     @classmethod
-    async def open(cls, path: Path, *, msgid_domain: str = "localhost") -> Journal:
+    async def open(
+        cls, path: Path, *, msgid_domain: str = "localhost", sync: str = "full"
+    ) -> Journal:
         """Open (creating) the journal and lock it against a second run.
+
+        `sync` is ``full`` (each commit on disk before it is answered) or ``normal`` (commits
+        survive the process dying, not a power cut; no fsync per commit).
 
         :raises JournalError: locked by another run, or not writable.
         """
         lock = await asyncio.to_thread(functools.partial(_lock, path, create=True))
-        writer = _Writer(path)
+        writer = _Writer(path, sync)
         writer.start()
         try:
             await writer.ready

@@ -210,7 +210,9 @@ async def run_campaign(
     report = CampaignReport()
     path = journal_path(campaign.state_dir, campaign.source)
     report.journal = path
-    async with await Journal.open(path, msgid_domain=campaign.sender.domain) as journal:
+    async with await Journal.open(
+        path, msgid_domain=campaign.sender.domain, sync=campaign.journal_sync.value
+    ) as journal:
         await _load(campaign, journal, report, observer)
         await journal.start_run(resend_unknown=options.resend_unknown)
         counts = await journal.counts()

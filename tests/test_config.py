@@ -9,6 +9,7 @@ import pytest
 
 from asyncmailer.config import (
     PASSWORD_ENV,
+    JournalSync,
     Secret,
     Security,
     campaign_root,
@@ -151,6 +152,7 @@ def line_of(path: Path, text: str) -> int:
         ({"rate": 0}, "rate", "above 0"),
         ({"pipelining": "yes"}, "pipelining", "expected true or false, got a string"),
         ({"max_connections": 0}, "max_connections", "expected a whole number from 1"),
+        ({"journal_sync": "off"}, "journal_sync", "expected one of full, normal, got 'off'"),
     ],
 )
 async def test_bad_keys_give_one_line_with_file_line_and_key(
@@ -256,3 +258,6 @@ async def test_list_keys_and_defaults(make_campaign: CampaignFactory, tmp_path: 
     assert campaign.rate is None and campaign.connections == campaign.concurrency == 4
     capped = await load_campaign(make_campaign(concurrency=8, max_connections=3), env={})
     assert capped.connections == 3
+    assert campaign.journal_sync is JournalSync.FULL
+    relaxed = await load_campaign(make_campaign(journal_sync="Normal"), env={})
+    assert relaxed.journal_sync is JournalSync.NORMAL

@@ -18,6 +18,7 @@ def test_exported_members() -> None:
             "InputError",
             "Journal",
             "JournalError",
+            "JournalSync",
             "MailerError",
             "MessageTemplate",
             "Observer",

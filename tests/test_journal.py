@@ -96,3 +96,10 @@ async def test_a_long_load_goes_in_one_pass_per_batch(tmp_path: Path) -> None:
         assert counts["pending"] == 3000
         items = await journal.claim(1000, now=0.0)
         assert sorted(len(item.recipients) for item in items) == [100] * 30
+
+
+@pytest.mark.parametrize(("sync", "level"), [("full", 2), ("normal", 1)])
+async def test_sync_setting_reaches_sqlite(tmp_path: Path, sync: str, level: int) -> None:
+    async with await Journal.open(tmp_path / "j.sqlite", sync=sync) as journal:
+        pragma = await journal._call(lambda db: db.execute("PRAGMA synchronous").fetchone()[0])
+        assert pragma == level  # SQLite: 1 NORMAL, 2 FULL
