@@ -22,7 +22,7 @@ from . import __version__
 from .config import DEFAULT_CONFIG, PASSWORD_ENV, Campaign, load_campaign
 from .errors import InputError, JournalError, MailerError
 from .journal import JournalReader, archive, journal_path, probe_lock
-from .orchestrator import RunOptions, prepare_message, run_campaign
+from .orchestrator import RunOptions, prepare_message, prepare_personalizer, run_campaign
 from .progress import ConsoleObserver
 from .report import ReportWriter, format_table
 from .results import CampaignReport, Status, plural
@@ -181,6 +181,7 @@ async def send_command(args: argparse.Namespace, *, out: TextIO = sys.stdout) ->
     writer = ReportWriter(args.report) if args.report else None
     # Read and check the body and attachments before anything is sent or written.
     template = await prepare_message(campaign)
+    await prepare_personalizer(campaign)  # a template that does not parse stops here
     journal_file = journal_path(campaign.state_dir, campaign.source)
     # A second run of the same campaign is refused before it prints or truncates anything
     # (the journal's own lock still guards the run itself).

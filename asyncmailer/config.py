@@ -125,6 +125,7 @@ class Campaign:
     recipients_column: str = "email"
     name_column: str = "name"
     group_size: int = DEFAULT_GROUP_SIZE
+    personalize: bool = False
     rate: float | None = None
     max_connections: int | None = None
     state_dir: Path = Path(".asyncmailer")
@@ -363,6 +364,8 @@ KNOWN_KEYS: dict[str, str] = {
     "recipients_column": "CSV column holding the address (default email)",
     "name_column": "CSV column holding a display name, if present (default name)",
     "group_size": "recipients per SMTP transaction, one message each (default 100)",
+    "personalize": "subject and body are templates filled from each list row; one message "
+    "per recipient (default false)",
     "pipelining": "use ESMTP PIPELINING when the server offers it (default true)",
     "max_messages_per_connection": "reconnect after this many messages (default 0: never)",
     "rate": "at most this many messages per second, or '600/minute', '5000/hour'",
@@ -492,6 +495,21 @@ async def load_campaign(
         raise fields.error("recipients_file", f"file not found: {recipients_file}")
     if not (to or cc or bcc or recipients_file):
         raise fields.error("to", "no recipients: fill in to, cc, bcc or recipients_file")
+    personalize = fields.get_bool("personalize", False)
+    if personalize:
+        if recipients_file is None:
+            raise fields.error("personalize", "needs recipients_file: the rows fill the templates")
+        for key in ("to", "cc", "bcc"):
+            if fields.present(key) and fields.get_addresses(key):
+                raise fields.error(
+                    key,
+                    "cannot be used with personalize: to, cc and bcc share one message; put "
+                    "these addresses in the list",
+                )
+        if fields.present("group_size") and fields.get_int("group_size", 1, 1, 10000) != 1:
+            raise fields.error(
+                "group_size", "must be 1 with personalize: each recipient gets their own message"
+            )
 
     message_file = fields.get_path("file_with_message", root)
     if message_file is None:
@@ -520,7 +538,8 @@ async def load_campaign(
         recipients_file=recipients_file,
         recipients_column=fields.get_str("recipients_column", "email") or "email",
         name_column=fields.get_str("name_column", "name") or "name",
-        group_size=fields.get_int("group_size", DEFAULT_GROUP_SIZE, 1, 10000),
+        group_size=1 if personalize else fields.get_int("group_size", DEFAULT_GROUP_SIZE, 1, 10000),
+        personalize=personalize,
         rate=fields.get_rate("rate"),
         max_connections=fields.get_int("max_connections", 0, 1, 1000)
         if fields.present("max_connections")

@@ -27,7 +27,7 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from email.utils import make_msgid
 from pathlib import Path
@@ -61,7 +61,8 @@ CREATE TABLE IF NOT EXISTS recipients (
     run_attempts INTEGER NOT NULL DEFAULT 0,
     first_try REAL,
     next_try REAL NOT NULL DEFAULT 0,
-    loaded INTEGER NOT NULL DEFAULT 0  -- the load (run) that last read it from the list
+    loaded INTEGER NOT NULL DEFAULT 0, -- the load (run) that last read it from the list
+    fields TEXT                        -- its list row as JSON, for personalised messages
 );
 -- Only the recipients still to send, in group order: what claim() scans.
 CREATE INDEX IF NOT EXISTS recipients_due ON recipients (grp, next_try)
@@ -98,6 +99,7 @@ class WorkItem:
     ids: tuple[int, ...]
     recipients: tuple[Mailbox, ...]
     attempts: int  # the most any of them has had in this run
+    fields: tuple[Mapping[str, str], ...] = ()  # each one's list row, when kept (personalize)
 
 
 class _Writer(threading.Thread):
@@ -120,6 +122,9 @@ class _Writer(threading.Thread):
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute(f"PRAGMA synchronous={_SYNC_MODES[self.sync]}")
             self.db.executescript(SCHEMA)
+            columns = {row[1] for row in self.db.execute("PRAGMA table_info(recipients)")}
+            if "fields" not in columns:  # a journal written before personalisation existed
+                self.db.execute("ALTER TABLE recipients ADD COLUMN fields TEXT")
         except sqlite3.Error as err:
             self.loop.call_soon_threadsafe(_fail, self.ready, err)
             return
@@ -308,9 +313,15 @@ class Journal:
 
         return await self._call(add)
 
-    async def add_list(self, mailboxes: Sequence[Mailbox], group_size: int) -> int:
-        """Add list recipients not known yet, filling groups of `group_size` across calls.
-        Returns how many were duplicates within this load (sent once)."""
+    async def add_list(
+        self,
+        mailboxes: Sequence[Mailbox],
+        group_size: int,
+        fields: Sequence[Mapping[str, str]] | None = None,
+    ) -> int:
+        """Add list recipients not known yet, filling groups of `group_size` across calls,
+        with their list rows (`fields`, for personalised messages) when given. Returns how
+        many were duplicates within this load (sent once)."""
 
         def groups(db: sqlite3.Connection, count: int) -> list[int]:
             """The groups of `count` new recipients, in order: the open group first, then new
@@ -331,8 +342,9 @@ class Journal:
             db.executemany("INSERT INTO groups (id, message_id, headers) VALUES (?, ?, 0)", created)
             return assigned
 
+        rows = [json.dumps(f, ensure_ascii=False) for f in fields] if fields is not None else None
         return await self._call(
-            lambda db: self._insert(db, mailboxes, functools.partial(groups, db))
+            lambda db: self._insert(db, mailboxes, functools.partial(groups, db), rows)
         )
 
     def _new_group(self, db: sqlite3.Connection, *, headers: bool) -> int:
@@ -346,8 +358,9 @@ class Journal:
     def _insert(
         self,
         db: sqlite3.Connection,
-        mailboxes: Iterable[Mailbox],
+        mailboxes: Sequence[Mailbox],
         groups: Callable[[int], list[int]],
+        fields: Sequence[str] | None = None,
     ) -> int:
         """Insert the addresses not in the journal yet; `groups(n)` names the groups of the n
         new ones (only those, so groups fill without gaps). Returns the duplicates: the
@@ -356,12 +369,12 @@ class Journal:
         Set-wise, for speed with long lists: one lookup of the batch's addresses, then one
         `executemany` for the new ones and one for those known from an earlier load."""
         duplicates = 0
-        batch: dict[str, Mailbox] = {}
-        for mailbox in mailboxes:
+        batch: dict[str, tuple[Mailbox, str | None]] = {}
+        for number, mailbox in enumerate(mailboxes):
             if mailbox.key in batch:
                 duplicates += 1
             else:
-                batch[mailbox.key] = mailbox
+                batch[mailbox.key] = (mailbox, fields[number] if fields is not None else None)
         known: dict[str, tuple[int, int]] = {}
         keys = list(batch)
         for start in range(0, len(keys), _LOOKUP_CHUNK):
@@ -370,24 +383,29 @@ class Journal:
             query = f"SELECT key, id, loaded FROM recipients WHERE key IN ({marks})"
             for key, row_id, loaded in db.execute(query, chunk):
                 known[key] = (row_id, loaded)
-        fresh: list[Mailbox] = []
-        seen_again: list[tuple[int, int]] = []
-        for key, mailbox in batch.items():
+        fresh: list[tuple[Mailbox, str | None]] = []
+        seen_again: list[tuple[int, int, str | None]] = []
+        for key, entry in batch.items():
             found = known.get(key)
             if found is None:
-                fresh.append(mailbox)
+                fresh.append(entry)
             elif found[1] == self._load:
                 duplicates += 1
             else:
-                seen_again.append((self._load, found[0]))
+                seen_again.append((self._load, found[0], entry[1]))
         db.executemany(
-            "INSERT INTO recipients (key, addr, name, grp, loaded) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO recipients (key, addr, name, grp, loaded, fields)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
             [
-                (m.key, m.addr, m.name, group, self._load)
-                for m, group in zip(fresh, groups(len(fresh)), strict=True)
+                (m.key, m.addr, m.name, group, self._load, row)
+                for (m, row), group in zip(fresh, groups(len(fresh)), strict=True)
             ],
         )
-        db.executemany("UPDATE recipients SET loaded = ? WHERE id = ?", seen_again)
+        # Known from an earlier load: the row as read now, so an edited list is what is sent.
+        db.executemany(
+            "UPDATE recipients SET loaded = ?, fields = COALESCE(?, fields) WHERE id = ?",
+            [(load, next_fields, row_id) for load, row_id, next_fields in seen_again],
+        )
         return duplicates
 
     # -- starting a run ----------------------------------------------------------------------
@@ -441,7 +459,8 @@ class Journal:
                 return []
             rows = db.execute(
                 "UPDATE recipients SET state = ? WHERE state IN ('pending', 'deferred')"
-                " AND next_try <= ? AND grp <= ? RETURNING grp, id, addr, name, run_attempts",
+                " AND next_try <= ? AND grp <= ?"
+                " RETURNING grp, id, addr, name, run_attempts, fields",
                 (INFLIGHT, now, last),
             ).fetchall()
             rows.sort()  # by group, then by id: the order they were read from the list
@@ -465,6 +484,7 @@ class Journal:
                         ids=tuple(r[1] for r in found),
                         recipients=tuple(Mailbox(r[2], r[3]) for r in found),
                         attempts=max(r[4] for r in found),
+                        fields=tuple(json.loads(r[5]) if r[5] else {} for r in found),
                     )
                 )
             return items

@@ -141,8 +141,26 @@ def _subject(subject: str) -> bytes:
     return b"Subject: " + encoded.encode("ascii") + b"\r\n"
 
 
+_TEXT_MARK = "ASYNCMAILER-TEXT-PART-f3b1c2d4"  # stands for the text while the tree is built
+
+
+def _encode_text(text: str) -> bytes:
+    """A personalised text, encoded as the email package encodes the campaign's text part
+    (UTF-8, quoted-printable), CRLF-terminated and dot-stuffed."""
+    part = EmailMessage(policy=POLICY)
+    part.set_content(text, charset="utf-8", cte="quoted-printable")
+    return prepare_data(part.as_bytes(policy=POLICY).partition(b"\r\n\r\n")[2], terminate=False)
+
+
 class MessageTemplate:
-    """The campaign's message, built once; `render()` gives each transaction its bytes."""
+    """The campaign's message, built once; `render()` gives each transaction its bytes.
+
+    With `personal`, the subject and the text differ per message: the tree is built once with a
+    stand-in for the text, which is quoted-printable (so its headers are fixed and no text can
+    contain the MIME boundary: QP writes every "=" as "=3D"), and the bytes before and after it
+    are kept. Each message then costs its head and its encoded text; the attachments are still
+    encoded once.
+    """
 
     def __init__(
         self,
@@ -151,10 +169,15 @@ class MessageTemplate:
         subject: str,
         body: str,
         attachments: Sequence[Attachment] = (),
+        personal: bool = False,
     ) -> None:
         self.sender = sender
+        self.personal = personal
         mime = EmailMessage(policy=POLICY)
-        mime.set_content(body, charset="utf-8")
+        if personal:
+            mime.set_content(_TEXT_MARK, charset="utf-8", cte="quoted-printable")
+        else:
+            mime.set_content(body, charset="utf-8")
         for attachment in attachments:
             maintype, _, subtype = attachment.content_type.partition("/")
             mime.add_attachment(
@@ -162,10 +185,17 @@ class MessageTemplate:
             )
         serialised = mime.as_bytes(policy=POLICY)
         mime_headers, _, mime_body = serialised.partition(b"\r\n\r\n")
-        shared = (
-            _fold("From", str(sender)) + _subject(subject) + mime_headers + b"\r\n\r\n" + mime_body
+        subject_header = b"" if personal else _subject(subject)
+        shared = prepare_data(
+            _fold("From", str(sender)) + subject_header + mime_headers + b"\r\n\r\n" + mime_body,
+            terminate=False,
         )
-        self._shared = prepare_data(shared, terminate=False)
+        if personal:
+            before, mark, after = shared.partition(_TEXT_MARK.encode("ascii") + b"\r\n")
+            assert mark, "the text's stand-in is in the serialised tree"
+            self._shared, self._after_text = before, after
+        else:
+            self._shared, self._after_text = shared, b""
         self._msgid_domain = sender.domain
         self._date_second = -1
         self._date_header = b""
@@ -192,12 +222,16 @@ class MessageTemplate:
         to: Sequence[Mailbox],
         cc: Sequence[Mailbox] = (),
         message_id: str | None = None,
-    ) -> tuple[bytes, bytes]:
-        """The message for one transaction as (its own headers, the shared bytes), dot-stuffed
+        subject: str | None = None,
+        text: str | None = None,
+    ) -> tuple[bytes, ...]:
+        """The message for one transaction as parts (its own headers, then the shared bytes,
+        and for a personal template its encoded `text` and the bytes after it), dot-stuffed
         and CRLF-terminated, without the final ``.`` that `Session.send()` writes.
 
-        Writing the two parts one after the other sends the message; the shared part, with
-        every attachment, is never copied. Bcc recipients are never written here.
+        Writing the parts one after the other sends the message; the shared parts, with every
+        attachment, are never copied. Bcc recipients are never written here. A personal
+        template needs `subject` (already checked for line breaks) and `text`.
         """
         head = [
             self._date(),
@@ -206,9 +240,13 @@ class MessageTemplate:
         head.append(_address_header("To", to) if to else b"To: undisclosed-recipients:;\r\n")
         if cc:
             head.append(_address_header("Cc", cc))
-        # Header lines made here end in CRLF and never start with "." (they start with a
-        # name, or with white space when folded): nothing to normalise or stuff.
-        return b"".join(head), self._shared
+        if not self.personal:
+            # Header lines made here end in CRLF and never start with "." (they start with a
+            # name, or with white space when folded): nothing to normalise or stuff.
+            return b"".join(head), self._shared
+        assert subject is not None and text is not None, "a personal template needs both"
+        head.append(_subject(subject))
+        return b"".join(head), self._shared, _encode_text(text), self._after_text
 
     def render(
         self,
@@ -216,9 +254,12 @@ class MessageTemplate:
         to: Sequence[Mailbox],
         cc: Sequence[Mailbox] = (),
         message_id: str | None = None,
+        subject: str | None = None,
+        text: str | None = None,
     ) -> bytes:
         """The whole DATA payload for one transaction, final ``.`` included, in one piece."""
-        return b"".join(self.render_parts(to=to, cc=cc, message_id=message_id)) + END_OF_DATA
+        parts = self.render_parts(to=to, cc=cc, message_id=message_id, subject=subject, text=text)
+        return b"".join(parts) + END_OF_DATA
 
 
 def _address_header(name: str, mailboxes: Sequence[Mailbox]) -> bytes:

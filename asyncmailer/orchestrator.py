@@ -22,14 +22,22 @@ from .config import Campaign, Security
 from .errors import AuthError, ConnectError, JournalError, TLSRequiredError
 from .journal import Journal, WorkItem, journal_path
 from .message import MessageTemplate, load_attachments, load_body
+from .personalize import Personalizer
 from .pool import SessionPool
-from .recipient_list import BadRow, RecipientFile
+from .recipient_list import BadRow, Recipient, RecipientFile
 from .recipients import Mailbox
 from .results import NOT_ATTEMPTED, CampaignReport, RecipientResult, Status
 from .session import Session, build_tls_context
 from .throttle import RateLimiter
 
-__all__ = ["MAX_RETRY_DELAY", "Observer", "RunOptions", "prepare_message", "run_campaign"]
+__all__ = [
+    "MAX_RETRY_DELAY",
+    "Observer",
+    "RunOptions",
+    "prepare_message",
+    "prepare_personalizer",
+    "run_campaign",
+]
 
 MAX_RETRY_DELAY = 300.0
 _LOAD_BATCH = 5000
@@ -69,6 +77,22 @@ async def prepare_message(campaign: Campaign) -> MessageTemplate:
         subject=campaign.subject,
         body=body,
         attachments=attachments,
+        personal=campaign.personalize,
+    )
+
+
+async def prepare_personalizer(campaign: Campaign) -> Personalizer | None:
+    """The subject and body templates of a `personalize` campaign, compiled (None otherwise).
+
+    :raises InputError: the message file cannot be read, or a template does not parse.
+    """
+    if not campaign.personalize:
+        return None
+    return Personalizer(
+        subject=campaign.subject,
+        body=await load_body(campaign.message_file),
+        config=campaign.source,
+        body_file=campaign.message_file,
     )
 
 
@@ -148,10 +172,25 @@ class _Scheduler:
             await self.journal.release(self.buffer.popleft())
 
 
+def _check_row(personalizer: Personalizer, item: Recipient) -> str | None:
+    """Why this row cannot fill the templates (None: it can)."""
+    context = personalizer.context(item.mailbox, item.fields)
+    try:
+        personalizer.subject(context)
+        personalizer.body(context)
+    except ValueError as err:
+        return str(err)
+    return None
+
+
 async def _load(
-    campaign: Campaign, journal: Journal, report: CampaignReport, observer: Observer
+    campaign: Campaign,
+    journal: Journal,
+    report: CampaignReport,
+    personalizer: Personalizer | None,
 ) -> None:
-    """Record every recipient in the journal (each address once); report bad list rows."""
+    """Record every recipient in the journal (each address once); report bad list rows (and,
+    when personalising, rows that cannot fill the templates)."""
     await journal.begin_load()
     if campaign.recipients:
         await journal.add_config_group(campaign.recipients)
@@ -163,19 +202,34 @@ async def _load(
         name_column=campaign.name_column,
     )
     await source.scan()
-    batch: list[Mailbox] = []
+    batch: list[Recipient] = []
     bad: list[RecipientResult] = []
     duplicates = 0
+    checked = personalizer is None
+
+    async def add(rows: list[Recipient]) -> int:
+        fields = [r.fields for r in rows] if personalizer is not None else None
+        return await journal.add_list([r.mailbox for r in rows], campaign.group_size, fields)
+
     async for item in source:
+        if not checked and personalizer is not None:
+            personalizer.check_fields(source.columns, source.path)
+            checked = True
         if isinstance(item, BadRow):
             bad.append(RecipientResult(item.text, Status.SKIPPED, None, str(item), 0))
             continue
-        batch.append(item.mailbox)
+        if personalizer is not None and (problem := _check_row(personalizer, item)):
+            where = BadRow(source.path, item.line, item.mailbox.addr, problem)
+            bad.append(RecipientResult(item.mailbox.addr, Status.SKIPPED, None, str(where), 0))
+            continue
+        batch.append(item)
         if len(batch) == _LOAD_BATCH:
-            duplicates += await journal.add_list(batch, campaign.group_size)
+            duplicates += await add(batch)
             batch = []
+    if not checked and personalizer is not None:
+        personalizer.check_fields(source.columns, source.path)
     if batch:
-        duplicates += await journal.add_list(batch, campaign.group_size)
+        duplicates += await add(batch)
     report.bad_rows = bad
     report.duplicates = duplicates
 
@@ -201,6 +255,7 @@ async def run_campaign(
     options = options or RunOptions()
     if template is None:
         template = await prepare_message(campaign)
+    personalizer = await prepare_personalizer(campaign)
     server = campaign.server
     tls_context = (
         await asyncio.to_thread(build_tls_context, server)
@@ -213,13 +268,15 @@ async def run_campaign(
     async with await Journal.open(
         path, msgid_domain=campaign.sender.domain, sync=campaign.journal_sync.value
     ) as journal:
-        await _load(campaign, journal, report, observer)
+        await _load(campaign, journal, report, personalizer)
         await journal.start_run(resend_unknown=options.resend_unknown)
         counts = await journal.counts()
         await observer.started(counts["pending"] + counts["deferred"] + len(report.bad_rows))
         if report.bad_rows:
             await observer.results(report.bad_rows)
-        await _send(campaign, template, journal, tls_context, observer, options, report)
+        await _send(
+            campaign, template, personalizer, journal, tls_context, observer, options, report
+        )
         await _fill_report(journal, report)
     return report
 
@@ -227,6 +284,7 @@ async def run_campaign(
 async def _send(
     campaign: Campaign,
     template: MessageTemplate,
+    personalizer: Personalizer | None,
     journal: Journal,
     tls_context: ssl.SSLContext | None,
     observer: Observer,
@@ -285,9 +343,31 @@ async def _send(
             journal.unmark_data(ids)
             raise
 
-    def render(item: WorkItem) -> tuple[bytes, bytes]:
+    def render(item: WorkItem) -> tuple[bytes, ...]:
+        """The item's message parts.
+
+        :raises ValueError: a personalised message cannot be made from the row kept in the
+            journal (the list changed since it was loaded).
+        """
         to, cc = headers(item)
-        return template.render_parts(to=to, cc=cc, message_id=item.message_id)
+        if personalizer is None:
+            return template.render_parts(to=to, cc=cc, message_id=item.message_id)
+        context = personalizer.context(item.recipients[0], item.fields[0] if item.fields else {})
+        return template.render_parts(
+            to=to,
+            cc=cc,
+            message_id=item.message_id,
+            subject=personalizer.subject(context),
+            text=personalizer.body(context),
+        )
+
+    async def unrenderable(item: WorkItem, err: ValueError) -> None:
+        results = [
+            RecipientResult(m.addr, Status.SKIPPED, None, f"not sent: {err}", 0)
+            for m in item.recipients
+        ]
+        finish(item, results)
+        await observer.results(results)
 
     def finish(item: WorkItem, results: list[RecipientResult]) -> None:
         scheduler.done()
@@ -316,12 +396,22 @@ async def _send(
         an item already admitted but not sent (its connection failed first), if any."""
         nonlocal connected
         try:
+            parts = render(item)
+        except ValueError as err:
+            await unrenderable(item, err)
+            return None
+        try:
             async with pool.session() as session:
                 connected = True
-                parts = render(item)
                 while True:
                     nxt = follow_up(session)
-                    nxt_parts = render(nxt) if nxt is not None else None
+                    nxt_parts = None
+                    if nxt is not None:
+                        try:
+                            nxt_parts = render(nxt)
+                        except ValueError as err:
+                            await unrenderable(nxt, err)
+                            nxt = None
                     then = None
                     if nxt is not None and nxt_parts is not None:
                         size = sum(map(len, nxt_parts)) + 3

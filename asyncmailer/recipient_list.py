@@ -190,6 +190,7 @@ class RecipientFile:
         self.column = column
         self.name_column = name_column
         self.bad_rows = 0
+        self.columns: tuple[str, ...] = ()  # a CSV's header, once iteration has begun
 
     async def scan(self) -> ScanResult:
         """Read the whole file once in a thread.
@@ -212,6 +213,7 @@ class RecipientFile:
             raise InputError(
                 f"cannot read the recipient list: {err.strerror}", path=self.path
             ) from None
+        self.columns = tuple(reader.header) if reader.is_csv else ()
         try:
             while batch := await asyncio.to_thread(reader.batch):
                 for item in batch:

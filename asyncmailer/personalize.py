@@ -1,0 +1,92 @@
+"""Personalised messages: the subject and body as Jinja templates, filled from each list row.
+
+With ``personalize: true`` every list recipient gets a message of their own (one recipient per
+transaction). The templates see each CSV column by its header name (``{{ first_name }}``), the
+whole row as ``row`` (for headers that are not identifiers: ``{{ row["first name"] }}``), and
+``email`` and ``name``. A name the list does not have is an error before anything is sent.
+
+Templates run in Jinja's sandbox with undefined names refused, and a subject that would contain
+a line break is refused for that row (it could inject headers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from pathlib import Path
+
+from jinja2 import StrictUndefined, Template, TemplateError, TemplateSyntaxError, meta
+from jinja2.sandbox import SandboxedEnvironment
+
+from .errors import InputError
+from .recipients import Mailbox, check_header_value
+
+__all__ = ["BUILT_IN_FIELDS", "Personalizer"]
+
+BUILT_IN_FIELDS = ("email", "name", "row")
+
+
+class Personalizer:
+    """The campaign's subject and body templates, compiled once."""
+
+    def __init__(self, *, subject: str, body: str, config: Path, body_file: Path) -> None:
+        """:raises InputError: a template does not parse (names the file, line and key)."""
+        self._env = SandboxedEnvironment(
+            undefined=StrictUndefined, keep_trailing_newline=True, autoescape=False
+        )
+        self._names: dict[str, set[str]] = {}
+        self._subject = self._compile(subject, "subject", config, "subject")
+        self._body = self._compile(body, "body", body_file, "file_with_message")
+
+    def _compile(self, source: str, kind: str, path: Path, key: str) -> Template:
+        try:
+            tree = self._env.parse(source)
+        except TemplateSyntaxError as err:
+            # The subject's own line in the config is not known here; the body's line is.
+            line = err.lineno if kind == "body" else None
+            raise InputError(
+                f"template error: {err.message}", path=path, line=line, field=key
+            ) from None
+        self._names[key] = set(meta.find_undeclared_variables(tree))
+        return self._env.from_string(source)
+
+    def check_fields(self, columns: Collection[str], list_file: Path) -> None:
+        """Refuse templates that use a name the list does not have, before anything is sent.
+
+        :raises InputError: naming the template's key and the list's columns.
+        """
+        known = set(columns) | set(BUILT_IN_FIELDS)
+        for key, names in self._names.items():
+            unknown = sorted(names - known)
+            if unknown:
+                have = ", ".join(columns) if columns else "no columns: a plain address list"
+                raise InputError(
+                    f"uses {', '.join(repr(n) for n in unknown)}, which {list_file} does not "
+                    f"have (it has {have}; also email, name and row)",
+                    field=key,
+                )
+
+    def context(self, mailbox: Mailbox, fields: Mapping[str, str]) -> dict[str, object]:
+        return {**fields, "row": dict(fields), "email": mailbox.addr, "name": mailbox.name}
+
+    def subject(self, context: Mapping[str, object]) -> str:
+        """The subject for one row.
+
+        :raises ValueError: it cannot be rendered, or would contain a line break.
+        """
+        text = self._render(self._subject, context)
+        problem = check_header_value(text)
+        if problem:
+            raise ValueError(f"subject {problem}")
+        return text
+
+    def body(self, context: Mapping[str, object]) -> str:
+        """:raises ValueError: the body cannot be rendered for this row."""
+        return self._render(self._body, context)
+
+    @staticmethod
+    def _render(template: Template, context: Mapping[str, object]) -> str:
+        try:
+            text = template.render(context)
+        except TemplateError as err:
+            raise ValueError(f"template error: {err}") from None
+        return text
