@@ -33,7 +33,7 @@ class Personalizer:
         self._env = SandboxedEnvironment(
             undefined=StrictUndefined, keep_trailing_newline=True, autoescape=False
         )
-        self._names: dict[str, set[str]] = {}
+        self._names: dict[str, tuple[Path, set[str]]] = {}
         self._subject = self._compile(subject, "subject", config, "subject")
         self._body = self._compile(body, "body", body_file, "file_with_message")
 
@@ -46,7 +46,7 @@ class Personalizer:
             raise InputError(
                 f"template error: {err.message}", path=path, line=line, field=key
             ) from None
-        self._names[key] = set(meta.find_undeclared_variables(tree))
+        self._names[key] = (path, set(meta.find_undeclared_variables(tree)))
         return self._env.from_string(source)
 
     def check_fields(self, columns: Collection[str], list_file: Path) -> None:
@@ -55,13 +55,14 @@ class Personalizer:
         :raises InputError: naming the template's key and the list's columns.
         """
         known = set(columns) | set(BUILT_IN_FIELDS)
-        for key, names in self._names.items():
+        for key, (path, names) in self._names.items():
             unknown = sorted(names - known)
             if unknown:
                 have = ", ".join(columns) if columns else "no columns: a plain address list"
                 raise InputError(
                     f"uses {', '.join(repr(n) for n in unknown)}, which {list_file} does not "
                     f"have (it has {have}; also email, name and row)",
+                    path=path,
                     field=key,
                 )
 

@@ -66,7 +66,7 @@ def test_a_name_the_list_lacks_is_refused_before_sending() -> None:
     with pytest.raises(InputError) as caught:
         personalizer("Hi {{ frist_name }}").check_fields(("email", "first_name"), Path("l.csv"))
     assert str(caught.value) == (
-        "subject: uses 'frist_name', which l.csv does not have "
+        "c.yaml: subject: uses 'frist_name', which l.csv does not have "
         "(it has email, first_name; also email, name and row)"
     )
     personalizer().check_fields(("email", "first_name"), Path("l.csv"))  # row[...] is dynamic
