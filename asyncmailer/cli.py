@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import os
 import signal
@@ -179,9 +180,9 @@ async def _campaign(args: argparse.Namespace) -> Campaign:
 async def send_command(args: argparse.Namespace, *, out: TextIO = sys.stdout) -> int:
     campaign = await _campaign(args)
     writer = ReportWriter(args.report) if args.report else None
-    # Read and check the body and attachments before anything is sent or written.
+    # Read and check the body, attachments and templates before anything is sent or written.
     template = await prepare_message(campaign)
-    await prepare_personalizer(campaign)  # a template that does not parse stops here
+    personalizer = await prepare_personalizer(campaign)
     journal_file = journal_path(campaign.state_dir, campaign.source)
     # A second run of the same campaign is refused before it prints or truncates anything
     # (the journal's own lock still guards the run itself).
@@ -212,14 +213,13 @@ async def send_command(args: argparse.Namespace, *, out: TextIO = sys.stdout) ->
     options = RunOptions(resend_unknown=args.resend_unknown)
     try:
         with _SignalStop(options.stop):
-            if writer is not None:
-                async with writer:
-                    report = await run_campaign(
-                        campaign, template=template, observer=observer, options=options
-                    )
-            else:
+            async with writer if writer is not None else contextlib.nullcontext():
                 report = await run_campaign(
-                    campaign, template=template, observer=observer, options=options
+                    campaign,
+                    template=template,
+                    personalizer=personalizer,
+                    observer=observer,
+                    options=options,
                 )
     except asyncio.CancelledError:
         observer.finish()

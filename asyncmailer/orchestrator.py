@@ -173,11 +173,10 @@ class _Scheduler:
 
 
 def _check_row(personalizer: Personalizer, item: Recipient) -> str | None:
-    """Why this row cannot fill the templates (None: it can)."""
-    context = personalizer.context(item.mailbox, item.fields)
+    """Why this row cannot make its subject (None: it can). Only the subject is made here, as
+    it can fail on the row's values (a line break); the body is made once, when sent."""
     try:
-        personalizer.subject(context)
-        personalizer.body(context)
+        personalizer.subject(personalizer.context(item.mailbox, item.fields))
     except ValueError as err:
         return str(err)
     return None
@@ -205,7 +204,7 @@ async def _load(
     batch: list[Recipient] = []
     bad: list[RecipientResult] = []
     duplicates = 0
-    checked = personalizer is None
+    checked = personalizer is None  # the templates' names against the list's header, once
 
     async def add(rows: list[Recipient]) -> int:
         fields = [r.fields for r in rows] if personalizer is not None else None
@@ -226,8 +225,6 @@ async def _load(
         if len(batch) == _LOAD_BATCH:
             duplicates += await add(batch)
             batch = []
-    if not checked and personalizer is not None:
-        personalizer.check_fields(source.columns, source.path)
     if batch:
         duplicates += await add(batch)
     report.bad_rows = bad
@@ -240,13 +237,15 @@ async def run_campaign(
     template: MessageTemplate | None = None,
     observer: Observer | None = None,
     options: RunOptions | None = None,
+    personalizer: Personalizer | None = None,
 ) -> CampaignReport:
     """Send (or resume) the campaign and return its report.
 
     Temporary failures are retried within the run (`retry_attempts`, `retry_delay`,
     `retry_max_age`); what is still deferred stays in the journal for the next run. A server
     that refuses TLS or the login, or cannot be reached when the run starts, stops the run:
-    transactions in flight finish and `report.fatal` holds the error.
+    transactions in flight finish and `report.fatal` holds the error. `template` and
+    `personalizer` are made from the campaign when not given.
 
     :raises InputError: the message file, an attachment or the recipient list cannot be read.
     :raises JournalError: the journal is locked by another run, or cannot be written.
@@ -255,7 +254,8 @@ async def run_campaign(
     options = options or RunOptions()
     if template is None:
         template = await prepare_message(campaign)
-    personalizer = await prepare_personalizer(campaign)
+    if personalizer is None:
+        personalizer = await prepare_personalizer(campaign)
     server = campaign.server
     tls_context = (
         await asyncio.to_thread(build_tls_context, server)

@@ -88,6 +88,8 @@ class Personalizer:
     def _render(template: Template, context: Mapping[str, object]) -> str:
         try:
             text = template.render(context)
-        except TemplateError as err:
+        except (TemplateError, ArithmeticError, LookupError, TypeError, ValueError) as err:
+            # What a template can raise from a row's values: undefined names, the sandbox,
+            # arithmetic on them ({{ total // count }} with count 0), bad indexing or types.
             raise ValueError(f"template error: {err}") from None
         return text

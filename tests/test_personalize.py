@@ -190,3 +190,19 @@ async def test_personalize_config_rules(
         make_campaign(personalize=True, to=None, cc=None, recipients_file="list.csv"), env={}
     )
     assert ok.personalize and ok.group_size == 1
+
+
+async def test_a_body_that_fails_on_one_row_skips_only_that_recipient(
+    smtp_server: ServerFactory, make_campaign: CampaignFactory, tmp_path: Path
+) -> None:
+    running = await smtp_server()
+    listing = tmp_path / "list.csv"
+    listing.write_text("email,n\nann@example.com,4\nbob@example.com,0\n", encoding="utf-8")
+    body = "Each of you gets {{ 100 // (n | int) }}.\n"
+    path = personal_campaign(make_campaign, running, listing, body=body)
+    report = await run_campaign(await load_campaign(path, env={}))
+    assert [list(m.rcpt_tos) for m in running.messages] == [["ann@example.com"]]
+    assert "Each of you gets 25." in parse(running.messages[0].data).get_content()
+    [bad] = report.problems
+    assert (bad.recipient, bad.status) == ("bob@example.com", Status.SKIPPED)
+    assert bad.message == "not sent: template error: integer division or modulo by zero"
