@@ -49,9 +49,8 @@ class ReportWriter:
         except OSError as err:
             raise self._failed(err) from None
         if self.kind == "csv":
-            header = dict(zip(REPORT_FIELDS, REPORT_FIELDS, strict=True))
             try:
-                await asyncio.to_thread(self._store, [header])
+                await asyncio.to_thread(self._store, [REPORT_FIELDS])
             except OSError as err:
                 await self._close()
                 raise self._failed(err) from None
@@ -112,14 +111,18 @@ class ReportWriter:
                 self._error = self._failed(err)
 
     def _store_results(self, results: Sequence[RecipientResult]) -> None:
-        self._store([r.as_row() for r in results])
+        if self.kind == "csv":  # tuples through the C writer: no dict per row
+            self._store([(r.recipient, r.status.value, r.code, r.message) for r in results])
+        else:
+            self._store([r.as_row() for r in results])
 
-    def _store(self, rows: Sequence[dict[str, Any]]) -> None:
-        """In a thread: format the rows, write them and flush."""
+    def _store(self, rows: Sequence[Sequence[Any]] | Sequence[dict[str, Any]]) -> None:
+        """In a thread: format the rows (tuples in REPORT_FIELDS order for CSV, where None is
+        written empty; dicts for JSON lines), write them and flush."""
         assert self._file is not None
         if self.kind == "csv":
             buffer = io.StringIO()
-            csv.DictWriter(buffer, REPORT_FIELDS, lineterminator="\n").writerows(rows)
+            csv.writer(buffer, lineterminator="\n").writerows(rows)
             text = buffer.getvalue()
         else:
             text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
