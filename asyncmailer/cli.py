@@ -15,7 +15,7 @@ import dataclasses
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 
@@ -207,13 +207,21 @@ async def send_command(args: argparse.Namespace, *, out: TextIO = sys.stdout) ->
             f"({server.security.value}{login})",
             file=sys.stderr,
         )
+    full = ReportWriter(_partial(args.report)) if args.report else None
     observer = ConsoleObserver(
-        writer=writer, per_recipient=campaign.recipients_file is None, quiet=args.quiet
+        writer=writer,
+        full_report=full,
+        per_recipient=campaign.recipients_file is None,
+        quiet=args.quiet,
     )
     options = RunOptions(resend_unknown=args.resend_unknown)
     try:
         with _SignalStop(options.stop):
-            async with writer if writer is not None else contextlib.nullcontext():
+            async with contextlib.AsyncExitStack() as files:
+                if writer is not None:
+                    await files.enter_async_context(writer)
+                if full is not None:
+                    await files.enter_async_context(_replacing(full, args.report))
                 report = await run_campaign(
                     campaign,
                     template=template,
@@ -231,8 +239,6 @@ async def send_command(args: argparse.Namespace, *, out: TextIO = sys.stdout) ->
         return EXIT_INTERRUPTED
     observer.finish()
 
-    if args.report:
-        await write_full_report(args.report, report)
     _print_outcome(report, args, out)
     if report.fatal is not None:
         print(f"asyncmailer: {report.fatal}", file=sys.stderr)
@@ -273,16 +279,22 @@ def _print_outcome(report: CampaignReport, args: argparse.Namespace, out: TextIO
         print("every recipient's result: run again with --report FILE.csv", file=out)
 
 
-async def write_full_report(path: Path, report: CampaignReport) -> None:
-    """Replace the report written as the run went with every recipient of the campaign, this
-    run's and earlier runs', from the journal (atomically: a temporary file, then rename)."""
-    assert report.journal is not None
-    partial = path.with_name(f".{path.stem}.partial{path.suffix}")
-    async with ReportWriter(partial) as writer:
-        await writer.write(report.bad_rows)
-        async for page in JournalReader(report.journal).pages():
-            await writer.write(page)
-    await asyncio.to_thread(os.replace, partial, path)
+def _partial(path: Path) -> Path:
+    return path.with_name(f".{path.stem}.partial{path.suffix}")
+
+
+@contextlib.asynccontextmanager
+async def _replacing(full: ReportWriter, path: Path) -> AsyncIterator[ReportWriter]:
+    """The final report: every recipient of the campaign, this run's and earlier runs', as the
+    run reads the journal at its end. It replaces the report written as the run went only
+    when the run returns (a temporary file, then rename); otherwise it is removed."""
+    try:
+        async with full:
+            yield full
+    except BaseException:
+        await asyncio.to_thread(full.path.unlink, missing_ok=True)
+        raise
+    await asyncio.to_thread(os.replace, full.path, path)
 
 
 class _SignalStop:

@@ -52,6 +52,10 @@ class Observer:
     async def results(self, results: Sequence[RecipientResult]) -> None:
         """Results of one transaction (or skipped recipients), as they come."""
 
+    async def final(self, results: Sequence[RecipientResult]) -> None:
+        """At the end, every recipient's standing (this run's and earlier runs'), a page at a
+        time in list order, bad list rows first: what the report holds."""
+
 
 @dataclass(slots=True)
 class RunOptions:
@@ -277,7 +281,7 @@ async def run_campaign(
         await _send(
             campaign, template, personalizer, journal, tls_context, observer, options, report
         )
-        await _fill_report(journal, report)
+        await _fill_report(journal, report, observer)
     return report
 
 
@@ -506,12 +510,17 @@ class _Quota:
         return self.journal.count_sent(self.day, count)
 
 
-async def _fill_report(journal: Journal, report: CampaignReport) -> None:
-    """The campaign's state from the journal: this run and every run before it."""
+async def _fill_report(journal: Journal, report: CampaignReport, observer: Observer) -> None:
+    """The campaign's state from the journal: this run and every run before it, read once
+    for the report and the observer."""
     report.add(report.bad_rows)
+    if report.bad_rows:
+        await observer.final(report.bad_rows)
     after = 0
     while page := await journal.results(after):
-        report.add(_explain(result, report) for _, result in page)
+        explained = [_explain(result, report) for _, result in page]
+        report.add(explained)
+        await observer.final(explained)
         after = page[-1][0]
 
 

@@ -22,18 +22,21 @@ PLAIN_INTERVAL = 5.0  # seconds between progress lines when not on a terminal
 
 
 class ConsoleObserver(Observer):
-    """Shows progress on `stream` (stderr) and appends every result to the report file."""
+    """Shows progress on `stream` (stderr) and appends every result to the report file as it
+    comes (`writer`); at the end, every recipient's standing goes to `full_report`."""
 
     def __init__(
         self,
         *,
         writer: ReportWriter | None = None,
+        full_report: ReportWriter | None = None,
         per_recipient: bool = True,
         quiet: bool = False,
         stream: TextIO = sys.stderr,
         interval: float = PLAIN_INTERVAL,
     ) -> None:
         self.writer = writer
+        self.full_report = full_report
         self.per_recipient = per_recipient
         self.quiet = quiet
         self.stream = stream
@@ -100,6 +103,10 @@ class ConsoleObserver(Observer):
         elif time.monotonic() - self._last_line >= self.interval:
             self._last_line = time.monotonic()
             print(f"asyncmailer: {self.line()}", file=self.stream, flush=True)
+
+    async def final(self, results: Sequence[RecipientResult]) -> None:
+        if self.full_report is not None:
+            self.full_report.append(results)
 
     def finish(self) -> None:
         if self._bar is not None:

@@ -97,6 +97,27 @@ async def test_one_command_sends_the_reliances_campaign(
     assert len(running.messages) == 1
 
 
+async def test_report_of_a_resumed_run_has_every_recipient_of_the_campaign(
+    smtp_server: ServerFactory, make_campaign: CampaignFactory, tmp_path: Path
+) -> None:
+    running = await smtp_server()
+    make_campaign(port=running.server.ssl_port)
+    assert (await run_cli(cwd=tmp_path))[0] == 0
+    # Nothing is left to send, yet the report lists everyone, from the journal.
+    code, _out, err = await run_cli("--report", "again.csv", cwd=tmp_path)
+    assert code == 0, err
+    assert "nothing left to send" in err
+    with open(tmp_path / "again.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["recipient"], r["status"]) for r in rows] == [
+        ("alice@example.com", "accepted"),
+        ("bob@example.org", "accepted"),
+        ("carol@example.net", "accepted"),
+    ]
+    assert len(running.messages) == 1
+    assert sorted(p.name for p in tmp_path.iterdir() if "partial" in p.name) == []
+
+
 async def test_refused_recipient_exit_1_and_jsonl_report(
     smtp_server: ServerFactory, make_campaign: CampaignFactory, tmp_path: Path
 ) -> None:
