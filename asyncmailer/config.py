@@ -306,14 +306,16 @@ class _Fields:
         return count / per
 
     def get_choice(self, key: str, choices: type[StrEnum]) -> StrEnum | None:
-        value = self.get_str(key)
-        if value is None:
+        raw = self.data.get(key)
+        if raw is None:
             return None
+        allowed = ", ".join(c.value for c in choices)
+        if not isinstance(raw, str):  # YAML reads a bare off/no as false
+            raise self.error(key, f"expected one of {allowed}, got {json.dumps(raw)}")
         try:
-            return choices(value.lower())
+            return choices(raw.strip().lower())
         except ValueError:
-            allowed = ", ".join(c.value for c in choices)
-            raise self.error(key, f"expected one of {allowed}, got {value!r}") from None
+            raise self.error(key, f"expected one of {allowed}, got {raw!r}") from None
 
     def get_addresses(self, key: str) -> tuple[Mailbox, ...]:
         value = self.data.get(key)

@@ -153,6 +153,7 @@ def line_of(path: Path, text: str) -> int:
         ({"pipelining": "yes"}, "pipelining", "expected true or false, got a string"),
         ({"max_connections": 0}, "max_connections", "expected a whole number from 1"),
         ({"journal_sync": "off"}, "journal_sync", "expected one of full, normal, got 'off'"),
+        ({"journal_sync": False}, "journal_sync", "expected one of full, normal, got false"),
     ],
 )
 async def test_bad_keys_give_one_line_with_file_line_and_key(
