@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import io
 import json
+import queue
+import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -26,21 +30,23 @@ class ReportWriter:
     The format follows the suffix: ``.csv`` (header ``recipient,status,code,message``), or
     ``.jsonl``/``.ndjson`` (one JSON object per line).
 
-    `append()` never waits: results queue up and one writer turns whatever has queued into a
-    single write and flush, in a thread, while the run goes on (a group commit for the
-    report: rows reach the file one write after they come, and sending never waits for the
-    disk). `write()` appends and waits until the rows are in the file.
+    `append()` never waits: results go on a queue, and a thread of the writer's own turns
+    whatever has queued into one write and flush, at most every `linger` seconds (a group
+    commit for the report: rows reach the file within about `linger` of coming, and neither
+    sending nor the event loop waits for the disk). `write()` appends and waits until the
+    rows are in the file.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, linger: float = 0.02) -> None:
         self.path = Path(path)
         kind = _FORMATS.get(self.path.suffix.lower())
         if kind is None:
             raise InputError("unknown report format; name the file .csv or .jsonl", path=self.path)
         self.kind = kind
+        self.linger = linger
         self._file: BinaryIO | None = None
-        self._queued: list[RecipientResult] = []
-        self._flusher: asyncio.Future[None] | None = None
+        self._queue: queue.SimpleQueue[_Request] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
         self._error: InputError | None = None
 
     async def __aenter__(self) -> ReportWriter:
@@ -54,6 +60,11 @@ class ReportWriter:
             except OSError as err:
                 await self._close()
                 raise self._failed(err) from None
+        loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(
+            target=self._run, args=(loop,), name=f"report {self.path.name}", daemon=True
+        )
+        self._thread.start()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -65,6 +76,10 @@ class ReportWriter:
             await self._close()
 
     async def _close(self) -> None:
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._queue.put(None)
+            await asyncio.shield(asyncio.to_thread(thread.join))
         file, self._file = self._file, None
         if file is not None:
             try:
@@ -80,12 +95,10 @@ class ReportWriter:
 
         :raises InputError: an earlier write failed (e.g. the disk is full).
         """
-        assert self._file is not None, "use ReportWriter as an async context manager"
+        assert self._thread is not None, "use ReportWriter as an async context manager"
         if self._error is not None:
             raise self._error
-        self._queued.extend(results)
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.ensure_future(self._drain())
+        self._queue.put(results)
 
     async def write(self, results: Sequence[RecipientResult]) -> None:
         """Append results and wait until they are in the file."""
@@ -97,18 +110,41 @@ class ReportWriter:
 
         :raises InputError: the report cannot be written.
         """
-        if self._flusher is not None:
-            await asyncio.shield(self._flusher)
+        if self._thread is not None:
+            done = asyncio.get_running_loop().create_future()
+            self._queue.put(done)
+            await asyncio.shield(done)
         if self._error is not None:
             raise self._error
 
-    async def _drain(self) -> None:
-        while self._queued and self._error is None:
-            results, self._queued = self._queued, []
-            try:
-                await asyncio.to_thread(self._store_results, results)
-            except OSError as err:
-                self._error = self._failed(err)
+    def _run(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The writer thread: everything queued, one write at a time, in order."""
+        while True:
+            requests = [self._queue.get()]
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    requests.append(self._queue.get_nowait())
+            results: list[RecipientResult] = []
+            waiting: list[asyncio.Future[None]] = []
+            stop = False
+            for request in requests:
+                if request is None:
+                    stop = True
+                elif isinstance(request, asyncio.Future):
+                    waiting.append(request)
+                else:
+                    results.extend(request)
+            if results and self._error is None:
+                try:
+                    self._store_results(results)
+                except OSError as err:
+                    self._error = self._failed(err)
+            for future in waiting:
+                loop.call_soon_threadsafe(_done, future)
+            if stop:
+                return
+            if not waiting:
+                time.sleep(self.linger)  # let the next rows gather: fewer, larger writes
 
     def _store_results(self, results: Sequence[RecipientResult]) -> None:
         if self.kind == "csv":  # tuples through the C writer: no dict per row
@@ -128,6 +164,16 @@ class ReportWriter:
             text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
         self._file.write(text.encode("utf-8"))
         self._file.flush()
+
+
+# What the writer thread takes: results to write, a future to answer once all before it is
+# written, or None to stop.
+_Request = Sequence[RecipientResult] | asyncio.Future[None] | None
+
+
+def _done(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def format_table(results: Sequence[RecipientResult]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import json
 from pathlib import Path
@@ -95,6 +96,22 @@ async def test_append_does_not_wait_and_keeps_order(tmp_path: Path) -> None:
         await writer.flush()
         written = [json.loads(line)["recipient"] for line in path.read_text().splitlines()]
         assert written == [r.recipient for r in RESULTS] * 100
+
+
+async def test_appended_rows_reach_the_file_without_a_flush(tmp_path: Path) -> None:
+    # A run killed mid-way never flushes: its rows must be in the file already.
+    path = tmp_path / "report.csv"
+    async with ReportWriter(path, linger=0.01) as writer:
+        writer.append(RESULTS[:2])
+        for _ in range(200):
+            lines = path.read_text().splitlines()
+            if len(lines) == 3:
+                break
+            await asyncio.sleep(0.01)
+        assert lines[1:] == [
+            "alice@example.com,accepted,250,2.0.0 OK",
+            'bob@example.org,refused,550,"5.1.1 User unknown, sorry"',
+        ]
 
 
 async def test_a_full_disk_is_an_input_error(tmp_path: Path) -> None:
