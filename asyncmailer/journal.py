@@ -86,6 +86,7 @@ _RECORD = (
 )
 _SYNC_MODES = {"full": "FULL", "normal": "NORMAL"}  # never a value from outside into the SQL
 NEVER = 1e18  # next_try of a recipient given up on for this run
+_NO_GROUP = 1 << 62  # above every group id: no group is held back
 _LOOKUP_CHUNK = 500  # addresses per "key IN (...)" lookup, well under SQLite's variable limit
 
 
@@ -209,10 +210,12 @@ class Journal:
         # Rows waiting for the writer, by statement (see _add).
         self._pending: dict[str, tuple[list[Any], asyncio.Future[None]]] = {}
         self._pending_lock = threading.Lock()
-        # Loading state, used only from the writer thread.
+        # Loading state, used only from the writer thread (`added` is read after a load).
         self._load = 0
+        self._loading = False
         self._list_group = 0
         self._list_filled = 0
+        self.added = 0  # recipients new to the journal in this load
 
     def __repr__(self) -> str:
         return f"<Journal {self.path}>"
@@ -289,15 +292,25 @@ class Journal:
 
     async def begin_load(self) -> None:
         """Start reading the campaign's recipients (once per run): an address read twice in
-        one load is a duplicate; one known from an earlier run is not."""
+        one load is a duplicate; one known from an earlier run is not. Until `end_load()`,
+        `claim()` leaves alone the list group still being filled."""
 
         def begin(db: sqlite3.Connection) -> None:
             row = db.execute("SELECT value FROM meta WHERE key = 'loads'").fetchone()
             self._load = int(row[0]) + 1 if row else 1
             db.execute("INSERT OR REPLACE INTO meta VALUES ('loads', ?)", (str(self._load),))
-            self._list_group, self._list_filled = 0, 0
+            self._list_group, self._list_filled, self.added = 0, 0, 0
+            self._loading = True
 
         await self._call(begin)
+
+    def end_load(self) -> None:
+        """The list is read (or will not be read further): every group may be claimed."""
+
+        def end(db: sqlite3.Connection) -> None:
+            self._loading = False
+
+        self._submit(end).add_done_callback(_retrieve)
 
     async def add_config_group(self, mailboxes: Sequence[Mailbox]) -> int:
         """The config's to/cc/bcc as one group (once per campaign). Returns the duplicates."""
@@ -401,6 +414,7 @@ class Journal:
                 for (m, row), group in zip(fresh, groups(len(fresh)), strict=True)
             ],
         )
+        self.added += len(fresh)
         # Known from an earlier load: the row as read now, so an edited list is what is sent.
         db.executemany(
             "UPDATE recipients SET loaded = ?, fields = COALESCE(?, fields) WHERE id = ?",
@@ -450,10 +464,13 @@ class Journal:
             # The first `limit` groups with a due recipient, in order; then every due recipient
             # up to the last of them is one of theirs. Both statements walk the partial index
             # of recipients still to send, so a claim costs what it takes, not the list's size.
+            # While the list is read, its newest group may still grow: it waits.
+            below = self._list_group if self._loading and self._list_group else _NO_GROUP
             (last,) = db.execute(
                 "SELECT MAX(grp) FROM (SELECT DISTINCT grp FROM recipients"
-                " WHERE state IN ('pending', 'deferred') AND next_try <= ? ORDER BY grp LIMIT ?)",
-                (now, limit),
+                " WHERE state IN ('pending', 'deferred') AND next_try <= ? AND grp < ?"
+                " ORDER BY grp LIMIT ?)",
+                (now, below, limit),
             ).fetchone()
             if last is None:
                 return []

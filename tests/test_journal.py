@@ -31,11 +31,17 @@ async def test_a_load_sends_each_address_once_and_fills_groups_without_gaps(
         dup_first = await journal.add_list([*boxes(1, 2, 3, 2), Mailbox("USER1@example.com")], 2)
         dup_second = await journal.add_list([*boxes(3, 4), *boxes(5)], 2)
         assert (dup_first, dup_second) == (2, 1)
+        assert journal.added == 5
+        # While the list is read, the group still being filled is not handed out...
         assert await groups(journal) == [
             ["user1@example.com", "user2@example.com"],
             ["user3@example.com", "user4@example.com"],
-            ["user5@example.com"],
         ]
+        # ...so a transaction never goes out half-full while its other rows are on the way.
+        await journal.add_list(boxes(6, 7), 2)
+        assert await groups(journal) == [["user5@example.com", "user6@example.com"]]
+        journal.end_load()
+        assert await groups(journal) == [["user7@example.com"]]
 
 
 async def test_an_address_from_an_earlier_load_is_not_a_duplicate_nor_sent_again(
@@ -45,6 +51,7 @@ async def test_an_address_from_an_earlier_load_is_not_a_duplicate_nor_sent_again
     async with await Journal.open(path) as journal:
         await journal.begin_load()
         await journal.add_list(boxes(1, 2), 10)
+        journal.end_load()
         (item,) = await journal.claim(10, now=0.0)
         results = [RecipientResult(m.addr, Status.ACCEPTED, 250, "ok") for m in item.recipients]
         await journal.record(item, results, retry_at=lambda _: None, max_attempts=3)
@@ -52,6 +59,7 @@ async def test_an_address_from_an_earlier_load_is_not_a_duplicate_nor_sent_again
         await journal.begin_load()
         # The list read again, with one new address: only that one is new work.
         assert await journal.add_list(boxes(2, 1, 3), 10) == 0
+        journal.end_load()
         await journal.start_run(resend_unknown=False)
         assert await groups(journal) == [["user3@example.com"]]
         assert (await journal.counts())["accepted"] == 2
@@ -62,6 +70,7 @@ async def test_past_data_without_a_reply_is_unknown_after_a_stop(tmp_path: Path)
     async with await Journal.open(path) as journal:
         await journal.begin_load()
         await journal.add_list(boxes(1, 2, 3), 1)
+        journal.end_load()
         first, second, _third = await journal.claim(3, now=0.0)
         await journal.mark_data(first.ids)  # the final "." went out; no reply came
         await journal.release(second)  # claimed, never sent: given back
@@ -92,6 +101,7 @@ async def test_a_long_load_goes_in_one_pass_per_batch(tmp_path: Path) -> None:
     async with await Journal.open(path) as journal:
         await journal.begin_load()
         assert await journal.add_list(boxes(*range(3000)) + boxes(*range(10)), 100) == 10
+        journal.end_load()
         counts = await journal.counts()
         assert counts["pending"] == 3000
         items = await journal.claim(1000, now=0.0)
