@@ -9,6 +9,7 @@ sent again; pending and deferred ones are; ``unknown`` ones only when asked.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import random
@@ -43,14 +44,23 @@ __all__ = [
 ]
 
 MAX_RETRY_DELAY = 300.0
-_LOAD_BATCH = 5000
+_LOAD_BATCH = 5000  # list rows per journal write
+# Sending starts once this many rows are in the journal; the rest are read while it goes on.
+# A list this short is read first (well under a second): at 0 ms latency the run is CPU-bound,
+# and reading beside sending made a 10,000-message run ~6% slower; a 1,000,000-row list starts
+# sending after ~0.5 s instead of ~40 s.
+_FIRST_BATCH = 20_000
 
 
 class Observer:
     """What a run tells as it goes. Subclass and override what you need."""
 
     async def started(self, expected: int | None) -> None:
-        """Sending begins; `expected` is how many recipients this run has to try."""
+        """Sending begins; `expected` is how many recipients this run has to try, or None
+        while a long list is still being read (then `counted()` gives it)."""
+
+    async def counted(self, expected: int) -> None:
+        """The list is read: `expected` recipients in all for this run (after `started()`)."""
 
     async def results(self, results: Sequence[RecipientResult]) -> None:
         """Results of one transaction (or skipped recipients), as they come."""
@@ -123,10 +133,11 @@ class _Retry:
 
 class _Scheduler:
     """Hands out due work from the journal, a batch of groups at a time; waits for deferred
-    recipients to come due while anything may still change."""
+    recipients to come due, and for the list to be read, while anything may still change."""
 
-    def __init__(self, journal: Journal, batch: int, stop: asyncio.Event) -> None:
+    def __init__(self, journal: Journal, batch: int, stop: asyncio.Event, loader: _Loader) -> None:
         self.journal = journal
+        self.loader = loader
         self.batch = batch
         self.stop = stop
         self.buffer: deque[WorkItem] = deque()
@@ -140,13 +151,16 @@ class _Scheduler:
                 if self.buffer:
                     self.in_flight += 1
                     return self.buffer.popleft()
+                # Cleared before the claim: a change while it runs is not missed.
+                self.changed.clear()
+                self.loader.more.clear()
                 claimed = await self.journal.claim(self.batch, time.time())
                 if claimed:
                     self.buffer.extend(claimed)
                     continue
-                self.changed.clear()
-                if self.in_flight:
-                    await self._wait(None)  # a transaction in flight may defer recipients
+                if self.in_flight or self.loader.reading:
+                    # A transaction in flight may defer recipients; the list may have more.
+                    await self._wait(None)
                     continue
                 due = await self.journal.next_due()
                 if due is None:
@@ -169,6 +183,7 @@ class _Scheduler:
         waiters = [
             asyncio.ensure_future(self.changed.wait()),
             asyncio.ensure_future(self.stop.wait()),
+            asyncio.ensure_future(self.loader.more.wait()),
         ]
         try:
             await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
@@ -191,53 +206,156 @@ def _check_row(personalizer: Personalizer, item: Recipient) -> str | None:
     return None
 
 
-async def _load(
-    campaign: Campaign,
-    journal: Journal,
-    report: CampaignReport,
-    personalizer: Personalizer | None,
-) -> None:
-    """Record every recipient in the journal (each address once); report bad list rows (and,
-    when personalising, rows that cannot fill the templates)."""
-    await journal.begin_load()
-    if campaign.recipients:
-        await journal.add_config_group(campaign.recipients)
-    if campaign.recipients_file is None:
-        return
-    source = RecipientFile(
-        campaign.recipients_file,
-        column=campaign.recipients_column,
-        name_column=campaign.name_column,
-    )
-    await source.scan()
-    batch: list[Recipient] = []
-    bad: list[RecipientResult] = []
-    duplicates = 0
-    checked = personalizer is None  # the templates' names against the list's header, once
+class _Loader:
+    """Reads the campaign's recipients into the journal (each address once) while sending goes
+    on, and reports bad list rows (and, when personalising, rows that cannot fill the
+    templates).
 
-    async def add(rows: list[Recipient]) -> int:
-        fields = [r.fields for r in rows] if personalizer is not None else None
-        return await journal.add_list([r.mailbox for r in rows], campaign.group_size, fields)
+    `start()` reads the config's recipients and the list's first rows: a list that cannot be
+    read, or whose columns the templates do not match, fails before anything is sent (the
+    whole file was already checked for UTF-8 by `RecipientFile.scan()`). `go_on()` reads the
+    rest in a task of its own, and a failure there stops the run.
+    """
 
-    async for item in source:
-        if not checked and personalizer is not None:
-            personalizer.check_fields(source.columns, source.path)
-            checked = True
-        if isinstance(item, BadRow):
-            bad.append(RecipientResult(item.text, Status.SKIPPED, None, str(item), 0))
-            continue
-        if personalizer is not None and (problem := _check_row(personalizer, item)):
-            where = BadRow(source.path, item.line, item.mailbox.addr, problem)
-            bad.append(RecipientResult(item.mailbox.addr, Status.SKIPPED, None, str(where), 0))
-            continue
-        batch.append(item)
-        if len(batch) == _LOAD_BATCH:
-            duplicates += await add(batch)
-            batch = []
-    if batch:
-        duplicates += await add(batch)
-    report.bad_rows = bad
-    report.duplicates = duplicates
+    def __init__(
+        self,
+        campaign: Campaign,
+        journal: Journal,
+        personalizer: Personalizer | None,
+        stop: asyncio.Event,
+    ) -> None:
+        self.campaign = campaign
+        self.journal = journal
+        self.personalizer = personalizer
+        self.stop = stop
+        self.bad: list[RecipientResult] = []
+        self.duplicates = 0
+        self.reading = True  # False once every row is in the journal
+        self.read_to: int | None = None  # the run stopped before the list's end, at this line
+        self.more = asyncio.Event()  # set as each batch reaches the journal, and at the end
+        self._first: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._resume = asyncio.Event()
+        self._observer: Observer = Observer()
+        self._counted = 0  # the expected count when go_on() was called, less rows added
+        self._tell = False  # started() was not given the count: counted() will be
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Read up to the first batch.
+
+        :raises InputError: the list cannot be read, or lacks a column the templates use.
+        """
+        self._task = asyncio.create_task(self._run())
+        try:
+            await asyncio.shield(self._first)
+        except BaseException:
+            await self.cancel()
+            raise
+
+    def go_on(self, observer: Observer, expected: int) -> None:
+        """Read the rest; `expected` is the run's count so far (bad rows not included): the
+        observer is told the final count (`Observer.counted()`) and each bad row found."""
+        self._observer, self._counted = observer, expected - self.journal.added
+        self._tell = self.reading
+        self._resume.set()
+
+    async def finish(self) -> None:
+        """Wait until the list is read.
+
+        :raises InputError: reading it failed part-way (the run was stopped).
+        """
+        if self._task is not None:
+            await self._task
+
+    async def cancel(self) -> None:
+        """Stop reading, if it still is; how it ended was told by `start()` or `finish()`."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await self._task  # retrieved, so asyncio does not warn about it
+
+    async def _run(self) -> None:
+        try:
+            await self._read()
+        except BaseException as err:
+            if self._first.done():
+                self.stop.set()  # a list that fails part-way stops the run
+            elif isinstance(err, asyncio.CancelledError):
+                self._first.cancel()
+            else:
+                self._first.set_exception(err)
+                self._first.exception()  # retrieved: start() re-raises it
+            raise
+        finally:
+            self._done_reading()
+            if not self._first.done():
+                self._first.set_result(None)
+
+    def _done_reading(self) -> None:
+        if self.reading:
+            self.reading = False
+            self.journal.end_load()  # queued before any later claim: the last group may go
+            self.more.set()
+
+    async def _read(self) -> None:
+        campaign, journal, personalizer = self.campaign, self.journal, self.personalizer
+        await journal.begin_load()
+        if campaign.recipients:
+            await journal.add_config_group(campaign.recipients)
+        if campaign.recipients_file is None:
+            return
+        source = RecipientFile(
+            campaign.recipients_file,
+            column=campaign.recipients_column,
+            name_column=campaign.name_column,
+        )
+        await source.scan()
+        batch: list[Recipient] = []
+        bad: list[RecipientResult] = []
+        checked = personalizer is None  # the templates' names against the list's header, once
+        size = _FIRST_BATCH
+        async with contextlib.aclosing(aiter(source)) as items:
+            async for item in items:
+                if not checked and personalizer is not None:
+                    personalizer.check_fields(source.columns, source.path)
+                    checked = True
+                if isinstance(item, BadRow):
+                    bad.append(RecipientResult(item.text, Status.SKIPPED, None, str(item), 0))
+                    continue
+                if personalizer is not None and (problem := _check_row(personalizer, item)):
+                    where = BadRow(source.path, item.line, item.mailbox.addr, problem)
+                    bad.append(
+                        RecipientResult(item.mailbox.addr, Status.SKIPPED, None, str(where), 0)
+                    )
+                    continue
+                batch.append(item)
+                if len(batch) == size:
+                    await self._add(batch, bad)
+                    batch, bad, size = [], [], _LOAD_BATCH
+                    if self.stop.is_set():  # Ctrl-C, the quota, a fatal error: read no more
+                        self.read_to = item.line
+                        break
+        await self._add(batch, bad, last=True)
+        if self._tell and self.read_to is None:
+            await self._observer.counted(self._counted + self.journal.added + len(self.bad))
+
+    async def _add(
+        self, rows: list[Recipient], bad: list[RecipientResult], *, last: bool = False
+    ) -> None:
+        fields = [r.fields for r in rows] if self.personalizer is not None else None
+        if rows:
+            self.duplicates += await self.journal.add_list(
+                [r.mailbox for r in rows], self.campaign.group_size, fields
+            )
+        self.bad.extend(bad)
+        if last:
+            self._done_reading()
+        if not self._first.done():
+            self._first.set_result(None)
+            await self._resume.wait()  # until the run has started: bad rows come after that
+        elif bad:
+            await self._observer.results(bad)
+        self.more.set()
 
 
 async def run_campaign(
@@ -277,15 +395,32 @@ async def run_campaign(
     async with await Journal.open(
         path, msgid_domain=campaign.sender.domain, sync=campaign.journal_sync.value
     ) as journal:
-        await _load(campaign, journal, report, personalizer)
-        await journal.start_run(resend_unknown=options.resend_unknown)
-        counts = await journal.counts()
-        await observer.started(counts["pending"] + counts["deferred"] + len(report.bad_rows))
-        if report.bad_rows:
-            await observer.results(report.bad_rows)
-        await _send(
-            campaign, template, personalizer, journal, tls_context, observer, options, report
-        )
+        loader = _Loader(campaign, journal, personalizer, options.stop)
+        await loader.start()
+        try:
+            await journal.start_run(resend_unknown=options.resend_unknown)
+            counts = await journal.counts()
+            expected = counts["pending"] + counts["deferred"]
+            await observer.started(None if loader.reading else expected + len(loader.bad))
+            if loader.bad:
+                await observer.results(list(loader.bad))  # a copy: the list grows
+            loader.go_on(observer, expected)
+            await _send(
+                campaign,
+                template,
+                personalizer,
+                journal,
+                tls_context,
+                observer,
+                options,
+                report,
+                loader,
+            )
+            await loader.finish()
+        finally:
+            await loader.cancel()
+        report.bad_rows, report.duplicates = loader.bad, loader.duplicates
+        report.list_read_to = loader.read_to
         await _fill_report(journal, report, observer)
     return report
 
@@ -299,13 +434,14 @@ async def _send(
     observer: Observer,
     options: RunOptions,
     report: CampaignReport,
+    loader: _Loader,
 ) -> None:
     server = campaign.server
     retry = _Retry(campaign)
     limiter = RateLimiter(campaign.rate) if campaign.rate else None
     size = campaign.connections
     # Claim well ahead: a worker pipelines the next item only if one is at hand.
-    scheduler = _Scheduler(journal, max(8 * size, 64), options.stop)
+    scheduler = _Scheduler(journal, max(8 * size, 64), options.stop, loader)
     connected = False  # a server unreachable from the start is fatal; later, it is retried
 
     def new_session() -> Session:

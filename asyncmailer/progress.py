@@ -52,12 +52,8 @@ class ConsoleObserver(Observer):
     async def started(self, expected: int | None) -> None:
         self.expected = expected
         self._started = self._last_line = time.monotonic()
-        if expected == 0 and not self.quiet:
-            print(
-                "asyncmailer: nothing left to send: the journal has an answer for every "
-                "recipient (--restart sends the campaign again)",
-                file=self.stream,
-            )
+        if expected == 0:
+            self._nothing_left()
             return
         if self.quiet or self.per_recipient or not self.stream.isatty():
             return
@@ -83,6 +79,22 @@ class ConsoleObserver(Observer):
         )
         self._task = self._bar.add_task("send", total=expected, counts="", rate="")
         self._bar.start()
+
+    async def counted(self, expected: int) -> None:
+        """The list is read: the bar and the ETA get their total."""
+        self.expected = expected
+        if self._bar is not None and self._task is not None:
+            self._bar.update(self._task, total=expected)
+        if expected == 0:
+            self._nothing_left()
+
+    def _nothing_left(self) -> None:
+        if not self.quiet:
+            print(
+                "asyncmailer: nothing left to send: the journal has an answer for every "
+                "recipient (--restart sends the campaign again)",
+                file=self.stream,
+            )
 
     async def results(self, results: Sequence[RecipientResult]) -> None:
         if self.writer is not None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import csv
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncGenerator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -206,7 +206,7 @@ class RecipientFile:
                 field="recipients_file",
             ) from None
 
-    async def __aiter__(self) -> AsyncIterator[Recipient | BadRow]:
+    async def __aiter__(self) -> AsyncGenerator[Recipient | BadRow, None]:
         try:
             reader = await asyncio.to_thread(_Reader, self.path, self.column, self.name_column)
         except OSError as err:

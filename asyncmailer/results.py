@@ -83,6 +83,8 @@ class CampaignReport:
     journal: Path | None = None
     bad_rows: list[RecipientResult] = field(default_factory=list)  # this run's bad list rows
     quota_reached: bool = False  # the run stopped at the daily quota
+    # The run stopped before the list was read to its end: it was read up to this line.
+    list_read_to: int | None = None
 
     def add(self, results: Iterable[RecipientResult]) -> None:
         for result in results:
@@ -114,4 +116,9 @@ class CampaignReport:
         text = f"{plural(self.total, 'recipient')}: " + (", ".join(parts) or "none")
         if self.duplicates:
             text += f" ({plural(self.duplicates, 'duplicate')} in the list sent once)"
+        if self.list_read_to is not None:
+            text += (
+                f"; the run stopped with the list read up to line {self.list_read_to:,}: "
+                "the next run reads and sends the rest"
+            )
         return text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from email import policy
 from email.message import EmailMessage
@@ -11,9 +12,10 @@ from typing import Any
 
 import pytest
 
+from asyncmailer import orchestrator
 from asyncmailer.config import load_campaign
 from asyncmailer.errors import AuthError, TLSRequiredError
-from asyncmailer.orchestrator import Observer, run_campaign
+from asyncmailer.orchestrator import Observer, RunOptions, run_campaign
 from asyncmailer.results import RecipientResult, Status
 
 from .conftest import PASSWORD, SUBJECT, CampaignFactory, RunningServer, ServerFactory
@@ -210,6 +212,101 @@ async def test_list_campaign_in_groups_nobody_sees_anybody(
             assert str(headers["To"]) == "undisclosed-recipients:;"
             assert headers["Cc"] is None
             assert b"u1@example.com" not in message.data.split(b"\r\n\r\n")[0]
+
+
+def long_list(
+    path: Path, monkeypatch: pytest.MonkeyPatch, count: int, *, bad_at: int, batch: int
+) -> Path:
+    """A CSV list of `count` rows with a bad one before row `bad_at`, read into the journal
+    1,000 rows first, then `batch` at a time (instead of 20,000 and 5,000)."""
+    monkeypatch.setattr(orchestrator, "_FIRST_BATCH", 1000)
+    monkeypatch.setattr(orchestrator, "_LOAD_BATCH", batch)
+    rows = [f"u{i}@example.com,U {i}\n" for i in range(count)]
+    rows.insert(bad_at, "not an address,X\n")
+    path.write_text("email,name\n" + "".join(rows))
+    return path
+
+
+async def test_sending_starts_while_a_long_list_is_read(
+    smtp_server: ServerFactory,
+    make_campaign: CampaignFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The list goes into the journal in batches (here 1,000 rows, then 5,000 at a time);
+    # sending starts after the first. A bad row in the second batch holds the reader until a
+    # message has been accepted: the run ends only if sending goes on while the list is read.
+    recipients = long_list(tmp_path / "list.csv", monkeypatch, 8000, bad_at=3000, batch=5000)
+    running = await smtp_server()
+    # Groups of 29 straddle both batch boundaries (after rows 1,000 and 6,000).
+    path = list_campaign(make_campaign, running, recipients, group_size=29, concurrency=4)
+    events: list[tuple[str, int | None]] = []
+    accepted = asyncio.Event()
+
+    class Holding(Observer):
+        async def started(self, count: int | None) -> None:
+            events.append(("started", count))
+
+        async def counted(self, count: int) -> None:
+            events.append(("counted", count))
+
+        async def results(self, results: Sequence[RecipientResult]) -> None:
+            if any(r.status is Status.SKIPPED for r in results):
+                events.append(("bad row", None))
+                await accepted.wait()  # the reader waits on us; sending must not
+            elif any(r.status is Status.ACCEPTED for r in results):
+                accepted.set()
+
+    campaign = await load_campaign(path, env={})
+    report = await asyncio.wait_for(run_campaign(campaign, observer=Holding()), 60)
+
+    assert events == [("started", None), ("bad row", None), ("counted", 8001)]
+    assert report.counts[Status.ACCEPTED] == 8000 and report.counts[Status.SKIPPED] == 1
+    # Each group went out once and whole: a group still filling when a batch ended was not
+    # handed out half-full.
+    sizes = sorted(len(m.rcpt_tos) for m in running.messages)
+    assert sizes == [8000 % 29] + [29] * (8000 // 29)
+    delivered = [r for m in running.messages for r in m.rcpt_tos]
+    assert len(set(delivered)) == 8000
+
+
+async def test_a_stopped_run_stops_reading_the_list_and_the_next_run_reads_on(
+    smtp_server: ServerFactory,
+    make_campaign: CampaignFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The bad row is line 1,502: in the second batch.
+    recipients = long_list(tmp_path / "list.csv", monkeypatch, 5000, bad_at=1500, batch=1000)
+    running = await smtp_server()
+    path = list_campaign(make_campaign, running, recipients, group_size=10, concurrency=2)
+    options = RunOptions()
+
+    class StopOnFirstAnswer(Observer):
+        async def results(self, results: Sequence[RecipientResult]) -> None:
+            if any(r.status is Status.ACCEPTED for r in results):
+                options.stop.set()  # as Ctrl-C does
+            else:
+                await options.stop.wait()  # hold the reader on the bad row until then
+
+    campaign = await load_campaign(path, env={})
+    first = await asyncio.wait_for(
+        run_campaign(campaign, observer=StopOnFirstAnswer(), options=options), 60
+    )
+    # The second batch (rows up to line 2,002) was the last one read.
+    assert first.list_read_to == 2002
+    assert first.total == 2001  # 2,000 rows and the bad one
+    assert "the list read up to line 2,002: the next run reads and sends the rest" in (
+        first.summary()
+    )
+    sent_first = len(running.messages)
+    assert 0 < sent_first < 200
+
+    second = await asyncio.wait_for(run_campaign(campaign), 60)
+    assert second.list_read_to is None and second.total == 5001
+    assert second.counts[Status.ACCEPTED] == 5000
+    delivered = [r for m in running.messages for r in m.rcpt_tos]
+    assert len(delivered) == len(set(delivered)) == 5000  # nothing lost, nothing twice
 
 
 async def test_group_size_one_names_the_recipient(

@@ -53,3 +53,19 @@ async def test_lines_per_recipient_and_nothing_left() -> None:
     empty = io.StringIO()
     await ConsoleObserver(per_recipient=False, stream=empty).started(0)
     assert "nothing left to send" in empty.getvalue()
+
+
+async def test_a_long_list_gets_its_total_once_read() -> None:
+    stream = io.StringIO()
+    observer = ConsoleObserver(per_recipient=False, stream=stream, interval=0)
+    await observer.started(None)  # still reading the list: no total, no ETA
+    await observer.results(RESULTS[:1])
+    await observer.counted(4)
+    await observer.results(RESULTS[1:])
+    lines = stream.getvalue().splitlines()
+    assert lines[0].startswith("asyncmailer: 1 recipients (1 accepted), ") and "ETA" not in lines[0]
+    assert lines[1].startswith("asyncmailer: 1/4 recipients (1 accepted, 1 deferrals), ")
+    assert ", ETA " in lines[1]
+    nothing = io.StringIO()
+    await ConsoleObserver(per_recipient=False, stream=nothing).counted(0)
+    assert "nothing left to send" in nothing.getvalue()
