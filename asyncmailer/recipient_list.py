@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import IO
 
 from .errors import InputError
-from .recipients import Mailbox, parse_mailbox
+from .recipients import Mailbox, check_header_value, parse_mailbox
 
 __all__ = ["BadRow", "Recipient", "RecipientFile", "ScanResult"]
 
@@ -124,10 +124,13 @@ class _Reader:
         fields = dict(zip(self.header, row, strict=True))
         try:
             mailbox = parse_mailbox(text)
-            if name and not mailbox.name:
-                mailbox = parse_mailbox(f'"{_quote(name)}" <{mailbox.addr}>')
         except ValueError as err:
             return BadRow(self.path, line, text, f"{self.header[self.column]}: {err}")
+        if name and not mailbox.name:
+            if problem := check_header_value(name):
+                column = self.header[self.name]
+                return BadRow(self.path, line, text, f"{column}: {name!r} {problem}")
+            mailbox = Mailbox(mailbox.addr, name)
         return Recipient(mailbox, line, fields)
 
     def _text_row(self, text: str, line: int) -> Recipient | BadRow | None:
@@ -141,10 +144,6 @@ class _Reader:
 
     def close(self) -> None:
         self.handle.close()
-
-
-def _quote(name: str) -> str:
-    return name.replace("\\", "\\\\").replace('"', '\\"')
 
 
 def _scan(path: Path) -> ScanResult:

@@ -71,15 +71,23 @@ async def test_bad_rows_are_named_and_skipped(tmp_path: Path) -> None:
         "x@example.com, y@example.com,Two\n"
         "not-an-address,\n"
         "fine@example.com,Fine\n"
+        'two@example.com,"Line\nBreak"\n'
+        'slash@example.com,Back\\Slash "Q"\n'
     )
     good, bad, source = await collect(path)
-    assert [r.mailbox.addr for r in good] == ["ok@example.com", "fine@example.com"]
+    assert [(r.mailbox.addr, r.mailbox.name) for r in good] == [
+        ("ok@example.com", "Ok"),
+        ("fine@example.com", "Fine"),
+        ("slash@example.com", 'Back\\Slash "Q"'),  # kept as written, quoted in headers
+    ]
     assert [str(b) for b in bad] == [
         f"{path}:3: email: 'bob@exa mple.com' contains spaces or control characters",
         f"{path}:4: expected 2 columns, found 3",
         f"{path}:5: email: 'not-an-address' is not of the form name@domain",
+        f"{path}:7: name: 'Line\\nBreak' contains a line break (CR/LF), which could inject headers",
     ]
-    assert source.bad_rows == 3
+    assert source.bad_rows == 4
+    assert str(good[2].mailbox) == '"Back\\\\Slash \\"Q\\"" <slash@example.com>'
 
 
 async def test_scan_rejects_non_utf8_and_nul_with_the_line(tmp_path: Path) -> None:
