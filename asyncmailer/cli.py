@@ -42,7 +42,8 @@ EXIT_CODES = {
     EXIT_OK: "every recipient was accepted",
     EXIT_NOT_ALL_ACCEPTED: "at least one recipient was refused, deferred, unknown or skipped",
     EXIT_USAGE: "bad config, input file or command line, or the journal is locked or cannot "
-    "be written; nothing was sent, or (journal write failure) the run stopped: fix, then resume",
+    "be written; nothing was sent, or (the journal or a long list failing part-way) the run "
+    "stopped: fix, then resume",
     EXIT_SERVER: "the server could not be reached, refused TLS, or refused the login",
     EXIT_INTERNAL: "internal error (a bug; run with --debug and report it)",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C, SIGTERM) or the daily quota reached; run the same "

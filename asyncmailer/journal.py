@@ -86,7 +86,7 @@ _RECORD = (
 )
 _SYNC_MODES = {"full": "FULL", "normal": "NORMAL"}  # never a value from outside into the SQL
 NEVER = 1e18  # next_try of a recipient given up on for this run
-_NO_GROUP = 1 << 62  # above every group id: no group is held back
+_NO_GROUP = 1 << 62  # above every group id
 # Loading: a batch's addresses looked up, and its new rows inserted, one statement each.
 _LOOKUP = "SELECT key, id, loaded FROM recipients WHERE key IN (SELECT value FROM json_each(?))"
 _INSERT = (
@@ -225,7 +225,7 @@ class Journal:
         self._pending_lock = threading.Lock()
         # Loading state, used only from the writer thread (`added` is read after a load).
         self._load = 0
-        self._loading = False
+        self._first_new = 0  # the first group this load made (0: none yet)
         self._list_group = 0
         self._list_filled = 0
         self.added = 0  # recipients new to the journal in this load
@@ -305,25 +305,15 @@ class Journal:
 
     async def begin_load(self) -> None:
         """Start reading the campaign's recipients (once per run): an address read twice in
-        one load is a duplicate; one known from an earlier run is not. Until `end_load()`,
-        `claim()` leaves alone the list group still being filled."""
+        one load is a duplicate; one known from an earlier run is not."""
 
         def begin(db: sqlite3.Connection) -> None:
             row = db.execute("SELECT value FROM meta WHERE key = 'loads'").fetchone()
             self._load = int(row[0]) + 1 if row else 1
             db.execute("INSERT OR REPLACE INTO meta VALUES ('loads', ?)", (str(self._load),))
-            self._list_group, self._list_filled, self.added = 0, 0, 0
-            self._loading = True
+            self._list_group, self._list_filled, self.added, self._first_new = 0, 0, 0, 0
 
         await self._call(begin)
-
-    def end_load(self) -> None:
-        """The list is read (or will not be read further): every group may be claimed."""
-
-        def end(db: sqlite3.Connection) -> None:
-            self._loading = False
-
-        self._submit(end).add_done_callback(_retrieve)
 
     async def add_config_group(self, mailboxes: Sequence[Mailbox]) -> int:
         """The config's to/cc/bcc as one group (once per campaign). Returns the duplicates."""
@@ -362,6 +352,7 @@ class Journal:
                         next_id = top + 1
                     self._list_group, next_id = next_id, next_id + 1
                     self._list_filled = 0
+                    self._first_new = self._first_new or self._list_group
                     created.append(self._list_group)
                 self._list_filled += 1
                 assigned.append(self._list_group)
@@ -382,6 +373,7 @@ class Journal:
             (*_message_ids(self.msgid_domain, 1), int(headers)),
         )
         assert cursor.lastrowid is not None
+        self._first_new = self._first_new or cursor.lastrowid
         return cursor.lastrowid
 
     def _insert(
@@ -467,29 +459,35 @@ class Journal:
 
     # -- sending -----------------------------------------------------------------------------
 
-    async def claim(self, limit: int, now: float) -> list[WorkItem]:
+    async def claim(self, limit: int, now: float, *, loading: bool = False) -> list[WorkItem]:
         """Take up to `limit` groups with recipients due now and mark those recipients in
-        flight, committed before any of them is sent."""
+        flight, committed before any of them is sent.
+
+        While the list is still `loading`, only whole groups this load made are taken: not
+        the newest (it may still grow), and none from an earlier run (its rows are re-read
+        later in the list, and go with the row as read now)."""
 
         def claim(db: sqlite3.Connection) -> list[WorkItem]:
             # The first `limit` groups with a due recipient, in order; then every due recipient
             # up to the last of them is one of theirs. Both statements walk the partial index
             # of recipients still to send, so a claim costs what it takes, not the list's size.
-            # While the list is read, its newest group may still grow: it waits.
-            below = self._list_group if self._loading and self._list_group else _NO_GROUP
+            low, high = 0, _NO_GROUP
+            if loading:
+                low = self._first_new or _NO_GROUP
+                high = self._list_group or _NO_GROUP
             (last,) = db.execute(
                 "SELECT MAX(grp) FROM (SELECT DISTINCT grp FROM recipients"
-                " WHERE state IN ('pending', 'deferred') AND next_try <= ? AND grp < ?"
-                " ORDER BY grp LIMIT ?)",
-                (now, below, limit),
+                " WHERE state IN ('pending', 'deferred') AND next_try <= ?"
+                " AND grp >= ? AND grp < ? ORDER BY grp LIMIT ?)",
+                (now, low, high, limit),
             ).fetchone()
             if last is None:
                 return []
             rows = db.execute(
                 "UPDATE recipients SET state = ? WHERE state IN ('pending', 'deferred')"
-                " AND next_try <= ? AND grp <= ?"
+                " AND next_try <= ? AND grp >= ? AND grp <= ?"
                 " RETURNING grp, id, addr, name, run_attempts, fields",
-                (INFLIGHT, now, last),
+                (INFLIGHT, now, low, last),
             ).fetchall()
             rows.sort()  # by group, then by id: the order they were read from the list
             first = rows[0][0]

@@ -154,7 +154,9 @@ class _Scheduler:
                 # Cleared before the claim: a change while it runs is not missed.
                 self.changed.clear()
                 self.loader.more.clear()
-                claimed = await self.journal.claim(self.batch, time.time())
+                claimed = await self.journal.claim(
+                    self.batch, time.time(), loading=self.loader.reading
+                )
                 if claimed:
                     self.buffer.extend(claimed)
                     continue
@@ -293,8 +295,7 @@ class _Loader:
 
     def _done_reading(self) -> None:
         if self.reading:
-            self.reading = False
-            self.journal.end_load()  # queued before any later claim: the last group may go
+            self.reading = False  # later claims take every group: the last batch is in
             self.more.set()
 
     async def _read(self) -> None:
@@ -316,6 +317,9 @@ class _Loader:
         size = _FIRST_BATCH
         async with contextlib.aclosing(aiter(source)) as items:
             async for item in items:
+                if self.stop.is_set():  # Ctrl-C, the quota, a fatal error: read no more
+                    self.read_to = item.line - 1
+                    break
                 if not checked and personalizer is not None:
                     personalizer.check_fields(source.columns, source.path)
                     checked = True
@@ -332,9 +336,6 @@ class _Loader:
                 if len(batch) == size:
                     await self._add(batch, bad)
                     batch, bad, size = [], [], _LOAD_BATCH
-                    if self.stop.is_set():  # Ctrl-C, the quota, a fatal error: read no more
-                        self.read_to = item.line
-                        break
         await self._add(batch, bad, last=True)
         if self._tell and self.read_to is None:
             await self._observer.counted(self._counted + self.journal.added + len(self.bad))
@@ -350,12 +351,12 @@ class _Loader:
         self.bad.extend(bad)
         if last:
             self._done_reading()
+        self.more.set()  # the rows may go before the observer hears of the bad ones
         if not self._first.done():
             self._first.set_result(None)
             await self._resume.wait()  # until the run has started: bad rows come after that
         elif bad:
             await self._observer.results(bad)
-        self.more.set()
 
 
 async def run_campaign(

@@ -214,10 +214,28 @@ class RecipientFile:
             ) from None
         self.columns = tuple(reader.header) if reader.is_csv else ()
         try:
-            while batch := await asyncio.to_thread(reader.batch):
+            while batch := await self._batch(reader):
                 for item in batch:
                     if isinstance(item, BadRow):
                         self.bad_rows += 1
                     yield item
         finally:
             await asyncio.to_thread(reader.close)
+
+    async def _batch(self, reader: _Reader) -> list[Recipient | BadRow]:
+        """The next rows. The file was checked by `scan()`; it can still fail, or be changed
+        under us, while it is read (sending may have started by then).
+
+        :raises InputError: naming the file and the first line of the batch.
+        """
+        first = reader.line + 1
+        try:
+            return await asyncio.to_thread(reader.batch)
+        except OSError as err:
+            problem = f"cannot read the recipient list from here on: {err.strerror or err}"
+        except UnicodeDecodeError:  # text is decoded a block at a time: somewhere after here
+            problem = (
+                "not valid UTF-8 text from here on any more: was the list changed while it "
+                "was read?"
+            )
+        raise InputError(problem, path=self.path, line=first)

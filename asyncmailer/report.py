@@ -47,7 +47,7 @@ class ReportWriter:
         self._file: BinaryIO | None = None
         self._queue: queue.SimpleQueue[_Request] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
-        self._error: InputError | None = None
+        self._error: Exception | None = None  # InputError, or a bug in formatting a row
 
     async def __aenter__(self) -> ReportWriter:
         try:
@@ -77,15 +77,17 @@ class ReportWriter:
 
     async def _close(self) -> None:
         thread, self._thread = self._thread, None
-        if thread is not None:
-            self._queue.put(None)
-            await asyncio.shield(asyncio.to_thread(thread.join))
-        file, self._file = self._file, None
-        if file is not None:
-            try:
-                await asyncio.to_thread(file.close)
-            except OSError as err:
-                raise self._failed(err) from None
+        try:
+            if thread is not None:
+                self._queue.put(None)
+                await asyncio.shield(asyncio.to_thread(thread.join))
+        finally:
+            file, self._file = self._file, None
+            if file is not None:
+                try:
+                    await asyncio.shield(asyncio.to_thread(file.close))
+                except OSError as err:
+                    raise self._failed(err) from None
 
     def _failed(self, err: OSError) -> InputError:
         return InputError(f"cannot write the report: {err.strerror or err}", path=self.path)
@@ -134,13 +136,16 @@ class ReportWriter:
                     waiting.append(request)
                 else:
                     results.extend(request)
-            if results and self._error is None:
-                try:
+            try:
+                if results and self._error is None:
                     self._store_results(results)
-                except OSError as err:
-                    self._error = self._failed(err)
-            for future in waiting:
-                loop.call_soon_threadsafe(_done, future)
+            except OSError as err:
+                self._error = self._failed(err)
+            except Exception as err:  # a bug: flush() raises it, nobody waits on a dead thread
+                self._error = err
+            finally:
+                for future in waiting:
+                    loop.call_soon_threadsafe(_done, future)
             if stop:
                 return
             if not waiting:
@@ -162,7 +167,9 @@ class ReportWriter:
             text = buffer.getvalue()
         else:
             text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-        self._file.write(text.encode("utf-8"))
+        # surrogateescape: a path with bytes that are not UTF-8 (in a bad row's message) is
+        # written back as those bytes instead of failing the report.
+        self._file.write(text.encode("utf-8", "surrogateescape"))
         self._file.flush()
 
 

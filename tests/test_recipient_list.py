@@ -122,3 +122,24 @@ async def test_streaming_memory_does_not_grow_with_the_list(tmp_path: Path) -> N
     assert count == 60_000
     # The addresses alone, kept as strings, would take ~4.5 MB.
     assert peak < 2 * 1024 * 1024, peak
+
+
+async def test_a_list_changed_while_it_is_read_is_an_input_error(tmp_path: Path) -> None:
+    path = tmp_path / "list.txt"
+    path.write_text("".join(f"u{i}@example.com\n" for i in range(5000)))
+    source = RecipientFile(path)
+    await source.scan()
+    read = 0
+    with pytest.raises(InputError) as caught:
+        async for _ in source:
+            read += 1
+            if read == 1:  # the first batch is in memory; the rest is read later
+                with path.open("ab") as handle:
+                    handle.write(b"caf\xe9@example.com\n")
+    # Text is decoded a block at a time: the batch that met the bad bytes is not given out
+    # (the run stops; the next one reads those rows again); the error names its first line.
+    assert read == 4000
+    assert str(caught.value) == (
+        f"{path}:4001: not valid UTF-8 text from here on any more: was the list changed while "
+        "it was read?"
+    )

@@ -121,3 +121,17 @@ async def test_a_full_disk_is_an_input_error(tmp_path: Path) -> None:
         async with ReportWriter(full) as writer:
             writer.append(RESULTS)
             await writer.flush()
+
+
+async def test_a_row_that_cannot_be_encoded_fails_flush_instead_of_hanging(tmp_path: Path) -> None:
+    path = tmp_path / "report.csv"
+    # A bad row's message names a path whose bytes were not UTF-8: written back as those bytes.
+    undecodable = RecipientResult("x", Status.SKIPPED, None, "/lists/\udcff.csv:2: bad", 0)
+    async with ReportWriter(path) as writer:
+        await asyncio.wait_for(writer.write([undecodable]), 10)
+    assert path.read_bytes().splitlines()[1] == b"x,skipped,,/lists/\xff.csv:2: bad"
+    # Anything else the writer thread cannot handle reaches flush(), not a wait for ever.
+    with pytest.raises(UnicodeEncodeError):
+        async with ReportWriter(tmp_path / "other.csv") as writer:
+            writer.append([RecipientResult("y", Status.SKIPPED, None, "\ud800", 0)])
+            await asyncio.wait_for(writer.flush(), 10)
