@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from email import policy as email_policy
+from email import quoprimime
 from email.header import Header
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
@@ -128,6 +129,16 @@ def _fold(name: str, value: str) -> bytes:
     return folded.encode("ascii")
 
 
+# Header values the email package would write as they are: printable ASCII words separated by
+# single spaces, no encoded-word look-alike, on one line of at most 78 characters. Written
+# directly, they cost a format instead of a parse and a fold (checked byte for byte against
+# the email package in tests/test_message.py).
+_PLAIN_TEXT = re.compile(r"[\x21-\x7e]+(?: [\x21-\x7e]+)*\Z")
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"  # RFC 5322 atext: a name word needing no quotes
+_PLAIN_PHRASE = re.compile(rf"{_ATOM}(?: {_ATOM})*\Z")
+_MAX_LINE = POLICY.max_line_length or 78
+
+
 def _subject(subject: str) -> bytes:
     """The Subject header, RFC 2047-encoded and folded.
 
@@ -135,6 +146,9 @@ def _subject(subject: str) -> bytes:
     (CPython gh-92081), so non-ASCII subjects are encoded with `email.header.Header`, which keeps
     every space inside an encoded word and round-trips exactly.
     """
+    line = "Subject: " + subject
+    if len(line) <= _MAX_LINE and _PLAIN_TEXT.match(subject) and "=?" not in subject:
+        return (line + "\r\n").encode("ascii")
     if subject.isascii() and "=?" not in subject:
         return _fold("Subject", subject)
     encoded = Header(subject, "utf-8", header_name="Subject").encode(linesep="\r\n")
@@ -146,10 +160,12 @@ _TEXT_MARK = "ASYNCMAILER-TEXT-PART-f3b1c2d4"  # stands for the text while the t
 
 def _encode_text(text: str) -> bytes:
     """A personalised text, encoded as the email package encodes the campaign's text part
-    (UTF-8, quoted-printable), CRLF-terminated and dot-stuffed."""
-    part = EmailMessage(policy=POLICY)
-    part.set_content(text, charset="utf-8", cte="quoted-printable")
-    return prepare_data(part.as_bytes(policy=POLICY).partition(b"\r\n\r\n")[2], terminate=False)
+    (UTF-8, quoted-printable: what `set_content(text, cte="quoted-printable")` does, without
+    building a message per recipient, ~40 times faster), CRLF-terminated and dot-stuffed."""
+    lines = text.encode("utf-8").splitlines()
+    body = b"\n".join(lines).decode("latin-1") + "\n"
+    encoded = quoprimime.body_encode(body, _MAX_LINE)
+    return prepare_data(encoded.encode("ascii"), terminate=False)
 
 
 class MessageTemplate:
@@ -265,8 +281,13 @@ class MessageTemplate:
 def _address_header(name: str, mailboxes: Sequence[Mailbox]) -> bytes:
     """To/Cc: one plain ASCII address is written directly; anything else is folded and
     RFC 2047-encoded by the email package."""
-    if len(mailboxes) == 1 and not mailboxes[0].name and mailboxes[0].addr.isascii():
-        return f"{name}: {mailboxes[0].addr}\r\n".encode("ascii")
+    if len(mailboxes) == 1 and mailboxes[0].addr.isascii():
+        mailbox = mailboxes[0]
+        if not mailbox.name:
+            return f"{name}: {mailbox.addr}\r\n".encode("ascii")
+        line = f"{name}: {mailbox.name} <{mailbox.addr}>"
+        if len(line) <= _MAX_LINE and _PLAIN_PHRASE.match(mailbox.name):
+            return (line + "\r\n").encode("ascii")
     return _fold(name, ", ".join(str(m) for m in mailboxes))
 
 
