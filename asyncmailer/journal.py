@@ -86,6 +86,7 @@ _RECORD = (
 )
 _SYNC_MODES = {"full": "FULL", "normal": "NORMAL"}  # never a value from outside into the SQL
 NEVER = 1e18  # next_try of a recipient given up on for this run
+_ACCEPTED = Status.ACCEPTED.value
 _NO_GROUP = 1 << 62  # above every group id
 # Loading: a batch's addresses looked up, and its new rows inserted, one statement each.
 _LOOKUP = "SELECT key, id, loaded FROM recipients WHERE key IN (SELECT value FROM json_each(?))"
@@ -551,6 +552,9 @@ class Journal:
         rows = []
         progress = any(r.status is Status.ACCEPTED for r in results)
         for row_id, result in zip(item.ids, results, strict=True):
+            if result.status is Status.ACCEPTED:  # most of them: one tuple, no questions
+                rows.append((_ACCEPTED, result.code, result.message, 1, 1, now, 0.0, row_id))
+                continue
             state = result.status.value
             next_try = 0.0
             tried = int(result.status is not Status.SKIPPED or result.attempts > 0)

@@ -515,10 +515,14 @@ async def _send(
         finish(item, results)
         await observer.results(results)
 
+    watched: list[asyncio.Future[None]] = []  # the last batch of results check_stored watches
+
     def finish(item: WorkItem, results: list[RecipientResult]) -> None:
         scheduler.done()
         stored = journal.record(item, results, retry_at=retry.at, max_attempts=retry.attempts)
-        stored.add_done_callback(check_stored)
+        if not watched or stored is not watched[0]:  # one commit holds many transactions'
+            watched[:] = [stored]
+            stored.add_done_callback(check_stored)
 
     def follow_up(session: Session) -> WorkItem | None:
         """The next item, to pipeline after this one's final ".", if one is ready right now
