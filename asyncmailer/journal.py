@@ -632,11 +632,15 @@ def _result(
     addr: str, state: str, code: int | None, message: str, attempts: int
 ) -> RecipientResult:
     """A journal row as the report shows it."""
-    if state in ("pending", INFLIGHT):
-        return RecipientResult(addr, Status.SKIPPED, None, NOT_YET, attempts)
+    status = _STATUSES.get(state)  # a dict, not Status(state): a million rows at the end
+    if status is not None:
+        return RecipientResult(addr, status, code, message, attempts)
     if state == DATA:
         return RecipientResult(addr, Status.UNKNOWN, None, message, attempts)
-    return RecipientResult(addr, Status(state), code, message, attempts)
+    return RecipientResult(addr, Status.SKIPPED, None, NOT_YET, attempts)  # pending, inflight
+
+
+_STATUSES = {status.value: status for status in Status}
 
 
 _RESULTS_QUERY = (
