@@ -553,6 +553,7 @@ async def _send(
         try:
             async with pool.session() as session:
                 connected = True
+                addrs = [m.addr for m in item.recipients]
                 while True:
                     nxt = follow_up(session)
                     nxt_parts = None
@@ -563,12 +564,14 @@ async def _send(
                             await unrenderable(nxt, err)
                             nxt = None
                     then = None
+                    nxt_addrs: list[str] = []
                     if nxt is not None and nxt_parts is not None:
                         size = sum(map(len, nxt_parts)) + 3
-                        then = (campaign.sender.addr, [m.addr for m in nxt.recipients], size)
+                        nxt_addrs = [m.addr for m in nxt.recipients]
+                        then = (campaign.sender.addr, nxt_addrs, size)
                     results = await session.send(
                         campaign.sender.addr,
-                        [m.addr for m in item.recipients],
+                        addrs,
                         parts,
                         before_end=functools.partial(mark_data, item.ids),
                         then=then,
@@ -581,7 +584,7 @@ async def _send(
                         # Its envelope never went out, or its connection died before its
                         # message: not tried, so it goes again afresh.
                         return nxt
-                    item, parts = nxt, nxt_parts
+                    item, parts, addrs = nxt, nxt_parts, nxt_addrs
         except ConnectError as err:
             # Unreachable from the start: a wrong host, port or certificate; stop. A 4xx
             # greeting (busy) or a failure once we were sending: retry with backoff.

@@ -122,6 +122,11 @@ class ReplyReader(asyncio.Protocol):
             self._waiter.set_result(None)
 
     @property
+    def paused(self) -> bool:
+        """The transport's write buffer is over its high-water mark: `drain()` would wait."""
+        return self._paused
+
+    @property
     def is_open(self) -> bool:
         return self.transport is not None and not self.transport.is_closing() and not self._error
 

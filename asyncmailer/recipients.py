@@ -105,6 +105,8 @@ def parse_mailbox(text: str) -> Mailbox:
     :raises ValueError: with the reason.
     """
     text = text.strip()
+    if _PLAIN_RE.fullmatch(text):  # most list lines: a bare, valid ASCII address
+        return Mailbox(text[:-1] if text.endswith(".") else text)
     problem = check_header_value(text)
     if problem:
         raise ValueError(f"{text!r} {problem}")

@@ -263,7 +263,7 @@ class Session:
         """
         assert self._reader is not None, "connect() first"
         parts = tuple(message)
-        size = sum(len(p) for p in parts) + len(END_OF_DATA)
+        size = sum(map(len, parts)) + len(END_OF_DATA)
         preloaded, self._preloaded = self._preloaded, None
         transaction = _Transaction(recipients)
         if preloaded is not None and preloaded != (sender, tuple(recipients)):
@@ -407,7 +407,8 @@ class Session:
             reader.write(end)
         if then is not None:
             self._preloaded = (then[0], tuple(then[1]))
-        await reader.drain(self.settings.timeout)
+        if reader.paused:  # the common case skips a coroutine per message
+            await reader.drain(self.settings.timeout)
         tx.phase = "after the final '.'"
         reply = await reader.read(self._data_timeout(size))
         self._check_421(reply)
@@ -415,8 +416,9 @@ class Session:
 
     def _check_421(self, *replies: SMTPResponse) -> None:
         """421: the server is closing the connection; drop it once this transaction ends."""
-        if any(reply.code == 421 for reply in replies):
-            self._closing = True
+        for reply in replies:
+            if reply.code == 421:
+                self._closing = True
 
     async def _reset(self) -> None:
         reader = self._reader
