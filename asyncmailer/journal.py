@@ -503,6 +503,14 @@ class Journal:
             for group, members in itertools.groupby(rows, key=operator.itemgetter(0)):
                 found = list(members)
                 message_id, headers = groups[group]
+                if len(found) == 1:  # one recipient per message (group_size 1, personalised)
+                    _, row_id, addr, name, attempts, fields = found[0]
+                    recipient = (Mailbox(addr, name),)
+                    kept = (json.loads(fields) if fields else {},)
+                    items.append(
+                        WorkItem(group, message_id, headers, (row_id,), recipient, attempts, kept)
+                    )
+                    continue
                 items.append(
                     WorkItem(
                         group=group,
