@@ -271,10 +271,17 @@ class _Loader:
 
     async def cancel(self) -> None:
         """Stop reading, if it still is; how it ended was told by `start()` or `finish()`."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await self._task  # retrieved, so asyncio does not warn about it
+        if self._task is None:
+            return
+        self._task.cancel()
+        try:
+            await self._task  # retrieved, so asyncio does not warn about it
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # the caller is being cancelled too: that must go on
+        except Exception:  # reported already, by start() or finish()
+            pass
 
     async def _run(self) -> None:
         try:
