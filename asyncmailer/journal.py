@@ -23,7 +23,6 @@ import json
 import operator
 import os
 import queue
-import random
 import sqlite3
 import threading
 import time
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .errors import JournalError
+from .message import message_ids
 from .recipients import Mailbox
 from .results import NOT_ATTEMPTED, RecipientResult, Status
 
@@ -201,13 +201,6 @@ def _fail(future: asyncio.Future[Any], error: BaseException) -> None:
         future.exception()  # retrieved: a request nobody awaits must not warn at exit
 
 
-def _message_ids(domain: str, count: int) -> list[str]:
-    """`count` Message-IDs of the form email.utils.make_msgid() gives, without its getpid()
-    per id (a system call: a tenth of a long list's load)."""
-    stem = f"{int(time.time() * 100)}.{os.getpid()}"
-    return [f"<{stem}.{random.getrandbits(64)}@{domain}>" for _ in range(count)]
-
-
 def journal_path(state_dir: Path, config_path: Path) -> Path:
     """One journal per campaign file: ``<state_dir>/<config name>.journal.sqlite``."""
     return state_dir / f"{config_path.name}.journal.sqlite"
@@ -359,7 +352,7 @@ class Journal:
                 assigned.append(self._list_group)
             db.executemany(
                 "INSERT INTO groups (id, message_id, headers) VALUES (?, ?, 0)",
-                zip(created, _message_ids(self.msgid_domain, len(created)), strict=True),
+                zip(created, message_ids(self.msgid_domain, len(created)), strict=True),
             )
             return assigned
 
@@ -371,7 +364,7 @@ class Journal:
     def _new_group(self, db: sqlite3.Connection, *, headers: bool) -> int:
         cursor = db.execute(
             "INSERT INTO groups (message_id, headers) VALUES (?, ?)",
-            (*_message_ids(self.msgid_domain, 1), int(headers)),
+            (*message_ids(self.msgid_domain, 1), int(headers)),
         )
         assert cursor.lastrowid is not None
         self._first_new = self._first_new or cursor.lastrowid

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from email.utils import formataddr
 
 __all__ = [
+    "ATOM",
     "Mailbox",
     "check_header_value",
     "dedupe",
@@ -21,9 +22,9 @@ __all__ = [
     "validate_addr_spec",
 ]
 
-# RFC 5322 atext: the characters allowed in an unquoted local part.
-_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_LOCAL_RE = re.compile(rf"{_ATOM}(?:\.{_ATOM})*")
+# RFC 5322 atext: a word allowed unquoted (a local part's, a display name's), as a pattern.
+ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_LOCAL_RE = re.compile(rf"{ATOM}(?:\.{ATOM})*")
 _LABEL_RE = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 _SPACE_RE = re.compile(r"\s")
@@ -31,7 +32,7 @@ _SPACE_RE = re.compile(r"\s")
 # part at most 64, whole at most 254 characters, LDH labels of at most 63). Anything else
 # goes through the checks one by one, which name the problem.
 _PLAIN_RE = re.compile(
-    rf"(?=[^@]{{1,64}}@)(?=.{{3,254}}\Z){_ATOM}(?:\.{_ATOM})*@"
+    rf"(?=[^@]{{1,64}}@)(?=.{{3,254}}\Z){ATOM}(?:\.{ATOM})*@"
     r"(?:(?!-)[A-Za-z0-9-]{1,63}(?<!-)\.)*(?!-)[A-Za-z0-9-]{1,63}(?<!-)\.?",
     re.ASCII,
 )
