@@ -60,6 +60,21 @@ def parse_replies(buffer: bytearray) -> list[SMTPResponse]:
     return replies
 
 
+async def _wait(waiter: asyncio.Future[None], timeout: float | None) -> None:
+    """Wait for `waiter`, failing it after `timeout` seconds: one timer per wait, without
+    asyncio.wait_for's extra task and callbacks."""
+    timer = (
+        asyncio.get_running_loop().call_later(timeout, _expire, waiter)
+        if timeout is not None
+        else None
+    )
+    try:
+        await waiter
+    finally:
+        if timer is not None:
+            timer.cancel()
+
+
 def _expire(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_exception(SMTPReadTimeoutError("timed out waiting for the server"))
@@ -142,14 +157,8 @@ class ReplyReader(asyncio.Protocol):
         :raises SMTPReadTimeoutError: the server did not take the data in `timeout` seconds.
         """
         if self._paused and self.is_open:
-            loop = asyncio.get_running_loop()
-            waiter = self._drain_waiter = loop.create_future()
-            timer = loop.call_later(timeout, _expire, waiter) if timeout is not None else None
-            try:
-                await waiter
-            finally:
-                if timer is not None:
-                    timer.cancel()
+            self._drain_waiter = asyncio.get_running_loop().create_future()
+            await _wait(self._drain_waiter, timeout)
 
     async def read(self, timeout: float | None) -> SMTPResponse:
         """The next reply, in order.
@@ -160,16 +169,11 @@ class ReplyReader(asyncio.Protocol):
         while not self._replies:
             if self._error is not None:
                 raise self._error
-            loop = asyncio.get_running_loop()
-            waiter = self._waiter = loop.create_future()
-            # One timer per wait, without asyncio.wait_for's extra task and callbacks.
-            timer = loop.call_later(timeout, _expire, waiter) if timeout is not None else None
+            self._waiter = asyncio.get_running_loop().create_future()
             try:
-                await waiter
+                await _wait(self._waiter, timeout)
             finally:
                 self._waiter = None
-                if timer is not None:
-                    timer.cancel()
         return self._replies.popleft()
 
     def close(self) -> None:
