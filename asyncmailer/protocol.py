@@ -17,16 +17,22 @@ from aiosmtplib import SMTPReadTimeoutError, SMTPResponse, SMTPServerDisconnecte
 __all__ = ["MAX_REPLY", "ReplyReader", "parse_replies"]
 
 MAX_REPLY = 64 * 1024  # a server sending more than this without a final line is broken
+_KNOWN_REPLIES = 64  # one-line replies a connection remembers (see parse_replies)
 
 
 class ReplyError(SMTPServerDisconnected):
     """The server sent something that is not an SMTP reply; the connection is dropped."""
 
 
-def parse_replies(buffer: bytearray) -> list[SMTPResponse]:
+def parse_replies(
+    buffer: bytearray, known: dict[bytes, SMTPResponse] | None = None
+) -> list[SMTPResponse]:
     """Take every complete reply off the front of `buffer` (which is consumed).
 
     A reply is one or more lines ``NNN-text`` ended by a line ``NNN text`` (RFC 5321 4.2).
+    `known` remembers one-line replies already parsed, by their raw line: a server repeats
+    most of its replies word for word (``250 2.1.5 Ok``, ``354 End data ...``), and a lookup
+    costs a fraction of parsing one (replies are immutable, so they can be shared).
 
     :raises ReplyError: a line that does not start with a three-digit code.
     """
@@ -40,6 +46,10 @@ def parse_replies(buffer: bytearray) -> list[SMTPResponse]:
     consumed = offset = 0
     for raw in bytes(buffer[: last + 1]).split(b"\n")[:-1]:
         offset += len(raw) + 1
+        if known is not None and not pending and (reply := known.get(raw)) is not None:
+            replies.append(reply)
+            consumed = offset
+            continue
         line = raw[:-1] if raw.endswith(b"\r") else raw
         if len(line) < 3 or not line[:3].isdigit():
             raise ReplyError(f"malformed reply line: {line[:80]!r}")
@@ -48,11 +58,15 @@ def parse_replies(buffer: bytearray) -> list[SMTPResponse]:
             continue
         if pending:
             pending.append(line[4:].strip())
-            text = b"\n".join(pending)
+            reply = SMTPResponse(int(line[:3]), b"\n".join(pending).decode("utf-8", "replace"))
             pending = []
         else:
-            text = line[4:].strip()
-        replies.append(SMTPResponse(int(line[:3]), text.decode("utf-8", "replace")))
+            reply = SMTPResponse(int(line[:3]), line[4:].strip().decode("utf-8", "replace"))
+            if known is not None:
+                if len(known) >= _KNOWN_REPLIES:  # lines that never repeat (queue ids)
+                    known.clear()
+                known[raw] = reply
+        replies.append(reply)
         consumed = offset
     del buffer[:consumed]
     if len(buffer) > MAX_REPLY:
@@ -85,6 +99,7 @@ class ReplyReader(asyncio.Protocol):
 
     def __init__(self) -> None:
         self._buffer = bytearray()
+        self._known: dict[bytes, SMTPResponse] = {}
         self._replies: deque[SMTPResponse] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._error: Exception | None = None
@@ -98,7 +113,7 @@ class ReplyReader(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._buffer.extend(data)
         try:
-            self._replies.extend(parse_replies(self._buffer))
+            self._replies.extend(parse_replies(self._buffer, self._known))
         except ReplyError as err:
             self._fail(err)
             if self.transport is not None:

@@ -33,6 +33,23 @@ def test_multiline_and_partial_replies_wait_for_the_rest() -> None:
     assert buffer == b""
 
 
+def test_known_replies_are_looked_up_and_never_mixed_with_multiline_ones() -> None:
+    known: dict[bytes, SMTPResponse] = {}
+    stream = b"250 2.1.5 Ok\r\n250 2.0.0 queued as A1\r\n"
+    first = parse_replies(bytearray(stream), known)
+    again = parse_replies(bytearray(stream), known)
+    assert first == again == parse_replies(bytearray(stream))
+    assert again[0] is first[0]  # looked up, not parsed again
+    # A known line that ends a multi-line reply belongs to that reply.
+    assert parse_replies(bytearray(b"250-SIZE 10\r\n250 2.1.5 Ok\r\n"), known) == [
+        SMTPResponse(250, "SIZE 10\n2.1.5 Ok")
+    ]
+    # Lines that never repeat (queue ids) do not grow it without bound.
+    for number in range(1000):
+        parse_replies(bytearray(b"250 queued as %d\r\n" % number), known)
+    assert 0 < len(known) <= 64
+
+
 @pytest.mark.parametrize("garbage", [b"hello\r\n", b"2x0 OK\r\n", b"\r\n"])
 def test_garbage_is_an_error(garbage: bytes) -> None:
     with pytest.raises(ReplyError, match="malformed reply line"):
