@@ -185,6 +185,19 @@ def _answer(answers: list[tuple[asyncio.Future[Any], Any, BaseException | None]]
             _succeed(future, value)
 
 
+def _relay(waiters: list[asyncio.Future[None]], shared: asyncio.Future[None]) -> None:
+    """Answer each waiter of a shared statement (see `Journal._add`) as it was answered."""
+    for waiter in waiters:
+        if waiter.done():
+            continue
+        if shared.cancelled():
+            waiter.cancel()
+        elif (error := shared.exception()) is not None:
+            waiter.set_exception(error)
+        else:
+            waiter.set_result(None)
+
+
 def _retrieve(future: asyncio.Future[Any]) -> None:
     if not future.cancelled():
         future.exception()
@@ -215,7 +228,9 @@ class Journal:
         self._lock = lock
         self.msgid_domain = "localhost"
         # Rows waiting for the writer, by statement (see _add).
-        self._pending: dict[str, tuple[list[Any], asyncio.Future[None]]] = {}
+        self._pending: dict[
+            str, tuple[list[Any], asyncio.Future[None], list[asyncio.Future[None]]]
+        ] = {}
         self._pending_lock = threading.Lock()
         # Loading state, used only from the writer thread (`added` is read after a load).
         self._load = 0
@@ -270,23 +285,31 @@ class Journal:
         self._writer.requests.put((function, future))
         return future
 
-    def _add(self, sql: str, rows: Iterable[Any]) -> asyncio.Future[None]:
+    def _add(
+        self, sql: str, rows: Iterable[Any], waiter: asyncio.Future[None] | None = None
+    ) -> asyncio.Future[None]:
         """Queue rows for `sql` (one of the bulk statements above): rows added until the writer
         gets to it join the same statement and commit (many transactions' marks and results
-        in one go)."""
+        in one go). Returns the future they share; `waiter`, one caller's own future, is
+        answered with it (cancelling it, unlike the shared one, touches nobody else: this is
+        asyncio.shield without its two callbacks per caller)."""
         with self._pending_lock:
             pending = self._pending.get(sql)
             if pending is None:
                 future: asyncio.Future[None] = self._writer.loop.create_future()
-                pending = self._pending[sql] = ([], future)
+                waiters: list[asyncio.Future[None]] = []
+                future.add_done_callback(functools.partial(_relay, waiters))
+                pending = self._pending[sql] = ([], future, waiters)
                 self._writer.requests.put((functools.partial(self._flush, sql), future))
             pending[0].extend(rows)
+            if waiter is not None:
+                pending[2].append(waiter)
             return pending[1]
 
     def _flush(self, sql: str, db: sqlite3.Connection) -> None:
         """In the writer thread: run every row queued for `sql`, in one statement."""
         with self._pending_lock:
-            rows, _ = self._pending.pop(sql)
+            rows, _, _ = self._pending.pop(sql)
         db.execute(sql, (json.dumps(rows),))
 
     async def _call(self, function: Callable[[sqlite3.Connection], T]) -> T:
@@ -524,8 +547,10 @@ class Journal:
 
     async def mark_data(self, ids: Sequence[int]) -> None:
         """The final ``.`` is about to be written for these: committed first."""
+        waiter: asyncio.Future[None] = self._writer.loop.create_future()
+        _ = self._add(_MARK_DATA, ids, waiter)  # the shared future: this caller waits on its own
         try:
-            await asyncio.shield(self._add(_MARK_DATA, ids))
+            await waiter
         except sqlite3.Error as err:
             raise JournalError(f"cannot write the journal: {err}", path=self.path) from None
 

@@ -3,6 +3,7 @@ states through claim, "past DATA" and the result, as a resumed run sees them."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -102,6 +103,25 @@ async def test_past_data_without_a_reply_is_unknown_after_a_stop(tmp_path: Path)
     results = [r async for page in JournalReader(path).pages() for r in page]
     assert [r.status for r in results] == [Status.UNKNOWN, Status.SKIPPED, Status.SKIPPED]
     assert "may or may not have been delivered" in results[0].message
+
+
+async def test_a_caller_cancelled_while_its_mark_commits_leaves_the_others_theirs(
+    tmp_path: Path,
+) -> None:
+    async with await Journal.open(tmp_path / "j.sqlite") as journal:
+        await journal.begin_load()
+        await journal.add_list(boxes(1, 2), 1)
+        first, second = await journal.claim(2, now=0.0)
+        # Both marks join one statement and one commit; one caller is cancelled meanwhile.
+        cancelled = asyncio.ensure_future(journal.mark_data(first.ids))
+        waiting = asyncio.ensure_future(journal.mark_data(second.ids))
+        await asyncio.sleep(0)
+        cancelled.cancel()
+        await waiting
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        # The commit went on for both: the caller's own rows are put back by the caller.
+        assert (await journal.counts())["data"] == 2
 
 
 async def test_a_second_open_of_the_same_journal_is_refused(tmp_path: Path) -> None:
