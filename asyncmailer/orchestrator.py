@@ -133,7 +133,11 @@ class _Retry:
 
 class _Scheduler:
     """Hands out due work from the journal, a batch of groups at a time; waits for deferred
-    recipients to come due, and for the list to be read, while anything may still change."""
+    recipients to come due, and for the list to be read, while anything may still change.
+
+    The next batch is claimed ahead, once the buffer is down to half a batch: a claim is a
+    commit (milliseconds), and every connection that ran dry meanwhile would stand idle (at
+    0 ms latency, one pipelined chain in eight broke on it, each waiting ~8 ms)."""
 
     def __init__(self, journal: Journal, batch: int, stop: asyncio.Event, loader: _Loader) -> None:
         self.journal = journal
@@ -144,19 +148,49 @@ class _Scheduler:
         self.in_flight = 0
         self.changed = asyncio.Event()
         self.lock = asyncio.Lock()
+        self._ahead: asyncio.Task[None] | None = None  # the claim ahead, while it runs
+        self.failed: BaseException | None = None  # how a claim ahead failed
+        self._full = True  # the last claim took all it asked for: there may be more
+
+    def _pop(self) -> WorkItem:
+        self.in_flight += 1
+        item = self.buffer.popleft()
+        if (
+            len(self.buffer) < self.batch // 2
+            and self._ahead is None
+            and (self._full or self.loader.reading)
+            and not self.stop.is_set()
+        ):
+            self._ahead = asyncio.ensure_future(self._claim_ahead())
+        return item
+
+    async def _claim(self) -> list[WorkItem]:
+        claimed = await self.journal.claim(self.batch, time.time(), loading=self.loader.reading)
+        self._full = len(claimed) >= self.batch
+        return claimed
+
+    async def _claim_ahead(self) -> None:
+        try:
+            self.buffer.extend(await self._claim())
+        except Exception as err:  # the journal failed: the next next() raises it
+            self.failed = err
+        finally:
+            self._ahead = None
 
     async def next(self) -> WorkItem | None:
         async with self.lock:
             while not self.stop.is_set():
+                if self.failed is not None:
+                    raise self.failed
                 if self.buffer:
-                    self.in_flight += 1
-                    return self.buffer.popleft()
+                    return self._pop()
+                if self._ahead is not None:
+                    await asyncio.shield(self._ahead)
+                    continue
                 # Cleared before the claim: a change while it runs is not missed.
                 self.changed.clear()
                 self.loader.more.clear()
-                claimed = await self.journal.claim(
-                    self.batch, time.time(), loading=self.loader.reading
-                )
+                claimed = await self._claim()
                 if claimed:
                     self.buffer.extend(claimed)
                     continue
@@ -173,8 +207,7 @@ class _Scheduler:
     def take_ready(self) -> WorkItem | None:
         """An item already claimed, without waiting; None if there is none at hand."""
         if self.buffer and not self.stop.is_set():
-            self.in_flight += 1
-            return self.buffer.popleft()
+            return self._pop()
         return None
 
     def done(self) -> None:
@@ -194,6 +227,9 @@ class _Scheduler:
                 waiter.cancel()
 
     async def release_buffered(self) -> None:
+        """Give back what was claimed and not handed out (a claim ahead finishes first)."""
+        if self._ahead is not None:
+            await self._ahead
         while self.buffer:
             await self.journal.release(self.buffer.popleft())
 
@@ -634,6 +670,8 @@ async def _send(
         raise failed.exceptions[0] from None
     finally:
         await asyncio.shield(scheduler.release_buffered())
+    if scheduler.failed is not None:
+        raise scheduler.failed
     if failures:
         raise JournalError(f"cannot write the journal: {failures[0]}", path=journal.path)
 

@@ -8,6 +8,7 @@ from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -15,7 +16,9 @@ import pytest
 from asyncmailer import orchestrator
 from asyncmailer.config import load_campaign
 from asyncmailer.errors import AuthError, TLSRequiredError
+from asyncmailer.journal import Journal
 from asyncmailer.orchestrator import Observer, RunOptions, run_campaign
+from asyncmailer.recipients import Mailbox
 from asyncmailer.results import RecipientResult, Status
 
 from .conftest import PASSWORD, SUBJECT, CampaignFactory, RunningServer, ServerFactory
@@ -439,3 +442,30 @@ async def test_next_envelope_goes_out_with_the_final_dot(
     joined = [c for c in chunks if b"\r\n.\r\nMAIL FROM:<sender@example.com>" in c]
     assert len(joined) == 5, chunks
     assert all(c.endswith(b"\r\nDATA\r\n") for c in joined)
+
+
+async def test_the_scheduler_claims_the_next_batch_before_the_buffer_runs_dry(
+    tmp_path: Path,
+) -> None:
+    async with await Journal.open(tmp_path / "j.sqlite") as journal:
+        await journal.begin_load()
+        await journal.add_list([Mailbox(f"user{n}@example.com") for n in range(20)], 1)
+        loader: Any = SimpleNamespace(reading=False, more=asyncio.Event())
+        scheduler = orchestrator._Scheduler(journal, 8, asyncio.Event(), loader)
+        handed = [await scheduler.next()]  # claims 8 groups
+        handed += [scheduler.take_ready() for _ in range(3)]  # 4 left: none claimed yet
+        assert len(scheduler.buffer) == 4
+        handed.append(scheduler.take_ready())  # under half a batch: the next 8 are claimed
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if len(scheduler.buffer) > 3:
+                break
+        assert len(scheduler.buffer) == 3 + 8
+        while (item := scheduler.take_ready()) is not None:
+            handed.append(item)
+        handed.append(await scheduler.next())  # the last 4, claimed by then or now
+        while (item := scheduler.take_ready()) is not None:
+            handed.append(item)
+        await scheduler.release_buffered()
+        addresses = [item.recipients[0].addr for item in handed if item is not None]
+        assert addresses == [f"user{n}@example.com" for n in range(20)]  # each once, in order
