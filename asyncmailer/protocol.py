@@ -175,6 +175,11 @@ class ReplyReader(asyncio.Protocol):
             self._drain_waiter = asyncio.get_running_loop().create_future()
             await _wait(self._drain_waiter, timeout)
 
+    def take(self) -> SMTPResponse | None:
+        """The next reply if it has arrived, else None: no coroutine for a reply at hand
+        (with pipelining, most are)."""
+        return self._replies.popleft() if self._replies else None
+
     async def read(self, timeout: float | None) -> SMTPResponse:
         """The next reply, in order.
 

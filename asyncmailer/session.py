@@ -85,6 +85,8 @@ class Session:
         self._closing = False
         self._reader: ReplyReader | None = None
         self._extensions: dict[str, str] = {}
+        self._sizes = False  # the server takes MAIL FROM's SIZE= (RFC 1870)
+        self._size_limit: int | None = None
         self._preloaded: tuple[str, tuple[str, ...]] | None = None
 
     def __repr__(self) -> str:
@@ -212,6 +214,9 @@ class Session:
         # asyncio.Transport subclasses.
         transport = cast(asyncio.Transport, self._smtp.transport)
         self._extensions = dict(self._smtp.esmtp_extensions)
+        self._sizes = "size" in self._extensions
+        value = self._extensions.get("size", "")
+        self._size_limit = int(value) if value.isdigit() and int(value) > 0 else None
         self._reader = ReplyReader()
         transport.set_protocol(self._reader)
         self._reader.connection_made(transport)
@@ -306,16 +311,18 @@ class Session:
         limit = self.settings.max_messages_per_connection
         return self.pipelining and not self._closing and not (limit and self.transactions >= limit)
 
-    def _mail_from(self, sender: str, size: int) -> bytes:
-        extra = b" SIZE=%d" % size if "size" in self._extensions else b""
-        return b"MAIL FROM:<" + sender.encode() + b">" + extra + b"\r\n"
+    def _mail_from(self, sender: str, size: int) -> str:
+        return (
+            f"MAIL FROM:<{sender}> SIZE={size}\r\n" if self._sizes else f"MAIL FROM:<{sender}>\r\n"
+        )
 
     def _envelope(self, sender: str, recipients: Sequence[str], size: int) -> bytes:
-        """MAIL, RCPT for everyone and DATA: one pipelined group."""
-        commands = [self._mail_from(sender, size)]
-        commands.extend(b"RCPT TO:<" + r.encode() + b">\r\n" for r in recipients)
-        commands.append(b"DATA\r\n")
-        return b"".join(commands)
+        """MAIL, RCPT for everyone and DATA: one pipelined group (built as one string)."""
+        if len(recipients) == 1:
+            rcpt = f"RCPT TO:<{recipients[0]}>\r\n"
+        else:
+            rcpt = "".join([f"RCPT TO:<{r}>\r\n" for r in recipients])
+        return (self._mail_from(sender, size) + rcpt + "DATA\r\n").encode()
 
     def _write_envelope(self, sender: str, recipients: Sequence[str], size: int) -> None:
         assert self._reader is not None
@@ -327,12 +334,12 @@ class Session:
         assert reader is not None
         timeout = self.settings.timeout
         tx.phase = "during MAIL FROM"
-        mail = await reader.read(timeout)
+        mail = reader.take() or await reader.read(timeout)
         tx.phase = "during RCPT TO"
         for recipient in tx.recipients:
-            tx.rcpt(recipient, await reader.read(timeout), mail)
+            tx.rcpt(recipient, reader.take() or await reader.read(timeout), mail)
         tx.phase = "before the message was sent"
-        start = await reader.read(timeout)
+        start = reader.take() or await reader.read(timeout)
         self._check_421(mail, start)
         if start.code == 354 and not tx.accepted:
             # RFC 2920 3.1: DATA was accepted though no recipient was; end it empty.
@@ -348,7 +355,7 @@ class Session:
         reader = self._reader
         assert reader is not None
         tx.phase = "during MAIL FROM"
-        reader.write(self._mail_from(sender, size))
+        reader.write(self._mail_from(sender, size).encode())
         mail = await reader.read(timeout)
         self._check_421(mail)
         if mail.code != 250:
@@ -438,8 +445,7 @@ class Session:
     @property
     def size_limit(self) -> int | None:
         """The largest message the server takes (its SIZE extension), if it says."""
-        value = self._extensions.get("size", "")
-        return int(value) if value.isdigit() and int(value) > 0 else None
+        return self._size_limit
 
     def _data_timeout(self, size: int) -> float:
         """Time for the reply to the final ".": `data_timeout` plus a second per 64 KiB, so a
