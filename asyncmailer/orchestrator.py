@@ -135,7 +135,7 @@ class _Scheduler:
     """Hands out due work from the journal, a batch of groups at a time; waits for deferred
     recipients to come due, and for the list to be read, while anything may still change.
 
-    The next batch is claimed ahead, once the buffer is down to half a batch: a claim is a
+    The buffer is topped up ahead, once it is down to half a batch: a claim is a
     commit (milliseconds), and every connection that ran dry meanwhile would stand idle (at
     0 ms latency, one pipelined chain in eight broke on it, each waiting ~8 ms)."""
 
@@ -164,14 +164,15 @@ class _Scheduler:
             self._ahead = asyncio.ensure_future(self._claim_ahead())
         return item
 
-    async def _claim(self) -> list[WorkItem]:
-        claimed = await self.journal.claim(self.batch, time.time(), loading=self.loader.reading)
-        self._full = len(claimed) >= self.batch
+    async def _claim(self, limit: int) -> list[WorkItem]:
+        claimed = await self.journal.claim(limit, time.time(), loading=self.loader.reading)
+        self._full = len(claimed) >= limit
         return claimed
 
     async def _claim_ahead(self) -> None:
         try:
-            self.buffer.extend(await self._claim())
+            # Up to a batch in all: the buffer (memory, with long groups) stays as it was.
+            self.buffer.extend(await self._claim(self.batch - len(self.buffer)))
         except Exception as err:  # the journal failed: the next next() raises it
             self.failed = err
         finally:
@@ -190,7 +191,7 @@ class _Scheduler:
                 # Cleared before the claim: a change while it runs is not missed.
                 self.changed.clear()
                 self.loader.more.clear()
-                claimed = await self._claim()
+                claimed = await self._claim(self.batch)
                 if claimed:
                     self.buffer.extend(claimed)
                     continue

@@ -455,12 +455,12 @@ async def test_the_scheduler_claims_the_next_batch_before_the_buffer_runs_dry(
         handed = [await scheduler.next()]  # claims 8 groups
         handed += [scheduler.take_ready() for _ in range(3)]  # 4 left: none claimed yet
         assert len(scheduler.buffer) == 4
-        handed.append(scheduler.take_ready())  # under half a batch: the next 8 are claimed
+        handed.append(scheduler.take_ready())  # under half a batch: topped up to a batch
         for _ in range(100):
             await asyncio.sleep(0.01)
             if len(scheduler.buffer) > 3:
                 break
-        assert len(scheduler.buffer) == 3 + 8
+        assert len(scheduler.buffer) == 8
         while (item := scheduler.take_ready()) is not None:
             handed.append(item)
         handed.append(await scheduler.next())  # the last 4, claimed by then or now
