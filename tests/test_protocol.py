@@ -74,3 +74,12 @@ async def test_reader_times_out_and_reports_a_lost_connection() -> None:
     reader.connection_lost(ConnectionResetError("reset by peer"))
     with pytest.raises(SMTPServerDisconnected, match="reset by peer"):
         await waiting
+
+
+async def test_take_returns_a_reply_at_hand_in_order_without_waiting() -> None:
+    reader = ReplyReader()
+    assert reader.take() is None
+    reader.data_received(b"250 first\r\n354 second\r\n")
+    assert reader.take() == SMTPResponse(250, "first")
+    assert await reader.read(1) == SMTPResponse(354, "second")  # the same queue, in order
+    assert reader.take() is None
