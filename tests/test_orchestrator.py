@@ -15,7 +15,7 @@ import pytest
 
 from asyncmailer import orchestrator
 from asyncmailer.config import load_campaign
-from asyncmailer.errors import AuthError, TLSRequiredError
+from asyncmailer.errors import AuthError, JournalError, TLSRequiredError
 from asyncmailer.journal import Journal
 from asyncmailer.orchestrator import Observer, RunOptions, run_campaign
 from asyncmailer.recipients import Mailbox
@@ -469,3 +469,32 @@ async def test_the_scheduler_claims_the_next_batch_before_the_buffer_runs_dry(
         await scheduler.release_buffered()
         addresses = [item.recipients[0].addr for item in handed if item is not None]
         assert addresses == [f"user{n}@example.com" for n in range(20)]  # each once, in order
+
+
+async def test_a_claim_ahead_that_fails_is_raised_by_the_next_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with await Journal.open(tmp_path / "j.sqlite") as journal:
+        await journal.begin_load()
+        await journal.add_list([Mailbox(f"user{n}@example.com") for n in range(20)], 1)
+        loader: Any = SimpleNamespace(reading=False, more=asyncio.Event())
+        scheduler = orchestrator._Scheduler(journal, 8, asyncio.Event(), loader)
+        assert await scheduler.next() is not None  # the first claim works
+
+        working = journal.claim
+        calls = 0
+
+        async def broken(*args: Any, **kwargs: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            if calls == 1:  # the claim ahead fails; a later claim would work
+                raise JournalError("cannot write the journal: disk I/O error", path=journal.path)
+            return await working(*args, **kwargs)
+
+        monkeypatch.setattr(journal, "claim", broken)
+        handed = [scheduler.take_ready() for _ in range(7)]  # starts the claim ahead
+        assert all(handed) and scheduler.take_ready() is None
+        with pytest.raises(JournalError, match="disk I/O error"):
+            await scheduler.next()
+        assert calls == 1  # raised as it was, not claimed around
+        await scheduler.release_buffered()
