@@ -713,7 +713,10 @@ async def _fill_report(journal: Journal, report: CampaignReport, observer: Obser
         await observer.final(report.bad_rows)
     after = 0
     while page := await journal.results(after):
-        explained = [_explain(result, report) for _, result in page]
+        if report.fatal is None:  # nothing to explain: a million rows at the end of a long list
+            explained = [result for _, result in page]
+        else:
+            explained = [_explain(result, report) for _, result in page]
         report.add(explained)
         await observer.final(explained)
         after = page[-1][0]
@@ -721,6 +724,6 @@ async def _fill_report(journal: Journal, report: CampaignReport, observer: Obser
 
 def _explain(result: RecipientResult, report: CampaignReport) -> RecipientResult:
     """A recipient this run never got to, when the run stopped on a fatal error: say why."""
-    if report.fatal is not None and result.status is Status.SKIPPED and not result.attempts:
+    if result.status is Status.SKIPPED and not result.attempts:
         return dataclasses.replace(result, message=f"{NOT_ATTEMPTED}: {report.fatal}")
     return result

@@ -153,7 +153,8 @@ class ReportWriter:
 
     def _store_results(self, results: Sequence[RecipientResult]) -> None:
         if self.kind == "csv":  # tuples through the C writer: no dict per row
-            self._store([(r.recipient, r.status.value, r.code, r.message) for r in results])
+            # A Status is a str (StrEnum): written as its value, without the slow `.value`.
+            self._store([(r.recipient, r.status, r.code, r.message) for r in results])
         else:
             self._store([r.as_row() for r in results])
 

@@ -87,14 +87,18 @@ class CampaignReport:
     list_read_to: int | None = None
 
     def add(self, results: Iterable[RecipientResult]) -> None:
-        for result in results:
-            self.total += 1
-            self.counts[result.status] += 1
-            if len(self.results) < self.keep:
-                self.results.append(result)
+        batch = list(results)
+        self.total += len(batch)
+        if len(self.results) < self.keep:
+            self.results.extend(batch[: self.keep - len(self.results)])
+        counts = self.counts
+        for result in batch:
+            counts[result.status] += 1
+            if result.status is Status.ACCEPTED:  # most of a long list: nothing more to note
+                continue
             if result.untried:
                 self.not_attempted += 1
-            elif result.status is not Status.ACCEPTED and len(self.problems) < self.keep:
+            elif len(self.problems) < self.keep:
                 self.problems.append(result)
 
     @property
