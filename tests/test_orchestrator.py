@@ -444,14 +444,19 @@ async def test_next_envelope_goes_out_with_the_final_dot(
     assert all(c.endswith(b"\r\nDATA\r\n") for c in joined)
 
 
+async def scheduler_over_twenty(journal: Journal) -> Any:
+    """A scheduler of 8-group batches over a read list of 20 one-recipient groups."""
+    await journal.begin_load()
+    await journal.add_list([Mailbox(f"user{n}@example.com") for n in range(20)], 1)
+    loader: Any = SimpleNamespace(reading=False, more=asyncio.Event())
+    return orchestrator._Scheduler(journal, 8, asyncio.Event(), loader)
+
+
 async def test_the_scheduler_claims_the_next_batch_before_the_buffer_runs_dry(
     tmp_path: Path,
 ) -> None:
     async with await Journal.open(tmp_path / "j.sqlite") as journal:
-        await journal.begin_load()
-        await journal.add_list([Mailbox(f"user{n}@example.com") for n in range(20)], 1)
-        loader: Any = SimpleNamespace(reading=False, more=asyncio.Event())
-        scheduler = orchestrator._Scheduler(journal, 8, asyncio.Event(), loader)
+        scheduler = await scheduler_over_twenty(journal)
         handed = [await scheduler.next()]  # claims 8 groups
         handed += [scheduler.take_ready() for _ in range(3)]  # 4 left: none claimed yet
         assert len(scheduler.buffer) == 4
@@ -475,10 +480,7 @@ async def test_a_claim_ahead_that_fails_is_raised_by_the_next_call(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with await Journal.open(tmp_path / "j.sqlite") as journal:
-        await journal.begin_load()
-        await journal.add_list([Mailbox(f"user{n}@example.com") for n in range(20)], 1)
-        loader: Any = SimpleNamespace(reading=False, more=asyncio.Event())
-        scheduler = orchestrator._Scheduler(journal, 8, asyncio.Event(), loader)
+        scheduler = await scheduler_over_twenty(journal)
         assert await scheduler.next() is not None  # the first claim works
 
         working = journal.claim
