@@ -579,6 +579,7 @@ class Journal:
         now = time.time()
 
         rows = []
+        progress: bool | None = None  # someone in the transaction was accepted (asked once)
         for row_id, result in zip(item.ids, results, strict=True):
             if result.status is Status.ACCEPTED:  # most of them: one tuple, no questions
                 rows.append((_ACCEPTED, result.code, result.message, 1, 1, now, 0.0, row_id))
@@ -587,7 +588,8 @@ class Journal:
             next_try = 0.0
             tried = int(result.status is not Status.SKIPPED or result.attempts > 0)
             if result.status is Status.DEFERRED:
-                progress = any(r.status is Status.ACCEPTED for r in results)
+                if progress is None:
+                    progress = any(r.status is Status.ACCEPTED for r in results)
                 if result.code == 452 and (progress or item.attempts + 1 < max_attempts):
                     # 452: too many recipients for this transaction; the rest go at once in a
                     # new one. Not a failed try while others got through; a server that says
