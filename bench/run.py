@@ -182,22 +182,34 @@ def run_case(case: Case, ctx: Context, name: str) -> Row:
 REPEATS = 3  # the 0 ms rows behind the target ratios move +-15% between runs on 2 cores
 
 
-def run_median(case: Case, ctx: Context, name: str) -> Row:
-    """The rows that the 0 ms ratios compare (concurrency 32, asyncmailer with pipelining and
-    smtp-source) run REPEATS times; the median by msgs/s is kept, and the detail says so."""
-    compared = (
+def _compared(case: Case) -> bool:
+    """The rows the 0 ms ratios compare: concurrency 32, asyncmailer with pipelining and
+    smtp-source."""
+    return (
         case.latency_ms == 0
         and case.concurrency == 32
-        and (case.sender == SMTP_SOURCE or (case.sender == ASYNCMAILER and case.pipelining))
+        and (case.sender == SMTP_SOURCE or (case.sender == ASYNCMAILER and bool(case.pipelining)))
     )
-    if not compared:
-        return run_case(case, ctx, name)
-    rows = [run_case(case, ctx, f"{name}-{i}") for i in range(REPEATS)]
+
+
+def _median(rows: list[Row]) -> Row:
+    """The median run by msgs/s, its detail listing every run (or the first that failed)."""
     done = sorted((r for r in rows if r.ok), key=lambda r: r.msgs_per_s or 0.0)
-    if len(done) < REPEATS:
+    if len(done) < len(rows):
         return next(r for r in rows if not r.ok)
     speeds = ", ".join(f"{r.msgs_per_s:,.0f}" for r in rows)
-    return replace(done[REPEATS // 2], detail=f"median of {REPEATS} runs: {speeds} msgs/s")
+    return replace(done[len(rows) // 2], detail=f"median of {len(rows)} runs: {speeds} msgs/s")
+
+
+def run_interleaved(cases: list[Case], names: dict[Case, str], ctx: Context) -> list[Row]:
+    """The compared rows of one size, REPEATS times each and taking turns (asyncmailer,
+    smtp-source, asyncmailer, ...), so that a machine that speeds up or slows down during
+    the benchmark moves both sides of the ratio alike; each keeps its median run."""
+    runs: list[list[Row]] = [[] for _ in cases]
+    for repeat in range(REPEATS):
+        for case, done in zip(cases, runs, strict=True):
+            done.append(run_case(case, ctx, f"{names[case]}-{repeat}"))
+    return [_median(done) for done in runs]
 
 
 def _describe(case: Case) -> str:
@@ -319,9 +331,21 @@ def run_all(
     plan = cases.matrix(quick=args.quick, scale=args.scale)
     if args.quick:
         notes.append("quick run: the 1,000,000-recipient memory run is left out")
+    names = {case: f"run{number:02d}" for number, case in enumerate(plan, 1)}
+    ready: dict[Case, Row] = {}  # compared rows run beside an earlier one
     rows = []
     for number, case in enumerate(plan, 1):
-        row = run_median(case, ctx, f"run{number:02d}")
+        row = ready.pop(case, None)
+        if row is None and _compared(case):
+            pair = [
+                c
+                for c in plan
+                if _compared(c) and (c.latency_ms, c.size) == (case.latency_ms, case.size)
+            ]
+            ready.update(zip(pair, run_interleaved(pair, names, ctx), strict=True))
+            row = ready.pop(case)
+        elif row is None:
+            row = run_case(case, ctx, names[case])
         _progress(number, len(plan), row)
         rows.append(row)
     return rows, {label: size.nbytes for label, size in ctx.work.sizes.items()}
