@@ -28,7 +28,7 @@ from .pool import SessionPool
 from .recipient_list import BadRow, Recipient, RecipientFile
 from .recipients import Mailbox
 from .results import NOT_ATTEMPTED, CampaignReport, RecipientResult, Status
-from .session import Session, build_tls_context
+from .session import Session, build_tls_context, message_size
 from .throttle import RateLimiter
 
 if TYPE_CHECKING:  # jinja2 is imported only by campaigns that personalise (start-up time)
@@ -610,7 +610,7 @@ async def _send(
                     then = None
                     nxt_addrs: list[str] = []
                     if nxt is not None and nxt_parts is not None:
-                        size = sum(map(len, nxt_parts)) + 3
+                        size = message_size(nxt_parts)
                         nxt_addrs = [m.addr for m in nxt.recipients]
                         then = (campaign.sender.addr, nxt_addrs, size)
                     results = await session.send(

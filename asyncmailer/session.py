@@ -25,7 +25,7 @@ from .message import END_OF_DATA
 from .protocol import ReplyReader
 from .results import RecipientResult, Status
 
-__all__ = ["Envelope", "Session", "build_tls_context", "classify"]
+__all__ = ["Envelope", "Session", "build_tls_context", "classify", "message_size"]
 
 _JOIN_BELOW = 64 * 1024
 _CHUNK = 256 * 1024
@@ -47,6 +47,11 @@ def build_tls_context(settings: ServerSettings) -> ssl.SSLContext:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context
+
+
+def message_size(parts: Sequence[bytes]) -> int:
+    """The bytes of a message as `Session.send()` writes it: its parts and the final "."."""
+    return sum(map(len, parts)) + len(END_OF_DATA)
 
 
 def classify(code: int) -> Status:
@@ -268,7 +273,7 @@ class Session:
         """
         assert self._reader is not None, "connect() first"
         parts = tuple(message)
-        size = sum(map(len, parts)) + len(END_OF_DATA)
+        size = message_size(parts)
         preloaded, self._preloaded = self._preloaded, None
         transaction = _Transaction(recipients)
         if preloaded is not None and preloaded != (sender, tuple(recipients)):
