@@ -12,12 +12,12 @@ from .errors import (
     MailerError,
     TLSRequiredError,
 )
-from .journal import Journal
+from .journal.sqlite import Journal
 from .message import Attachment, MessageTemplate
-from .orchestrator import Observer, RunOptions, run_campaign
-from .pool import SessionPool
 from .results import CampaignReport, RecipientResult, Status
-from .session import Session
+from .run.campaign import Observer, RunOptions, run_campaign
+from .smtp.pool import SessionPool
+from .smtp.session import Session
 
 __version__ = "0.1.0"
 

@@ -23,11 +23,11 @@ from typing import TextIO
 from . import __version__
 from .config import DEFAULT_CONFIG, PASSWORD_ENV, Campaign, load_campaign
 from .errors import InputError, JournalError, MailerError
-from .journal import JournalReader, archive, journal_path, probe_lock
-from .orchestrator import RunOptions, prepare_message, prepare_personalizer, run_campaign
+from .journal.sqlite import JournalReader, archive, journal_path, probe_lock
 from .progress import ConsoleObserver
 from .report import ReportWriter, format_table
 from .results import CampaignReport, Status, plural
+from .run.campaign import RunOptions, prepare_message, prepare_personalizer, run_campaign
 
 __all__ = ["EXIT_CODES", "main", "run"]
 

@@ -11,7 +11,6 @@ import ipaddress
 import json
 import os
 import re
-import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -21,8 +20,9 @@ from typing import Any
 import aiofiles
 import aiofiles.os
 
-from .errors import ConfigError, InputError
-from .recipients import Mailbox, check_header_value, dedupe, parse_address_list, parse_mailbox
+from .addresses import Mailbox, check_header_value, dedupe, parse_address_list, parse_mailbox
+from .errors import ConfigError
+from .textfiles import read_secret, read_text
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -407,60 +407,6 @@ def campaign_root(config_path: Path) -> Path:
     return parent.parent if parent.name == _LEGACY_FOLDER else parent
 
 
-async def _read_text(path: Path, what: str) -> str:
-    try:
-        async with aiofiles.open(path, "rb") as handle:
-            raw = await handle.read()
-    except FileNotFoundError:
-        raise InputError(f"{what} not found", path=path) from None
-    except IsADirectoryError:
-        raise InputError(f"{what} is a folder, not a file", path=path) from None
-    except OSError as err:
-        raise InputError(f"cannot read {what}: {err.strerror}", path=path) from None
-    return decode_text(raw, path)
-
-
-def decode_text(raw: bytes, path: Path | str) -> str:
-    """Decode UTF-8 (BOM allowed); refuse other encodings and NUL bytes, naming the line.
-
-    :raises InputError: with file and line.
-    """
-    if raw.startswith(b"\xef\xbb\xbf"):
-        raw = raw[3:]
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = raw.count(b"\n", 0, err.start) + 1
-        raise InputError(
-            "not valid UTF-8 text (save the file as UTF-8)", path=path, line=line
-        ) from None
-    if "\x00" in text:
-        line = text.count("\n", 0, text.index("\x00")) + 1
-        raise InputError("contains a NUL byte; is it a text file?", path=path, line=line)
-    return text
-
-
-async def _read_password(path: Path) -> tuple[Secret | None, list[str]]:
-    """Read the password file.
-
-    :raises FileNotFoundError: when there is none.
-    """
-    notices: list[str] = []
-    mode = await _stat_mode(path)
-    if mode & 0o077:
-        notices.append(
-            f"warning: {path} is readable by other users (mode {stat.filemode(mode)}); "
-            f"run: chmod 600 {path}"
-        )
-    text = await _read_text(path, "password file")
-    password = text.removesuffix("\n").removesuffix("\r")
-    return (Secret(password) if password else None), notices
-
-
-async def _stat_mode(path: Path) -> int:
-    return (await aiofiles.os.stat(path)).st_mode
-
-
 async def load_campaign(
     path: str | Path = DEFAULT_CONFIG, *, env: Mapping[str, str] | None = None
 ) -> Campaign:
@@ -471,7 +417,7 @@ async def load_campaign(
     """
     env = os.environ if env is None else env
     path = Path(path)
-    text = await _read_text(path, "config file")
+    text = await read_text(path, "config file")
     data = parse_document(text, path)
     fields = _Fields(data, text, path)
 
@@ -602,11 +548,18 @@ async def _server_settings(
         explicit = fields.present("password_file")
         password_file = fields.get_path("password_file", root, f"{_LEGACY_FOLDER}/your_pswd.txt")
         assert password_file is not None
-        try:
-            password, more = await _read_password(password_file)
-        except FileNotFoundError:
-            if explicit:
-                raise fields.error("password_file", f"file not found: {password_file}") from None
+        if explicit or await aiofiles.os.path.exists(password_file):
+            if not await aiofiles.os.path.exists(password_file):
+                raise fields.error("password_file", f"file not found: {password_file}")
+            secret, more = await read_secret(password_file, "password file")
+            if not secret and explicit:
+                raise fields.error(
+                    "password_file",
+                    f"{password_file} is empty; write the password in it, or remove the key "
+                    "to send without logging in",
+                )
+            password = Secret(secret) if secret else None
+        else:
             password, more = None, []  # no password at all: send without AUTH
         notices.extend(more)
     if password is not None and ("\n" in password.reveal() or "\r" in password.reveal()):

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import aiofiles
 
-from .config import decode_text
+from .addresses import ATOM, Mailbox
 from .errors import InputError
-from .recipients import ATOM, Mailbox
+from .textfiles import decode_text
 
 __all__ = [
     "END_OF_DATA",

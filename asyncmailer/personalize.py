@@ -17,8 +17,8 @@ from pathlib import Path
 from jinja2 import StrictUndefined, Template, TemplateError, TemplateSyntaxError, meta
 from jinja2.sandbox import SandboxedEnvironment
 
+from .addresses import Mailbox, check_header_value
 from .errors import InputError
-from .recipients import Mailbox, check_header_value
 
 __all__ = ["BUILT_IN_FIELDS", "Personalizer"]
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from .addresses import Mailbox, check_header_value, parse_mailbox
 from .errors import InputError
-from .recipients import Mailbox, check_header_value, parse_mailbox
 
 __all__ = ["BadRow", "Recipient", "RecipientFile", "ScanResult"]
 

@@ -17,6 +17,7 @@ import os
 import re
 import signal
 import ssl
+import sys
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -24,11 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiofiles
-
-from .config import PASSWORD_ENV, decode_text, is_loopback
+from .config import PASSWORD_ENV, is_loopback
 from .errors import InputError
 from .results import plural
+from .textfiles import read_secret
 
 __all__ = [
     "Account",
@@ -307,9 +307,11 @@ async def serve_command(args: argparse.Namespace) -> int:
         if not password:
             if args.password_file is None:
                 raise InputError(f"--user needs --password-file or {PASSWORD_ENV}")
-            async with aiofiles.open(args.password_file, "rb") as handle:
-                text = decode_text(await handle.read(), args.password_file)
-            password = text.removesuffix("\n").removesuffix("\r")
+            password, notices = await read_secret(args.password_file, "password file")
+            for notice in notices:
+                print(f"asyncmailer serve: {notice}", file=sys.stderr)
+            if not password:
+                raise InputError("the password file is empty", path=args.password_file)
         account = Account(args.user, password)
     # aiosmtpd logs its own notes (deprecations, the implicit-TLS AUTH note) at INFO/WARNING.
     logging.getLogger("mail.log").setLevel(logging.ERROR)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from asyncmailer.addresses import Mailbox
 from asyncmailer.config import (
     PASSWORD_ENV,
     JournalSync,
@@ -16,7 +17,6 @@ from asyncmailer.config import (
     load_campaign,
 )
 from asyncmailer.errors import ConfigError, InputError
-from asyncmailer.recipients import Mailbox
 
 from .conftest import PASSWORD, SUBJECT, CampaignFactory
 

@@ -11,7 +11,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from asyncmailer.journal import JournalReader
+from asyncmailer.journal.sqlite import JournalReader
 from asyncmailer.results import Status
 
 from .conftest import CampaignFactory, plain_list_campaign, start_cli

@@ -16,9 +16,9 @@ import trustme
 
 from asyncmailer.config import load_campaign
 from asyncmailer.errors import AuthError, ConnectError, JournalError, TLSRequiredError
-from asyncmailer.journal import JournalReader
-from asyncmailer.orchestrator import RunOptions, run_campaign
+from asyncmailer.journal.sqlite import JournalReader
 from asyncmailer.results import CampaignReport, Status
+from asyncmailer.run.campaign import RunOptions, run_campaign
 
 from .conftest import PASSWORD, CampaignFactory, Certs, ServerFactory, plain_list_campaign
 from .faulty import Faults, FaultyServer
@@ -296,7 +296,7 @@ async def test_journal_that_cannot_be_created(make_campaign: CampaignFactory) ->
 async def test_two_runs_of_one_campaign_are_refused(
     faulty: Any, make_campaign: CampaignFactory
 ) -> None:
-    from asyncmailer.journal import Journal, journal_path
+    from asyncmailer.journal.sqlite import Journal, journal_path
 
     server = await faulty()
     path = make_campaign(host="127.0.0.1", port=server.port, security="none", password=None)

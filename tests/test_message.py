@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from asyncmailer.addresses import Mailbox, parse_mailbox
 from asyncmailer.errors import InputError
 from asyncmailer.message import (
     POLICY,
@@ -23,7 +24,6 @@ from asyncmailer.message import (
     load_body,
     prepare_data,
 )
-from asyncmailer.recipients import Mailbox, parse_mailbox
 
 from .conftest import SUBJECT
 

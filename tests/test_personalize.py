@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 
+from asyncmailer.addresses import Mailbox
 from asyncmailer.config import load_campaign
 from asyncmailer.errors import ConfigError, InputError
 from asyncmailer.message import MessageTemplate
-from asyncmailer.orchestrator import run_campaign
 from asyncmailer.personalize import Personalizer
-from asyncmailer.recipients import Mailbox
 from asyncmailer.results import Status
+from asyncmailer.run.campaign import run_campaign
 
 from .conftest import CampaignFactory, RunningServer, ServerFactory
 

@@ -13,9 +13,9 @@ from asyncmailer.config import Secret, Security, ServerSettings
 from asyncmailer.errors import AuthError, ConnectError, TLSRequiredError
 from asyncmailer.results import Status
 from asyncmailer.server import AuthAttempt
-from asyncmailer.session import Session, build_tls_context
+from asyncmailer.smtp.session import Session, build_tls_context
 
-from .conftest import PASSWORD, USER, Certs, RunningServer, ServerFactory
+from ..conftest import PASSWORD, USER, Certs, RunningServer, ServerFactory
 
 DATA = (b"Subject: test\r\n\r\nHello\r\n",)  # without the final "."
 B64_PASSWORD = base64.b64encode(PASSWORD.encode()).decode()

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from asyncmailer.addresses import Mailbox
 from asyncmailer.errors import JournalError
-from asyncmailer.journal import Journal, JournalReader
-from asyncmailer.recipients import Mailbox
+from asyncmailer.journal.sqlite import Journal, JournalReader
 from asyncmailer.results import RecipientResult, Status
 
 

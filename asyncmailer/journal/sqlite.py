@@ -32,10 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .errors import JournalError
-from .message import message_ids
-from .recipients import Mailbox
-from .results import NOT_ATTEMPTED, RecipientResult, Status
+from ..addresses import Mailbox
+from ..errors import JournalError
+from ..message import message_ids
+from ..results import NOT_ATTEMPTED, RecipientResult, Status
 
 __all__ = ["Journal", "JournalReader", "WorkItem", "archive", "journal_path", "probe_lock"]
 

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from aiosmtplib import SMTPReadTimeoutError, SMTPResponse, SMTPServerDisconnected
 
-from asyncmailer.protocol import MAX_REPLY, ReplyError, ReplyReader, parse_replies
+from asyncmailer.smtp.replies import MAX_REPLY, ReplyError, ReplyReader, parse_replies
 
 
 def test_several_replies_in_one_read() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from asyncmailer.recipients import (
+from asyncmailer.addresses import (
     Mailbox,
     check_header_value,
     dedupe,

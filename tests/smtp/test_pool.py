@@ -8,10 +8,10 @@ import pytest
 
 from asyncmailer.config import Secret, Security, ServerSettings
 from asyncmailer.errors import AuthError
-from asyncmailer.pool import SessionPool
-from asyncmailer.session import Session, build_tls_context
+from asyncmailer.smtp.pool import SessionPool
+from asyncmailer.smtp.session import Session, build_tls_context
 
-from .conftest import PASSWORD, USER, Certs, RunningServer, ServerFactory
+from ..conftest import PASSWORD, USER, Certs, RunningServer, ServerFactory
 
 DATA = (b"Subject: pool\r\n\r\nbody\r\n",)  # without the final "."
 

@@ -13,15 +13,15 @@ from typing import Any
 
 import pytest
 
-from asyncmailer import orchestrator
+from asyncmailer.addresses import Mailbox
 from asyncmailer.config import load_campaign
 from asyncmailer.errors import AuthError, JournalError, TLSRequiredError
-from asyncmailer.journal import Journal
-from asyncmailer.orchestrator import Observer, RunOptions, run_campaign
-from asyncmailer.recipients import Mailbox
+from asyncmailer.journal.sqlite import Journal
 from asyncmailer.results import RecipientResult, Status
+from asyncmailer.run import campaign as orchestrator
+from asyncmailer.run.campaign import Observer, RunOptions, run_campaign
 
-from .conftest import PASSWORD, SUBJECT, CampaignFactory, RunningServer, ServerFactory
+from ..conftest import PASSWORD, SUBJECT, CampaignFactory, RunningServer, ServerFactory
 
 FILES = {
     "отчёт за ноябрь.pdf": b"%PDF-1.4\n" + bytes(range(256)) * 40,

@@ -19,11 +19,11 @@ from typing import Any, cast
 import aiosmtplib
 from aiosmtplib import SMTPResponse
 
-from .config import Security, ServerSettings
-from .errors import AuthError, ConnectError, TLSRequiredError
-from .message import END_OF_DATA
-from .protocol import ReplyReader
-from .results import RecipientResult, Status
+from ..config import Security, ServerSettings
+from ..errors import AuthError, ConnectError, TLSRequiredError
+from ..message import END_OF_DATA
+from ..results import RecipientResult, Status
+from .replies import ReplyReader
 
 __all__ = ["Envelope", "Session", "build_tls_context", "classify", "message_size"]
 

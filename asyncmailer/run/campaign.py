@@ -20,19 +20,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .config import Campaign, Security
-from .errors import AuthError, ConnectError, JournalError, TLSRequiredError
-from .journal import Journal, WorkItem, journal_path
-from .message import MessageTemplate, load_attachments, load_body
-from .pool import SessionPool
-from .recipient_list import BadRow, Recipient, RecipientFile
-from .recipients import Mailbox
-from .results import NOT_ATTEMPTED, CampaignReport, RecipientResult, Status
-from .session import Session, build_tls_context, message_size
-from .throttle import RateLimiter
+from ..addresses import Mailbox
+from ..config import Campaign, Security
+from ..errors import AuthError, ConnectError, JournalError, TLSRequiredError
+from ..journal.sqlite import Journal, WorkItem, journal_path
+from ..message import MessageTemplate, load_attachments, load_body
+from ..recipient_list import BadRow, Recipient, RecipientFile
+from ..results import NOT_ATTEMPTED, CampaignReport, RecipientResult, Status
+from ..smtp.pool import SessionPool
+from ..smtp.session import Session, build_tls_context, message_size
+from .limits import RateLimiter
 
 if TYPE_CHECKING:  # jinja2 is imported only by campaigns that personalise (start-up time)
-    from .personalize import Personalizer
+    from ..personalize import Personalizer
 
 __all__ = [
     "MAX_RETRY_DELAY",
@@ -105,7 +105,7 @@ async def prepare_personalizer(campaign: Campaign) -> Personalizer | None:
     """
     if not campaign.personalize:
         return None
-    from .personalize import Personalizer
+    from ..personalize import Personalizer
 
     return Personalizer(
         subject=campaign.subject,

@@ -1,0 +1,1 @@
+"""The SQLite journal: one implementation of the Ledger seam."""

@@ -1,0 +1,1 @@
+"""Running a campaign: policy, limits, scheduling, loading and the dispatcher."""

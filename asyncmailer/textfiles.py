@@ -1,0 +1,72 @@
+"""Reading the campaign's text files: one way to read them, one way to decode them."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import aiofiles
+import aiofiles.os
+
+from .errors import InputError
+
+__all__ = ["decode_text", "read_secret", "read_text"]
+
+
+def decode_text(raw: bytes, path: Path | str) -> str:
+    """Decode UTF-8 (BOM allowed); refuse other encodings and NUL bytes, naming the line.
+
+    :raises InputError: with file and line.
+    """
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise InputError(
+            "not valid UTF-8 text (save the file as UTF-8)", path=path, line=line
+        ) from None
+    if "\x00" in text:
+        line = text.count("\n", 0, text.index("\x00")) + 1
+        raise InputError("contains a NUL byte; is it a text file?", path=path, line=line)
+    return text
+
+
+async def read_text(path: Path, what: str, *, field: str | None = None) -> str:
+    """Read a UTF-8 text file without blocking the event loop.
+
+    :raises InputError: missing, a folder, unreadable, not UTF-8 or with a NUL byte.
+    """
+    try:
+        async with aiofiles.open(path, "rb") as handle:
+            raw = await handle.read()
+    except FileNotFoundError:
+        raise InputError(f"{what} not found", path=path, field=field) from None
+    except IsADirectoryError:
+        raise InputError(f"{what} is a folder, not a file", path=path, field=field) from None
+    except OSError as err:
+        raise InputError(f"cannot read {what}: {err.strerror}", path=path, field=field) from err
+    return decode_text(raw, path)
+
+
+async def read_secret(path: Path, what: str) -> tuple[str, list[str]]:
+    """Read a one-line secret (a password) and warn when other users can read the file.
+    Returns the secret without its line ending, and the warnings.
+
+    :raises InputError: as `read_text`.
+    """
+    notices: list[str] = []
+    try:
+        mode = (await aiofiles.os.stat(path)).st_mode
+    except FileNotFoundError:
+        raise InputError(f"{what} not found", path=path) from None
+    except OSError as err:
+        raise InputError(f"cannot read {what}: {err.strerror}", path=path) from err
+    if mode & 0o077:
+        notices.append(
+            f"warning: {path} is readable by other users (mode {stat.filemode(mode)}); "
+            f"run: chmod 600 {path}"
+        )
+    text = await read_text(path, what)
+    return text.removesuffix("\n").removesuffix("\r"), notices
