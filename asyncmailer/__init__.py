@@ -12,12 +12,15 @@ from .errors import (
     MailerError,
     TLSRequiredError,
 )
-from .journal.sqlite import Journal
+from .journal import Journal
+from .ledger import JournalState, Ledger
 from .message import Attachment, MessageTemplate
+from .observer import Observer
 from .results import CampaignReport, RecipientResult, Status
-from .run.campaign import Observer, RunOptions, run_campaign
+from .run.campaign import RunOptions, run_campaign
 from .smtp.pool import SessionPool
 from .smtp.session import Session
+from .transport import Connection, Transport
 
 __version__ = "0.1.0"
 
@@ -28,11 +31,14 @@ __all__ = [
     "CampaignReport",
     "ConfigError",
     "ConnectError",
+    "Connection",
     "DeliveryError",
     "InputError",
     "Journal",
     "JournalError",
+    "JournalState",
     "JournalSync",
+    "Ledger",
     "MailerError",
     "MessageTemplate",
     "Observer",
@@ -45,6 +51,7 @@ __all__ = [
     "SessionPool",
     "Status",
     "TLSRequiredError",
+    "Transport",
     "load_campaign",
     "run_campaign",
 ]

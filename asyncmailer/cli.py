@@ -23,7 +23,8 @@ from typing import TextIO
 from . import __version__
 from .config import DEFAULT_CONFIG, PASSWORD_ENV, Campaign, load_campaign
 from .errors import InputError, JournalError, MailerError
-from .journal.sqlite import JournalReader, archive, journal_path, probe_lock
+from .journal import JournalReader, archive, journal_path, probe_lock
+from .ledger import JournalState
 from .progress import ConsoleObserver
 from .report import ReportWriter, format_table
 from .results import CampaignReport, Status, plural
@@ -337,14 +338,14 @@ class _SignalStop:
 
 
 STATE_WORDS = {
-    "accepted": "accepted",
-    "refused": "refused",
-    "deferred": "deferred (to retry)",
-    "unknown": "unknown (not resent unless --resend-unknown)",
-    "skipped": "skipped",
-    "pending": "pending (not attempted yet)",
-    "inflight": "in flight (claimed by a run)",
-    "data": "past DATA, awaiting the reply",
+    JournalState.ACCEPTED: "accepted",
+    JournalState.REFUSED: "refused",
+    JournalState.DEFERRED: "deferred (to retry)",
+    JournalState.UNKNOWN: "unknown (not resent unless --resend-unknown)",
+    JournalState.SKIPPED: "skipped",
+    JournalState.PENDING: "pending (not attempted yet)",
+    JournalState.INFLIGHT: "in flight (claimed by a run)",
+    JournalState.DATA: "past DATA, awaiting the reply",
 }
 
 
@@ -361,7 +362,9 @@ async def status_command(args: argparse.Namespace, *, out: TextIO = sys.stdout) 
         if counts[state]:
             print(f"  {counts[state]:>9,}  {word}", file=out)
     print(f"  {sum(counts.values()):>9,}  recipients in all", file=out)
-    left = counts["pending"] + counts["deferred"] + counts["inflight"]
+    left = sum(
+        counts[s] for s in (JournalState.PENDING, JournalState.DEFERRED, JournalState.INFLIGHT)
+    )
     try:
         await asyncio.to_thread(probe_lock, path)
     except JournalError:

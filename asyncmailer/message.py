@@ -37,6 +37,7 @@ __all__ = [
     "load_attachments",
     "load_body",
     "message_ids",
+    "message_size",
     "prepare_data",
 ]
 
@@ -62,6 +63,12 @@ def message_ids(domain: str, count: int) -> list[str]:
     per id (a system call: a tenth of a long list's load into the journal)."""
     stem = f"{int(time.time() * 100)}.{os.getpid()}"
     return [f"<{stem}.{random.getrandbits(64)}@{domain}>" for _ in range(count)]
+
+
+def message_size(parts: Sequence[bytes]) -> int:
+    """The bytes of a message on the wire: its parts (`MessageTemplate.render_parts()`) and
+    the final "."."""
+    return sum(map(len, parts)) + len(END_OF_DATA)
 
 
 def prepare_data(message: bytes, *, terminate: bool = True) -> bytes:

@@ -9,9 +9,9 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, TextIO
 
+from .observer import Observer
 from .report import ReportWriter
 from .results import RecipientResult, Status
-from .run.campaign import Observer
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID

@@ -18,9 +18,6 @@ def plural(count: int, word: str) -> str:
     return f"{count:,} {word}{'' if count == 1 else 's'}"
 
 
-NOT_ATTEMPTED = "not attempted"  # how a skipped result that was never tried begins
-
-
 class Status(StrEnum):
     """The answer for one recipient. Every feature reports with these words."""
 
@@ -40,21 +37,14 @@ class RecipientResult:
     code: int | None = None
     message: str = ""
     attempts: int = 1
+    # Skipped because the run never got to it (it stopped early, or was not sent yet), not
+    # for a reason of its own like a bad list row.
+    untried: bool = False
 
     def __str__(self) -> str:
         code = f" {self.code}" if self.code is not None else ""
         text = f" {self.message}" if self.message else ""
         return f"{self.status.value:<8} {self.recipient}{code}{text}"
-
-    @property
-    def untried(self) -> bool:
-        """Skipped because the run never got to it (it stopped early), not for a reason of its
-        own like a bad list row."""
-        return (
-            self.status is Status.SKIPPED
-            and self.attempts == 0
-            and self.message.startswith(NOT_ATTEMPTED)
-        )
 
     def as_row(self) -> dict[str, str | int | None]:
         return {
@@ -83,6 +73,7 @@ class CampaignReport:
     journal: Path | None = None
     bad_rows: list[RecipientResult] = field(default_factory=list)  # this run's bad list rows
     quota_reached: bool = False  # the run stopped at the daily quota
+    limit_reached: bool = False  # the run stopped at its message limit (--limit)
     # The run stopped before the list was read to its end: it was read up to this line.
     list_read_to: int | None = None
 

@@ -8,7 +8,7 @@ import functools
 import json
 import ssl
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,10 @@ import pytest
 import trustme
 import yaml
 
+from asyncmailer.results import RecipientResult
 from asyncmailer.server import Account, EmbeddedServer, MailStore
+from asyncmailer.smtp.session import Session
+from asyncmailer.transport import Envelope, Transaction
 
 from .smtpd import Recorder, RecordingSMTP
 
@@ -175,3 +178,11 @@ async def start_cli(*args: str, cwd: Path, **options: Any) -> asyncio.subprocess
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "asyncmailer", *args, cwd=cwd, **options
     )
+
+
+async def send(
+    session: Session, sender: str, recipients: Sequence[str], message: Sequence[bytes]
+) -> list[RecipientResult]:
+    """One transaction through `session`, without pipelining the next: its results."""
+    sent = await session.send(Transaction(Envelope(sender, recipients), message))
+    return sent.results

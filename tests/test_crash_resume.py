@@ -11,7 +11,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from asyncmailer.journal.sqlite import JournalReader
+from asyncmailer.journal import JournalReader
+from asyncmailer.ledger import JournalState
 from asyncmailer.results import Status
 
 from .conftest import CampaignFactory, plain_list_campaign, start_cli
@@ -62,7 +63,7 @@ async def test_killed_and_resumed_run_delivers_each_recipient_once(
         copies = Counter(server.delivered)
 
         assert len(results) == COUNT
-        assert counts["accepted"] + counts["unknown"] == COUNT, counts
+        assert counts[JournalState.ACCEPTED] + counts[JournalState.UNKNOWN] == COUNT, counts
         for result in results:
             if result.status is Status.ACCEPTED:
                 assert copies[result.recipient] == 1, result
@@ -71,7 +72,7 @@ async def test_killed_and_resumed_run_delivers_each_recipient_once(
         assert set(copies) <= {r.recipient for r in results}
         print(
             f"\n{COUNT} recipients, {kills} kill -9s, {elapsed:.1f} s: "
-            f"{counts['accepted']} accepted exactly once, {len(unknown)} unknown "
+            f"{counts[JournalState.ACCEPTED]} accepted exactly once, {len(unknown)} unknown "
             f"({sum(copies[r] for r in unknown)} of them did arrive), "
             f"{sum(1 for n in copies.values() if n > 1)} duplicates"
         )

@@ -16,7 +16,8 @@ import trustme
 
 from asyncmailer.config import load_campaign
 from asyncmailer.errors import AuthError, ConnectError, JournalError, TLSRequiredError
-from asyncmailer.journal.sqlite import JournalReader
+from asyncmailer.journal import JournalReader
+from asyncmailer.ledger import JournalState
 from asyncmailer.results import CampaignReport, Status
 from asyncmailer.run.campaign import RunOptions, run_campaign
 
@@ -48,7 +49,7 @@ async def send(
     recipients: list[str] = RECIPIENTS,
     resend_unknown: bool = False,
     **keys: Any,
-) -> tuple[CampaignReport, Counter[str]]:
+) -> tuple[CampaignReport, Counter[JournalState]]:
     """Run a list campaign against the server and return the report and the journal's counts."""
     settings: dict[str, Any] = {"group_size": 10, "concurrency": 2, **FAST, **keys}
     path = plain_list_campaign(make_campaign, port, recipients, **settings)
@@ -296,7 +297,7 @@ async def test_journal_that_cannot_be_created(make_campaign: CampaignFactory) ->
 async def test_two_runs_of_one_campaign_are_refused(
     faulty: Any, make_campaign: CampaignFactory
 ) -> None:
-    from asyncmailer.journal.sqlite import Journal, journal_path
+    from asyncmailer.journal import Journal, journal_path
 
     server = await faulty()
     path = make_campaign(host="127.0.0.1", port=server.port, security="none", password=None)

@@ -16,7 +16,7 @@ from asyncmailer.results import CampaignReport, RecipientResult, Status
 RESULTS = [
     RecipientResult("alice@example.com", Status.ACCEPTED, 250, "2.0.0 OK"),
     RecipientResult("bob@example.org", Status.REFUSED, 550, "5.1.1 User unknown, sorry"),
-    RecipientResult("carol@example.net", Status.SKIPPED, None, "not attempted: x", 0),
+    RecipientResult("carol@example.net", Status.SKIPPED, None, "not attempted: x", 0, untried=True),
 ]
 
 

@@ -1,1 +1,11 @@
-"""The SQLite journal: one implementation of the Ledger seam."""
+"""The SQLite journal: the embedded implementation of the `ledger.Ledger` seam.
+
+`schema` (tables, bulk statements, the oldest SQLite), `writer` (the group-commit thread),
+`sqlite` (the ledger operations), `reader` (reading back), `files` (path, lock, archive).
+"""
+
+from .files import archive, journal_path, probe_lock
+from .reader import JournalReader
+from .sqlite import Journal
+
+__all__ = ["Journal", "JournalReader", "archive", "journal_path", "probe_lock"]

@@ -1,4 +1,5 @@
-"""A pool of long-lived SMTP sessions: at most `size` connections, each reused for many sends."""
+"""A pool of long-lived SMTP sessions, at most `size` at once, each reused for many sends: the
+SMTP `transport.Transport`."""
 
 from __future__ import annotations
 
@@ -78,8 +79,12 @@ class SessionPool:
             self._slots.release()
 
     @asynccontextmanager
-    async def session(self) -> AsyncIterator[Session]:
-        """Borrow a session for one transaction."""
+    async def connection(self) -> AsyncIterator[Session]:
+        """Borrow a session for one transaction or a pipelined chain of them.
+
+        :raises DeliveryError: a new connection failed (`ConnectError`, `TLSRequiredError`,
+            `AuthError`).
+        """
         session = await self.acquire()
         try:
             yield session

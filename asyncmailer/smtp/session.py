@@ -13,23 +13,26 @@ import asyncio
 import base64
 import contextlib
 import ssl
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, cast
 
 import aiosmtplib
-from aiosmtplib import SMTPResponse
+from aiosmtplib import SMTPResponse, SMTPStatus
 
 from ..config import Security, ServerSettings
 from ..errors import AuthError, ConnectError, TLSRequiredError
-from ..message import END_OF_DATA
+from ..message import END_OF_DATA, message_size
 from ..results import RecipientResult, Status
+from ..transport import Commit, Sent, Transaction
+from . import commands
+from .outcome import AFTER_END, describe
+from .outcome import Transaction as Bookkeeping
 from .replies import ReplyReader
 
-__all__ = ["Envelope", "Session", "build_tls_context", "classify", "message_size"]
+__all__ = ["Session", "build_tls_context"]
 
 _JOIN_BELOW = 64 * 1024
 _CHUNK = 256 * 1024
-Envelope = tuple[str, Sequence[str], int]  # sender, recipients, message size
 # Anything that leaves the connection in an unknown state: the session is dropped.
 _CONNECTION_ERRORS = (aiosmtplib.SMTPException, OSError)
 
@@ -47,16 +50,6 @@ def build_tls_context(settings: ServerSettings) -> ssl.SSLContext:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context
-
-
-def message_size(parts: Sequence[bytes]) -> int:
-    """The bytes of a message as `Session.send()` writes it: its parts and the final "."."""
-    return sum(map(len, parts)) + len(END_OF_DATA)
-
-
-def classify(code: int) -> Status:
-    """The status a failed reply code gives its recipients: 4xx is temporary, else permanent."""
-    return Status.DEFERRED if 400 <= code < 500 else Status.REFUSED
 
 
 class Session:
@@ -158,7 +151,7 @@ class Session:
             ) from None
         except (aiosmtplib.SMTPException, OSError) as err:
             self.abort()
-            raise ConnectError(f"could not connect: {_describe(err)}", **self._where) from None
+            raise ConnectError(f"could not connect: {describe(err)}", **self._where) from None
         if settings.password is not None:
             await self._login()
         self._take_over()
@@ -177,7 +170,7 @@ class Session:
                 f"STARTTLS refused: {err.code} {err.message}", code=err.code, **self._where
             ) from None
         except ssl.SSLError as err:
-            raise ConnectError(f"TLS failed: {_describe(err)}", **self._where) from None
+            raise ConnectError(f"TLS failed: {describe(err)}", **self._where) from None
         await self._smtp.ehlo()
 
     async def _login(self) -> None:
@@ -209,7 +202,7 @@ class Session:
             ) from None
         except (aiosmtplib.SMTPException, OSError) as err:
             self.abort()
-            text = _scrub(_describe(err), settings.username, password)
+            text = _scrub(describe(err), settings.username, password)
             raise ConnectError(f"connection lost during login: {text}", **self._where) from None
 
     def _take_over(self) -> None:
@@ -235,7 +228,7 @@ class Session:
         if self.usable and self._preloaded is None:
             assert self._reader is not None
             with contextlib.suppress(aiosmtplib.SMTPException, OSError):
-                self._reader.write(b"QUIT\r\n")
+                self._reader.write(commands.QUIT)
                 await self._reader.read(min(self.settings.timeout, 5))
         self.abort()
 
@@ -248,92 +241,83 @@ class Session:
 
     # -- sending -----------------------------------------------------------------------------
 
+    @property
+    def pipelines(self) -> bool:
+        """The next transaction may begin with this one's final "." (see `send()`)."""
+        return self.pipelining and self.usable
+
     async def send(
         self,
-        sender: str,
-        recipients: Sequence[str],
-        message: Sequence[bytes],
+        transaction: Transaction,
         *,
-        before_end: Callable[[], Awaitable[None]] | None = None,
-        then: Envelope | None = None,
-    ) -> list[RecipientResult]:
-        """Run one transaction and return one result per recipient, in order.
+        commit: Commit | None = None,
+        then: Transaction | None = None,
+    ) -> Sent:
+        """Run one transaction: one result per recipient, in order.
 
-        `message` is the content from `MessageTemplate.render_parts()`: parts written one
-        after the other, CRLF-terminated and dot-stuffed, without the final ``.``, which is
-        written here, after `before_end()` has returned (the journal's commit point). With
-        PIPELINING (offered and not turned off), MAIL, every RCPT and DATA go in one write,
-        and `then`, the next transaction's envelope, goes out with this one's final ``.``
-        (RFC 2920 3.1: message content may start a group): one round trip per message.
-        `preloaded` then says it went out; the next `send()` must be for that envelope.
+        The message's parts come from `MessageTemplate.render_parts()`: written one after the
+        other, CRLF-terminated and dot-stuffed, without the final ``.``, which is written
+        here, after `commit()` has returned (the journal's commit point). With PIPELINING
+        (offered and not turned off), MAIL, every RCPT and DATA go in one write, and the
+        envelope of `then` goes out with this message's final ``.`` (RFC 2920 3.1: message
+        content may start a group): one round trip per message. `Sent.then_sent` says it
+        did; the next `send()` must then be for `then`.
 
         Never raises for a server reply or a lost connection: those become results (`refused`,
         `deferred`, or `unknown` when the connection died after the final ``.``), and a lost
         connection leaves `usable` False.
+
+        :raises UnsafeArgumentError: an address holds CR, LF or NUL (nothing was written).
         """
         assert self._reader is not None, "connect() first"
-        parts = tuple(message)
+        (sender, recipients), parts = transaction
         size = message_size(parts)
         preloaded, self._preloaded = self._preloaded, None
-        transaction = _Transaction(recipients)
+        tx = Bookkeeping(recipients)
         if preloaded is not None and preloaded != (sender, tuple(recipients)):
             # The server is inside another transaction: only closing ends it safely.
             self.abort()
-            transaction.connection_lost(RuntimeError("pipelined envelope mismatch"))
-            return transaction.results()
+            tx.connection_lost(RuntimeError("pipelined envelope mismatch"))
+            return Sent(tx.results(), reusable=False)
         limit = self.size_limit
         if preloaded is None and limit and size > limit:
             note = f"message is {size} bytes; the server accepts at most {limit} (SIZE)"
-            return [RecipientResult(r, Status.REFUSED, None, note) for r in recipients]
+            return Sent([RecipientResult(r, Status.REFUSED, None, note) for r in recipients])
+        # Built (and checked for CR/LF/NUL) before anything of the transaction is written.
+        group = (
+            b"" if preloaded else commands.envelope(sender, recipients, self._size_argument(size))
+        )
         self.transactions += 1
         try:
             if preloaded is not None:
                 if not self.usable:
                     raise aiosmtplib.SMTPServerDisconnected("connection closed")
-                go = await self._read_envelope(transaction)
+                go = await self._read_envelope(tx)
             elif self.pipelining:
-                self._write_envelope(sender, recipients, size)
-                go = await self._read_envelope(transaction)
+                self._reader.write(group)
+                go = await self._read_envelope(tx)
             else:
-                go = await self._envelope_stepwise(transaction, sender, size)
+                go = await self._envelope_stepwise(tx, sender, size)
             if go:
                 if then is not None and not self._may_preload():
                     then = None
-                await self._message(transaction, parts, size, before_end, then)
+                await self._message(tx, parts, size, commit, then)
         except _CONNECTION_ERRORS as err:
             self.abort()
-            transaction.connection_lost(err)
-        if transaction.failed and not transaction.ended and self.usable:
+            tx.connection_lost(err)
+        if tx.failed and not tx.ended and self.usable:
             await self._reset()
-        return transaction.results()
-
-    @property
-    def preloaded(self) -> bool:
-        """The next transaction's envelope went out with the last final ".": see `send()`."""
-        return self._preloaded is not None
+        usable = self.usable
+        return Sent(tx.results(), then_sent=usable and self._preloaded is not None, reusable=usable)
 
     def _may_preload(self) -> bool:
         limit = self.settings.max_messages_per_connection
         return self.pipelining and not self._closing and not (limit and self.transactions >= limit)
 
-    def _mail_from(self, sender: str, size: int) -> str:
-        return (
-            f"MAIL FROM:<{sender}> SIZE={size}\r\n" if self._sizes else f"MAIL FROM:<{sender}>\r\n"
-        )
+    def _size_argument(self, size: int) -> int | None:
+        return size if self._sizes else None
 
-    def _envelope(self, sender: str, recipients: Sequence[str], size: int) -> bytes:
-        """MAIL, RCPT for everyone and DATA: one pipelined group (built as one string)."""
-        if len(recipients) == 1:
-            rcpt = f"RCPT TO:<{recipients[0]}>\r\n"
-        else:
-            rcpt = "".join([f"RCPT TO:<{r}>\r\n" for r in recipients])
-        return (self._mail_from(sender, size) + rcpt + "DATA\r\n").encode()
-
-    def _write_envelope(self, sender: str, recipients: Sequence[str], size: int) -> None:
-        assert self._reader is not None
-        self._reader.write(self._envelope(sender, recipients, size))
-
-    async def _read_envelope(self, tx: _Transaction) -> bool:
+    async def _read_envelope(self, tx: Bookkeeping) -> bool:
         """The replies to a pipelined MAIL, RCPTs and DATA, in order."""
         reader = self._reader
         assert reader is not None
@@ -346,30 +330,30 @@ class Session:
         tx.phase = "before the message was sent"
         start = reader.take() or await reader.read(timeout)
         self._check_421(mail, start)
-        if start.code == 354 and not tx.accepted:
+        if start.code == SMTPStatus.start_input and not tx.accepted:
             # RFC 2920 3.1: DATA was accepted though no recipient was; end it empty.
-            reader.write(b".\r\n")
+            reader.write(END_OF_DATA)
             await reader.read(timeout)
             tx.failed = True
             return False
         return tx.data_started(start)
 
-    async def _envelope_stepwise(self, tx: _Transaction, sender: str, size: int) -> bool:
+    async def _envelope_stepwise(self, tx: Bookkeeping, sender: str, size: int) -> bool:
         """One command, one reply: for servers without PIPELINING."""
         timeout = self.settings.timeout
         reader = self._reader
         assert reader is not None
         tx.phase = "during MAIL FROM"
-        reader.write(self._mail_from(sender, size).encode())
+        reader.write(commands.mail_from(sender, self._size_argument(size)).encode())
         mail = await reader.read(timeout)
         self._check_421(mail)
-        if mail.code != 250:
+        if mail.code != SMTPStatus.completed:
             for recipient in tx.recipients:
                 tx.rcpt(recipient, mail, mail)
             return False
         tx.phase = "during RCPT TO"
         for recipient in tx.recipients:
-            reader.write(b"RCPT TO:<" + recipient.encode() + b">\r\n")
+            reader.write(commands.rcpt_to(recipient).encode())
             reply = await reader.read(timeout)
             self._check_421(reply)
             tx.rcpt(recipient, reply, mail)
@@ -377,51 +361,55 @@ class Session:
             tx.failed = True
             return False
         tx.phase = "before the message was sent"
-        reader.write(b"DATA\r\n")
+        reader.write(commands.DATA)
         start = await reader.read(timeout)
         self._check_421(start)
         return tx.data_started(start)
 
     async def _message(
         self,
-        tx: _Transaction,
+        tx: Bookkeeping,
         parts: Sequence[bytes],
         size: int,
-        before_end: Callable[[], Awaitable[None]] | None,
-        then: Envelope | None = None,
+        commit: Commit | None,
+        then: Transaction | None = None,
     ) -> None:
         reader = self._reader
         assert reader is not None
         tx.phase = "while sending the message"
-        end = END_OF_DATA if then is None else END_OF_DATA + self._envelope(*then)
+        end = END_OF_DATA
+        if then is not None:
+            (next_sender, next_recipients), next_parts = then
+            next_size = self._size_argument(message_size(next_parts))
+            end += commands.envelope(next_sender, next_recipients, next_size)
         if size <= _JOIN_BELOW:
             # A small message: commit first, then the whole message, its final "." and the
             # next envelope in one send().
-            if before_end is not None:
-                await before_end()
+            if commit is not None:
+                await commit()
             reader.write(b"".join((*parts, end)))
         else:
             # A large message goes in chunks, each waiting until the server has taken the
             # last: the send buffer stays small, and a server that stops reading is noticed
             # after `timeout` seconds without progress instead of hanging the run.
-            commit = asyncio.ensure_future(before_end()) if before_end is not None else None
+            committing = asyncio.ensure_future(commit()) if commit is not None else None
             try:
                 for part in parts:
                     view = memoryview(part)
                     for start in range(0, len(view), _CHUNK):
                         reader.write(view[start : start + _CHUNK])
                         await reader.drain(self.settings.timeout)
-                if commit is not None:
-                    await commit  # committed while the body was on its way
+                if committing is not None:
+                    await committing  # committed while the body was on its way
             finally:
-                if commit is not None and not commit.done():
-                    commit.cancel()
+                if committing is not None and not committing.done():
+                    committing.cancel()
             reader.write(end)
         if then is not None:
-            self._preloaded = (then[0], tuple(then[1]))
+            self._preloaded = (then.envelope.sender, tuple(then.envelope.recipients))
         if reader.paused:  # the common case skips a coroutine per message
             await reader.drain(self.settings.timeout)
-        tx.phase = "after the final '.'"
+        tx.phase = AFTER_END
         reply = await reader.read(self._data_timeout(size))
         self._check_421(reply)
         tx.finish(reply)
@@ -429,7 +417,7 @@ class Session:
     def _check_421(self, *replies: SMTPResponse) -> None:
         """421: the server is closing the connection; drop it once this transaction ends."""
         for reply in replies:
-            if reply.code == 421:
+            if reply.code == SMTPStatus.domain_unavailable:
                 self._closing = True
 
     async def _reset(self) -> None:
@@ -439,12 +427,12 @@ class Session:
             self.abort()
             return
         try:
-            reader.write(b"RSET\r\n")
+            reader.write(commands.RSET)
             reply = await reader.read(self.settings.timeout)
         except _CONNECTION_ERRORS:
             self.abort()
             return
-        if reply.code != 250:
+        if reply.code != SMTPStatus.completed:
             self.abort()
 
     @property
@@ -457,78 +445,6 @@ class Session:
         large attachment on a slow link does not time out spuriously (the whole body may
         still sit in our send buffer when the wait starts)."""
         return self.settings.data_timeout + size / 65536
-
-
-class _Transaction:
-    """The per-recipient bookkeeping of one mail transaction."""
-
-    __slots__ = ("accepted", "ended", "failed", "outcome", "phase", "recipients")
-
-    def __init__(self, recipients: Sequence[str]) -> None:
-        self.recipients = recipients
-        self.accepted: list[str] = []
-        self.outcome: dict[str, RecipientResult] = {}
-        self.phase = "before MAIL FROM"
-        self.failed = False
-        self.ended = False  # the reply to the final "." came: the transaction is over
-
-    def rcpt(self, recipient: str, reply: SMTPResponse, mail: SMTPResponse) -> None:
-        if mail.code != 250:
-            # With PIPELINING the RCPT replies then only echo the refused MAIL FROM.
-            self.outcome[recipient] = _result(recipient, classify(mail.code), mail, "sender: ")
-            self.failed = True
-        elif reply.code in (250, 251):
-            self.accepted.append(recipient)
-        else:
-            self.outcome[recipient] = _result(recipient, classify(reply.code), reply)
-
-    def data_started(self, start: SMTPResponse) -> bool:
-        if start.code == 354:
-            return True
-        self.failed = True
-        for recipient in self.accepted:
-            self.outcome.setdefault(recipient, _result(recipient, classify(start.code), start))
-        return False
-
-    def finish(self, end: SMTPResponse) -> None:
-        self.ended = True
-        status = Status.ACCEPTED if end.code == 250 else classify(end.code)
-        text = _clean(end.message)
-        for recipient in self.accepted:
-            self.outcome[recipient] = RecipientResult(recipient, status, end.code, text)
-        if status is not Status.ACCEPTED:
-            self.failed = True
-
-    def connection_lost(self, err: BaseException) -> None:
-        lost = self.phase == "after the final '.'"
-        status = Status.UNKNOWN if lost else Status.DEFERRED
-        note = (
-            "connection lost after the message was sent and before the server's reply: "
-            "it may or may not have been accepted"
-            if lost
-            else f"connection lost {self.phase}: not delivered ({_describe(err)})"
-        )
-        for recipient in self.recipients:
-            if recipient not in self.outcome:
-                self.outcome[recipient] = RecipientResult(recipient, status, None, note)
-
-    def results(self) -> list[RecipientResult]:
-        return [self.outcome[r] for r in self.recipients]
-
-
-def _clean(text: str) -> str:
-    return " ".join(text.split())
-
-
-def _result(
-    recipient: str, status: Status, reply: SMTPResponse, prefix: str = ""
-) -> RecipientResult:
-    return RecipientResult(recipient, status, reply.code, prefix + _clean(reply.message))
-
-
-def _describe(err: BaseException) -> str:
-    text = str(err) or type(err).__name__
-    return " ".join(text.split())
 
 
 def _scrub(text: str, username: str, password: str) -> str:

@@ -10,16 +10,17 @@ import pytest
 
 from asyncmailer.addresses import Mailbox
 from asyncmailer.errors import JournalError
-from asyncmailer.journal.sqlite import Journal, JournalReader
-from asyncmailer.results import RecipientResult, Status
+from asyncmailer.journal import Journal, JournalReader
+from asyncmailer.ledger import Decision, JournalState
+from asyncmailer.results import Status
 
 
 def boxes(*numbers: int, host: str = "example.com") -> list[Mailbox]:
     return [Mailbox(f"user{n}@{host}") for n in numbers]
 
 
-async def groups(journal: Journal, *, loading: bool = False) -> list[list[str]]:
-    items = await journal.claim(1000, now=0.0, loading=loading)
+async def groups(journal: Journal) -> list[list[str]]:
+    items = await journal.claim(1000, now=0.0)
     return [[m.addr for m in item.recipients] for item in items]
 
 
@@ -29,18 +30,19 @@ async def test_a_load_sends_each_address_once_and_fills_groups_without_gaps(
     async with await Journal.open(tmp_path / "j.sqlite") as journal:
         await journal.begin_load()
         # Duplicates inside one batch, across batches, and by case only.
-        dup_first = await journal.add_list([*boxes(1, 2, 3, 2), Mailbox("USER1@example.com")], 2)
-        dup_second = await journal.add_list([*boxes(3, 4), *boxes(5)], 2)
-        assert (dup_first, dup_second) == (2, 1)
-        assert journal.added == 5
+        first = await journal.add_list([*boxes(1, 2, 3, 2), Mailbox("USER1@example.com")], 2)
+        second = await journal.add_list([*boxes(3, 4), *boxes(5)], 2)
+        assert (first.duplicates, second.duplicates) == (2, 1)
+        assert first.new + second.new == 5
         # While the list is read, the group still being filled is not handed out...
-        assert await groups(journal, loading=True) == [
+        assert await groups(journal) == [
             ["user1@example.com", "user2@example.com"],
             ["user3@example.com", "user4@example.com"],
         ]
         # ...so a transaction never goes out half-full while its other rows are on the way.
         await journal.add_list(boxes(6, 7), 2)
-        assert await groups(journal, loading=True) == [["user5@example.com", "user6@example.com"]]
+        assert await groups(journal) == [["user5@example.com", "user6@example.com"]]
+        await journal.end_load()
         assert await groups(journal) == [["user7@example.com"]]  # the list is read
 
 
@@ -54,11 +56,12 @@ async def test_while_a_resumed_list_is_read_only_its_new_groups_go(tmp_path: Pat
         await journal.add_list(boxes(4, 5, 6), 1)  # new rows; 1-3 are further down the list
         # Rows from the earlier run wait until they are read again (personalised messages use
         # the row as read now); the newest group may still grow.
-        assert await groups(journal, loading=True) == [
+        assert await groups(journal) == [
             ["user4@example.com"],
             ["user5@example.com"],
         ]
         await journal.add_list(boxes(1, 2, 3), 1, [{"n": "new"}] * 3)
+        await journal.end_load()
         assert [item.fields for item in await journal.claim(10, now=0.0)] == [
             ({"n": "new"},),
             ({"n": "new"},),
@@ -74,16 +77,19 @@ async def test_an_address_from_an_earlier_load_is_not_a_duplicate_nor_sent_again
     async with await Journal.open(path) as journal:
         await journal.begin_load()
         await journal.add_list(boxes(1, 2), 10)
+        await journal.end_load()
         (item,) = await journal.claim(10, now=0.0)
-        results = [RecipientResult(m.addr, Status.ACCEPTED, 250, "ok") for m in item.recipients]
-        await journal.record(item, results, retry_at=lambda _: None, max_attempts=3)
+        journal.record(
+            [Decision(JournalState.ACCEPTED, 250, "ok", 1, 0.0, 0.0, i) for i in item.ids]
+        )
     async with await Journal.open(path) as journal:
         await journal.begin_load()
         # The list read again, with one new address: only that one is new work.
-        assert await journal.add_list(boxes(2, 1, 3), 10) == 0
+        assert (await journal.add_list(boxes(2, 1, 3), 10)).duplicates == 0
+        await journal.end_load()
         await journal.start_run(resend_unknown=False)
         assert await groups(journal) == [["user3@example.com"]]
-        assert (await journal.counts())["accepted"] == 2
+        assert (await journal.counts())[JournalState.ACCEPTED] == 2
 
 
 async def test_past_data_without_a_reply_is_unknown_after_a_stop(tmp_path: Path) -> None:
@@ -91,6 +97,7 @@ async def test_past_data_without_a_reply_is_unknown_after_a_stop(tmp_path: Path)
     async with await Journal.open(path) as journal:
         await journal.begin_load()
         await journal.add_list(boxes(1, 2, 3), 1)
+        await journal.end_load()
         first, second, _third = await journal.claim(3, now=0.0)
         await journal.mark_data(first.ids)  # the final "." went out; no reply came
         await journal.release(second)  # claimed, never sent: given back
@@ -111,6 +118,7 @@ async def test_a_caller_cancelled_while_its_mark_commits_leaves_the_others_their
     async with await Journal.open(tmp_path / "j.sqlite") as journal:
         await journal.begin_load()
         await journal.add_list(boxes(1, 2), 1)
+        await journal.end_load()
         first, second = await journal.claim(2, now=0.0)
         # Both marks join one statement and one commit; one caller is cancelled meanwhile.
         cancelled = asyncio.ensure_future(journal.mark_data(first.ids))
@@ -121,7 +129,7 @@ async def test_a_caller_cancelled_while_its_mark_commits_leaves_the_others_their
         with pytest.raises(asyncio.CancelledError):
             await cancelled
         # The commit went on for both: the caller's own rows are put back by the caller.
-        assert (await journal.counts())["data"] == 2
+        assert (await journal.counts())[JournalState.DATA] == 2
 
 
 async def test_a_second_open_of_the_same_journal_is_refused(tmp_path: Path) -> None:
@@ -136,12 +144,15 @@ async def test_a_long_load_goes_in_one_pass_per_batch(tmp_path: Path) -> None:
     path = tmp_path / "j.sqlite"
     async with await Journal.open(path) as journal:
         await journal.begin_load()
-        assert await journal.add_list(boxes(*range(0, 3000, 2)), 100) == 0
+        assert (await journal.add_list(boxes(*range(0, 3000, 2)), 100)).duplicates == 0
     async with await Journal.open(path) as journal:
         await journal.begin_load()
-        assert await journal.add_list(boxes(*range(3000)) + boxes(*range(10)), 100) == 10
+        assert (
+            await journal.add_list(boxes(*range(3000)) + boxes(*range(10)), 100)
+        ).duplicates == 10
+        await journal.end_load()
         counts = await journal.counts()
-        assert counts["pending"] == 3000
+        assert counts[JournalState.PENDING] == 3000
         items = await journal.claim(1000, now=0.0)
         assert sorted(len(item.recipients) for item in items) == [100] * 30
 

@@ -8,18 +8,15 @@ from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from asyncmailer.addresses import Mailbox
 from asyncmailer.config import load_campaign
-from asyncmailer.errors import AuthError, JournalError, TLSRequiredError
-from asyncmailer.journal.sqlite import Journal
+from asyncmailer.errors import AuthError, TLSRequiredError
+from asyncmailer.observer import Observer
 from asyncmailer.results import RecipientResult, Status
-from asyncmailer.run import campaign as orchestrator
-from asyncmailer.run.campaign import Observer, RunOptions, run_campaign
+from asyncmailer.run.campaign import RunOptions, run_campaign
 
 from ..conftest import PASSWORD, SUBJECT, CampaignFactory, RunningServer, ServerFactory
 
@@ -217,13 +214,9 @@ async def test_list_campaign_in_groups_nobody_sees_anybody(
             assert b"u1@example.com" not in message.data.split(b"\r\n\r\n")[0]
 
 
-def long_list(
-    path: Path, monkeypatch: pytest.MonkeyPatch, count: int, *, bad_at: int, batch: int
-) -> Path:
-    """A CSV list of `count` rows with a bad one before row `bad_at`, read into the journal
-    1,000 rows first, then `batch` at a time (instead of 20,000 and 5,000)."""
-    monkeypatch.setattr(orchestrator, "_FIRST_BATCH", 1000)
-    monkeypatch.setattr(orchestrator, "_LOAD_BATCH", batch)
+def long_list(path: Path, count: int, *, bad_at: int) -> Path:
+    """A CSV list of `count` rows with a bad one before row `bad_at`; the runs read it into
+    the journal 1,000 rows first, then in smaller batches than the defaults (RunOptions)."""
     rows = [f"u{i}@example.com,U {i}\n" for i in range(count)]
     rows.insert(bad_at, "not an address,X\n")
     path.write_text("email,name\n" + "".join(rows))
@@ -234,12 +227,11 @@ async def test_sending_starts_while_a_long_list_is_read(
     smtp_server: ServerFactory,
     make_campaign: CampaignFactory,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # The list goes into the journal in batches (here 1,000 rows, then 5,000 at a time);
     # sending starts after the first. A bad row in the second batch holds the reader until a
     # message has been accepted: the run ends only if sending goes on while the list is read.
-    recipients = long_list(tmp_path / "list.csv", monkeypatch, 8000, bad_at=3000, batch=5000)
+    recipients = long_list(tmp_path / "list.csv", 8000, bad_at=3000)
     running = await smtp_server()
     # Groups of 29 straddle both batch boundaries (after rows 1,000 and 6,000).
     path = list_campaign(make_campaign, running, recipients, group_size=29, concurrency=4)
@@ -261,7 +253,8 @@ async def test_sending_starts_while_a_long_list_is_read(
                 accepted.set()
 
     campaign = await load_campaign(path, env={})
-    report = await asyncio.wait_for(run_campaign(campaign, observer=Holding()), 60)
+    options = RunOptions(first_batch=1000, load_batch=5000)
+    report = await asyncio.wait_for(run_campaign(campaign, observer=Holding(), options=options), 60)
 
     assert events == [("started", None), ("bad row", None), ("counted", 8001)]
     assert report.counts[Status.ACCEPTED] == 8000 and report.counts[Status.SKIPPED] == 1
@@ -277,13 +270,12 @@ async def test_a_stopped_run_stops_reading_the_list_and_the_next_run_reads_on(
     smtp_server: ServerFactory,
     make_campaign: CampaignFactory,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # The bad row is line 1,502: in the second batch.
-    recipients = long_list(tmp_path / "list.csv", monkeypatch, 5000, bad_at=1500, batch=1000)
+    recipients = long_list(tmp_path / "list.csv", 5000, bad_at=1500)
     running = await smtp_server()
     path = list_campaign(make_campaign, running, recipients, group_size=10, concurrency=2)
-    options = RunOptions()
+    options = RunOptions(first_batch=1000, load_batch=1000)
 
     class StopOnFirstAnswer(Observer):
         async def results(self, results: Sequence[RecipientResult]) -> None:
@@ -305,7 +297,9 @@ async def test_a_stopped_run_stops_reading_the_list_and_the_next_run_reads_on(
     sent_first = len(running.messages)
     assert 0 < sent_first < 200
 
-    second = await asyncio.wait_for(run_campaign(campaign), 60)
+    second = await asyncio.wait_for(
+        run_campaign(campaign, options=RunOptions(first_batch=1000, load_batch=1000)), 60
+    )
     assert second.list_read_to is None and second.total == 5001
     assert second.counts[Status.ACCEPTED] == 5000
     delivered = [r for m in running.messages for r in m.rcpt_tos]
@@ -442,61 +436,3 @@ async def test_next_envelope_goes_out_with_the_final_dot(
     joined = [c for c in chunks if b"\r\n.\r\nMAIL FROM:<sender@example.com>" in c]
     assert len(joined) == 5, chunks
     assert all(c.endswith(b"\r\nDATA\r\n") for c in joined)
-
-
-async def scheduler_over_twenty(journal: Journal) -> Any:
-    """A scheduler of 8-group batches over a read list of 20 one-recipient groups."""
-    await journal.begin_load()
-    await journal.add_list([Mailbox(f"user{n}@example.com") for n in range(20)], 1)
-    loader: Any = SimpleNamespace(reading=False, more=asyncio.Event())
-    return orchestrator._Scheduler(journal, 8, asyncio.Event(), loader)
-
-
-async def test_the_scheduler_claims_the_next_batch_before_the_buffer_runs_dry(
-    tmp_path: Path,
-) -> None:
-    async with await Journal.open(tmp_path / "j.sqlite") as journal:
-        scheduler = await scheduler_over_twenty(journal)
-        handed = [await scheduler.next()]  # claims 8 groups
-        handed += [scheduler.take_ready() for _ in range(3)]  # 4 left: none claimed yet
-        assert len(scheduler.buffer) == 4
-        handed.append(scheduler.take_ready())  # under half a batch: topped up to a batch
-        for _ in range(100):
-            await asyncio.sleep(0.01)
-            if len(scheduler.buffer) > 3:
-                break
-        assert len(scheduler.buffer) == 8
-        while (item := scheduler.take_ready()) is not None:
-            handed.append(item)
-        handed.append(await scheduler.next())  # the last 4, claimed by then or now
-        while (item := scheduler.take_ready()) is not None:
-            handed.append(item)
-        await scheduler.release_buffered()
-        addresses = [item.recipients[0].addr for item in handed if item is not None]
-        assert addresses == [f"user{n}@example.com" for n in range(20)]  # each once, in order
-
-
-async def test_a_claim_ahead_that_fails_is_raised_by_the_next_call(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    async with await Journal.open(tmp_path / "j.sqlite") as journal:
-        scheduler = await scheduler_over_twenty(journal)
-        assert await scheduler.next() is not None  # the first claim works
-
-        working = journal.claim
-        calls = 0
-
-        async def broken(*args: Any, **kwargs: Any) -> Any:
-            nonlocal calls
-            calls += 1
-            if calls == 1:  # the claim ahead fails; a later claim would work
-                raise JournalError("cannot write the journal: disk I/O error", path=journal.path)
-            return await working(*args, **kwargs)
-
-        monkeypatch.setattr(journal, "claim", broken)
-        handed = [scheduler.take_ready() for _ in range(7)]  # starts the claim ahead
-        assert all(handed) and scheduler.take_ready() is None
-        with pytest.raises(JournalError, match="disk I/O error"):
-            await scheduler.next()
-        assert calls == 1  # raised as it was, not claimed around
-        await scheduler.release_buffered()

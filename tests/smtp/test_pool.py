@@ -11,7 +11,7 @@ from asyncmailer.errors import AuthError
 from asyncmailer.smtp.pool import SessionPool
 from asyncmailer.smtp.session import Session, build_tls_context
 
-from ..conftest import PASSWORD, USER, Certs, RunningServer, ServerFactory
+from ..conftest import PASSWORD, USER, Certs, RunningServer, ServerFactory, send
 
 DATA = (b"Subject: pool\r\n\r\nbody\r\n",)  # without the final "."
 
@@ -33,8 +33,8 @@ async def test_sessions_are_reused_not_reopened(smtp_server: ServerFactory, cert
     running = await smtp_server()
     async with SessionPool(lambda: factory(running, certs), size=4) as pool:
         for i in range(5):
-            async with pool.session() as session:
-                await session.send(USER, [f"u{i}@example.com"], DATA)
+            async with pool.connection() as session:
+                await send(session, USER, [f"u{i}@example.com"], DATA)
         assert pool.connections_opened == 1
         assert "idle=1" in repr(pool)
     assert len(running.messages) == 5
@@ -61,11 +61,11 @@ async def test_pool_never_exceeds_its_size(smtp_server: ServerFactory, certs: Ce
 async def test_broken_session_is_replaced(smtp_server: ServerFactory, certs: Certs) -> None:
     running = await smtp_server()
     async with SessionPool(lambda: factory(running, certs), size=1) as pool:
-        async with pool.session() as session:
+        async with pool.connection() as session:
             session.abort()  # e.g. the server dropped us
-        async with pool.session() as fresh:
+        async with pool.connection() as fresh:
             assert fresh is not session and fresh.usable
-            await fresh.send(USER, ["x@example.com"], DATA)
+            await send(fresh, USER, ["x@example.com"], DATA)
         assert pool.connections_opened == 2
     assert len(running.messages) == 1
 

@@ -15,7 +15,7 @@ from asyncmailer.results import Status
 from asyncmailer.server import AuthAttempt
 from asyncmailer.smtp.session import Session, build_tls_context
 
-from ..conftest import PASSWORD, USER, Certs, RunningServer, ServerFactory
+from ..conftest import PASSWORD, USER, Certs, RunningServer, ServerFactory, send
 
 DATA = (b"Subject: test\r\n\r\nHello\r\n",)  # without the final "."
 B64_PASSWORD = base64.b64encode(PASSWORD.encode()).decode()
@@ -52,7 +52,7 @@ async def test_implicit_tls_logs_in_with_auth_login(
 ) -> None:
     running = await smtp_server()
     async with session_for(settings_for(running, certs)) as session:
-        results = await session.send(USER, ["alice@example.com"], DATA)
+        results = await send(session, USER, ["alice@example.com"], DATA)
 
     assert [(r.recipient, r.status, r.code) for r in results] == [
         ("alice@example.com", Status.ACCEPTED, 250)
@@ -73,7 +73,7 @@ async def test_implicit_tls_logs_in_with_auth_login(
 async def test_starttls_upgrades_before_auth(smtp_server: ServerFactory, certs: Certs) -> None:
     running = await smtp_server()
     async with session_for(settings_for(running, certs, security=Security.STARTTLS)) as session:
-        results = await session.send(USER, ["alice@example.com"], DATA)
+        results = await send(session, USER, ["alice@example.com"], DATA)
 
     assert results[0].status is Status.ACCEPTED
     plaintext = running.recorder.plaintext()
@@ -120,7 +120,7 @@ async def test_tls_verify_false_skips_verification(
     trustme.CA().cert_pem.write_to_path(str(other_ca))
     settings = settings_for(running, certs, ca_file=other_ca, tls_verify=False)
     async with session_for(settings) as session:
-        results = await session.send(USER, ["alice@example.com"], DATA)
+        results = await send(session, USER, ["alice@example.com"], DATA)
     assert results[0].status is Status.ACCEPTED
 
 
@@ -147,14 +147,14 @@ async def test_plain_is_used_only_when_login_is_not_offered(
 ) -> None:
     running = await smtp_server(exclude_auth=("LOGIN",))
     async with session_for(settings_for(running, certs)) as session:
-        await session.send(USER, ["alice@example.com"], DATA)
+        await send(session, USER, ["alice@example.com"], DATA)
     assert running.server.auth_attempts == [AuthAttempt("PLAIN", USER, True)]
 
 
 async def test_no_password_sends_without_auth(smtp_server: ServerFactory, certs: Certs) -> None:
     running = await smtp_server(account=None)
     async with session_for(settings_for(running, certs, password=None)) as session:
-        results = await session.send(USER, ["alice@example.com"], DATA)
+        results = await send(session, USER, ["alice@example.com"], DATA)
     assert results[0].status is Status.ACCEPTED
     assert not any(c.startswith("AUTH") for c in running.recorder.commands())
     assert running.messages[0].login is None
@@ -173,7 +173,7 @@ async def test_each_recipient_gets_its_own_reply(
     )
     recipients = ["alice@example.com", "bob@example.org", "carol@example.net", "dave@example.org"]
     async with session_for(settings_for(running, certs)) as session:
-        results = await session.send(USER, recipients, DATA)
+        results = await send(session, USER, recipients, DATA)
 
     by_rcpt = {r.recipient: r for r in results}
     assert [r.recipient for r in results] == recipients
@@ -202,9 +202,9 @@ async def test_all_refused_sends_no_message_and_keeps_the_connection(
     )
     async with session_for(settings_for(running, certs)) as session:
         assert session.pipelining is pipelining
-        refused = await session.send(USER, ["bob@example.org"], DATA)
+        refused = await send(session, USER, ["bob@example.org"], DATA)
         assert session.usable
-        accepted = await session.send(USER, ["alice@example.com"], DATA)
+        accepted = await send(session, USER, ["alice@example.com"], DATA)
 
     assert refused[0].status is Status.REFUSED
     assert accepted[0].status is Status.ACCEPTED
@@ -223,7 +223,7 @@ async def test_one_connection_carries_many_transactions(
     running = await smtp_server()
     async with session_for(settings_for(running, certs)) as session:
         for i in range(5):
-            results = await session.send(USER, [f"user{i}@example.com"], DATA)
+            results = await send(session, USER, [f"user{i}@example.com"], DATA)
             assert results[0].status is Status.ACCEPTED
         assert session.transactions == 5
     assert len(running.recorder.connections) == 1
@@ -238,7 +238,7 @@ async def test_message_larger_than_server_size_is_refused_before_data(
     big = (b"Subject: big\r\n\r\n" + (b"y" * 76 + b"\r\n") * 20,)
     async with session_for(settings_for(running, certs)) as session:
         assert session.size_limit == 1000
-        results = await session.send(USER, ["alice@example.com"], big)
+        results = await send(session, USER, ["alice@example.com"], big)
         assert session.usable
     assert results[0].status is Status.REFUSED
     assert "the server accepts at most 1000 (SIZE)" in results[0].message
@@ -281,7 +281,7 @@ async def test_pipelining_sends_the_envelope_in_one_write(
     recipients = [f"user{i}@example.com" for i in range(20)]
     async with session_for(settings_for(running, certs)) as session:
         assert session.pipelining
-        results = await session.send(USER, recipients, DATA)
+        results = await send(session, USER, recipients, DATA)
     assert {r.status for r in results} == {Status.ACCEPTED}
     envelope = (
         b"MAIL FROM:<sender@example.com>\r\n"
@@ -298,7 +298,7 @@ async def test_pipelining_can_be_turned_off(smtp_server: ServerFactory, certs: C
     settings = dataclasses.replace(settings_for(running, certs), pipelining=False)
     async with session_for(settings) as session:
         assert not session.pipelining
-        results = await session.send(USER, ["a@example.com", "b@example.com"], DATA)
+        results = await send(session, USER, ["a@example.com", "b@example.com"], DATA)
     assert [r.status for r in results] == [Status.ACCEPTED, Status.ACCEPTED]
     chunks = [c.data for c in running.recorder.connections[0]]
     assert b"RCPT TO:<a@example.com>\r\n" in chunks
@@ -312,7 +312,7 @@ async def test_refused_sender_refuses_everyone(
         pipelining=pipelining, refuse={USER: (553, "5.7.1 Sender address rejected")}
     )
     async with session_for(settings_for(running, certs)) as session:
-        results = await session.send(USER, ["a@example.com", "b@example.com"], DATA)
+        results = await send(session, USER, ["a@example.com", "b@example.com"], DATA)
         assert session.usable
     assert [(r.status, r.code) for r in results] == [(Status.REFUSED, 553)] * 2
     assert {r.message for r in results} == {"sender: 5.7.1 Sender address rejected"}
@@ -323,7 +323,7 @@ async def test_exhausted_after_max_messages(smtp_server: ServerFactory, certs: C
     running = await smtp_server()
     settings = dataclasses.replace(settings_for(running, certs), max_messages_per_connection=2)
     async with session_for(settings) as session:
-        await session.send(USER, ["a@example.com"], DATA)
+        await send(session, USER, ["a@example.com"], DATA)
         assert not session.exhausted
-        await session.send(USER, ["a@example.com"], DATA)
+        await send(session, USER, ["a@example.com"], DATA)
         assert session.exhausted

@@ -1,0 +1,78 @@
+"""Reading a journal back: every recipient's latest result, and the counts by state, for the
+end of a run, `asyncmailer status` and reports."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from ..errors import JournalError
+from ..ledger import JournalState
+from ..results import RecipientResult, Status
+
+__all__ = ["NOT_YET", "JournalReader", "counts", "page"]
+
+NOT_YET = "not attempted yet: run the campaign again to send"
+_STATUSES = {status.value: status for status in Status}
+_QUERY = (
+    "SELECT id, addr, state, code, message, attempts FROM recipients WHERE id > ? "
+    "ORDER BY id LIMIT ?"
+)
+
+
+def _result(
+    addr: str, state: str, code: int | None, message: str, attempts: int
+) -> RecipientResult:
+    """A journal row as the report shows it."""
+    status = _STATUSES.get(state)  # a dict, not Status(state): a million rows at the end
+    if status is not None:
+        return RecipientResult(addr, status, code, message, attempts)
+    if state == JournalState.DATA:
+        return RecipientResult(addr, Status.UNKNOWN, None, message, attempts)
+    # pending or inflight: the run never got to it
+    return RecipientResult(addr, Status.SKIPPED, None, NOT_YET, attempts, untried=not attempts)
+
+
+def page(db: sqlite3.Connection, after: int, limit: int) -> list[tuple[int, RecipientResult]]:
+    """Up to `limit` recipients after row id `after`, in order, with their row ids."""
+    return [(row[0], _result(*row[1:])) for row in db.execute(_QUERY, (after, limit))]
+
+
+def counts(db: sqlite3.Connection) -> Counter[JournalState]:
+    rows = db.execute("SELECT state, COUNT(*) FROM recipients GROUP BY state")
+    return Counter({JournalState(state): count for state, count in rows})
+
+
+class JournalReader:
+    """Read a journal while (or after) a run writes it: `asyncmailer status`, reports."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def _connect(self) -> sqlite3.Connection:
+        if not self.path.exists():
+            raise JournalError("no journal: this campaign has not run yet", path=self.path)
+        # Used from the default executor's threads, one call at a time.
+        return sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+
+    async def counts(self) -> Counter[JournalState]:
+        def read() -> Counter[JournalState]:
+            with contextlib.closing(self._connect()) as db:
+                return counts(db)
+
+        return await asyncio.to_thread(read)
+
+    async def pages(self, limit: int = 5000) -> AsyncIterator[list[RecipientResult]]:
+        """Every recipient's latest result, in order, a page at a time."""
+        db = await asyncio.to_thread(self._connect)
+        try:
+            after = 0
+            while found := await asyncio.to_thread(page, db, after, limit):
+                yield [result for _, result in found]
+                after = found[-1][0]
+        finally:
+            await asyncio.to_thread(db.close)

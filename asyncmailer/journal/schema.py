@@ -1,0 +1,105 @@
+"""The journal's SQLite schema, the bulk statements generated from one field list, and the
+oldest SQLite they run on."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from ..errors import JournalError
+from ..ledger import Decision, JournalState
+
+__all__ = [
+    "INSERT",
+    "LOOKUP",
+    "MARK_DATA",
+    "MIN_SQLITE",
+    "RECORD",
+    "SCHEMA",
+    "SCHEMA_VERSION",
+    "SYNC_MODES",
+    "TO_SEND",
+    "check_sqlite",
+]
+
+# RETURNING (claims) came in 3.35; UPDATE ... FROM (results) in 3.33. JSON is read with
+# json_extract and json_each, not the ->> operator of 3.38: Ubuntu 22.04 ships 3.37.2.
+MIN_SQLITE = (3, 35, 0)
+SCHEMA_VERSION = 1
+
+TO_SEND = f"('{JournalState.PENDING}', '{JournalState.DEFERRED}')"
+
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS groups (
+    id INTEGER PRIMARY KEY,
+    message_id TEXT NOT NULL,
+    headers INTEGER NOT NULL          -- 1: the config's to/cc group, shown in the headers
+);
+CREATE TABLE IF NOT EXISTS recipients (
+    id INTEGER PRIMARY KEY,
+    key TEXT NOT NULL UNIQUE,         -- the address, lower-cased: each address once
+    addr TEXT NOT NULL,
+    name TEXT NOT NULL DEFAULT '',
+    grp INTEGER NOT NULL REFERENCES groups(id),
+    state TEXT NOT NULL DEFAULT '{JournalState.PENDING}',
+    code INTEGER,
+    message TEXT NOT NULL DEFAULT '',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    run_attempts INTEGER NOT NULL DEFAULT 0,
+    first_try REAL,
+    next_try REAL NOT NULL DEFAULT 0,
+    loaded INTEGER NOT NULL DEFAULT 0, -- the load (run) that last read it from the list
+    fields TEXT                        -- its list row as JSON, for personalised messages
+);
+-- Only the recipients still to send, in group order: what claim() scans.
+CREATE INDEX IF NOT EXISTS recipients_due ON recipients (grp, next_try)
+    WHERE state IN {TO_SEND};
+"""
+
+SYNC_MODES = {"full": "FULL", "normal": "NORMAL"}  # never a value from outside into the SQL
+
+
+def _reader(fields: tuple[str, ...]) -> dict[str, str]:
+    """``json_extract(r.value, '$[i]')`` for each field of a row sent as a JSON array: the
+    positions come from the one tuple that also lays the rows out."""
+    return {name: f"json_extract(r.value, '$[{i}]')" for i, name in enumerate(fields)}
+
+
+# The writer's bulk statements each take every queued row as one JSON array, so a batch is
+# one statement whatever its size (docs/design.md: the journal writer).
+MARK_DATA = (
+    f"UPDATE recipients SET state = '{JournalState.DATA}' "
+    "WHERE id IN (SELECT value FROM json_each(?))"
+)
+_d = _reader(Decision._fields)
+RECORD = (
+    f"UPDATE recipients SET state = {_d['state']}, code = {_d['code']}, "
+    f"message = {_d['message']}, attempts = attempts + {_d['tried']}, "
+    f"run_attempts = run_attempts + {_d['tried']}, "
+    f"first_try = COALESCE(first_try, {_d['at']}), next_try = {_d['next_try']} "
+    f"FROM json_each(?) AS r WHERE recipients.id = {_d['id']}"
+)
+# Loading: a batch's addresses looked up, and its new rows inserted, one statement each.
+LOOKUP = "SELECT key, id, loaded FROM recipients WHERE key IN (SELECT value FROM json_each(?))"
+NEW_ROW = ("key", "addr", "name", "grp", "fields")  # the layout of INSERT's rows
+_n = _reader(NEW_ROW)
+INSERT = (
+    "INSERT INTO recipients (key, addr, name, grp, loaded, fields)"
+    f" SELECT {_n['key']}, {_n['addr']}, {_n['name']}, {_n['grp']}, ?, {_n['fields']}"
+    " FROM json_each(?) AS r ORDER BY r.key"  # the list's order: ids follow it
+)
+del _d, _n
+
+
+def check_sqlite(version: tuple[int, int, int] = sqlite3.sqlite_version_info) -> None:
+    """Refuse an SQLite older than the journal's statements need.
+
+    :raises JournalError: with the version found and what to do.
+    """
+    if version < MIN_SQLITE:
+        found = ".".join(map(str, version))
+        need = ".".join(map(str, MIN_SQLITE))
+        raise JournalError(
+            f"this Python's SQLite is {found}; the journal needs {need} or newer "
+            "(use a newer Python, or one built against a newer libsqlite3)"
+        )

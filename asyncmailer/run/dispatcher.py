@@ -1,0 +1,232 @@
+"""The dispatcher: takes due work from the scheduler and sends it through the transport, one
+worker per connection, pipelining the next message where it can, and stores what the run's
+policy decides of every result."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from typing import TYPE_CHECKING
+
+from ..config import Campaign
+from ..errors import AuthError, ConnectError, TLSRequiredError
+from ..ledger import Ledger, WorkItem
+from ..message import MessageTemplate
+from ..observer import Observer
+from ..results import CampaignReport, RecipientResult, Status
+from ..transport import Connection, Envelope, Transaction, Transport
+from .limits import DailyQuota, MessageLimit, RateLimiter
+from .policy import Retry, decide, stops_the_run
+from .scheduler import LoadState, Scheduler
+
+if TYPE_CHECKING:  # jinja2 is imported only by campaigns that personalise (start-up time)
+    from ..personalize import Personalizer
+
+__all__ = ["Dispatcher"]
+
+_FATAL = (AuthError, TLSRequiredError, ConnectError)
+
+
+class Dispatcher:
+    """Runs a campaign's transactions: `await Dispatcher(...).run()`.
+
+    Stops taking work when `stop` is set (transactions in flight finish), when the daily
+    quota or the message limit is reached, when a connection cannot be opened before any
+    has worked, when the server refuses TLS or the login, or when the ledger fails.
+    """
+
+    def __init__(
+        self,
+        *,
+        campaign: Campaign,
+        template: MessageTemplate,
+        personalizer: Personalizer | None,
+        ledger: Ledger,
+        transport: Transport,
+        workers: int,
+        observer: Observer,
+        report: CampaignReport,
+        loader: LoadState,
+        stop: asyncio.Event,
+        limit: int | None = None,
+    ) -> None:
+        self.campaign = campaign
+        self.template = template
+        self.personalizer = personalizer
+        self.ledger = ledger
+        self.transport = transport
+        self.workers = workers
+        self.observer = observer
+        self.report = report
+        self.stop = stop
+        self.retry = Retry(campaign)
+        self.limiter = RateLimiter(campaign.rate) if campaign.rate else None
+        self.quota = DailyQuota(campaign.daily_quota, ledger)
+        self.limit = MessageLimit(limit)
+        # Claim well ahead: a worker pipelines the next item only if one is at hand.
+        self.scheduler = Scheduler(ledger, max(8 * workers, 64), stop, loader)
+        self.connected = False  # a server unreachable from the start is fatal; later, retried
+        ledger.on_failure(lambda _: stop.set())
+
+    def __repr__(self) -> str:
+        return (
+            f"<Dispatcher workers={self.workers} in_flight={self.scheduler.in_flight} "
+            f"messages={self.limit.started}>"
+        )
+
+    async def run(self) -> None:
+        """Send until nothing is due or the run stops.
+
+        :raises JournalError: the ledger could not store a result or a claim.
+        """
+        await self.quota.load()
+        try:
+            async with asyncio.TaskGroup() as workers:
+                for _ in range(self.workers):
+                    workers.create_task(self._worker())
+        except BaseExceptionGroup as failed:
+            # A bug or an interrupt in one worker stopped them all; surface the first cause.
+            raise failed.exceptions[0] from None
+        finally:
+            await asyncio.shield(self.scheduler.release_buffered())
+        if self.scheduler.failed is not None:
+            raise self.scheduler.failed
+        if self.ledger.failure is not None:
+            raise self.ledger.failure
+
+    async def _worker(self) -> None:
+        item: WorkItem | None = await self.scheduler.next()
+        admitted = False
+        while item is not None:
+            if self.limiter is not None:
+                await self.limiter.wait()
+            if not admitted and not self._admit(item):
+                self.scheduler.done()
+                await self.ledger.release(item)
+                return
+            try:
+                pending = await self._send_chain(item)
+            except _FATAL as err:
+                self.report.fatal = self.report.fatal or err
+                self.stop.set()
+                self.scheduler.done()
+                await self.ledger.release(item)
+                return
+            item, admitted = (pending, True) if pending else (await self.scheduler.next(), False)
+
+    def _admit(self, item: WorkItem) -> bool:
+        """May this item go now? Counts it against the quota and the message limit."""
+        if self.stop.is_set():  # stopped while it waited for its turn (the rate)
+            return False
+        if not self.limit.take():
+            self.report.limit_reached = True
+            self.stop.set()
+            return False
+        if not self.quota.take(len(item.recipients)):
+            self.limit.started -= 1
+            self.report.quota_reached = True
+            self.stop.set()
+            return False
+        return True
+
+    def _follow_up(self, connection: Connection) -> WorkItem | None:
+        """The next item, to pipeline after this one's final ".", if one is ready right now
+        (never with a rate limit: its envelope would leave before its turn)."""
+        if self.limiter is not None or not connection.pipelines or self.stop.is_set():
+            return None
+        item = self.scheduler.take_ready()
+        if item is not None and not self._admit(item):
+            self.scheduler.put_back(item)  # released with the rest at the end
+            return None
+        return item
+
+    def _render(self, item: WorkItem) -> Transaction:
+        """The item's envelope and message.
+
+        :raises ValueError: a personalised message cannot be made from the row kept in the
+            ledger (the list changed since it was loaded).
+        """
+        if item.headers:
+            to, cc = self.campaign.to, self.campaign.cc
+        elif self.campaign.group_size == 1 and len(item.recipients) == 1:
+            to, cc = item.recipients, ()  # alone in the message: named in To
+        else:
+            to, cc = (), ()  # list recipients never see each other
+        envelope = Envelope(self.campaign.sender.addr, [m.addr for m in item.recipients])
+        personalizer = self.personalizer
+        if personalizer is None:
+            parts = self.template.render_parts(to=to, cc=cc, message_id=item.message_id)
+            return Transaction(envelope, parts)
+        context = personalizer.context(item.recipients[0], item.fields[0] if item.fields else {})
+        parts = self.template.render_parts(
+            to=to,
+            cc=cc,
+            message_id=item.message_id,
+            subject=personalizer.subject(context),
+            text=personalizer.body(context),
+        )
+        return Transaction(envelope, parts)
+
+    async def _prepare(self, item: WorkItem) -> Transaction | None:
+        """The item's transaction, or None: it cannot be made, and is skipped."""
+        try:
+            return self._render(item)
+        except ValueError as err:
+            note = f"not sent: {err}"
+            await self._finish(
+                item,
+                [RecipientResult(m.addr, Status.SKIPPED, None, note, 0) for m in item.recipients],
+            )
+            return None
+
+    async def _finish(self, item: WorkItem, results: list[RecipientResult]) -> None:
+        """Store what the policy decides of a transaction's results, and tell them."""
+        self.scheduler.done()
+        self.ledger.record(decide(item, results, self.retry))
+        await self.observer.results(results)
+
+    async def _send_chain(self, item: WorkItem) -> WorkItem | None:
+        """Send `item` and, on the same connection, every item pipelined after it. Returns
+        an item already admitted but not sent (its connection failed first), if any."""
+        transaction = await self._prepare(item)
+        if transaction is None:
+            return None
+        try:
+            async with self.transport.connection() as connection:
+                self.connected = True
+                while True:
+                    nxt = self._follow_up(connection)
+                    then = await self._prepare(nxt) if nxt is not None else None
+                    if then is None:
+                        nxt = None
+                    sent = await connection.send(
+                        transaction, commit=functools.partial(self._mark_data, item.ids), then=then
+                    )
+                    await self._finish(item, sent.results)
+                    if nxt is None or then is None:
+                        return None
+                    if not sent.then_sent:
+                        # Its envelope never went out, or its connection died before its
+                        # message: not tried, so it goes again afresh.
+                        return nxt
+                    item, transaction = nxt, then
+        except ConnectError as err:
+            # Unreachable from the start: a wrong host, port or certificate; stop. A 4xx
+            # greeting (busy) or a failure once we were sending: retry with backoff.
+            if stops_the_run(err, connected=self.connected):
+                raise
+            note = f"not delivered: {err}"
+            await self._finish(
+                item,
+                [RecipientResult(m.addr, Status.DEFERRED, err.code, note) for m in item.recipients],
+            )
+            return None
+
+    async def _mark_data(self, ids: tuple[int, ...]) -> None:
+        """Commit "past DATA" before the final "."; if the commit fails or the run is cancelled
+        meanwhile, the "." is never written: put the rows back, so they are not unknown."""
+        try:
+            await self.ledger.mark_data(ids)
+        except BaseException:
+            self.ledger.unmark_data(ids)
+            raise

@@ -1,0 +1,206 @@
+"""The loader: reads the campaign's recipients into the ledger while sending goes on, and
+reports bad list rows."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING
+
+from ..config import Campaign
+from ..ledger import Ledger
+from ..observer import Observer
+from ..recipient_list import BadRow, Recipient, RecipientFile
+from ..results import RecipientResult, Status
+
+if TYPE_CHECKING:  # jinja2 is imported only by campaigns that personalise (start-up time)
+    from ..personalize import Personalizer
+
+__all__ = ["FIRST_BATCH", "LOAD_BATCH", "Loader", "check_row"]
+
+LOAD_BATCH = 5000  # list rows per ledger write
+# Sending starts once this many rows are in the ledger; the rest are read while it goes on
+# (docs/design.md: a run, end to end).
+FIRST_BATCH = 20_000
+
+
+def check_row(personalizer: Personalizer, item: Recipient) -> str | None:
+    """Why this row cannot make its subject (None: it can). Only the subject is made here, as
+    it can fail on the row's values (a line break); the body is made once, when sent."""
+    try:
+        personalizer.subject(personalizer.context(item.mailbox, item.fields))
+    except ValueError as err:
+        return str(err)
+    return None
+
+
+class Loader:
+    """Reads the campaign's recipients into the ledger (each address once) while sending goes
+    on, and reports bad list rows (and, when personalising, rows that cannot fill the
+    templates).
+
+    `start()` reads the config's recipients and the list's first rows: a list that cannot be
+    read, or whose columns the templates do not match, fails before anything is sent (the
+    whole file was already checked for UTF-8 by `RecipientFile.scan()`). `go_on()` reads the
+    rest in a task of its own, and a failure there stops the run.
+    """
+
+    def __init__(
+        self,
+        campaign: Campaign,
+        ledger: Ledger,
+        personalizer: Personalizer | None,
+        stop: asyncio.Event,
+        *,
+        first_batch: int = FIRST_BATCH,
+        batch: int = LOAD_BATCH,
+    ) -> None:
+        self.campaign = campaign
+        self.first_batch = first_batch
+        self.batch = batch
+        self.ledger = ledger
+        self.personalizer = personalizer
+        self.stop = stop
+        self.bad: list[RecipientResult] = []
+        self.duplicates = 0
+        self.added = 0  # recipients new to the ledger in this load
+        self.reading = True  # False once every row is in the ledger
+        self.read_to: int | None = None  # the run stopped before the list's end, at this line
+        self.more = asyncio.Event()  # set as each batch reaches the ledger, and at the end
+        self._first: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._resume = asyncio.Event()
+        self._observer: Observer = Observer()
+        self._counted = 0  # the expected count when go_on() was called, less rows added
+        self._tell = False  # started() was not given the count: counted() will be
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Read up to the first batch.
+
+        :raises InputError: the list cannot be read, or lacks a column the templates use.
+        """
+        self._task = asyncio.create_task(self._run())
+        try:
+            await asyncio.shield(self._first)
+        except BaseException:
+            await self.cancel()
+            raise
+
+    def go_on(self, observer: Observer, expected: int) -> None:
+        """Read the rest; `expected` is the run's count so far (bad rows not included): the
+        observer is told the final count (`Observer.counted()`) and each bad row found."""
+        self._observer, self._counted = observer, expected - self.added
+        self._tell = self.reading
+        self._resume.set()
+
+    async def finish(self) -> None:
+        """Wait until the list is read.
+
+        :raises InputError: reading it failed part-way (the run was stopped).
+        """
+        if self._task is not None:
+            await self._task
+
+    async def cancel(self) -> None:
+        """Stop reading, if it still is; how it ended was told by `start()` or `finish()`."""
+        if self._task is None:
+            return
+        self._task.cancel()
+        try:
+            await self._task  # retrieved, so asyncio does not warn about it
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # the caller is being cancelled too: that must go on
+        except Exception:  # reported already, by start() or finish()
+            pass
+
+    async def _run(self) -> None:
+        try:
+            await self._read()
+        except BaseException as err:
+            if self._first.done():
+                self.stop.set()  # a list that fails part-way stops the run
+            elif isinstance(err, asyncio.CancelledError):
+                self._first.cancel()
+            else:
+                self._first.set_exception(err)
+                self._first.exception()  # retrieved: start() re-raises it
+            raise
+        finally:
+            self._done_reading()
+            if not self._first.done():
+                self._first.set_result(None)
+
+    async def _end_load(self) -> None:
+        """The last batch is in: the ledger lifts its fence, then claims take every group."""
+        await self.ledger.end_load()
+        self._done_reading()
+
+    def _done_reading(self) -> None:
+        if self.reading:
+            self.reading = False  # later claims take every group: the last batch is in
+            self.more.set()
+
+    async def _read(self) -> None:
+        campaign, ledger, personalizer = self.campaign, self.ledger, self.personalizer
+        await ledger.begin_load()
+        if campaign.recipients:
+            self.added += (await ledger.add_config_group(campaign.recipients)).new
+        if campaign.recipients_file is None:
+            await self._end_load()
+            return
+        source = RecipientFile(
+            campaign.recipients_file,
+            column=campaign.recipients_column,
+            name_column=campaign.name_column,
+        )
+        await source.scan()
+        batch: list[Recipient] = []
+        bad: list[RecipientResult] = []
+        checked = personalizer is None  # the templates' names against the list's header, once
+        size = self.first_batch
+        async with contextlib.aclosing(aiter(source)) as items:
+            async for item in items:
+                if self.stop.is_set():  # Ctrl-C, the quota, a fatal error: read no more
+                    self.read_to = item.line - 1
+                    break
+                if not checked and personalizer is not None:
+                    personalizer.check_fields(source.columns, source.path)
+                    checked = True
+                if isinstance(item, BadRow):
+                    bad.append(RecipientResult(item.text, Status.SKIPPED, None, str(item), 0))
+                    continue
+                if personalizer is not None and (problem := check_row(personalizer, item)):
+                    where = BadRow(source.path, item.line, item.mailbox.addr, problem)
+                    bad.append(
+                        RecipientResult(item.mailbox.addr, Status.SKIPPED, None, str(where), 0)
+                    )
+                    continue
+                batch.append(item)
+                if len(batch) == size:
+                    await self._add(batch, bad)
+                    batch, bad, size = [], [], self.batch
+        await self._add(batch, bad, last=True)
+        if self._tell and self.read_to is None:
+            await self._observer.counted(self._counted + self.added + len(self.bad))
+
+    async def _add(
+        self, rows: list[Recipient], bad: list[RecipientResult], *, last: bool = False
+    ) -> None:
+        fields = [r.fields for r in rows] if self.personalizer is not None else None
+        if rows:
+            added = await self.ledger.add_list(
+                [r.mailbox for r in rows], self.campaign.group_size, fields
+            )
+            self.added += added.new
+            self.duplicates += added.duplicates
+        self.bad.extend(bad)
+        if last:
+            await self._end_load()
+        self.more.set()  # the rows may go before the observer hears of the bad ones
+        if not self._first.done():
+            self._first.set_result(None)
+            await self._resume.wait()  # until the run has started: bad rows come after that
+        elif bad:
+            await self._observer.results(bad)

@@ -1,0 +1,94 @@
+"""One mail transaction's outcome for each recipient, from the server's replies (pure)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from aiosmtplib import SMTPResponse, SMTPStatus
+
+from ..results import RecipientResult, Status
+
+__all__ = ["AFTER_END", "Transaction", "classify", "describe"]
+
+AFTER_END = "after the final '.'"
+_ACCEPTED_RCPT = (SMTPStatus.completed, SMTPStatus.will_forward)
+
+
+def classify(code: int) -> Status:
+    """The status a failed reply code gives its recipients: 4xx is temporary, else permanent."""
+    return Status.DEFERRED if 400 <= code < 500 else Status.REFUSED
+
+
+def describe(err: BaseException) -> str:
+    """An exception as one line of text."""
+    text = str(err) or type(err).__name__
+    return " ".join(text.split())
+
+
+def _clean(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _result(
+    recipient: str, status: Status, reply: SMTPResponse, prefix: str = ""
+) -> RecipientResult:
+    return RecipientResult(recipient, status, reply.code, prefix + _clean(reply.message))
+
+
+class Transaction:
+    """The per-recipient bookkeeping of one mail transaction; `phase` says where it is, so
+    that a lost connection is `deferred` before the final "." and `unknown` after it."""
+
+    __slots__ = ("accepted", "ended", "failed", "outcome", "phase", "recipients")
+
+    def __init__(self, recipients: Sequence[str]) -> None:
+        self.recipients = recipients
+        self.accepted: list[str] = []
+        self.outcome: dict[str, RecipientResult] = {}
+        self.phase = "before MAIL FROM"
+        self.failed = False
+        self.ended = False  # the reply to the final "." came: the transaction is over
+
+    def rcpt(self, recipient: str, reply: SMTPResponse, mail: SMTPResponse) -> None:
+        if mail.code != SMTPStatus.completed:
+            # With PIPELINING the RCPT replies then only echo the refused MAIL FROM.
+            self.outcome[recipient] = _result(recipient, classify(mail.code), mail, "sender: ")
+            self.failed = True
+        elif reply.code in _ACCEPTED_RCPT:
+            self.accepted.append(recipient)
+        else:
+            self.outcome[recipient] = _result(recipient, classify(reply.code), reply)
+
+    def data_started(self, start: SMTPResponse) -> bool:
+        if start.code == SMTPStatus.start_input:
+            return True
+        self.failed = True
+        for recipient in self.accepted:
+            self.outcome.setdefault(recipient, _result(recipient, classify(start.code), start))
+        return False
+
+    def finish(self, end: SMTPResponse) -> None:
+        self.ended = True
+        accepted = end.code == SMTPStatus.completed
+        status = Status.ACCEPTED if accepted else classify(end.code)
+        text = _clean(end.message)
+        for recipient in self.accepted:
+            self.outcome[recipient] = RecipientResult(recipient, status, end.code, text)
+        if not accepted:
+            self.failed = True
+
+    def connection_lost(self, err: BaseException) -> None:
+        lost = self.phase == AFTER_END
+        status = Status.UNKNOWN if lost else Status.DEFERRED
+        note = (
+            "connection lost after the message was sent and before the server's reply: "
+            "it may or may not have been accepted"
+            if lost
+            else f"connection lost {self.phase}: not delivered ({describe(err)})"
+        )
+        for recipient in self.recipients:
+            if recipient not in self.outcome:
+                self.outcome[recipient] = RecipientResult(recipient, status, None, note)
+
+    def results(self) -> list[RecipientResult]:
+        return [self.outcome[r] for r in self.recipients]
