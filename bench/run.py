@@ -1,6 +1,6 @@
 """Benchmark asyncmailer against smtplib (the original way) and Postfix's smtp-source.
 
-    python bench/run.py [--quick] [--scale X] [--budget SECONDS]
+    python bench/run.py [--quick] [--scale X] [--budget SECONDS] [--only TEXT]
 
 Every sender runs as its own subprocess against a fresh sink on 127.0.0.1: smtp-sink for 0 ms
 per reply, bench/latency_sink.py for 50 ms; the implicit-TLS rows reach smtp-sink through
@@ -349,6 +349,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--scale", type=float, default=1.0, help="multiply message counts")
     parser.add_argument("--budget", type=float, default=DEFAULT_BUDGET, help="seconds in all")
     parser.add_argument("--output", type=Path, default=RESULTS, help="results JSON file")
+    parser.add_argument(
+        "--only",
+        action="append",
+        metavar="TEXT",
+        help="run only the rows whose progress line contains TEXT (case-insensitive; may be "
+        "repeated: any of them), e.g. --only 'implicit TLS'",
+    )
     args = parser.parse_args()
     args.quick = args.quick or os.environ.get("BENCH_QUICK", "") not in ("", "0")
     return args
@@ -365,6 +372,11 @@ def _tls_setup(folder: Path, found: Tools, notes: list[str]) -> tuple[tls.Certif
             why = f"no trustme to make a certificate ({err}); it is in the dev extras"
     notes.append(f"implicit-TLS rows skipped: {why}")
     return None, why
+
+
+def _chosen(case: Case, only: list[str]) -> bool:
+    described = _describe(case).lower()
+    return any(text.lower() in described for text in only)
 
 
 def run_all(
@@ -386,6 +398,9 @@ def run_all(
     plan = cases.matrix(quick=args.quick, scale=args.scale)
     if args.quick:
         notes.append("quick run: the 1,000,000-recipient memory run is left out")
+    if args.only:
+        plan = [case for case in plan if _chosen(case, args.only)]
+        notes.append(f"only the rows matching {' or '.join(map(repr, args.only))} ran")
     names = {case: f"run{number:02d}" for number, case in enumerate(plan, 1)}
     ready: dict[Case, Row] = {}  # compared rows run beside an earlier one
     rows = []
@@ -422,6 +437,7 @@ def main() -> int:
         "git": git,
         "quick": args.quick,
         "scale": args.scale,
+        "only": args.only or [],
         "duration_s": round(time.monotonic() - started, 1),
         "message_bytes_stdlib": sizes,
         "notes": notes,
