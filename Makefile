@@ -51,7 +51,8 @@ pytest: $(STAMP)
 	$(BIN)/pytest
 
 # Not a test: prints a table and the target ratios, writes bench/results.json, exits 0 whatever
-# the numbers. Installs Postfix's smtp-sink/smtp-source (unconfigured) if missing and root.
+# the numbers. Installs Postfix's smtp-sink/smtp-source (unconfigured), GNU time and stunnel4
+# (for the implicit-TLS rows) if missing and root.
 # `make bench BENCH_QUICK=1` leaves out the 1,000,000-recipient memory run.
 bench: $(STAMP)
 	$(BIN)/python bench/run.py $(if $(filter-out 0,$(BENCH_QUICK)),--quick)

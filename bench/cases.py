@@ -15,6 +15,10 @@ LATENCIES_MS = (0, 50)
 MEMORY_LISTS = (10_000, 1_000_000)
 MEMORY_GROUP_SIZE = 100
 MEMORY_CONCURRENCY = 32
+# Implicit TLS (asyncmailer with security: ssl; smtp-source through a stunnel client leg), at
+# 0 ms with the 2.4 KB message and the same counts as the plain 0 ms rows.
+TLS_SIZE = "2.4KB"
+TLS_CONCURRENCIES = (8, 32)
 
 # Messages per run. At 0 ms: per size; at 50 ms: for concurrency 32, proportionally fewer below.
 _COUNT_0MS = {"2.4KB": 10_000, "143KB": 2_000}
@@ -35,6 +39,15 @@ class Case:
     pipelining: bool | None  # None: the sender has no such switch
     messages: int  # SMTP transactions
     recipients: int
+    tls: bool = False  # implicit TLS through stunnel to the sink (see tls.py)
+
+    @property
+    def label(self) -> str:
+        """The sender as the table names it; over TLS, with how it gets there."""
+        if not self.tls:
+            return self.sender
+        how = "via stunnel" if self.sender == SMTP_SOURCE else "(ssl)"
+        return f"{self.sender} {how}"
 
     @property
     def group_size(self) -> int:
@@ -70,18 +83,29 @@ def _throughput(latency_ms: int, size: str, scale: float) -> list[Case]:
     return cases
 
 
+def _implicit_tls(scale: float) -> list[Case]:
+    """asyncmailer over implicit TLS and smtp-source through stunnel, at each concurrency."""
+    n = _scaled(_COUNT_0MS[TLS_SIZE], scale)  # as many as the plain 0 ms rows
+    return [
+        Case(sender, 0, TLS_SIZE, concurrency, pipelining, n, n, tls=True)
+        for concurrency in TLS_CONCURRENCIES
+        for sender, pipelining in ((ASYNCMAILER, True), (SMTP_SOURCE, False))
+    ]
+
+
 def matrix(*, quick: bool, scale: float = 1.0) -> list[Case]:
-    """Every run: throughput at each latency and size, then memory with big lists.
+    """Every run: throughput at each latency and size (the implicit-TLS rows after the plain
+    0 ms rows of their size), then memory with big lists.
 
     `quick` leaves out the 1,000,000-recipient run; `scale` multiplies the message counts
     (a smoke test of the harness; the ratios need 1.0).
     """
-    cases = [
-        case
-        for latency_ms in LATENCIES_MS
-        for size in SIZES
-        for case in _throughput(latency_ms, size, scale)
-    ]
+    cases = []
+    for latency_ms in LATENCIES_MS:
+        for size in SIZES:
+            cases += _throughput(latency_ms, size, scale)
+            if (latency_ms, size) == (0, TLS_SIZE):
+                cases += _implicit_tls(scale)
     for count in MEMORY_LISTS:
         if quick and count >= 1_000_000:
             continue

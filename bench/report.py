@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from cases import ASYNCMAILER, MEMORY, ORIGINAL, SMTP_SOURCE, Case
+from cases import ASYNCMAILER, MEMORY, ORIGINAL, SMTP_SOURCE, TLS_CONCURRENCIES, TLS_SIZE, Case
 
 OK = "ok"
 
@@ -26,6 +26,10 @@ class Row:
     max_rss_kb: int | None = None
     message_bytes: int | None = None
     sink_cpu_seconds: float | None = None
+    # Implicit-TLS rows: the stunnel legs' CPU time and the session the server leg logged.
+    tls_server_cpu_seconds: float | None = None
+    tls_client_cpu_seconds: float | None = None  # smtp-source's client leg
+    tls_session: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -88,7 +92,7 @@ def _cells(row: Row) -> tuple[str, ...]:
     case = row.case
     status = row.status if not row.detail else f"{row.status}: {row.detail}"
     return (
-        case.sender,
+        case.label,
         row.sink,
         f"{case.latency_ms} ms",
         case.size,
@@ -161,15 +165,18 @@ def _speed_ratio(name: str, top: Row | None, bottom: Row | None, target: float) 
     return Ratio(name, a / b, target, True)
 
 
-def _row(rows: Sequence[Row], sender: str, latency: int, size: str, conc: int) -> Row | None:
+def _row(
+    rows: Sequence[Row], sender: str, latency: int, size: str, conc: int, *, tls: bool = False
+) -> Row | None:
     """The row for these settings (for asyncmailer: the one with pipelining on)."""
 
     def match(case: Case) -> bool:
-        same = (case.sender, case.latency_ms, case.size, case.concurrency) == (
+        same = (case.sender, case.latency_ms, case.size, case.concurrency, case.tls) == (
             sender,
             latency,
             size,
             conc,
+            tls,
         )
         return same and (sender != ASYNCMAILER or case.pipelining is True)
 
@@ -186,6 +193,16 @@ def ratios(rows: Sequence[Row]) -> list[Ratio]:
                 _row(rows, ASYNCMAILER, 0, size, 32),
                 _row(rows, SMTP_SOURCE, 0, size, 32),
                 target,
+            )
+        )
+    for conc in TLS_CONCURRENCIES:
+        result.append(
+            _speed_ratio(
+                f"0 ms, {TLS_SIZE}, c={conc}, implicit TLS: asyncmailer / smtp-source via stunnel"
+                " msgs/s",
+                _row(rows, ASYNCMAILER, 0, TLS_SIZE, conc, tls=True),
+                _row(rows, SMTP_SOURCE, 0, TLS_SIZE, conc, tls=True),
+                1.0,
             )
         )
     for size in ("2.4KB", "143KB"):

@@ -1,10 +1,11 @@
 """Benchmark asyncmailer against smtplib (the original way) and Postfix's smtp-source.
 
-    python bench/run.py [--quick] [--scale X] [--budget SECONDS]
+    python bench/run.py [--quick] [--scale X] [--budget SECONDS] [--only TEXT]
 
 Every sender runs as its own subprocess against a fresh sink on 127.0.0.1: smtp-sink for 0 ms
-per reply, bench/latency_sink.py for 50 ms. Prints a table and the target ratios, writes
-bench/results.json, and exits 0 whatever the numbers (it is a measurement, not a test).
+per reply, bench/latency_sink.py for 50 ms; the implicit-TLS rows reach smtp-sink through
+stunnel (see tls.py). Prints a table and the target ratios, writes bench/results.json, and
+exits 0 whatever the numbers (it is a measurement, not a test).
 BENCH_QUICK=1 in the environment is the same as --quick (leave out the 1,000,000-recipient run).
 """
 
@@ -14,10 +15,12 @@ import argparse
 import os
 import platform
 import re
+import ssl
 import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from importlib import metadata
@@ -27,6 +30,7 @@ from typing import Any
 import cases
 import report
 import sinks
+import tls
 import workload
 from cases import ASYNCMAILER, MEMORY, ORIGINAL, SMTP_SOURCE, Case
 from measure import ProcessStats, run_measured
@@ -46,7 +50,8 @@ _TAIL_BYTES = 64 * 1024
 
 @dataclass(frozen=True, slots=True)
 class Context:
-    """Everything a run needs; `mailer_missing` says why asyncmailer rows cannot run."""
+    """Everything a run needs; `mailer_missing` says why asyncmailer rows cannot run, and
+    `tls_missing` why the implicit-TLS rows cannot (`certs` is None then)."""
 
     folder: Path
     work: workload.Workload
@@ -54,6 +59,8 @@ class Context:
     env: dict[str, str]
     deadline: float
     mailer_missing: str = ""
+    certs: tls.Certificates | None = None
+    tls_missing: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +71,7 @@ class Outcome:
     stdout: str
     stderr: str
     sink: sinks.SinkTotals
+    tunnel: tls.TunnelTotals
 
 
 def _tail(path: Path) -> str:
@@ -81,6 +89,18 @@ def _sink_for(case: Case, ctx: Context, output: Path) -> sinks.Sink:
     if case.latency_ms == 0 and ctx.tools.sink is not None:
         return sinks.smtp_sink(ctx.tools.sink, output)
     return sinks.latency_sink(case.latency_ms, output, case.timeout + 60)
+
+
+def _sink_label(case: Case, sink: str) -> str:
+    return f"stunnel+{sink}" if case.tls else sink
+
+
+def _tunnel_for(case: Case, ctx: Context, name: str, backend_port: int) -> tls.Tunnel:
+    """stunnel in front of the sink: the server leg, and a client leg for smtp-source."""
+    assert ctx.tools.stunnel is not None and ctx.certs is not None
+    client_leg = case.sender == SMTP_SOURCE
+    stem = ctx.folder / name
+    return tls.Tunnel(ctx.tools.stunnel, ctx.certs, stem, backend_port, client_leg=client_leg)
 
 
 def _argv(case: Case, ctx: Context, port: int, name: str) -> list[str]:
@@ -108,6 +128,7 @@ def _argv(case: Case, ctx: Context, port: int, name: str) -> list[str]:
         concurrency=case.concurrency,
         pipelining=bool(case.pipelining),
         group_size=case.group_size,
+        tls_ca_file=ctx.certs.ca_file if case.tls and ctx.certs else None,
     )
     campaign = workload.write_campaign(ctx.folder, name, ctx.work.body_file, spec)
     # Reports on, as a user runs it: every recipient's result goes to a CSV file as it comes.
@@ -119,16 +140,21 @@ def _argv(case: Case, ctx: Context, port: int, name: str) -> list[str]:
 
 
 def _execute(case: Case, ctx: Context, name: str) -> tuple[str, Outcome]:
-    """Start a sink, run the sender against it, stop the sink."""
+    """Start a sink (with stunnel in front for TLS), run the sender against it, stop them."""
     out, err, sink_log = (ctx.folder / f"{name}.{ext}" for ext in ("out", "err", "sink"))
     timeout = max(1.0, min(case.timeout, ctx.deadline - time.monotonic()))
-    with _sink_for(case, ctx, sink_log) as sink:
-        argv = _argv(case, ctx, sink.port, name)
+    with ExitStack() as stack:
+        sink = stack.enter_context(_sink_for(case, ctx, sink_log))
+        tunnel = None
+        if case.tls:
+            tunnel = stack.enter_context(_tunnel_for(case, ctx, name, sink.port))
+        argv = _argv(case, ctx, tunnel.port if tunnel else sink.port, name)
         stats = run_measured(
             argv, stdout=out, stderr=err, timeout=timeout, env=ctx.env, gnu_time=ctx.tools.gnu_time
         )
+        legs = tunnel.stop() if tunnel else tls.TunnelTotals()
         totals = sink.stop()
-    return sink.name, Outcome(stats, _tail(out), _tail(err), totals)
+    return _sink_label(case, sink.name), Outcome(stats, _tail(out), _tail(err), totals, legs)
 
 
 def _judge(case: Case, outcome: Outcome) -> tuple[str, str]:
@@ -152,9 +178,13 @@ def _judge(case: Case, outcome: Outcome) -> tuple[str, str]:
 
 
 def run_case(case: Case, ctx: Context, name: str) -> Row:
-    sink = "smtp-sink" if case.latency_ms == 0 and ctx.tools.sink else "latency_sink"
+    sink = _sink_label(
+        case, "smtp-sink" if case.latency_ms == 0 and ctx.tools.sink else "latency_sink"
+    )
     if case.sender == SMTP_SOURCE and not ctx.tools.postfix:
         return Row(case, sink, "skipped", "smtp-source not installed (see notes)")
+    if case.tls and ctx.tls_missing:
+        return Row(case, sink, "skipped", ctx.tls_missing)
     if case.sender in (ASYNCMAILER, MEMORY) and ctx.mailer_missing:
         return Row(case, sink, "not available yet", ctx.mailer_missing)
     if time.monotonic() >= ctx.deadline:
@@ -164,7 +194,7 @@ def run_case(case: Case, ctx: Context, name: str) -> Row:
     except (OSError, RuntimeError) as err:
         return Row(case, sink, "failed", f"{type(err).__name__}: {err}")
     status, detail = _judge(case, outcome)
-    stats, data_bytes = outcome.stats, outcome.sink.data_bytes
+    stats, data_bytes, legs = outcome.stats, outcome.sink.data_bytes, outcome.tunnel
     ok = status == report.OK
     return Row(
         case,
@@ -176,6 +206,9 @@ def run_case(case: Case, ctx: Context, name: str) -> Row:
         max_rss_kb=stats.max_rss_kb,
         message_bytes=data_bytes // case.messages if data_bytes and ok else None,
         sink_cpu_seconds=outcome.sink.cpu_seconds,
+        tls_server_cpu_seconds=legs.server_cpu_seconds,
+        tls_client_cpu_seconds=legs.client_cpu_seconds,
+        tls_session=legs.session,
     )
 
 
@@ -183,13 +216,18 @@ REPEATS = 3  # the 0 ms rows behind the target ratios move +-15% between runs on
 
 
 def _compared(case: Case) -> bool:
-    """The rows the 0 ms ratios compare: concurrency 32, asyncmailer with pipelining and
-    smtp-source."""
+    """The rows the 0 ms ratios compare: concurrency 32 (and every implicit-TLS row),
+    asyncmailer with pipelining and smtp-source."""
     return (
         case.latency_ms == 0
-        and case.concurrency == 32
+        and (case.concurrency == 32 or case.tls)
         and (case.sender == SMTP_SOURCE or (case.sender == ASYNCMAILER and bool(case.pipelining)))
     )
+
+
+def _ratio_key(case: Case) -> tuple[int, str, int, bool]:
+    """Compared rows with the same key are the two sides of one ratio."""
+    return case.latency_ms, case.size, case.concurrency, case.tls
 
 
 def _median(rows: list[Row]) -> Row:
@@ -202,7 +240,7 @@ def _median(rows: list[Row]) -> Row:
 
 
 def run_interleaved(cases: list[Case], names: dict[Case, str], ctx: Context) -> list[Row]:
-    """The compared rows of one size, REPEATS times each and taking turns (asyncmailer,
+    """The compared rows of one ratio, REPEATS times each and taking turns (asyncmailer,
     smtp-source, asyncmailer, ...), so that a machine that speeds up or slows down during
     the benchmark moves both sides of the ratio alike; each keeps its median run."""
     runs: list[list[Row]] = [[] for _ in cases]
@@ -215,9 +253,10 @@ def run_interleaved(cases: list[Case], names: dict[Case, str], ctx: Context) -> 
 def _describe(case: Case) -> str:
     on_off = report.pipelining_label(case.pipelining)
     pipelining = "" if case.pipelining is None else f" pipelining {on_off}"
+    over_tls = ", implicit TLS" if case.tls else ""
     return (
-        f"{case.sender}, {case.latency_ms} ms, {case.size}, c={case.concurrency}{pipelining}, "
-        f"{case.messages:,} messages"
+        f"{case.label}, {case.latency_ms} ms, {case.size}, c={case.concurrency}{pipelining}"
+        f"{over_tls}, {case.messages:,} messages"
     )
 
 
@@ -257,10 +296,10 @@ def _git(*args: str) -> str:
     return done.stdout.rstrip("\n")
 
 
-def _postfix_version() -> str:
+def _deb_version(package: str) -> str:
     try:
         done = subprocess.run(
-            ["dpkg-query", "-W", "-f=${Version}", "postfix"],
+            ["dpkg-query", "-W", "-f=${Version}", package],
             capture_output=True,
             text=True,
             timeout=10,
@@ -289,7 +328,9 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "tmpdir": tempfile.gettempdir(),  # sender inputs and asyncmailer's journal live here
-        "postfix": _postfix_version(),
+        "postfix": _deb_version("postfix"),
+        "stunnel4": _deb_version("stunnel4"),
+        "openssl": ssl.OPENSSL_VERSION,  # the one asyncmailer's TLS runs on
         "packages": _versions("asyncmailer", "aiosmtplib", "uvloop"),
     }
 
@@ -308,9 +349,34 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--scale", type=float, default=1.0, help="multiply message counts")
     parser.add_argument("--budget", type=float, default=DEFAULT_BUDGET, help="seconds in all")
     parser.add_argument("--output", type=Path, default=RESULTS, help="results JSON file")
+    parser.add_argument(
+        "--only",
+        action="append",
+        metavar="TEXT",
+        help="run only the rows whose progress line contains TEXT (case-insensitive; may be "
+        "repeated: any of them), e.g. --only 'implicit TLS'",
+    )
     args = parser.parse_args()
     args.quick = args.quick or os.environ.get("BENCH_QUICK", "") not in ("", "0")
     return args
+
+
+def _tls_setup(folder: Path, found: Tools, notes: list[str]) -> tuple[tls.Certificates | None, str]:
+    """What the implicit-TLS rows need: a CA and a certificate, or why they cannot run."""
+    if found.stunnel is None:
+        why = "stunnel not installed (see notes)"
+    else:
+        try:
+            return tls.make_certificates(folder), ""
+        except ImportError as err:
+            why = f"no trustme to make a certificate ({err}); it is in the dev extras"
+    notes.append(f"implicit-TLS rows skipped: {why}")
+    return None, why
+
+
+def _chosen(case: Case, only: list[str]) -> bool:
+    described = _describe(case).lower()
+    return any(text.lower() in described for text in only)
 
 
 def run_all(
@@ -327,21 +393,21 @@ def run_all(
     missing = probe(ctx)
     if missing:
         notes.append(f"asyncmailer rows not available yet: {missing}")
-    ctx = replace(ctx, mailer_missing=missing)
+    certs, tls_missing = _tls_setup(folder, found, notes)
+    ctx = replace(ctx, mailer_missing=missing, certs=certs, tls_missing=tls_missing)
     plan = cases.matrix(quick=args.quick, scale=args.scale)
     if args.quick:
         notes.append("quick run: the 1,000,000-recipient memory run is left out")
+    if args.only:
+        plan = [case for case in plan if _chosen(case, args.only)]
+        notes.append(f"only the rows matching {' or '.join(map(repr, args.only))} ran")
     names = {case: f"run{number:02d}" for number, case in enumerate(plan, 1)}
     ready: dict[Case, Row] = {}  # compared rows run beside an earlier one
     rows = []
     for number, case in enumerate(plan, 1):
         row = ready.pop(case, None)
         if row is None and _compared(case):
-            pair = [
-                c
-                for c in plan
-                if _compared(c) and (c.latency_ms, c.size) == (case.latency_ms, case.size)
-            ]
+            pair = [c for c in plan if _compared(c) and _ratio_key(c) == _ratio_key(case)]
             ready.update(zip(pair, run_interleaved(pair, names, ctx), strict=True))
             row = ready.pop(case)
         elif row is None:
@@ -371,6 +437,7 @@ def main() -> int:
         "git": git,
         "quick": args.quick,
         "scale": args.scale,
+        "only": args.only or [],
         "duration_s": round(time.monotonic() - started, 1),
         "message_bytes_stdlib": sizes,
         "notes": notes,

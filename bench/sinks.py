@@ -2,7 +2,8 @@
 
 `smtp-sink` (Postfix) for the 0 ms rows and `latency_sink.py` for the rows with a per-reply
 delay. Each reports at the end how many messages it accepted, which is checked against the
-number the sender claims it sent.
+number the sender claims it sent. The same `Sink` class runs the stunnel legs of the TLS rows
+(see tls.py), which count nothing.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ _POLL = 0.02
 _SMTP_SINK_COUNT = re.compile(rb"mesg=(\d+)")
 _LATENCY_SINK_COUNT = re.compile(rb"messages=(\d+)")
 _LATENCY_SINK_BYTES = re.compile(rb"data_bytes=(\d+)")
+_LISTENING = re.compile(rb"listening [\d.]+:(\d+)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +46,7 @@ def _last_int(pattern: re.Pattern[bytes], text: bytes) -> int | None:
     return int(found[-1]) if found else None
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind((HOST, 0))
         port: int = probe.getsockname()[1]
@@ -68,15 +70,24 @@ class Sink:
     """A sink subprocess, used as a context manager; `stop()` returns what it accepted."""
 
     def __init__(
-        self, name: str, argv: list[str], output: Path, *, port: int, counter: re.Pattern[bytes]
+        self,
+        name: str,
+        argv: list[str],
+        output: Path,
+        *,
+        port: int,
+        counter: re.Pattern[bytes] | None,
+        ready: re.Pattern[bytes] | None = None,
     ) -> None:
-        """`port` 0: the sink picks one and prints ``listening HOST:PORT``."""
+        """`port` 0: the sink picks one and prints ``listening HOST:PORT``. `ready`: it is
+        listening once its output matches this (else a connection to `port` tells)."""
         self.name = name
         self._argv = argv
         self._output = output
         self.port = port
         self._proc: subprocess.Popen[bytes] | None = None
         self._counter = counter
+        self._ready = ready
 
     def __enter__(self) -> Sink:
         with self._output.open("wb") as out:
@@ -84,10 +95,12 @@ class Sink:
                 self._argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
             )
         try:
-            if self.port:
+            if self._ready is not None:
+                self._wait_output(self._ready)
+            elif self.port:
                 _wait_listening(self.port, self._proc)
             else:
-                self.port = self._read_port()
+                self.port = int(self._wait_output(_LISTENING).group(1))
         except BaseException:
             self.stop()
             raise
@@ -98,12 +111,12 @@ class Sink:
     ) -> None:
         self.stop()
 
-    def _read_port(self) -> int:
+    def _wait_output(self, pattern: re.Pattern[bytes]) -> re.Match[bytes]:
         assert self._proc is not None
         for _ in range(int(_START_TIMEOUT / _POLL)):
-            match = re.search(rb"listening [\d.]+:(\d+)", self._output.read_bytes())
+            match = pattern.search(self._output.read_bytes())
             if match:
-                return int(match.group(1))
+                return match
             if self._proc.poll() is not None:
                 break
             time.sleep(_POLL)
@@ -117,14 +130,13 @@ class Sink:
             proc.send_signal(signal.SIGTERM)
             cpu = cpu_seconds(reap(proc, _STOP_TIMEOUT).usage)
         output = self._output.read_bytes()
-        return SinkTotals(
-            _last_int(self._counter, output), _last_int(_LATENCY_SINK_BYTES, output), cpu
-        )
+        messages = _last_int(self._counter, output) if self._counter else None
+        return SinkTotals(messages, _last_int(_LATENCY_SINK_BYTES, output), cpu)
 
 
 def smtp_sink(binary: Path, output: Path) -> Sink:
     """Postfix smtp-sink: PIPELINING on, no AUTH announced, counters on stdout (-c)."""
-    port = _free_port()
+    port = free_port()
     as_root = ["-u", "nobody"] if os.geteuid() == 0 else []  # required when run as root
     argv = [str(binary), "-c", "-a", *as_root, "-h", "localhost", f"{HOST}:{port}", "1024"]
     return Sink("smtp-sink", argv, output, port=port, counter=_SMTP_SINK_COUNT)

@@ -1,7 +1,9 @@
-"""External tools: Postfix's smtp-sink and smtp-source, and GNU time for the senders' peak RSS.
+"""External tools: Postfix's smtp-sink and smtp-source, GNU time for the senders' peak RSS, and
+stunnel for the implicit-TLS rows.
 
 When one is missing and we are root, the Debian packages are installed (Postfix with "No
-configuration", so no mail system is set up, and its daemon is checked to be stopped).
+configuration", so no mail system is set up, and its daemon is checked to be stopped; stunnel4
+without any configuration of its own: the harness runs it with config files of its own).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ POSTFIX_HINT = (
     " | debconf-set-selections && apt-get update && DEBIAN_FRONTEND=noninteractive"
     " apt-get install -y --no-install-recommends postfix"
 )
+STUNNEL_HINT = "as root: apt-get update && apt-get install -y --no-install-recommends stunnel4"
 _APT_TIMEOUT = 300.0
 _DEBCONF = "postfix postfix/main_mailer_type select No configuration\n"
 
@@ -30,6 +33,7 @@ class Tools:
     sink: Path | None
     source: Path | None
     gnu_time: Path | None
+    stunnel: Path | None
     problems: tuple[str, ...] = ()
 
     @property
@@ -54,7 +58,8 @@ def _gnu_time() -> Path | None:
 
 
 def find_tools() -> Tools:
-    return Tools(_find("smtp-sink"), _find("smtp-source"), _gnu_time())
+    stunnel = _find("stunnel4") or _find("stunnel")
+    return Tools(_find("smtp-sink"), _find("smtp-source"), _gnu_time(), stunnel)
 
 
 def _run(argv: list[str], *, stdin: str | None = None) -> str | None:
@@ -95,35 +100,42 @@ def _install(packages: list[str], log: list[str]) -> str | None:
     steps: list[tuple[list[str], str | None]] = [
         (["debconf-set-selections"], _DEBCONF),
         (["apt-get", "update"], None),
-        (["apt-get", "install", "-y", "--no-install-recommends", *packages], None),
     ]
     for argv, stdin in steps:
         if problem := _run(argv, stdin=stdin):
             return problem
+    install = ["apt-get", "install", "-y", "--no-install-recommends"]
+    problem = _run([*install, *packages])
+    if problem and len(packages) > 1:  # one package that can't be had keeps out the others
+        failed = [package for package in packages if _run([*install, package])]
+        problem = f"{problem} (alone: {', '.join(failed)} failed)" if failed else None
     if "postfix" in packages:
         log.append(stop_postfix_daemon())
-    return None
+    return problem
 
 
 def ensure_tools(log: list[str]) -> Tools:
     """Find the tools, installing the missing packages first if we are root."""
     tools = find_tools()
-    missing = [
-        package
-        for package, found in (("postfix", tools.postfix), ("time", tools.gnu_time is not None))
-        if not found
-    ]
+    wanted = (
+        ("postfix", tools.postfix),
+        ("time", tools.gnu_time is not None),
+        ("stunnel4", tools.stunnel is not None),
+    )
+    missing = [package for package, found in wanted if not found]
     problem = None
     if missing and os.geteuid() == 0:
         problem = _install(missing, log)
         tools = find_tools()
     problems = []
+    why = f"install failed: {problem}; " if problem else ""
     if not tools.postfix:
-        why = f"install failed: {problem}; " if problem else ""
         problems.append(f"smtp-sink/smtp-source not found; {why}install them {POSTFIX_HINT}")
+    if tools.stunnel is None:
+        problems.append(f"stunnel not found; {why}install it {STUNNEL_HINT}")
     if tools.gnu_time is None:
         problems.append(
             "GNU time not found (apt-get install time): peak RSS comes from os.wait4, which "
             "counts the harness's own RSS at fork time as a floor"
         )
-    return Tools(tools.sink, tools.source, tools.gnu_time, tuple(problems))
+    return Tools(tools.sink, tools.source, tools.gnu_time, tools.stunnel, tuple(problems))

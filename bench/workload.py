@@ -118,10 +118,12 @@ class CampaignSpec:
     concurrency: int
     pipelining: bool
     group_size: int
+    tls_ca_file: Path | None = None  # given: implicit TLS (security: ssl), verified against it
 
 
 def write_campaign(folder: Path, name: str, body_file: Path, spec: CampaignSpec) -> Path:
-    """Write a YAML campaign (plain SMTP to 127.0.0.1, no AUTH) and return its path."""
+    """Write a YAML campaign to 127.0.0.1, no AUTH, and return its path: plain SMTP, or
+    implicit TLS with the certificate verified against `spec.tls_ca_file` when given."""
     campaign = {
         "subject": SUBJECT,
         "from": SENDER,
@@ -129,13 +131,15 @@ def write_campaign(folder: Path, name: str, body_file: Path, spec: CampaignSpec)
         "attachments": str(spec.size.attachments_dir),
         "host": "127.0.0.1",
         "port": spec.port,
-        "security": "none",
+        "security": "ssl" if spec.tls_ca_file else "none",
         "recipients_file": str(spec.recipients),
         "group_size": spec.group_size,
         "pipelining": spec.pipelining,
         "concurrency": spec.concurrency,
         "max_messages_per_connection": 0,
     }
+    if spec.tls_ca_file:
+        campaign["tls_ca_file"] = str(spec.tls_ca_file)  # tls_verify stays at its default, true
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(campaign, sort_keys=False), encoding="utf-8")
     return path
