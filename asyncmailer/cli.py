@@ -12,23 +12,30 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import difflib
 import gc
 import os
 import signal
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from . import __version__
 from .config import DEFAULT_CONFIG, PASSWORD_ENV, Campaign, load_campaign
-from .errors import InputError, JournalError, MailerError
-from .journal import JournalReader, archive, journal_path, probe_lock
+from .dryrun import ENVELOPES, EmlTransport
+from .errors import InputError, JournalError, MailerError, MissingExtraError
+from .journal import Journal, JournalReader, archive, journal_path, probe_lock
 from .ledger import JournalState
+from .message import MessageTemplate
 from .progress import ConsoleObserver
 from .report import ReportWriter, format_table
 from .results import CampaignReport, Status, plural
 from .run.campaign import RunOptions, prepare_message, prepare_personalizer, run_campaign
+
+if TYPE_CHECKING:
+    from .personalize import Personalizer
 
 __all__ = ["EXIT_CODES", "main", "run"]
 
@@ -60,9 +67,33 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of 1 or more, got {text!r}")
+    return value
+
+
+def _campaign_arguments(parser: argparse.ArgumentParser, help_text: str) -> None:
+    parser.add_argument(
+        "campaign", nargs="?", type=Path, help=f"{help_text} (default: {DEFAULT_CONFIG})"
+    )
+    parser.add_argument("-c", "--config", type=Path, help="the campaign file, as an option")
+
+
 def parseargs(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] not in (*_COMMANDS, "-h", "--help", "--version"):
+        first = args[0] if args else ""
+        if first and not first.startswith("-") and not Path(first).exists():
+            close = difflib.get_close_matches(first, _COMMANDS, n=1, cutoff=0.6)
+            if close:
+                _Parser(prog="asyncmailer").error(
+                    f"unknown command {first!r}; did you mean {close[0]!r}?"
+                )
         args.insert(0, "send")
     parser = _Parser(
         prog="asyncmailer",
@@ -75,13 +106,7 @@ def parseargs(argv: Sequence[str] | None = None) -> argparse.Namespace:
     send = commands.add_parser(
         "send", help="send a campaign (the default command)", description="Send a campaign."
     )
-    send.add_argument(
-        "-c",
-        "--config",
-        type=Path,
-        default=DEFAULT_CONFIG,
-        help=f"campaign file, JSON or YAML (default: {DEFAULT_CONFIG})",
-    )
+    _campaign_arguments(send, "the campaign file, JSON or YAML")
     send.add_argument(
         "--report", type=Path, help="also write every result to this .csv or .jsonl file"
     )
@@ -103,6 +128,19 @@ def parseargs(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="also send again to recipients whose outcome is unknown (may duplicate)",
     )
+    send.add_argument(
+        "--dry-run",
+        type=Path,
+        metavar="DIR",
+        help="write every message that would be sent to DIR as .eml files (envelopes in "
+        "DIR/envelopes.jsonl); nothing is sent and the campaign's journal is not touched",
+    )
+    send.add_argument(
+        "--limit",
+        type=_positive,
+        metavar="N",
+        help="stop after N messages (a real run resumes with the rest next time)",
+    )
     send.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
 
     status = commands.add_parser(
@@ -110,7 +148,7 @@ def parseargs(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="show a campaign's counts from its journal",
         description="Show how many recipients of a campaign are in each state.",
     )
-    status.add_argument("-c", "--config", type=Path, default=DEFAULT_CONFIG, help="campaign file")
+    _campaign_arguments(status, "the campaign file")
     status.add_argument("--state-dir", type=Path, help="folder of the campaign's journal")
     status.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
@@ -134,7 +172,12 @@ def parseargs(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     serve.add_argument("command_line", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
     serve.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
-    return parser.parse_args(args)
+    parsed = parser.parse_args(args)
+    if parsed.command in ("send", "status"):
+        if parsed.campaign is not None and parsed.config is not None:
+            parser.error("name the campaign once: as an argument or with --config, not both")
+        parsed.config = parsed.campaign or parsed.config or DEFAULT_CONFIG
+    return parsed
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -152,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("asyncmailer: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except InputError as err:
+    except (InputError, MissingExtraError) as err:
         print(f"asyncmailer: {err}", file=sys.stderr)
         return EXIT_USAGE
     except MailerError as err:
@@ -182,10 +225,12 @@ async def _campaign(args: argparse.Namespace) -> Campaign:
 
 async def send_command(args: argparse.Namespace, *, out: TextIO = sys.stdout) -> int:
     campaign = await _campaign(args)
-    writer = ReportWriter(args.report) if args.report else None
     # Read and check the body, attachments and templates before anything is sent or written.
     template = await prepare_message(campaign)
     personalizer = await prepare_personalizer(campaign)
+    if args.dry_run is not None:
+        return await _dry_run(args, campaign, template, personalizer, out)
+    writer = ReportWriter(args.report) if args.report else None
     journal_file = journal_path(campaign.state_dir, campaign.source)
     # A second run of the same campaign is refused before it prints or truncates anything
     # (the journal's own lock still guards the run itself).
@@ -217,7 +262,7 @@ async def send_command(args: argparse.Namespace, *, out: TextIO = sys.stdout) ->
         per_recipient=campaign.recipients_file is None,
         quiet=args.quiet,
     )
-    options = RunOptions(resend_unknown=args.resend_unknown)
+    options = RunOptions(resend_unknown=args.resend_unknown, limit=args.limit)
     try:
         with _SignalStop(options.stop):
             async with contextlib.AsyncExitStack() as files:
@@ -253,10 +298,79 @@ async def send_command(args: argparse.Namespace, *, out: TextIO = sys.stdout) ->
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
+    if report.limit_reached:
+        print(
+            f"asyncmailer: stopped after {plural(args.limit, 'message')} (--limit); run the same "
+            "command again to send the rest",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
     if options.stop.is_set():
         print("asyncmailer: interrupted; run the same command again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
     return EXIT_OK if report.all_accepted else EXIT_NOT_ALL_ACCEPTED
+
+
+PREVIEW_LINES = 40  # of the first message a dry run wrote
+
+
+async def _dry_run(
+    args: argparse.Namespace,
+    campaign: Campaign,
+    template: MessageTemplate,
+    personalizer: Personalizer | None,
+    out: TextIO,
+) -> int:
+    """`send --dry-run DIR`: the whole run, through a transport that writes .eml files and a
+    scratch journal that is deleted afterwards; the campaign's own journal is not opened."""
+    transport = EmlTransport(args.dry_run)
+    await transport.open()
+    observer = ConsoleObserver(per_recipient=campaign.recipients_file is None, quiet=args.quiet)
+    options = RunOptions(limit=args.limit)
+    with tempfile.TemporaryDirectory(prefix="asyncmailer-dry-run-") as scratch:
+        async with await Journal.open(
+            Path(scratch) / "dry-run.journal.sqlite", msgid_domain=campaign.sender.domain
+        ) as ledger:
+            with _SignalStop(options.stop):
+                report = await run_campaign(
+                    campaign,
+                    template=template,
+                    personalizer=personalizer,
+                    observer=observer,
+                    options=options,
+                    ledger=ledger,
+                    transport=transport,
+                )
+    observer.finish()
+    if report.problems:
+        print(format_table(report.problems[:TABLE_ROWS]), file=out)
+    written = report.counts[Status.ACCEPTED]
+    print(
+        f"dry run: {plural(len(transport.written), 'message')} to {plural(written, 'recipient')} "
+        f"written to {args.dry_run}/ (envelopes: {args.dry_run / ENVELOPES}); nothing was sent "
+        "and the campaign's journal was not touched",
+        file=out,
+    )
+    if report.limit_reached:
+        print(f"stopped after {plural(args.limit, 'message')} (--limit)", file=out)
+    if transport.written and not args.quiet:
+        first = transport.written[0]
+        text = (await asyncio.to_thread(first.read_bytes)).decode("ascii", "replace")
+        lines = text.splitlines()
+        print(f"--- {first} ---", file=out)
+        for line in lines[:PREVIEW_LINES]:
+            print(printable(line), file=out)
+        if len(lines) > PREVIEW_LINES:
+            print(f"--- ({plural(len(lines) - PREVIEW_LINES, 'more line')}) ---", file=out)
+    if options.stop.is_set() and not report.limit_reached:
+        return EXIT_INTERRUPTED
+    return EXIT_OK if not report.problems else EXIT_NOT_ALL_ACCEPTED
+
+
+def printable(text: str) -> str:
+    """`text` with control characters shown as escapes, so a file or a list row cannot steer
+    the terminal."""
+    return "".join(c if c.isprintable() or c == "\t" else repr(c)[1:-1] for c in text)
 
 
 def _print_outcome(report: CampaignReport, args: argparse.Namespace, out: TextIO) -> None:

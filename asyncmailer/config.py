@@ -7,6 +7,7 @@ Every problem is an `InputError`/`ConfigError` whose text is one line naming fil
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import json
 import os
@@ -386,6 +387,14 @@ KNOWN_KEYS: dict[str, str] = {
 }
 
 
+def _unknown_key(key: object) -> str:
+    """The error for a key no campaign has: the closest known key, else the whole list."""
+    close = difflib.get_close_matches(str(key)[:100], KNOWN_KEYS, n=1, cutoff=0.6)
+    if close:
+        return f"unknown key; did you mean {close[0]!r}? (every key: docs/configuration.md)"
+    return f"unknown key (known keys: {', '.join(KNOWN_KEYS)})"
+
+
 def is_loopback(host: str) -> bool:
     """True for localhost and loopback addresses (127.0.0.0/8, ::1)."""
     if host.lower() in ("localhost", "localhost.localdomain"):
@@ -423,7 +432,7 @@ async def load_campaign(
 
     for key in data:
         if key not in KNOWN_KEYS:
-            raise fields.error(key, f"unknown key (known keys: {', '.join(KNOWN_KEYS)})")
+            raise fields.error(key, _unknown_key(key))
 
     root = campaign_root(path)
     subject = fields.get_str("subject", "", header=True) or ""

@@ -1,6 +1,7 @@
 """The exception tree of asyncmailer: every error it raises derives from `MailerError`.
 
     MailerError
+    ├── MissingExtraError (ImportError)    an optional part is not installed; exit code 2
     ├── InputError (ValueError)            bad config, addresses or files; exit code 2
     │   ├── ConfigError                    a config key or the config file itself
     │   └── JournalError                   the campaign journal: locked by another run, or
@@ -26,12 +27,26 @@ __all__ = [
     "InputError",
     "JournalError",
     "MailerError",
+    "MissingExtraError",
     "TLSRequiredError",
 ]
 
 
 class MailerError(Exception):
     """Root of every error asyncmailer raises."""
+
+
+class MissingExtraError(MailerError, ImportError):
+    """An optional part of asyncmailer is used without its extra installed; the text says
+    what to install (from PyPI and from a clone)."""
+
+    def __init__(self, extra: str, missing: str) -> None:
+        self.extra = extra
+        super().__init__(
+            f"this needs the {extra!r} extra ({missing} is not installed): "
+            f"pip install 'asyncmailer[{extra}]', or from a clone: pip install -e '.[{extra}]'",
+            name=missing,
+        )
 
 
 class InputError(MailerError, ValueError):

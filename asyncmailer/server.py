@@ -3,7 +3,8 @@ against one account, every accepted message kept in memory and stored in a Maild
 
 It serves `make demo`, the tests, and anyone who wants to try a campaign before sending it for
 real. Certificates are made at start (trustme); the CA is written where the client config can
-point `tls_ca_file` at it. Needs the ``server`` extra: ``pip install asyncmailer[server]``.
+point `tls_ca_file` at it. Needs the ``server`` extra: ``pip install 'asyncmailer[server]'``
+(from a clone: ``pip install -e '.[server]'``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import PASSWORD_ENV, is_loopback
-from .errors import InputError
+from .errors import InputError, MissingExtraError
 from .results import plural
 from .textfiles import read_secret
 
@@ -42,10 +43,8 @@ __all__ = [
 try:
     import trustme
     from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
-except ImportError as err:  # pragma: no cover - exercised only without the extra
-    raise ImportError(
-        "the embedded server needs the 'server' extra: pip install 'asyncmailer[server]'"
-    ) from err
+except ImportError as err:
+    raise MissingExtraError("server", err.name or "aiosmtpd") from err
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import os
 import ssl
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
@@ -178,6 +179,14 @@ async def start_cli(*args: str, cwd: Path, **options: Any) -> asyncio.subprocess
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "asyncmailer", *args, cwd=cwd, **options
     )
+
+
+async def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """Run `python -m asyncmailer ARGS` as a subprocess while the test's server keeps serving."""
+    process = await start_cli(*args, cwd=cwd, env={**os.environ, **(env or {})})
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
 
 
 async def send(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
-import os
 import re
 import signal
 import socket
@@ -23,16 +22,9 @@ from .conftest import (
     CampaignFactory,
     ServerFactory,
     plain_list_campaign,
+    run_cli,
     start_cli,
 )
-
-
-async def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    """Run `python -m asyncmailer ARGS` as a subprocess while the test's server keeps serving."""
-    process = await start_cli(*args, cwd=cwd, env={**os.environ, **(env or {})})
-    out, err = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
 
 
 def test_bad_config_is_one_line_and_exit_2(
@@ -385,3 +377,60 @@ async def test_status_before_any_run_and_with_state_dir(
     code, out, err = await run_cli("status", "-c", str(path), "--state-dir", "st", cwd=tmp_path)
     assert code == 0, err
     assert out.startswith(f"campaign {path} has not run yet (no journal at st/")
+
+
+async def test_the_campaign_file_may_be_a_positional_argument(
+    smtp_server: ServerFactory, make_campaign: CampaignFactory, tmp_path: Path
+) -> None:
+    running = await smtp_server()
+    path = make_campaign(port=running.server.ssl_port)
+    code, out, err = await run_cli("send", str(path), "-q", cwd=tmp_path)
+    assert code == 0, err
+    assert "3 recipients: 3 accepted" in out
+    code, out, err = await run_cli("status", str(path), cwd=tmp_path)
+    assert code == 0, err
+    assert "3  accepted" in out
+    code, out, err = await run_cli(str(path), "-q", cwd=tmp_path)  # `send` is the default
+    assert code == 0, err
+    assert len(running.messages) == 1  # the second send found nothing left to send
+
+
+def test_naming_the_campaign_twice_is_a_usage_error(
+    make_campaign: CampaignFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = str(make_campaign())
+    with pytest.raises(SystemExit) as caught:
+        main(["send", path, "-c", path])
+    assert caught.value.code == 2
+    assert "name the campaign once" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("typed", "meant"), [("stauts", "status"), ("sned", "send")])
+def test_a_mistyped_command_gets_did_you_mean(
+    typed: str,
+    meant: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no file of that name here
+    with pytest.raises(SystemExit) as caught:
+        main([typed])
+    assert caught.value.code == 2
+    assert f"unknown command {typed!r}; did you mean {meant!r}?" in capsys.readouterr().err
+
+
+async def test_serve_without_its_extra_is_an_install_hint_and_exit_2(tmp_path: Path) -> None:
+    # A Python where aiosmtpd cannot be imported (None in sys.modules stops the import).
+    code = (
+        "import sys; sys.modules['aiosmtpd'] = None; "
+        "from asyncmailer.cli import main; sys.exit(main(['serve']))"
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", code, cwd=tmp_path, stderr=asyncio.subprocess.PIPE
+    )
+    _, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 2
+    assert "needs the 'server' extra" in err.decode()
+    assert "pip install 'asyncmailer[server]'" in err.decode()
+    assert "pip install -e '.[server]'" in err.decode()

@@ -129,6 +129,8 @@ def line_of(path: Path, text: str) -> int:
     ("keys", "key", "reason"),
     [
         ({"colour": "red"}, "colour", "unknown key (known keys: subject, from,"),
+        ({"atachments": "files"}, "atachments", "unknown key; did you mean 'attachments'?"),
+        ({"group-size": 10}, "group-size", "unknown key; did you mean 'group_size'?"),
         ({"port": "465"}, "port", "expected a whole number from 1 to 65535, got '465'"),
         ({"port": 70000}, "port", "expected a whole number from 1 to 65535"),
         ({"concurrency": 0}, "concurrency", "expected a whole number from 1 to 1000"),

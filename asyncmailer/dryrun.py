@@ -1,0 +1,90 @@
+"""The dry-run transport: every message that would be sent is written as an ``.eml`` file,
+with its envelope in ``envelopes.jsonl`` beside it; nothing goes to a server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from .errors import InputError
+from .results import RecipientResult, Status
+from .transport import Commit, Sent, Transaction
+
+__all__ = ["ENVELOPES", "EmlTransport"]
+
+ENVELOPES = "envelopes.jsonl"
+_STUFFED = re.compile(rb"^\.", re.MULTILINE)
+
+
+class EmlTransport:
+    """Writes each transaction as ``NNNNNN.eml`` in `folder` (a new or empty folder) and one
+    line of ``envelopes.jsonl``: the file, MAIL FROM and every RCPT TO. One connection, one
+    transaction at a time."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.written: list[Path] = []
+        self._one = asyncio.Lock()  # one connection: files numbered in the order sent
+
+    def __repr__(self) -> str:
+        return f"<EmlTransport {self.folder} written={len(self.written)}>"
+
+    @property
+    def pipelines(self) -> bool:
+        return False
+
+    async def open(self) -> None:
+        """Create the folder.
+
+        :raises InputError: it cannot be created, or already holds messages.
+        """
+
+        def prepare() -> None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            if any(self.folder.glob("*.eml")) or (self.folder / ENVELOPES).exists():
+                raise InputError(
+                    "already holds messages of an earlier dry run; name a new or empty folder",
+                    path=self.folder,
+                )
+
+        try:
+            await asyncio.to_thread(prepare)
+        except OSError as err:
+            raise InputError(f"cannot create the folder: {err.strerror}", path=self.folder) from err
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[EmlTransport]:
+        async with self._one:
+            yield self
+
+    async def close(self) -> None:
+        """Nothing stays open between messages."""
+
+    async def send(
+        self, transaction: Transaction, *, commit: Commit | None = None, then: Transaction | None
+    ) -> Sent:
+        (sender, recipients), parts = transaction
+        path = self.folder / f"{len(self.written) + 1:06d}.eml"
+        self.written.append(path)
+        # The parts are dot-stuffed for DATA: a file holds the message as it is.
+        message = _STUFFED.sub(b"", b"".join(parts))
+        line = json.dumps({"file": path.name, "mail_from": sender, "rcpt_to": list(recipients)})
+        try:
+            await asyncio.to_thread(_write, path, message, self.folder / ENVELOPES, line)
+        except OSError as err:
+            note = f"dry run: cannot write {path}: {err.strerror}"
+            return Sent([RecipientResult(r, Status.DEFERRED, None, note) for r in recipients])
+        if commit is not None:
+            await commit()
+        note = f"dry run: written to {path}"
+        return Sent([RecipientResult(r, Status.ACCEPTED, None, note) for r in recipients])
+
+
+def _write(path: Path, message: bytes, index: Path, line: str) -> None:
+    path.write_bytes(message)
+    with index.open("a", encoding="utf-8") as handle:
+        handle.write(line + "\n")

@@ -1,0 +1,101 @@
+"""`send --dry-run DIR`: every message that would go out, as .eml files that parse, with their
+envelopes; nothing reaches a server and the campaign's journal is not touched."""
+
+from __future__ import annotations
+
+import email
+import json
+from email import policy
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from asyncmailer.cli import main
+from asyncmailer.dryrun import ENVELOPES
+
+from .conftest import CampaignFactory, ServerFactory, run_cli
+
+
+def tls_list_campaign(
+    make_campaign: CampaignFactory, port: int, addresses: list[str], **keys: Any
+) -> Path:
+    """A list campaign to the test server's implicit-TLS `port` (list.txt, no to/cc)."""
+    path = make_campaign(port=port, to=None, cc=None, recipients_file="list.txt", **keys)
+    (path.parent.parent / "list.txt").write_text("".join(a + "\n" for a in addresses))
+    return path
+
+
+def written(folder: Path) -> list[tuple[dict[str, object], email.message.EmailMessage]]:
+    """Each envelope line with the message its file holds, parsed."""
+    entries = [json.loads(line) for line in (folder / ENVELOPES).read_text().splitlines()]
+    return [
+        (
+            entry,
+            email.message_from_bytes(
+                (folder / str(entry["file"])).read_bytes(), policy=policy.default
+            ),
+        )
+        for entry in entries
+    ]
+
+
+async def test_a_dry_run_writes_every_message_and_sends_nothing(
+    smtp_server: ServerFactory,
+    make_campaign: CampaignFactory,
+    tmp_path: Path,
+) -> None:
+    running = await smtp_server()
+    addresses = [f"u{i}@example.com" for i in range(25)]
+    path = tls_list_campaign(make_campaign, running.server.ssl_port, addresses, group_size=10)
+    out = tmp_path / "preview"
+
+    code, shown, err = await run_cli("send", str(path), "--dry-run", str(out), cwd=tmp_path)
+    assert code == 0, err
+
+    messages = written(out)
+    groups = [list(map(str, entry["rcpt_to"])) for entry, _ in messages]  # type: ignore[call-overload]
+    assert sorted(map(len, groups)) == [5, 10, 10]
+    assert sorted(r for group in groups for r in group) == sorted(addresses)  # each once
+    for entry, message in messages:
+        assert entry["mail_from"] == "sender@example.com"
+        assert message["To"] == "undisclosed-recipients:;"
+        assert message["Message-ID"]
+        body = message.get_body(("plain",))
+        assert body is not None
+        # The file holds the bytes that would go out: CRLF line ends, as on the wire.
+        assert body.get_content() == "Hello!\r\nПривет!\r\n"
+    assert f"dry run: 3 messages to 25 recipients written to {out}/" in shown
+    assert f"--- {out / '000001.eml'} ---" in shown and "Subject: " in shown
+    assert running.messages == []  # no connection carried a message
+    assert not (tmp_path / ".asyncmailer").exists()  # the campaign's journal was never made
+
+
+async def test_limit_stops_a_dry_run_and_a_real_one_after_n_messages(
+    smtp_server: ServerFactory, make_campaign: CampaignFactory, tmp_path: Path
+) -> None:
+    running = await smtp_server()
+    addresses = [f"u{i}@example.com" for i in range(7)]
+    path = tls_list_campaign(make_campaign, running.server.ssl_port, addresses, group_size=1)
+
+    dry = ("--dry-run", str(tmp_path / "d"), "--limit", "2")
+    assert (await run_cli("send", str(path), *dry, cwd=tmp_path))[0] == 0
+    assert len(written(tmp_path / "d")) == 2
+
+    # A real run stops after 2 messages (exit 75: run again to go on); the next sends the rest.
+    code, _, err = await run_cli("send", str(path), "--limit", "2", "-q", cwd=tmp_path)
+    assert code == 75 and "stopped after 2 messages (--limit)" in err
+    assert len(running.messages) == 2
+    assert (await run_cli("send", str(path), "-q", cwd=tmp_path))[0] == 0
+    delivered = sorted(r for m in running.messages for r in m.rcpt_tos)
+    assert delivered == sorted(addresses)  # each once
+
+
+def test_a_dry_run_refuses_a_folder_of_an_earlier_one(
+    make_campaign: CampaignFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = make_campaign()
+    out = tmp_path / "preview"
+    assert main(["send", str(path), "--dry-run", str(out), "-q"]) == 0
+    assert main(["send", str(path), "--dry-run", str(out), "-q"]) == 2
+    assert "already holds messages of an earlier dry run" in capsys.readouterr().err
