@@ -490,7 +490,7 @@ async def status_command(args: argparse.Namespace, *, out: TextIO = sys.stdout) 
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's event loop when it is installed (``pip install asyncmailer[fast]``)."""
+    """uvloop's event loop when it is installed (a default dependency except on Windows)."""
     try:
         import uvloop
     except ImportError:
@@ -501,7 +501,7 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 def run() -> None:
     """Console-script entry point."""
     # Everything imported so far lives as long as the process: out of the garbage collector's
-    # sight, it is not walked by every full collection nor by the last one at exit (~60 ms of
-    # each run's exit here, a fifth of a one-recipient run).
+    # sight, it is not walked by every full collection nor by the last one at exit
+    # (docs/design.md: start-up and exit).
     gc.freeze()
     sys.exit(main())

@@ -176,7 +176,8 @@ _TEXT_MARK = "ASYNCMAILER-TEXT-PART-f3b1c2d4"  # stands for the text while the t
 def _encode_text(text: str) -> bytes:
     """A personalised text, encoded as the email package encodes the campaign's text part
     (UTF-8, quoted-printable: what `set_content(text, cte="quoted-printable")` does, without
-    building a message per recipient, ~40 times faster), CRLF-terminated and dot-stuffed."""
+    building a message per recipient; docs/design.md: message template), CRLF-terminated and
+    dot-stuffed."""
     lines = text.encode("utf-8").splitlines()
     body = b"\n".join(lines).decode("latin-1") + "\n"
     encoded = quoprimime.body_encode(body, _MAX_LINE)
@@ -231,11 +232,6 @@ class MessageTemplate:
         self._date_second = -1
         self._date_header = b""
 
-    @property
-    def shared_size(self) -> int:
-        """Bytes every message carries besides its own few headers."""
-        return len(self._shared)
-
     def new_message_id(self) -> str:
         return message_ids(self._msgid_domain, 1)[0]
 
@@ -278,19 +274,6 @@ class MessageTemplate:
         assert subject is not None and text is not None, "a personal template needs both"
         head.append(_subject(subject))
         return b"".join(head), self._shared, _encode_text(text), self._after_text
-
-    def render(
-        self,
-        *,
-        to: Sequence[Mailbox],
-        cc: Sequence[Mailbox] = (),
-        message_id: str | None = None,
-        subject: str | None = None,
-        text: str | None = None,
-    ) -> bytes:
-        """The whole DATA payload for one transaction, final ``.`` included, in one piece."""
-        parts = self.render_parts(to=to, cc=cc, message_id=message_id, subject=subject, text=text)
-        return b"".join(parts) + END_OF_DATA
 
 
 def _address_header(name: str, mailboxes: Sequence[Mailbox]) -> bytes:

@@ -32,9 +32,8 @@ class Scheduler:
     """Hands out due work from the journal, a batch of groups at a time; waits for deferred
     recipients to come due, and for the list to be read, while anything may still change.
 
-    The buffer is topped up ahead, once it is down to half a batch: a claim is a
-    commit (milliseconds), and every connection that ran dry meanwhile would stand idle (at
-    0 ms latency, one pipelined chain in eight broke on it, each waiting ~8 ms)."""
+    The buffer is topped up ahead, once it is down to half a batch: a claim is a commit, and
+    every connection that ran dry meanwhile would stand idle (docs/design.md: claim ahead)."""
 
     def __init__(self, ledger: Ledger, batch: int, stop: asyncio.Event, loader: LoadState) -> None:
         self.ledger = ledger
