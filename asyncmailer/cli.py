@@ -1,9 +1,10 @@
 """The command line: `asyncmailer [send]` runs a campaign, `asyncmailer serve` the local server.
 
 Exit codes (EXIT_CODES below): 0 every recipient accepted; 1 some recipient not accepted; 2 bad
-config, input or usage, or an unusable journal; 3 the server could not be reached, refused TLS,
-or refused the login; 70 an internal error (a bug: please report it); 75 interrupted or the
-daily quota reached: run the same command again to resume.
+config, input or usage, or an unusable journal; 3 the server could not be reached, refused TLS
+or the login, or refused the sender or the session; 70 an internal error (a bug: please report
+it); 75 interrupted, a limit reached, or the server kept asking to try later: run the same
+command again to resume.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, TextIO
 from . import __version__
 from .config import DEFAULT_CONFIG, PASSWORD_ENV, Campaign, load_campaign
 from .dryrun import ENVELOPES, EmlTransport
-from .errors import InputError, JournalError, MailerError, MissingExtraError
+from .errors import InputError, JournalError, MailerError, MissingExtraError, RefusedError
 from .journal import Journal, JournalReader, archive, journal_path, probe_lock
 from .ledger import JournalState
 from .message import MessageTemplate
@@ -53,10 +54,11 @@ EXIT_CODES = {
     EXIT_USAGE: "bad config, input file or command line, or the journal is locked or cannot "
     "be written; nothing was sent, or (the journal or a long list failing part-way) the run "
     "stopped: fix, then resume",
-    EXIT_SERVER: "the server could not be reached, refused TLS, or refused the login",
+    EXIT_SERVER: "the server could not be reached, refused TLS or the login, or refused the "
+    "sender or the session (a quota, a block): the recipients not sent are left pending",
     EXIT_INTERNAL: "internal error (a bug; run with --debug and report it)",
-    EXIT_INTERRUPTED: "interrupted (Ctrl-C, SIGTERM) or the daily quota reached; run the same "
-    "command again to resume",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C, SIGTERM), the daily quota or --limit reached, or the "
+    "server kept asking to try later; run the same command again to resume",
 }
 _COMMANDS = ("send", "serve", "status")
 
@@ -290,6 +292,15 @@ async def send_command(args: argparse.Namespace, *, out: TextIO = sys.stdout) ->
     _print_outcome(report, args, out)
     if report.fatal is not None:
         print(f"asyncmailer: {report.fatal}", file=sys.stderr)
+        if isinstance(report.fatal, RefusedError):
+            print(
+                "asyncmailer: the recipients not sent yet are left as they were: once the "
+                "cause is gone (a quota resets, the sender is allowed), run the same command "
+                "again to send them",
+                file=sys.stderr,
+            )
+            if report.fatal.temporary:
+                return EXIT_INTERRUPTED
         return EXIT_SERVER
     if report.quota_reached:
         print(

@@ -9,7 +9,10 @@
     └── DeliveryError                      the run could not go on; exit code 3
         ├── ConnectError (ConnectionError) server unreachable, TLS handshake or certificate failed
         ├── TLSRequiredError               STARTTLS required but not offered or refused
-        └── AuthError (PermissionError)    login refused, or no usable AUTH mechanism
+        ├── AuthError (PermissionError)    login refused, or no usable AUTH mechanism
+        └── RefusedError                   the server refused the sender or the session (a
+                                           quota, a block, "authentication required"): the
+                                           recipients were left as they were
 
 Details are fields, not only text: `InputError.path`, `.line`, `.field`; `DeliveryError.host`,
 `.port`, `.code`. No message ever contains a password.
@@ -28,6 +31,7 @@ __all__ = [
     "JournalError",
     "MailerError",
     "MissingExtraError",
+    "RefusedError",
     "TLSRequiredError",
 ]
 
@@ -113,3 +117,24 @@ class TLSRequiredError(DeliveryError):
 
 class AuthError(DeliveryError, PermissionError):
     """The server refused the login, or offers no mechanism we may use."""
+
+
+class RefusedError(DeliveryError):
+    """The server refused the sender or the session, not a recipient: a refused MAIL FROM,
+    "authentication required", a sending quota or rate limit, a blocked sender, 421. The
+    transaction's recipients are left pending. `scope` is ``sender`` or ``session``;
+    `temporary` (a 4xx reply) means trying again later may work."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        host: str,
+        port: int,
+        code: int | None,
+        scope: str,
+        temporary: bool,
+    ) -> None:
+        self.scope = scope
+        self.temporary = temporary
+        super().__init__(message, host=host, port=port, code=code)

@@ -13,6 +13,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
+from .errors import RefusedError
 from .results import RecipientResult
 
 __all__ = ["Commit", "Connection", "Envelope", "Sent", "Transaction", "Transport"]
@@ -45,12 +46,15 @@ class Sent:
     transaction passed to `send()` has already begun on this connection (its envelope went out
     with this message's end): the next `send()` on the connection must be for it. When False,
     it has not been tried at all and may go anywhere. `reusable` says the connection can carry
-    another transaction.
+    another transaction. `refusal` is set when the server refused the sender or the session
+    rather than a recipient: then `results` are no facts about the recipients (they stay
+    as they were), only what the server said to each.
     """
 
     results: list[RecipientResult]
     then_sent: bool = False
     reusable: bool = True
+    refusal: RefusedError | None = None
 
 
 class Connection(Protocol):

@@ -35,6 +35,14 @@ class Faults:
     final_delay_times: int | None = 0
     close_after: int = 0  # 421 at MAIL after this many messages in one session
     data_reply: str = "250 2.0.0 queued"
+    # After this many MAIL FROM accepted in all (the server's, not one session's), every
+    # MAIL FROM gets `quota_reply` (Gmail's daily limit); None: never.
+    quota_after: int | None = None
+    quota_reply: str = "550 5.4.5 Daily user sending limit exceeded"
+    mail_reply: str | None = None  # the reply to MAIL FROM, `mail_reply_times` times
+    mail_reply_times: int | None = None
+    max_connections: int = 0  # connections beyond this many at once are reset at once
+    echo: str = ""  # appended to every reply after DATA (a server that echoes a secret)
 
 
 @dataclass
@@ -50,6 +58,9 @@ class FaultyServer:
         self.tls = tls  # for STARTTLS
         self.messages: list[Stored] = []
         self.connections = 0
+        self.open = 0  # connections open now
+        self.mails = 0  # MAIL FROM commands accepted
+        self.refused_connections = 0
         self.auth_lines: list[bytes] = []  # everything sent after AUTH, in the clear or not
         self.plaintext: bytearray = bytearray()  # every byte received before any TLS
         self._server: asyncio.Server | None = None
@@ -82,11 +93,16 @@ class FaultyServer:
 
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        self.open += 1
         try:
+            if self.faults.max_connections and self.open > self.faults.max_connections:
+                self.refused_connections += 1
+                return  # closed before the greeting: a connection limit
             await self._converse(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
             pass
         finally:
+            self.open -= 1
             writer.close()
 
     async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -136,8 +152,18 @@ class FaultyServer:
                 if f.close_after and messages >= f.close_after:
                     await self._say(writer, "421 4.7.0 too many messages, closing")
                     return
+                mail_from, rcpts = None, []
+                if f.quota_after is not None and self.mails >= f.quota_after:
+                    await self._say(writer, f.quota_reply)
+                    continue
+                if f.mail_reply and self._fire("mail_reply", f.mail_reply_times):
+                    await self._say(writer, f.mail_reply)
+                    if f.mail_reply.startswith("421"):
+                        return
+                    continue
                 mail_from = command.decode().split(":", 1)[1].split(">")[0].strip("<")
                 rcpts = []
+                self.mails += 1
                 await self._say(writer, "250 2.1.0 OK")
             elif verb == b"RCPT":
                 rcpt_count += 1
@@ -150,6 +176,8 @@ class FaultyServer:
                     await self._say(writer, "421 4.3.2 shutting down")
                     return
                 reply = f.rcpt.get(address) or f.rcpt_once.pop(address, None)
+                if mail_from is None:
+                    reply = "503 5.5.1 Error: need MAIL command"
                 if reply is None and f.max_rcpt and len(rcpts) >= f.max_rcpt:
                     reply = "452 4.5.3 Too many recipients"
                 if reply is None:
@@ -172,7 +200,7 @@ class FaultyServer:
                     return
                 if f.final_delay and self._fire("final_delay", f.final_delay_times):
                     await asyncio.sleep(f.final_delay)
-                await self._say(writer, f.data_reply)
+                await self._say(writer, f.data_reply + f.echo)
                 rcpts = []
             elif verb == b"RSET":
                 rcpts = []

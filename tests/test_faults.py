@@ -15,7 +15,7 @@ import pytest
 import trustme
 
 from asyncmailer.config import load_campaign
-from asyncmailer.errors import AuthError, ConnectError, JournalError, TLSRequiredError
+from asyncmailer.errors import AuthError, ConnectError, JournalError, RefusedError, TLSRequiredError
 from asyncmailer.journal import JournalReader
 from asyncmailer.ledger import JournalState
 from asyncmailer.results import CampaignReport, Status
@@ -137,7 +137,7 @@ async def test_550_on_some_and_permanent_refusal_is_final(
 
 
 async def test_all_refused_sends_no_message(faulty: Any, make_campaign: CampaignFactory) -> None:
-    server = await faulty(rcpt={r: "550 5.7.1 relay denied" for r in RECIPIENTS})
+    server = await faulty(rcpt={r: "550 5.1.1 no such user" for r in RECIPIENTS})
     report, journal = await send(make_campaign, server.port)
     assert {s for s, _, _ in statuses(report).values()} == {Status.REFUSED}
     assert journal == Counter(refused=6)
@@ -330,3 +330,126 @@ async def test_smuggling_payloads_arrive_as_one_intact_message(
     assert message.rcpt_tos == ("alice@example.com", "bob@example.org", "carol@example.net")
     text = message.data.decode()
     assert "MAIL FROM:<evil@example.com>" in text
+
+
+# -- refusals of the sender or the session (never facts about the recipients) ---------------
+
+LIST = [f"q{i}@example.com" for i in range(40)]
+
+
+async def test_a_sending_quota_stops_the_run_and_the_next_run_sends_the_rest(
+    faulty: Any, make_campaign: CampaignFactory
+) -> None:
+    # Gmail's real reply once the account's daily limit is used: after 5 messages.
+    server = await faulty(quota_after=5)
+    report, journal = await send(
+        make_campaign, server.port, recipients=LIST, group_size=1, concurrency=4
+    )
+    assert isinstance(report.fatal, RefusedError) and not report.fatal.temporary
+    assert "550 5.4.5 Daily user sending limit exceeded" in str(report.fatal)
+    assert "refused the sender" in str(report.fatal)
+    assert journal == Counter(accepted=5, pending=35)  # nobody refused
+    assert report.counts[Status.REFUSED] == 0
+    # The quota resets: the same command sends the rest, nobody twice.
+    server.faults.quota_after = None
+    again, journal = await send(make_campaign, server.port, recipients=LIST, group_size=1)
+    assert again.fatal is None and journal == Counter(accepted=40)
+    assert sorted(server.delivered) == sorted(LIST)
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "530 5.7.0 Authentication required",
+        "554 5.7.1 Sender address rejected: Access denied",
+        "550 5.7.26 Unauthenticated email from example.com is not accepted (DMARC)",
+    ],
+)
+async def test_a_refused_sender_or_session_leaves_every_recipient_pending(
+    faulty: Any, make_campaign: CampaignFactory, reply: str
+) -> None:
+    server = await faulty(mail_reply=reply)
+    report, journal = await send(make_campaign, server.port)
+    assert isinstance(report.fatal, RefusedError)
+    assert reply in str(report.fatal)
+    assert journal == Counter(pending=6)
+    assert server.messages == []
+
+
+async def test_the_same_policy_refusal_for_every_recipient_is_the_senders(
+    faulty: Any, make_campaign: CampaignFactory
+) -> None:
+    server = await faulty(rcpt={r: "554 5.7.1 Sender blocked" for r in RECIPIENTS})
+    report, journal = await send(make_campaign, server.port)
+    assert isinstance(report.fatal, RefusedError) and report.fatal.scope == "sender"
+    assert journal == Counter(pending=6)
+
+
+async def test_one_recipients_policy_refusal_stays_that_recipients(
+    faulty: Any, make_campaign: CampaignFactory
+) -> None:
+    server = await faulty(rcpt={"r2@example.com": "550 5.7.1 Relaying denied"})
+    report, journal = await send(make_campaign, server.port)
+    assert report.fatal is None
+    assert journal == Counter(accepted=5, refused=1)
+
+
+async def test_try_again_later_pauses_and_the_run_goes_on(
+    faulty: Any, make_campaign: CampaignFactory
+) -> None:
+    # More temporary refusals in a row than connections: the run waits, then sends the rest.
+    server = await faulty(mail_reply="451 4.7.1 Try again later", mail_reply_times=5)
+    report, journal = await send(
+        make_campaign, server.port, recipients=LIST[:10], group_size=1, concurrency=2
+    )
+    assert report.fatal is None
+    assert journal == Counter(accepted=10)
+    assert sorted(server.delivered) == sorted(LIST[:10])
+    assert all(r.attempts == 1 for r in report.results)  # the refusals were no tries
+
+
+async def test_421_at_mail_is_a_new_connection_not_a_try(
+    faulty: Any, make_campaign: CampaignFactory
+) -> None:
+    server = await faulty(mail_reply="421 4.7.0 Try again later, closing", mail_reply_times=2)
+    report, journal = await send(
+        make_campaign, server.port, recipients=LIST[:6], group_size=1, concurrency=2
+    )
+    assert report.fatal is None and journal == Counter(accepted=6)
+    assert server.connections >= 3
+
+
+async def test_a_connection_limit_shrinks_the_pool_instead_of_stopping_the_run(
+    faulty: Any, make_campaign: CampaignFactory
+) -> None:
+    # The server takes 2 connections at once and resets the rest; the run asks for 5.
+    server = await faulty(max_connections=2)
+    report, journal = await send(
+        make_campaign, server.port, recipients=LIST, group_size=1, concurrency=5
+    )
+    assert report.fatal is None
+    assert journal == Counter(accepted=40)
+    assert sorted(server.delivered) == sorted(LIST)
+    assert server.refused_connections >= 1  # the limit was hit
+
+
+async def test_no_connection_at_all_still_stops_the_run_at_once(
+    make_campaign: CampaignFactory, unused_tcp_port: int
+) -> None:
+    report, journal = await send(make_campaign, unused_tcp_port, concurrency=4)
+    assert isinstance(report.fatal, ConnectError)
+    assert journal == Counter(pending=6)
+
+
+async def test_a_password_echoed_by_the_server_is_scrubbed_everywhere(
+    faulty: Any, make_campaign: CampaignFactory
+) -> None:
+    secret = base64.b64encode(PASSWORD.encode()).decode()
+    server = await faulty(echo=f" echo {PASSWORD} {secret}")
+    report, _ = await send(make_campaign, server.port, password=PASSWORD)
+    assert report.fatal is None
+    texts = [r.message for r in report.results]
+    assert texts and all("********" in t for t in texts)
+    assert not any(PASSWORD in t or secret in t for t in texts)
+    assert report.journal is not None
+    assert PASSWORD.encode() not in report.journal.read_bytes()

@@ -5,18 +5,20 @@ policy decides of every result."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import time
 from typing import TYPE_CHECKING
 
 from ..config import Campaign
-from ..errors import AuthError, ConnectError, TLSRequiredError
+from ..errors import AuthError, ConnectError, DeliveryError, RefusedError, TLSRequiredError
 from ..ledger import Ledger, WorkItem
 from ..message import MessageTemplate
 from ..observer import Observer
 from ..results import CampaignReport, RecipientResult, Status
 from ..transport import Connection, Envelope, Transaction, Transport
-from .limits import DailyQuota, MessageLimit, RateLimiter
-from .policy import Retry, decide, stops_the_run
+from .limits import DailyQuota, MessageLimit, Pause, RateLimiter
+from .policy import MAX_RETRY_DELAY, Retry, decide, stops_the_run
 from .scheduler import LoadState, Scheduler
 
 if TYPE_CHECKING:  # jinja2 is imported only by campaigns that personalise (start-up time)
@@ -24,15 +26,14 @@ if TYPE_CHECKING:  # jinja2 is imported only by campaigns that personalise (star
 
 __all__ = ["Dispatcher"]
 
-_FATAL = (AuthError, TLSRequiredError, ConnectError)
-
 
 class Dispatcher:
     """Runs a campaign's transactions: `await Dispatcher(...).run()`.
 
     Stops taking work when `stop` is set (transactions in flight finish), when the daily
-    quota or the message limit is reached, when a connection cannot be opened before any
-    has worked, when the server refuses TLS or the login, or when the ledger fails.
+    quota or the message limit is reached, when no connection can be opened at all, when the
+    server refuses TLS, the login, the sender or the session for good (`report.fatal`), or
+    when the ledger fails.
     """
 
     def __init__(
@@ -65,7 +66,16 @@ class Dispatcher:
         self.limit = MessageLimit(limit)
         # Claim well ahead: a worker pipelines the next item only if one is at hand.
         self.scheduler = Scheduler(ledger, max(8 * workers, 64), stop, loader)
-        self.connected = False  # a server unreachable from the start is fatal; later, retried
+        self.connected = False  # a connection has worked in this run
+        self.connecting = 0  # workers opening a connection now
+        self.open = 0  # workers holding an open connection
+        self.ended = asyncio.Event()  # a worker found no more work
+        self.pause = Pause(
+            delay=campaign.retry_delay,
+            ceiling=MAX_RETRY_DELAY,
+            threshold=workers,
+            deadline=self.retry.deadline,
+        )
         ledger.on_failure(lambda _: stop.set())
 
     def __repr__(self) -> str:
@@ -97,22 +107,79 @@ class Dispatcher:
     async def _worker(self) -> None:
         item: WorkItem | None = await self.scheduler.next()
         admitted = False
+        failures = 0  # this worker's connections that failed in a row
         while item is not None:
+            await self.pause.wait(self.stop)
             if self.limiter is not None:
                 await self.limiter.wait()
             if not admitted and not self._admit(item):
-                self.scheduler.done()
-                await self.ledger.release(item)
-                return
+                await self._give_back(item, admitted=False)
+                break
             try:
                 pending = await self._send_chain(item)
-            except _FATAL as err:
-                self.report.fatal = self.report.fatal or err
-                self.stop.set()
-                self.scheduler.done()
-                await self.ledger.release(item)
-                return
+            except (AuthError, TLSRequiredError) as err:
+                await self._give_back(item)
+                self._fatal(err)
+                break
+            except ConnectError as err:
+                await self._give_back(item)
+                failures += 1
+                if not await self._rest(err, failures):
+                    break
+                item, admitted = await self.scheduler.next(), False
+                continue
+            failures = 0
             item, admitted = (pending, True) if pending else (await self.scheduler.next(), False)
+        self.ended.set()  # workers resting after a failed connection need not wait any longer
+
+    def _fatal(self, err: DeliveryError) -> None:
+        self.report.fatal = self.report.fatal or err
+        self.stop.set()
+
+    async def _give_back(self, item: WorkItem, *, admitted: bool = True) -> None:
+        """An item taken and not sent: back to pending, untried, and uncounted."""
+        self.scheduler.done()
+        if admitted:
+            self.limit.started -= 1
+            self.quota.give_back(len(item.recipients))
+        await self.ledger.release(item)
+
+    async def _rest(self, err: ConnectError, failures: int) -> bool:
+        """A connection could not be opened: the pool is one smaller for a while (a server
+        limiting connections closes the surplus ones), unless no connection can be made at
+        all. Returns False when the run stops."""
+        alone = self.connecting == 0 and self.open == 0  # nobody else has or makes one
+        busy = err.code is not None and 400 <= err.code < 500  # a 4xx greeting
+        if alone and (
+            (stops_the_run(err, connected=self.connected) and not busy)
+            or failures >= self.retry.attempts
+        ):
+            self._fatal(err)
+            return False
+        delay = min(self.retry.delay * 2 ** (failures - 1), MAX_RETRY_DELAY)
+        if time.time() + delay > self.retry.deadline:
+            self._fatal(err)
+            return False
+        waiters = [
+            asyncio.ensure_future(self.stop.wait()),
+            asyncio.ensure_future(self.ended.wait()),
+        ]
+        try:
+            await asyncio.wait(waiters, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+        return not self.stop.is_set()
+
+    async def _refused(self, item: WorkItem, refusal: RefusedError) -> None:
+        """The server refused the sender or the session: the recipients stay as they were.
+        A permanent refusal stops the run; a temporary one may pause it (`Pause`)."""
+        await self._give_back(item)
+        if not refusal.temporary:
+            self._fatal(refusal)
+            return
+        if self.pause.hit() is None:  # it went on for longer than retry_max_age
+            self._fatal(refusal)
 
     def _admit(self, item: WorkItem) -> bool:
         """May this item go now? Counts it against the quota and the message limit."""
@@ -181,46 +248,56 @@ class Dispatcher:
 
     async def _finish(self, item: WorkItem, results: list[RecipientResult]) -> None:
         """Store what the policy decides of a transaction's results, and tell them."""
+        if self.pause.hits and any(r.status is Status.ACCEPTED for r in results):
+            self.pause.progress()
         self.scheduler.done()
         self.ledger.record(decide(item, results, self.retry))
         await self.observer.results(results)
 
     async def _send_chain(self, item: WorkItem) -> WorkItem | None:
         """Send `item` and, on the same connection, every item pipelined after it. Returns
-        an item already admitted but not sent (its connection failed first), if any."""
+        an item already admitted but not sent (its connection failed first), if any.
+
+        :raises ConnectError: the connection could not be opened (`item` was not tried).
+        """
         transaction = await self._prepare(item)
         if transaction is None:
             return None
-        try:
-            async with self.transport.connection() as connection:
-                self.connected = True
-                while True:
-                    nxt = self._follow_up(connection)
-                    then = await self._prepare(nxt) if nxt is not None else None
-                    if then is None:
-                        nxt = None
-                    sent = await connection.send(
-                        transaction, commit=functools.partial(self._mark_data, item.ids), then=then
-                    )
-                    await self._finish(item, sent.results)
-                    if nxt is None or then is None:
-                        return None
-                    if not sent.then_sent:
-                        # Its envelope never went out, or its connection died before its
-                        # message: not tried, so it goes again afresh.
-                        return nxt
-                    item, transaction = nxt, then
-        except ConnectError as err:
-            # Unreachable from the start: a wrong host, port or certificate; stop. A 4xx
-            # greeting (busy) or a failure once we were sending: retry with backoff.
-            if stops_the_run(err, connected=self.connected):
-                raise
-            note = f"not delivered: {err}"
-            await self._finish(
-                item,
-                [RecipientResult(m.addr, Status.DEFERRED, err.code, note) for m in item.recipients],
-            )
-            return None
+        async with contextlib.AsyncExitStack() as stack:
+            self.connecting += 1
+            try:
+                connection = await stack.enter_async_context(self.transport.connection())
+            finally:
+                self.connecting -= 1
+            self.connected = True
+            self.open += 1
+            stack.callback(self._closed)
+            while True:
+                nxt = self._follow_up(connection)
+                then = await self._prepare(nxt) if nxt is not None else None
+                if then is None:
+                    nxt = None
+                sent = await connection.send(
+                    transaction, commit=functools.partial(self._mark_data, item.ids), then=then
+                )
+                if sent.refusal is not None:
+                    await self._refused(item, sent.refusal)
+                    if nxt is not None:
+                        await self._give_back(nxt)  # begun on this connection or not, unsent
+                    return None
+                await self._finish(item, sent.results)
+                if nxt is None:
+                    return None
+                if not sent.then_sent:
+                    # Its envelope never went out, or its connection died before its
+                    # message: not tried, so it goes again afresh.
+                    return nxt
+                assert then is not None
+                item, transaction = nxt, then
+        raise AssertionError("unreachable")  # pragma: no cover (the loop returns)
+
+    def _closed(self) -> None:
+        self.open -= 1
 
     async def _mark_data(self, ids: tuple[int, ...]) -> None:
         """Commit "past DATA" before the final "."; if the commit fails or the run is cancelled

@@ -4,11 +4,12 @@ ledger across runs, and a run's own cap on messages (`--limit`)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 from ..ledger import Ledger
 
-__all__ = ["DailyQuota", "MessageLimit", "RateLimiter"]
+__all__ = ["DailyQuota", "MessageLimit", "Pause", "RateLimiter"]
 
 
 class RateLimiter:
@@ -68,6 +69,12 @@ class DailyQuota:
         self.ledger.count_sent(self.day, count)
         return True
 
+    def give_back(self, count: int) -> None:
+        """Recipients counted by `take()` that were not sent after all."""
+        if self.limit and count:
+            self.used -= count
+            self.ledger.count_sent(self.day, -count)
+
 
 class MessageLimit:
     """At most `limit` messages in this run (None: no limit)."""
@@ -81,3 +88,49 @@ class MessageLimit:
             return False
         self.started += 1
         return True
+
+
+class Pause:
+    """Waits of the whole run after temporary refusals of the sender or the session (a rate
+    limit, "try again later", 421).
+
+    One such refusal costs nothing but a new connection: a server closes a connection at its
+    own per-connection limit, and the others go on. Only once more of them came than the run
+    has connections, with no message accepted in between, does every worker wait: `delay`,
+    then twice that each time, up to `ceiling`. `hit()` says None once waiting would pass
+    `deadline` (the run's retry_max_age): the run stops then, and the next run goes on.
+    """
+
+    def __init__(self, *, delay: float, ceiling: float, threshold: int, deadline: float) -> None:
+        self.delay = delay
+        self.ceiling = ceiling
+        self.threshold = threshold
+        self.deadline = deadline
+        self.hits = 0  # temporary refusals since a message was last accepted
+        self.until = 0.0  # no worker starts a transaction before this time (time.time())
+
+    def __repr__(self) -> str:
+        return f"<Pause hits={self.hits} until={self.until:.0f}>"
+
+    def hit(self) -> float | None:
+        """Count one refusal; how long the run now waits (0: not at all), or None: give up."""
+        self.hits += 1
+        if self.hits <= self.threshold:
+            return 0.0
+        wait = min(self.delay * 2.0 ** (self.hits - self.threshold - 1), self.ceiling)
+        now = time.time()
+        if now + wait > self.deadline:
+            return None
+        self.until = max(self.until, now + wait)
+        return wait
+
+    def progress(self) -> None:
+        """A message was accepted: the server takes mail again."""
+        self.hits = 0
+
+    async def wait(self, stop: asyncio.Event) -> None:
+        """Return once the pause is over, or at once when `stop` is set."""
+        left = self.until - time.time()
+        if left > 0 and not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), left)

@@ -7,11 +7,22 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Iterable
 from typing import Protocol
 
 from ..ledger import Ledger, WorkItem
 
-__all__ = ["LoadState", "Scheduler"]
+__all__ = ["LoadState", "Scheduler", "wait_first"]
+
+
+async def wait_first(events: Iterable[asyncio.Event], timeout: float | None) -> None:
+    """Return once any of `events` is set, or after `timeout` seconds."""
+    waiters = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
 
 
 class LoadState(Protocol):
@@ -118,16 +129,7 @@ class Scheduler:
         self.changed.set()
 
     async def _wait(self, timeout: float | None) -> None:
-        waiters = [
-            asyncio.ensure_future(self.changed.wait()),
-            asyncio.ensure_future(self.stop.wait()),
-            asyncio.ensure_future(self.loader.more.wait()),
-        ]
-        try:
-            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in waiters:
-                waiter.cancel()
+        await wait_first((self.changed, self.stop, self.loader.more), timeout)
 
     async def release_buffered(self) -> None:
         """Give back what was claimed and not handed out (a claim ahead finishes first)."""

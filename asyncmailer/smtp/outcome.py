@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from aiosmtplib import SMTPResponse, SMTPStatus
 
 from ..results import RecipientResult, Status
+from .refusals import Scope, Stage, scope_of, scope_of_rcpts
 
 __all__ = ["AFTER_END", "Transaction", "classify", "describe"]
 
@@ -37,32 +38,59 @@ def _result(
 
 class Transaction:
     """The per-recipient bookkeeping of one mail transaction; `phase` says where it is, so
-    that a lost connection is `deferred` before the final "." and `unknown` after it."""
+    that a lost connection is `deferred` before the final "." and `unknown` after it.
+    `refusal` is set when a reply refused the sender or the session (`refusals`): then no
+    result is a fact about its recipient."""
 
-    __slots__ = ("accepted", "ended", "failed", "outcome", "phase", "recipients")
+    __slots__ = (
+        "accepted",
+        "ended",
+        "failed",
+        "outcome",
+        "phase",
+        "recipients",
+        "refusal",
+        "refused",
+    )
 
     def __init__(self, recipients: Sequence[str]) -> None:
         self.recipients = recipients
         self.accepted: list[str] = []
+        self.refused: list[SMTPResponse] = []  # the failed RCPT replies
         self.outcome: dict[str, RecipientResult] = {}
         self.phase = "before MAIL FROM"
         self.failed = False
         self.ended = False  # the reply to the final "." came: the transaction is over
+        self.refusal: tuple[Scope, Stage, SMTPResponse] | None = None
+
+    def _refuse(self, reply: SMTPResponse, stage: Stage, scope: Scope | None = None) -> None:
+        scope = scope or scope_of(reply, stage)
+        if scope is not Scope.RECIPIENT and self.refusal is None:
+            self.refusal = (scope, stage, reply)
 
     def rcpt(self, recipient: str, reply: SMTPResponse, mail: SMTPResponse) -> None:
         if mail.code != SMTPStatus.completed:
             # With PIPELINING the RCPT replies then only echo the refused MAIL FROM.
             self.outcome[recipient] = _result(recipient, classify(mail.code), mail, "sender: ")
             self.failed = True
+            self._refuse(mail, Stage.MAIL)
         elif reply.code in _ACCEPTED_RCPT:
             self.accepted.append(recipient)
         else:
             self.outcome[recipient] = _result(recipient, classify(reply.code), reply)
+            self.refused.append(reply)
+
+    def rcpts_done(self) -> None:
+        """Every RCPT reply is in: are the refusals, taken together, about the sender?"""
+        if self.refused and self.refusal is None:
+            scope = scope_of_rcpts(self.refused, every=not self.accepted)
+            self._refuse(self.refused[0], Stage.RCPT, scope)
 
     def data_started(self, start: SMTPResponse) -> bool:
         if start.code == SMTPStatus.start_input:
             return True
         self.failed = True
+        self._refuse(start, Stage.DATA)
         for recipient in self.accepted:
             self.outcome.setdefault(recipient, _result(recipient, classify(start.code), start))
         return False
@@ -76,6 +104,7 @@ class Transaction:
             self.outcome[recipient] = RecipientResult(recipient, status, end.code, text)
         if not accepted:
             self.failed = True
+            self._refuse(end, Stage.END)
 
     def connection_lost(self, err: BaseException) -> None:
         lost = self.phase == AFTER_END

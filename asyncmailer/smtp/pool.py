@@ -66,10 +66,12 @@ class SessionPool:
 
     async def release(self, session: Session) -> None:
         """Take a session back: keep it if usable; QUIT it if it has carried its
-        `max_messages_per_connection`; drop it if broken."""
+        `max_messages_per_connection`; drop it if broken or inside a transaction it began."""
         self._busy.discard(session)
         try:
-            if session.usable and not session.exhausted:
+            if session.begun:  # its caller did not send what it began: close it
+                session.abort()
+            elif session.usable and not session.exhausted:
                 self._idle.append(session)
             elif session.usable:
                 await asyncio.shield(session.close())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from typing import cast
 
 from aiosmtplib import SMTPReadTimeoutError, SMTPResponse, SMTPServerDisconnected
@@ -25,7 +26,9 @@ class ReplyError(SMTPServerDisconnected):
 
 
 def parse_replies(
-    buffer: bytearray, known: dict[bytes, SMTPResponse] | None = None
+    buffer: bytearray,
+    known: dict[bytes, SMTPResponse] | None = None,
+    scrub: Callable[[str], str] = str,
 ) -> list[SMTPResponse]:
     """Take every complete reply off the front of `buffer` (which is consumed).
 
@@ -33,6 +36,8 @@ def parse_replies(
     `known` remembers one-line replies already parsed, by their raw line: a server repeats
     most of its replies word for word (``250 2.1.5 Ok``, ``354 End data ...``), and a lookup
     costs a fraction of parsing one (replies are immutable, so they can be shared).
+
+    `scrub` is applied to every reply's text (the password must never come out of here).
 
     :raises ReplyError: a line that does not start with a three-digit code.
     """
@@ -52,16 +57,17 @@ def parse_replies(
             continue
         line = raw[:-1] if raw.endswith(b"\r") else raw
         if len(line) < 3 or not line[:3].isdigit():
-            raise ReplyError(f"malformed reply line: {line[:80]!r}")
+            raise ReplyError(f"malformed reply line: {scrub(repr(line[:80]))}")
         if line[3:4] == b"-":
             pending.append(line[4:].strip())
             continue
         if pending:
             pending.append(line[4:].strip())
-            reply = SMTPResponse(int(line[:3]), b"\n".join(pending).decode("utf-8", "replace"))
+            text = b"\n".join(pending).decode("utf-8", "replace")
+            reply = SMTPResponse(int(line[:3]), scrub(text))
             pending = []
         else:
-            reply = SMTPResponse(int(line[:3]), line[4:].strip().decode("utf-8", "replace"))
+            reply = SMTPResponse(int(line[:3]), scrub(line[4:].strip().decode("utf-8", "replace")))
             if known is not None:
                 if len(known) >= _KNOWN_REPLIES:  # lines that never repeat (queue ids)
                     known.clear()
@@ -97,7 +103,8 @@ def _expire(waiter: asyncio.Future[None]) -> None:
 class ReplyReader(asyncio.Protocol):
     """Collects replies in arrival order; `read()` returns the next one."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, scrub: Callable[[str], str] = str) -> None:
+        self._scrub = scrub
         self._buffer = bytearray()
         self._known: dict[bytes, SMTPResponse] = {}
         self._replies: deque[SMTPResponse] = deque()
@@ -113,7 +120,7 @@ class ReplyReader(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._buffer.extend(data)
         try:
-            self._replies.extend(parse_replies(self._buffer, self._known))
+            self._replies.extend(parse_replies(self._buffer, self._known, self._scrub))
         except ReplyError as err:
             self._fail(err)
             if self.transport is not None:

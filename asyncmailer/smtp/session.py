@@ -10,7 +10,6 @@ the server's own reply, and knows whether a lost connection happened before or a
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import ssl
 from collections.abc import Sequence
@@ -20,7 +19,7 @@ import aiosmtplib
 from aiosmtplib import SMTPResponse, SMTPStatus
 
 from ..config import Security, ServerSettings
-from ..errors import AuthError, ConnectError, TLSRequiredError
+from ..errors import AuthError, ConnectError, RefusedError, TLSRequiredError
 from ..message import END_OF_DATA, message_size
 from ..results import RecipientResult, Status
 from ..transport import Commit, Sent, Transaction
@@ -28,6 +27,7 @@ from . import commands
 from .outcome import AFTER_END, describe
 from .outcome import Transaction as Bookkeeping
 from .replies import ReplyReader
+from .scrub import Scrubber
 
 __all__ = ["Session", "build_tls_context"]
 
@@ -86,6 +86,9 @@ class Session:
         self._sizes = False  # the server takes MAIL FROM's SIZE= (RFC 1870)
         self._size_limit: int | None = None
         self._preloaded: tuple[str, tuple[str, ...]] | None = None
+        password = settings.password.reveal() if settings.password is not None else None
+        # Every reply after the login goes through it (`ReplyReader`).
+        self._scrub = Scrubber(settings.username, password)
 
     def __repr__(self) -> str:
         state = "connected" if self.usable else "closed"
@@ -117,6 +120,12 @@ class Session:
         if self._reader is not None:
             return self._reader.is_open
         return self._smtp.is_connected
+
+    @property
+    def begun(self) -> bool:
+        """A transaction began with the last one's final "." (`send(then=...)`) and was not
+        sent: only closing the connection ends it safely."""
+        return self._preloaded is not None
 
     @property
     def exhausted(self) -> bool:
@@ -194,7 +203,7 @@ class Session:
                 )
         except aiosmtplib.SMTPResponseException as err:
             self.abort()
-            text = _scrub(err.message, settings.username, password)
+            text = self._scrub(err.message)
             raise AuthError(
                 f"login as {settings.username} failed: {err.code} {text}",
                 code=err.code,
@@ -202,7 +211,7 @@ class Session:
             ) from None
         except (aiosmtplib.SMTPException, OSError) as err:
             self.abort()
-            text = _scrub(describe(err), settings.username, password)
+            text = self._scrub(describe(err))
             raise ConnectError(f"connection lost during login: {text}", **self._where) from None
 
     def _take_over(self) -> None:
@@ -215,7 +224,7 @@ class Session:
         self._sizes = "size" in self._extensions
         value = self._extensions.get("size", "")
         self._size_limit = int(value) if value.isdigit() and int(value) > 0 else None
-        self._reader = ReplyReader()
+        self._reader = ReplyReader(scrub=self._scrub)
         transport.set_protocol(self._reader)
         self._reader.connection_made(transport)
         self.pipelining = self.settings.pipelining and "pipelining" in self._extensions
@@ -308,7 +317,25 @@ class Session:
         if tx.failed and not tx.ended and self.usable:
             await self._reset()
         usable = self.usable
-        return Sent(tx.results(), then_sent=usable and self._preloaded is not None, reusable=usable)
+        return Sent(
+            tx.results(),
+            then_sent=usable and self._preloaded is not None,
+            reusable=usable,
+            refusal=self._refusal(tx),
+        )
+
+    def _refusal(self, tx: Bookkeeping) -> RefusedError | None:
+        if tx.refusal is None:
+            return None
+        scope, stage, reply = tx.refusal
+        return RefusedError(
+            f"the server refused the {scope} (its reply to {stage}): {reply.code} "
+            f"{' '.join(reply.message.split())}",
+            code=reply.code,
+            scope=scope.value,
+            temporary=400 <= reply.code < 500,
+            **self._where,
+        )
 
     def _may_preload(self) -> bool:
         limit = self.settings.max_messages_per_connection
@@ -327,6 +354,7 @@ class Session:
         tx.phase = "during RCPT TO"
         for recipient in tx.recipients:
             tx.rcpt(recipient, reader.take() or await reader.read(timeout), mail)
+        tx.rcpts_done()
         tx.phase = "before the message was sent"
         start = reader.take() or await reader.read(timeout)
         self._check_421(mail, start)
@@ -357,6 +385,7 @@ class Session:
             reply = await reader.read(timeout)
             self._check_421(reply)
             tx.rcpt(recipient, reply, mail)
+        tx.rcpts_done()
         if not tx.accepted:
             tx.failed = True
             return False
@@ -445,17 +474,3 @@ class Session:
         large attachment on a slow link does not time out spuriously (the whole body may
         still sit in our send buffer when the wait starts)."""
         return self.settings.data_timeout + size / 65536
-
-
-def _scrub(text: str, username: str, password: str) -> str:
-    """Remove the password, in clear or base64 as AUTH sends it, from a server's text."""
-    if not password:
-        return text
-    secrets = {
-        password,
-        base64.b64encode(password.encode()).decode(),
-        base64.b64encode(b"\0" + username.encode() + b"\0" + password.encode()).decode(),
-    }
-    for secret in sorted(secrets, key=len, reverse=True):
-        text = text.replace(secret, "********")
-    return text
