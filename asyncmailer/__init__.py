@@ -1,6 +1,7 @@
 """asyncmailer: send one message, with attachments, to many recipients over SMTP, fast, exactly
 once, with an answer for every recipient."""
 
+from .attachments import Attachment
 from .config import Campaign, JournalSync, Secret, Security, ServerSettings, load_campaign
 from .errors import (
     AuthError,
@@ -14,7 +15,7 @@ from .errors import (
 )
 from .journal import Journal
 from .ledger import JournalState, Ledger
-from .message import Attachment, MessageTemplate
+from .message import MessageTemplate
 from .observer import Observer
 from .results import CampaignReport, RecipientResult, Status
 from .run.campaign import RunOptions, run_campaign

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from . import __version__
 from .config import DEFAULT_CONFIG, PASSWORD_ENV, Campaign, load_campaign
+from .display import printable
 from .dryrun import ENVELOPES, EmlTransport
 from .errors import InputError, JournalError, MailerError, MissingExtraError, RefusedError
 from .journal import Journal, JournalReader, archive, journal_path, probe_lock
@@ -228,7 +229,13 @@ async def _campaign(args: argparse.Namespace) -> Campaign:
 async def send_command(args: argparse.Namespace, *, out: TextIO = sys.stdout) -> int:
     campaign = await _campaign(args)
     # Read and check the body, attachments and templates before anything is sent or written.
-    template = await prepare_message(campaign)
+    with await prepare_message(campaign) as template:
+        return await _send(args, campaign, template, out)
+
+
+async def _send(
+    args: argparse.Namespace, campaign: Campaign, template: MessageTemplate, out: TextIO
+) -> int:
     personalizer = await prepare_personalizer(campaign)
     if args.dry_run is not None:
         return await _dry_run(args, campaign, template, personalizer, out)
@@ -376,12 +383,6 @@ async def _dry_run(
     if options.stop.is_set() and not report.limit_reached:
         return EXIT_INTERRUPTED
     return EXIT_OK if not report.problems else EXIT_NOT_ALL_ACCEPTED
-
-
-def printable(text: str) -> str:
-    """`text` with control characters shown as escapes, so a file or a list row cannot steer
-    the terminal."""
-    return "".join(c if c.isprintable() or c == "\t" else repr(c)[1:-1] for c in text)
 
 
 def _print_outcome(report: CampaignReport, args: argparse.Namespace, out: TextIO) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import json
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -120,6 +121,7 @@ class Campaign:
     message_file: Path
     attachments_dir: Path | None
     server: ServerSettings
+    follow_symlinks: bool = False
     concurrency: int = 4
     recipients_file: Path | None = None
     recipients_column: str = "email"
@@ -156,7 +158,7 @@ class Campaign:
 class _DuplicateKey(ValueError):
     def __init__(self, key: str) -> None:
         self.key = key
-        super().__init__(f"duplicate key {key!r}")
+        super().__init__(f"duplicate key {_quote(key)}")
 
 
 def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -177,7 +179,9 @@ def parse_document(text: str, path: Path) -> dict[str, Any]:
         import yaml  # only for YAML campaigns (start-up time: docs/design.md)
 
         try:
-            data = yaml.safe_load(text)
+            data = yaml.load(text, Loader=_loader(yaml))
+        except RecursionError:
+            raise ConfigError("invalid YAML: nested too deeply", path=path) from None
         except yaml.MarkedYAMLError as err:
             mark = err.problem_mark or err.context_mark
             line = mark.line + 1 if mark else None
@@ -189,6 +193,8 @@ def parse_document(text: str, path: Path) -> dict[str, Any]:
     else:
         try:
             data = json.loads(text, object_pairs_hook=_reject_duplicate_keys)
+        except RecursionError:
+            raise ConfigError("invalid JSON: nested too deeply", path=path) from None
         except json.JSONDecodeError as err:
             raise ConfigError(
                 f"invalid JSON: {err.msg}", path=path, line=err.lineno, column=err.colno
@@ -202,6 +208,24 @@ def parse_document(text: str, path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError("the top level must be a mapping of keys to values", path=path)
     return data
+
+
+def _loader(yaml: Any) -> Any:
+    """PyYAML's SafeLoader without aliases: a campaign needs none, and an alias of an alias
+    (the billion laughs) is a bomb for whatever walks the result."""
+
+    class NoAliases(yaml.SafeLoader):  # type: ignore[misc]
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                raise yaml.composer.ComposerError(
+                    None,
+                    None,
+                    "aliases (*name) are not allowed in a campaign",
+                    self.peek_event().start_mark,
+                )
+            return super().compose_node(parent, index)
+
+    return NoAliases
 
 
 def _key_lines(text: str, key: str) -> list[int]:
@@ -242,7 +266,9 @@ class _Fields:
         self.path = path
 
     def error(self, key: str, reason: str) -> ConfigError:
-        return ConfigError(reason, path=self.path, line=_key_line(self.text, key), field=key)
+        line = _key_line(self.text, key)
+        shown = key if len(key) <= 60 else key[:60] + "..."
+        return ConfigError(reason, path=self.path, line=line, field=shown)
 
     def present(self, key: str) -> bool:
         return self.data.get(key) is not None
@@ -262,7 +288,9 @@ class _Fields:
         if value is None:
             return default
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise self.error(key, f"expected a whole number from {low} to {high}, got {value!r}")
+            raise self.error(
+                key, f"expected a whole number from {low} to {high}, got {_quote(value)}"
+            )
         return value
 
     def get_number(self, key: str, default: float, low: float, high: float) -> float:
@@ -272,6 +300,7 @@ class _Fields:
         if (
             isinstance(value, bool)
             or not isinstance(value, int | float)
+            or not math.isfinite(value)
             or not (low < value <= high)
         ):
             raise self.error(key, f"expected a number of seconds above {low} up to {high}")
@@ -294,6 +323,8 @@ class _Fields:
         if isinstance(value, bool):
             raise self.error(key, reason)
         if isinstance(value, int | float):
+            if not math.isfinite(value):
+                raise self.error(key, f"{reason}, got {_quote(value)}")
             count, per = float(value), 1.0
         elif (
             isinstance(value, str)
@@ -302,7 +333,7 @@ class _Fields:
         ):
             count, per = float(match["count"]), _RATE_UNITS[match["unit"].lower()]
         else:
-            raise self.error(key, f"{reason}, got {value!r}")
+            raise self.error(key, f"{reason}, got {_quote(value)}")
         if count <= 0:
             raise self.error(key, f"{reason}, above 0")
         return count / per
@@ -313,11 +344,11 @@ class _Fields:
             return None
         allowed = ", ".join(c.value for c in choices)
         if not isinstance(raw, str):  # YAML reads a bare off/no as false
-            raise self.error(key, f"expected one of {allowed}, got {json.dumps(raw)}")
+            raise self.error(key, f"expected one of {allowed}, got {_quote(raw)}")
         try:
             return choices(raw.strip().lower())
         except ValueError:
-            raise self.error(key, f"expected one of {allowed}, got {raw!r}") from None
+            raise self.error(key, f"expected one of {allowed}, got {_quote(raw)}") from None
 
     def get_addresses(self, key: str) -> tuple[Mailbox, ...]:
         value = self.data.get(key)
@@ -340,6 +371,18 @@ class _Fields:
         return candidate if candidate.is_absolute() else root / candidate
 
 
+def _quote(value: Any) -> str:
+    """A value as an error message shows it: a short prefix of a string or number, else
+    only its kind (a list or mapping is never walked)."""
+    if isinstance(value, str):
+        return repr(value[:40]) + ("..." if len(value) > 40 else "")
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, int | float):
+        return repr(value)[:40]
+    return _describe(value)
+
+
 def _describe(value: Any) -> str:
     names = {bool: "a boolean", int: "a number", float: "a number", list: "a list", str: "a string"}
     return names.get(type(value), type(value).__name__)
@@ -354,6 +397,8 @@ KNOWN_KEYS: dict[str, str] = {
     "bcc": "blind-copy recipients (envelope only, never a header)",
     "file_with_message": "the text body file (UTF-8)",
     "attachments": "folder whose regular files are attached (empty or missing key: none)",
+    "follow_symlinks": "attach what links in the attachments folder lead to, also outside it "
+    "(default false: such a link is an error)",
     "host": "SMTP server (default smtp.<domain of from>)",
     "port": "port (default 465 for ssl, 587 for starttls, 25 for none)",
     "security": "ssl (implicit TLS), starttls, or none (loopback only)",
@@ -491,6 +536,7 @@ async def load_campaign(
         bcc=bcc,
         message_file=message_file,
         attachments_dir=attachments_dir,
+        follow_symlinks=fields.get_bool("follow_symlinks", False),
         server=server,
         concurrency=fields.get_int("concurrency", 4, 1, 1000),
         recipients_file=recipients_file,
@@ -536,7 +582,7 @@ async def _server_settings(
             raise fields.error(
                 "security",
                 f"'none' sends the password and mail in clear text; it is allowed only to "
-                f'loopback hosts, not {host!r} (set "allow_plaintext": true to force it)',
+                f'loopback hosts, not {_quote(host)} (set "allow_plaintext": true to force it)',
             )
         notices.append(f"warning: sending to {host} without TLS (allow_plaintext is set)")
     else:
@@ -552,6 +598,12 @@ async def _server_settings(
     username = fields.get_str("username", sender.addr, header=True)
     password: Secret | None
     if env.get(PASSWORD_ENV):
+        try:
+            env[PASSWORD_ENV].encode("utf-8")
+        except UnicodeEncodeError:
+            raise ConfigError(
+                f"{PASSWORD_ENV} is not valid UTF-8 text; set it to the password as UTF-8"
+            ) from None
         password = Secret(env[PASSWORD_ENV])
     else:
         explicit = fields.present("password_file")

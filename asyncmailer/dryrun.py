@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+from .attachments import Part, Spooled
 from .errors import InputError
 from .results import RecipientResult, Status
 from .transport import Commit, Sent, Transaction
@@ -70,11 +71,9 @@ class EmlTransport:
         (sender, recipients), parts = transaction
         path = self.folder / f"{len(self.written) + 1:06d}.eml"
         self.written.append(path)
-        # The parts are dot-stuffed for DATA: a file holds the message as it is.
-        message = _STUFFED.sub(b"", b"".join(parts))
         line = json.dumps({"file": path.name, "mail_from": sender, "rcpt_to": list(recipients)})
         try:
-            await asyncio.to_thread(_write, path, message, self.folder / ENVELOPES, line)
+            await asyncio.to_thread(_write, path, parts, self.folder / ENVELOPES, line)
         except OSError as err:
             note = f"dry run: cannot write {path}: {err.strerror}"
             return Sent([RecipientResult(r, Status.DEFERRED, None, note) for r in recipients])
@@ -84,7 +83,13 @@ class EmlTransport:
         return Sent([RecipientResult(r, Status.ACCEPTED, None, note) for r in recipients])
 
 
-def _write(path: Path, message: bytes, index: Path, line: str) -> None:
-    path.write_bytes(message)
+def _write(path: Path, parts: Sequence[Part], index: Path, line: str) -> None:
+    with path.open("wb") as message:
+        for part in parts:
+            if isinstance(part, Spooled):  # base64 lines: nothing stuffed in them
+                for offset, count in part.chunks(1 << 20):
+                    message.write(part.read(offset, count))
+            else:  # stuffed for DATA (each part is whole lines): a file holds it as it is
+                message.write(_STUFFED.sub(b"", part))
     with index.open("a", encoding="utf-8") as handle:
         handle.write(line + "\n")

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .display import printable
+
 __all__ = [
     "AuthError",
     "ConfigError",
@@ -85,7 +87,7 @@ class InputError(MailerError, ValueError):
                     where += f":{self.column}"
             where += ": "
         what = f"{self.field}: " if self.field else ""
-        return " ".join(f"{where}{what}{self.reason}".split("\n"))
+        return printable(" ".join(f"{where}{what}{self.reason}".split("\n")))
 
 
 class ConfigError(InputError):

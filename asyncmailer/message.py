@@ -8,14 +8,13 @@ exact bytes to write after DATA, final ``.`` included: nothing is re-encoded or 
 
 from __future__ import annotations
 
-import asyncio
-import mimetypes
+import base64
 import os
 import random
 import re
 import time
+import urllib.parse
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
 from email import policy as email_policy
 from email import quoprimime
@@ -23,18 +22,18 @@ from email.header import Header
 from email.message import EmailMessage
 from email.utils import format_datetime
 from pathlib import Path
-
-import aiofiles
+from typing import cast
 
 from .addresses import ATOM, Mailbox
+from .attachments import Attachment, Part, Spooled, check_filename, spool
 from .errors import InputError
-from .textfiles import decode_text
+from .textfiles import read_text
 
 __all__ = [
     "END_OF_DATA",
     "Attachment",
     "MessageTemplate",
-    "load_attachments",
+    "Part",
     "load_body",
     "message_ids",
     "message_size",
@@ -45,17 +44,9 @@ __all__ = [
 POLICY = email_policy.SMTP.clone(cte_type="7bit")
 
 END_OF_DATA = b".\r\n"
+
 _LINE_ENDINGS = re.compile(rb"\r\n|\r|\n")
 _LEADING_DOT = re.compile(rb"^\.", re.MULTILINE)
-
-
-@dataclass(frozen=True, slots=True)
-class Attachment:
-    """One file to attach, read once."""
-
-    filename: str
-    content_type: str
-    data: bytes = field(repr=False)
 
 
 def message_ids(domain: str, count: int) -> list[str]:
@@ -65,7 +56,7 @@ def message_ids(domain: str, count: int) -> list[str]:
     return [f"<{stem}.{random.getrandbits(64)}@{domain}>" for _ in range(count)]
 
 
-def message_size(parts: Sequence[bytes]) -> int:
+def message_size(parts: Sequence[Part]) -> int:
     """The bytes of a message on the wire: its parts (`MessageTemplate.render_parts()`) and
     the final "."."""
     return sum(map(len, parts)) + len(END_OF_DATA)
@@ -90,52 +81,7 @@ async def load_body(path: Path) -> str:
 
     :raises InputError: missing file, not UTF-8, or a NUL byte (with the line).
     """
-    try:
-        async with aiofiles.open(path, "rb") as handle:
-            raw = await handle.read()
-    except OSError as err:
-        raise InputError(
-            f"cannot read the message file: {err.strerror}", path=path, field="file_with_message"
-        ) from None
-    return decode_text(raw, path)
-
-
-def _list_files(folder: Path) -> list[tuple[Path, str]]:
-    """Regular files of `folder` (hidden ones skipped), sorted by name, with their MIME type."""
-    entries = []
-    with os.scandir(folder) as scan:
-        for entry in scan:
-            if entry.name.startswith(".") or not entry.is_file():
-                continue
-            content_type, encoding = mimetypes.guess_type(entry.name, strict=False)
-            if content_type is None or encoding is not None:
-                content_type = "application/octet-stream"
-            entries.append((Path(entry.path), content_type))
-    return sorted(entries, key=lambda item: item[0].name)
-
-
-async def load_attachments(folder: Path | None) -> list[Attachment]:
-    """Read every regular file of `folder`, without blocking the event loop.
-
-    :raises InputError: the folder or a file cannot be read.
-    """
-    if folder is None:
-        return []
-    try:
-        listing = await asyncio.to_thread(_list_files, folder)
-    except OSError as err:
-        raise InputError(
-            f"cannot list the attachments folder: {err.strerror}", path=folder, field="attachments"
-        ) from None
-    attachments = []
-    for path, content_type in listing:
-        try:
-            async with aiofiles.open(path, "rb") as handle:
-                data = await handle.read()
-        except OSError as err:
-            raise InputError(f"cannot read attachment: {err.strerror}", path=path) from None
-        attachments.append(Attachment(path.name, content_type, data))
-    return attachments
+    return await read_text(path, "message file", field="file_with_message")
 
 
 def _fold(name: str, value: str) -> bytes:
@@ -171,6 +117,7 @@ def _subject(subject: str) -> bytes:
 
 
 _TEXT_MARK = "ASYNCMAILER-TEXT-PART-f3b1c2d4"  # stands for the text while the tree is built
+_ATTACHMENT_MARK = "ASYNCMAILER-ATTACHMENT-9c2e"  # and for each attachment's body
 
 
 def _encode_text(text: str) -> bytes:
@@ -210,11 +157,17 @@ class MessageTemplate:
             mime.set_content(_TEXT_MARK, charset="utf-8", cte="quoted-printable")
         else:
             mime.set_content(body, charset="utf-8")
-        for attachment in attachments:
+        # Each attachment goes into the tree as a stand-in, replaced by its encoded body once
+        # the tree is serialised: a large one is never in memory whole (`attachments.spool`).
+        marks = []
+        for number, attachment in enumerate(attachments):
+            check_filename(attachment.filename, attachment.source or Path(attachment.filename))
             maintype, _, subtype = attachment.content_type.partition("/")
+            mark = f"{_ATTACHMENT_MARK}-{number}".encode("ascii")
             mime.add_attachment(
-                attachment.data, maintype=maintype, subtype=subtype, filename=attachment.filename
+                mark, maintype=maintype, subtype=subtype, filename=attachment.filename
             )
+            marks.append(base64.b64encode(mark) + b"\r\n")
         serialised = mime.as_bytes(policy=POLICY)
         mime_headers, _, mime_body = serialised.partition(b"\r\n\r\n")
         subject_header = b"" if personal else _subject(subject)
@@ -222,15 +175,56 @@ class MessageTemplate:
             _fold("From", str(sender)) + subject_header + mime_headers + b"\r\n\r\n" + mime_body,
             terminate=False,
         )
+        self._spooled: list[Spooled] = []
+        pieces: list[Part] = []
+        rest = shared
+        try:
+            for attachment, mark in zip(attachments, marks, strict=True):
+                before, found, rest = rest.partition(mark)
+                assert found, "the attachment's stand-in is in the serialised tree"
+                pieces.append(_literal_filename(before, attachment.filename))
+                pieces.append(self._encode(attachment))
+        except BaseException:
+            self.close()
+            raise
+        pieces.append(rest)
         if personal:
-            before, mark, after = shared.partition(_TEXT_MARK.encode("ascii") + b"\r\n")
-            assert mark, "the text's stand-in is in the serialised tree"
-            self._shared, self._after_text = before, after
+            text_mark = _TEXT_MARK.encode("ascii") + b"\r\n"
+            at = next(i for i, p in enumerate(pieces) if isinstance(p, bytes) and text_mark in p)
+            before, _, after = cast(bytes, pieces[at]).partition(text_mark)
+            self._shared = _joined([*pieces[:at], before])
+            self._after_text = _joined([after, *pieces[at + 1 :]])
         else:
-            self._shared, self._after_text = shared, b""
+            self._shared, self._after_text = _joined(pieces), ()
         self._msgid_domain = sender.domain
         self._date_second = -1
         self._date_header = b""
+
+    def _encode(self, attachment: Attachment) -> Part:
+        """An attachment's body as base64 lines with CRLF (never starting with "."): in
+        memory, or spooled into a temporary file when it is large."""
+        if attachment.source is None:
+            return base64.encodebytes(attachment.data).replace(b"\n", b"\r\n")
+        try:
+            spooled = spool(attachment.source)
+        except OSError as err:
+            raise InputError(
+                f"cannot read attachment: {err.strerror}", path=attachment.source
+            ) from err
+        self._spooled.append(spooled)
+        return spooled
+
+    def close(self) -> None:
+        """Delete the temporary files of large attachments."""
+        for spooled in self._spooled:
+            spooled.close()
+        self._spooled.clear()
+
+    def __enter__(self) -> MessageTemplate:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def new_message_id(self) -> str:
         return message_ids(self._msgid_domain, 1)[0]
@@ -251,7 +245,7 @@ class MessageTemplate:
         message_id: str | None = None,
         subject: str | None = None,
         text: str | None = None,
-    ) -> tuple[bytes, ...]:
+    ) -> tuple[Part, ...]:
         """The message for one transaction as parts (its own headers, then the shared bytes,
         and for a personal template its encoded `text` and the bytes after it), dot-stuffed
         and CRLF-terminated, without the final ``.`` that `Session.send()` writes.
@@ -270,10 +264,51 @@ class MessageTemplate:
         if not self.personal:
             # Header lines made here end in CRLF and never start with "." (they start with a
             # name, or with white space when folded): nothing to normalise or stuff.
-            return b"".join(head), self._shared
+            if len(self._shared) == 1:  # no large attachment: the common case
+                return b"".join(head), self._shared[0]
+            return (b"".join(head), *self._shared)
         assert subject is not None and text is not None, "a personal template needs both"
         head.append(_subject(subject))
-        return b"".join(head), self._shared, _encode_text(text), self._after_text
+        return (b"".join(head), *self._shared, _encode_text(text), *self._after_text)
+
+
+def _joined(pieces: Sequence[Part]) -> tuple[Part, ...]:
+    """Consecutive bytes joined into one; spooled attachments stay apart."""
+    parts: list[Part] = []
+    for piece in pieces:
+        if isinstance(piece, bytes) and parts and isinstance(parts[-1], bytes):
+            parts[-1] += piece
+        elif not isinstance(piece, bytes) or piece or not parts:
+            parts.append(piece)
+    return tuple(parts)
+
+
+_DISPOSITION = re.compile(
+    rb"^Content-Disposition:[^\r\n]*(?:\r\n[ \t][^\r\n]*)*", re.MULTILINE | re.IGNORECASE
+)
+
+
+def _literal_filename(before: bytes, filename: str) -> bytes:
+    """`before` (the serialised tree up to an attachment's body, its headers last) with the
+    file name as RFC 2231 ``filename*=`` whenever the email package would write it as
+    ``filename="..."`` with an encoded word inside: a client would decode ``=?utf-8?b?...?=``
+    into another name (``evil.exe``). RFC 2231 values are never decoded that way."""
+    if "=?" not in filename:
+        return before
+    start = before.rfind(b"\r\n--") + 2
+    quoted = urllib.parse.quote(filename, safe="")
+    lines = [quoted[i : i + 60] for i in range(0, len(quoted), 60)]
+    if len(lines) == 1:
+        value = f"attachment;\r\n filename*=utf-8''{quoted}"
+    else:
+        value = "attachment;" + ";".join(
+            f"\r\n filename*{n}*={'utf-8' + chr(39) * 2 if n == 0 else ''}{line}"
+            for n, line in enumerate(lines)
+        )
+    header = f"Content-Disposition: {value}".encode("ascii")
+    head, count = _DISPOSITION.subn(header, before[start:], count=1)
+    assert count == 1, "the attachment's headers name it"
+    return before[:start] + head
 
 
 def _address_header(name: str, mailboxes: Sequence[Mailbox]) -> bytes:

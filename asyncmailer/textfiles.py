@@ -39,6 +39,14 @@ async def read_text(path: Path, what: str, *, field: str | None = None) -> str:
     :raises InputError: missing, a folder, unreadable, not UTF-8 or with a NUL byte.
     """
     try:
+        # A FIFO or a device would block the read (or never end): regular files only.
+        mode = (await aiofiles.os.stat(path)).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError
+        if not stat.S_ISREG(mode):
+            raise InputError(
+                f"{what} is not a regular file (a FIFO, device or socket)", path=path, field=field
+            )
         async with aiofiles.open(path, "rb") as handle:
             raw = await handle.read()
     except FileNotFoundError:

@@ -13,6 +13,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
+from .attachments import Part
 from .errors import RefusedError
 from .results import RecipientResult
 
@@ -35,7 +36,7 @@ class Transaction(NamedTuple):
     it (parts written one after the other, CRLF line ends, dot-stuffed, no final ``.``)."""
 
     envelope: Envelope
-    message: Sequence[bytes]
+    message: Sequence[Part]
 
 
 @dataclass(frozen=True, slots=True)

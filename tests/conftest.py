@@ -18,9 +18,11 @@ import pytest
 import trustme
 import yaml
 
+from asyncmailer.attachments import Part
+from asyncmailer.config import Secret, Security, ServerSettings
 from asyncmailer.results import RecipientResult
 from asyncmailer.server import Account, EmbeddedServer, MailStore
-from asyncmailer.smtp.session import Session
+from asyncmailer.smtp.session import Session, build_tls_context
 from asyncmailer.transport import Envelope, Transaction
 
 from .smtpd import Recorder, RecordingSMTP
@@ -189,9 +191,42 @@ async def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> t
     return process.returncode, out.decode(), err.decode()
 
 
+def settings_for(
+    running: RunningServer,
+    certs: Certs,
+    *,
+    security: Security = Security.SSL,
+    password: str | None = PASSWORD,
+    ca_file: Path | None = None,
+    tls_verify: bool = True,
+) -> ServerSettings:
+    port = running.server.ssl_port if security is Security.SSL else running.server.starttls_port
+    return ServerSettings(
+        host="127.0.0.1",
+        port=port,
+        security=security,
+        username=USER if password is not None else None,
+        password=Secret(password) if password is not None else None,
+        tls_ca_file=ca_file or certs.ca_file,
+        tls_verify=tls_verify,
+        timeout=10,
+    )
+
+
+def session_for(settings: ServerSettings) -> Session:
+    return Session(settings, tls_context=build_tls_context(settings), local_hostname="client.test")
+
+
 async def send(
     session: Session, sender: str, recipients: Sequence[str], message: Sequence[bytes]
 ) -> list[RecipientResult]:
     """One transaction through `session`, without pipelining the next: its results."""
     sent = await session.send(Transaction(Envelope(sender, recipients), message))
     return sent.results
+
+
+def in_memory(parts: Sequence[Part]) -> list[bytes]:
+    """A message's parts, checked to be all in memory (no spooled attachment)."""
+    found = [part for part in parts if isinstance(part, bytes)]
+    assert len(found) == len(parts), "a spooled part"
+    return found

@@ -43,6 +43,7 @@ class Faults:
     mail_reply_times: int | None = None
     max_connections: int = 0  # connections beyond this many at once are reset at once
     echo: str = ""  # appended to every reply after DATA (a server that echoes a secret)
+    size: int = 100_000_000  # the SIZE it advertises
 
 
 @dataclass
@@ -126,7 +127,7 @@ class FaultyServer:
             command = line.rstrip(b"\r\n")
             verb = command[:4].upper()
             if verb == b"EHLO":
-                extensions = ["250-faulty.test", "250-SIZE 100000000", "250-AUTH LOGIN PLAIN"]
+                extensions = ["250-faulty.test", f"250-SIZE {f.size}", "250-AUTH LOGIN PLAIN"]
                 if f.pipelining:
                     extensions.append("250-PIPELINING")
                 if f.starttls and not tls:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -156,6 +157,16 @@ def line_of(path: Path, text: str) -> int:
         ({"max_connections": 0}, "max_connections", "expected a whole number from 1"),
         ({"journal_sync": "off"}, "journal_sync", "expected one of full, normal, got 'off'"),
         ({"journal_sync": False}, "journal_sync", "expected one of full, normal, got false"),
+        ({"rate": float("nan")}, "rate", "expected messages per second, or"),
+        ({"rate": float("inf")}, "rate", "got inf"),
+        ({"timeout": float("nan")}, "timeout", "expected a number of seconds"),
+        ({"retry_delay": float("inf")}, "retry_delay", "expected a number of seconds"),
+        (
+            {"security": "x" * 10_000},
+            "security",
+            "got '" + "x" * 40 + "'...",
+        ),
+        ({"port": [[1] * 50] * 50}, "port", "expected a whole number from 1 to 65535, got a list"),
     ],
 )
 async def test_bad_keys_give_one_line_with_file_line_and_key(
@@ -264,3 +275,30 @@ async def test_list_keys_and_defaults(make_campaign: CampaignFactory, tmp_path: 
     assert campaign.journal_sync is JournalSync.FULL
     relaxed = await load_campaign(make_campaign(journal_sync="Normal"), env={})
     assert relaxed.journal_sync is JournalSync.NORMAL
+
+
+async def test_a_yaml_bomb_is_refused_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "bomb.yaml"
+    rows = ['a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for name, prev in zip("bcdefghi", "abcdefgh", strict=True):
+        rows.append(f"{name}: &{name} [" + ", ".join([f"*{prev}"] * 9) + "]")
+    path.write_text("\n".join([*rows, "concurrency: *i", "subject: hi"]) + "\n")
+    with pytest.raises(ConfigError, match=r"aliases .* are not allowed") as caught:
+        await asyncio.wait_for(load_campaign(path, env={}), 5)
+    assert len(str(caught.value)) < 200
+
+
+@pytest.mark.parametrize(("suffix", "text"), [(".json", "[" * 100_000), (".yaml", "[" * 100_000)])
+async def test_nesting_too_deep_is_one_line(tmp_path: Path, suffix: str, text: str) -> None:
+    path = tmp_path / f"deep{suffix}"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=r"invalid (JSON|YAML)"):
+        await load_campaign(path, env={})
+
+
+async def test_a_password_in_the_environment_that_is_not_utf8_is_one_line(
+    make_campaign: CampaignFactory,
+) -> None:
+    path = make_campaign()
+    with pytest.raises(ConfigError, match="ASYNCMAILER_PASSWORD is not valid UTF-8"):
+        await load_campaign(path, env={"ASYNCMAILER_PASSWORD": "pass\udcffword"})

@@ -453,3 +453,15 @@ async def test_a_password_echoed_by_the_server_is_scrubbed_everywhere(
     assert not any(PASSWORD in t or secret in t for t in texts)
     assert report.journal is not None
     assert PASSWORD.encode() not in report.journal.read_bytes()
+
+
+async def test_a_message_over_the_servers_size_stops_the_run_before_anything_is_sent(
+    faulty: Any, make_campaign: CampaignFactory
+) -> None:
+    server = await faulty(size=2000)
+    big = {"report.bin": bytes(range(256)) * 20}  # about 7 KB once encoded
+    report, journal = await send(make_campaign, server.port, files=big)
+    assert isinstance(report.fatal, RefusedError) and report.fatal.scope == "message"
+    assert "the server accepts at most 2000 (SIZE)" in str(report.fatal)
+    assert journal == Counter(pending=6)  # the message's problem, not the recipients'
+    assert server.messages == [] and server.mails == 0

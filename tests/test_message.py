@@ -13,21 +13,20 @@ from typing import Any
 import pytest
 
 from asyncmailer.addresses import Mailbox, parse_mailbox
+from asyncmailer.attachments import Attachment
 from asyncmailer.errors import InputError
 from asyncmailer.message import (
     END_OF_DATA,
     POLICY,
-    Attachment,
     MessageTemplate,
     _address_header,
     _encode_text,
     _subject,
-    load_attachments,
     load_body,
     prepare_data,
 )
 
-from .conftest import SUBJECT
+from .conftest import SUBJECT, in_memory
 
 
 def parse_payload(payload: bytes) -> EmailMessage:
@@ -42,7 +41,7 @@ def parse_payload(payload: bytes) -> EmailMessage:
 
 def render(t: MessageTemplate, **kw: Any) -> bytes:
     """The whole DATA payload of one transaction, final "." included, in one piece."""
-    return b"".join(t.render_parts(**kw)) + END_OF_DATA
+    return b"".join(in_memory(t.render_parts(**kw))) + END_OF_DATA
 
 
 def template(subject: str = SUBJECT, body: str = "Hi\n", **kw: object) -> MessageTemplate:
@@ -132,6 +131,8 @@ def test_shared_part_is_built_once() -> None:
         to=[parse_mailbox("a@example.com")], message_id="<1@example.com>"
     )
     head_two, shared_two = t.render_parts(to=[parse_mailbox("b@example.com")])
+    assert isinstance(head_one, bytes) and isinstance(head_two, bytes)
+    assert isinstance(shared_one, bytes)
     assert shared_one is shared_two
     assert one == head_one + shared_one + b".\r\n"
     assert b"a@example.com" in head_one and b"b@example.com" in head_two
@@ -163,26 +164,7 @@ def test_prepare_data_stuffs_a_leading_dot_on_the_first_line() -> None:
     assert prepare_data(b"x", terminate=False) == b"x\r\n"
 
 
-async def test_load_attachments_sorted_regular_files_only(tmp_path: Path) -> None:
-    (tmp_path / "b.pdf").write_bytes(b"B")
-    (tmp_path / "a.txt").write_bytes(b"A")
-    (tmp_path / "Я.bin").write_bytes(b"C")
-    (tmp_path / ".gitkeep").write_bytes(b"")
-    (tmp_path / "sub").mkdir()
-    (tmp_path / "sub" / "inner.txt").write_bytes(b"no")
-    attachments = await load_attachments(tmp_path)
-    assert [(a.filename, a.content_type, a.data) for a in attachments] == [
-        ("a.txt", "text/plain", b"A"),
-        ("b.pdf", "application/pdf", b"B"),
-        ("Я.bin", "application/octet-stream", b"C"),
-    ]
-    assert await load_attachments(tmp_path / "sub") == [
-        Attachment("inner.txt", "text/plain", b"no")
-    ]
-
-
-async def test_empty_attachments_folder_means_no_attachments(tmp_path: Path) -> None:
-    assert await load_attachments(tmp_path) == []
+def test_no_attachments_is_a_plain_text_message() -> None:
     message = parse_payload(render(template(), to=[]))
     assert message.get_content_type() == "text/plain"
 

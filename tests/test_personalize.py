@@ -19,7 +19,7 @@ from asyncmailer.personalize import Personalizer
 from asyncmailer.results import Status
 from asyncmailer.run.campaign import run_campaign
 
-from .conftest import CampaignFactory, RunningServer, ServerFactory
+from .conftest import CampaignFactory, RunningServer, ServerFactory, in_memory
 
 BODY = "Dear {{ first_name }},\n.a line starting with a dot\nSee you in {{ row['home city'] }}.\n"
 ATTACHMENT = bytes(range(256)) * 40
@@ -104,7 +104,7 @@ def test_personal_template_shares_the_encoded_attachment() -> None:
     one = template.render_parts(to=[Mailbox("a@example.com")], subject="A", text="text a\n")
     two = template.render_parts(to=[Mailbox("b@example.com")], subject="B", text="text b\n")
     assert one[1] is two[1] and one[3] is two[3]  # the shared bytes are the same object
-    message = parse(b"".join(one))
+    message = parse(b"".join(in_memory(one)))
     assert message["Subject"] == "A"
     assert message.get_content().replace("\r\n", "\n") == "text a\n"
 

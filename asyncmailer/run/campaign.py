@@ -14,11 +14,12 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ..attachments import load_attachments
 from ..config import Campaign, Security
 from ..journal.files import journal_path
 from ..journal.sqlite import Journal
 from ..ledger import JournalState, Ledger
-from ..message import MessageTemplate, load_attachments, load_body
+from ..message import MessageTemplate, load_body
 from ..observer import Observer
 from ..results import CampaignReport, RecipientResult
 from ..smtp.pool import SessionPool
@@ -59,7 +60,9 @@ async def prepare_message(campaign: Campaign) -> MessageTemplate:
     :raises InputError: the message file or an attachment cannot be read or is not UTF-8.
     """
     body = await load_body(campaign.message_file)
-    attachments = await load_attachments(campaign.attachments_dir)
+    attachments = await load_attachments(
+        campaign.attachments_dir, follow_symlinks=campaign.follow_symlinks
+    )
     # Encoding attachments is CPU work: do it once, off the event loop.
     return await asyncio.to_thread(
         MessageTemplate,
@@ -127,12 +130,12 @@ async def run_campaign(
     """
     observer = observer or Observer()
     options = options or RunOptions()
-    if template is None:
-        template = await prepare_message(campaign)
-    if personalizer is None:
-        personalizer = await prepare_personalizer(campaign)
-    report = CampaignReport()
     async with contextlib.AsyncExitStack() as stack:
+        if template is None:  # made here, so closed here (its temporary files)
+            template = stack.enter_context(await prepare_message(campaign))
+        if personalizer is None:
+            personalizer = await prepare_personalizer(campaign)
+        report = CampaignReport()
         if ledger is None:
             path = journal_path(campaign.state_dir, campaign.source)
             report.journal = path

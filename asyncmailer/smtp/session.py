@@ -18,6 +18,7 @@ from typing import Any, cast
 import aiosmtplib
 from aiosmtplib import SMTPResponse, SMTPStatus
 
+from ..attachments import Part, Spooled
 from ..config import Security, ServerSettings
 from ..errors import AuthError, ConnectError, RefusedError, TLSRequiredError
 from ..message import END_OF_DATA, message_size
@@ -290,8 +291,11 @@ class Session:
             return Sent(tx.results(), reusable=False)
         limit = self.size_limit
         if preloaded is None and limit and size > limit:
-            note = f"message is {size} bytes; the server accepts at most {limit} (SIZE)"
-            return Sent([RecipientResult(r, Status.REFUSED, None, note) for r in recipients])
+            # The same for every recipient: the message's, not theirs. Nothing was written.
+            note = f"the message is {size} bytes; the server accepts at most {limit} (SIZE)"
+            refusal = RefusedError(note, code=None, scope="message", temporary=False, **self._where)
+            results = [RecipientResult(r, Status.REFUSED, None, note) for r in recipients]
+            return Sent(results, refusal=refusal)
         # Built (and checked for CR/LF/NUL) before anything of the transaction is written.
         group = (
             b"" if preloaded else commands.envelope(sender, recipients, self._size_argument(size))
@@ -398,7 +402,7 @@ class Session:
     async def _message(
         self,
         tx: Bookkeeping,
-        parts: Sequence[bytes],
+        parts: Sequence[Part],
         size: int,
         commit: Commit | None,
         then: Transaction | None = None,
@@ -416,7 +420,7 @@ class Session:
             # next envelope in one send().
             if commit is not None:
                 await commit()
-            reader.write(b"".join((*parts, end)))
+            reader.write(b"".join((*cast(Sequence[bytes], parts), end)))
         else:
             # A large message goes in chunks, each waiting until the server has taken the
             # last: the send buffer stays small, and a server that stops reading is noticed
@@ -424,6 +428,11 @@ class Session:
             committing = asyncio.ensure_future(commit()) if commit is not None else None
             try:
                 for part in parts:
+                    if isinstance(part, Spooled):  # a large attachment, from its file
+                        for offset, count in part.chunks(_CHUNK):
+                            reader.write(await asyncio.to_thread(part.read, offset, count))
+                            await reader.drain(self.settings.timeout)
+                        continue
                     view = memoryview(part)
                     for start in range(0, len(view), _CHUNK):
                         reader.write(view[start : start + _CHUNK])

@@ -13,38 +13,11 @@ from asyncmailer.config import Secret, Security, ServerSettings
 from asyncmailer.errors import AuthError, ConnectError, TLSRequiredError
 from asyncmailer.results import Status
 from asyncmailer.server import AuthAttempt
-from asyncmailer.smtp.session import Session, build_tls_context
 
-from ..conftest import PASSWORD, USER, Certs, RunningServer, ServerFactory, send
+from ..conftest import PASSWORD, USER, Certs, ServerFactory, send, session_for, settings_for
 
 DATA = (b"Subject: test\r\n\r\nHello\r\n",)  # without the final "."
 B64_PASSWORD = base64.b64encode(PASSWORD.encode()).decode()
-
-
-def settings_for(
-    running: RunningServer,
-    certs: Certs,
-    *,
-    security: Security = Security.SSL,
-    password: str | None = PASSWORD,
-    ca_file: Path | None = None,
-    tls_verify: bool = True,
-) -> ServerSettings:
-    port = running.server.ssl_port if security is Security.SSL else running.server.starttls_port
-    return ServerSettings(
-        host="127.0.0.1",
-        port=port,
-        security=security,
-        username=USER if password is not None else None,
-        password=Secret(password) if password is not None else None,
-        tls_ca_file=ca_file or certs.ca_file,
-        tls_verify=tls_verify,
-        timeout=10,
-    )
-
-
-def session_for(settings: ServerSettings) -> Session:
-    return Session(settings, tls_context=build_tls_context(settings), local_hostname="client.test")
 
 
 async def test_implicit_tls_logs_in_with_auth_login(
