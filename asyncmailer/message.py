@@ -296,8 +296,14 @@ def _literal_filename(before: bytes, filename: str) -> bytes:
     if "=?" not in filename:
         return before
     start = before.rfind(b"\r\n--") + 2
-    quoted = urllib.parse.quote(filename, safe="")
-    lines = [quoted[i : i + 60] for i in range(0, len(quoted), 60)]
+    # Percent-encoded a character at a time, so a line break never splits an escape.
+    lines: list[str] = []
+    for char in filename:
+        piece = urllib.parse.quote(char, safe="")
+        if not lines or len(lines[-1]) + len(piece) > 60:
+            lines.append("")
+        lines[-1] += piece
+    quoted = "".join(lines)
     if len(lines) == 1:
         value = f"attachment;\r\n filename*=utf-8''{quoted}"
     else:

@@ -66,7 +66,7 @@ async def test_an_empty_folder_means_no_attachments(tmp_path: Path) -> None:
 
 def test_a_name_that_looks_like_an_encoded_word_arrives_literally() -> None:
     name = "=?utf-8?b?ZXZpbC5leGU=?="  # "evil.exe", if a client decoded it
-    long = "=?utf-8?q?" + "x" * 120 + "?=.pdf"
+    long = "=?utf-8?q?" + "x" * 40 + "=" * 30 + "?=.pdf"  # escapes across the folded lines
     message = payload(
         template(
             Attachment(name, "application/pdf", b"%PDF"),
