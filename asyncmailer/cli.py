@@ -20,6 +20,7 @@ import signal
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
@@ -35,6 +36,7 @@ from .progress import ConsoleObserver
 from .report import ReportWriter, format_table
 from .results import CampaignReport, Status, plural
 from .run.campaign import RunOptions, prepare_message, prepare_personalizer, run_campaign
+from .run.schedule import parse_send_time, zone
 
 if TYPE_CHECKING:
     from .personalize import Personalizer
@@ -144,6 +146,14 @@ def parseargs(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="N",
         help="stop after N messages (a real run resumes with the rest next time)",
     )
+    send.add_argument(
+        "--at",
+        metavar="TIME",
+        help="wait until TIME ('2026-12-07 09:00', ISO 8601, or 'now'), then send",
+    )
+    send.add_argument(
+        "--tz", metavar="ZONE", help="the time zone of --at, e.g. Europe/Berlin (default: local)"
+    )
     send.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
 
     status = commands.add_parser(
@@ -227,9 +237,13 @@ async def _campaign(args: argparse.Namespace) -> Campaign:
 
 
 async def send_command(args: argparse.Namespace, *, out: TextIO = sys.stdout) -> int:
+    at = _send_time(args)
     campaign = await _campaign(args)
     # Read and check the body, attachments and templates before anything is sent or written.
     with await prepare_message(campaign) as template:
+        if at is not None and not await _wait_until(at, quiet=args.quiet):
+            print("asyncmailer: stopped before the send time; nothing was sent", file=sys.stderr)
+            return EXIT_INTERRUPTED
         return await _send(args, campaign, template, out)
 
 
@@ -327,6 +341,63 @@ async def _send(
         print("asyncmailer: interrupted; run the same command again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
     return EXIT_OK if report.all_accepted else EXIT_NOT_ALL_ACCEPTED
+
+
+def _send_time(args: argparse.Namespace) -> datetime | None:
+    """The --at time, or None to send now.
+
+    :raises InputError: not a time, an unknown --tz, or a time that has passed.
+    """
+    if args.at is None:
+        if args.tz is not None:
+            raise InputError("--tz goes with --at", field="--tz")
+        return None
+    try:
+        return parse_send_time(args.at, zone(args.tz), datetime.now(UTC))
+    except ValueError as err:
+        raise InputError(str(err), field="--at") from None
+
+
+WAIT_TELL_EVERY = 60.0  # seconds between "time left" lines while waiting for --at
+
+
+async def _wait_until(when: datetime, *, quiet: bool) -> bool:
+    """Wait for `when`, saying how long is left; False when SIGINT or SIGTERM came first."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        shown = when.astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
+        while (left := (when - datetime.now(UTC)).total_seconds()) > 0:
+            if not quiet:
+                print(
+                    f"asyncmailer: sending at {shown}, in {_duration(left)}; "
+                    "Ctrl-C or SIGTERM cancels",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), min(left, WAIT_TELL_EVERY))
+            if stop.is_set():
+                return False
+        return True
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+
+
+def _duration(seconds: float) -> str:
+    """``2 d 3 h``, ``5 min 3 s``, ``42 s``."""
+    whole = int(seconds + 0.999)
+    days, rest = divmod(whole, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days} d {hours} h"
+    if hours:
+        return f"{hours} h {minutes} min"
+    return f"{minutes} min {secs} s" if minutes else f"{secs} s"
 
 
 PREVIEW_LINES = 40  # of the first message a dry run wrote

@@ -9,6 +9,8 @@ import re
 import signal
 import socket
 import sys
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -434,3 +436,40 @@ async def test_serve_without_its_extra_is_an_install_hint_and_exit_2(tmp_path: P
     assert "needs the 'server' extra" in err.decode()
     assert "pip install 'asyncmailer[server]'" in err.decode()
     assert "pip install -e '.[server]'" in err.decode()
+
+
+def test_send_at_a_time_that_has_passed_is_an_error(
+    make_campaign: CampaignFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = str(make_campaign())
+    assert main(["send", path, "--at", "2020-01-01 09:00", "--tz", "Europe/Berlin"]) == 2
+    assert "2020-01-01 09:00:00 CET has passed; name a later time, or --at now" in (
+        capsys.readouterr().err
+    )
+    assert main(["send", path, "--at", "soon"]) == 2
+    assert main(["send", path, "--at", "now", "--tz", "Mars/Olympus"]) == 2
+    assert "no such time zone: 'Mars/Olympus'" in capsys.readouterr().err
+
+
+async def test_send_at_waits_then_sends_and_a_sigterm_while_waiting_sends_nothing(
+    smtp_server: ServerFactory, make_campaign: CampaignFactory, tmp_path: Path
+) -> None:
+    running = await smtp_server()
+    path = make_campaign(port=running.server.ssl_port)
+    soon = (datetime.now(UTC) + timedelta(seconds=1.5)).isoformat()
+    started = time.monotonic()
+    code, out, err = await run_cli("send", str(path), "--at", soon, cwd=tmp_path)
+    assert code == 0, err
+    assert time.monotonic() - started >= 1.4
+    assert "asyncmailer: sending at " in err and "3 recipients: 3 accepted" in out
+
+    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    process = await start_cli("send", str(path), "--at", later, cwd=tmp_path)
+    assert process.stderr is not None
+    line = await asyncio.wait_for(process.stderr.readline(), 30)
+    assert b"sending at" in line and (b"in 1 h" in line or b"in 59 min" in line)
+    process.send_signal(signal.SIGTERM)
+    _, rest = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 75
+    assert b"stopped before the send time; nothing was sent" in rest
+    assert len(running.messages) == 1
