@@ -11,6 +11,9 @@ from .errors import (
     InputError,
     JournalError,
     MailerError,
+    MissingExtraError,
+    NothingToSendError,
+    RefusedError,
     TLSRequiredError,
 )
 from .journal import Journal
@@ -42,8 +45,11 @@ __all__ = [
     "Ledger",
     "MailerError",
     "MessageTemplate",
+    "MissingExtraError",
+    "NothingToSendError",
     "Observer",
     "RecipientResult",
+    "RefusedError",
     "RunOptions",
     "Secret",
     "Security",

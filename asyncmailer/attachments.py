@@ -112,6 +112,13 @@ def check_filename(name: str, path: Path) -> None:
 
     :raises InputError: naming the file and the character.
     """
+    if name != name.strip():
+        raise InputError(
+            "the file name begins or ends with white space, which mail clients drop; "
+            "rename the file",
+            path=path,
+            field="attachments",
+        )
     for char in name:
         if unicodedata.category(char) in _SPOOFING:
             raise InputError(

@@ -2,9 +2,9 @@
 
 Exit codes (EXIT_CODES below): 0 every recipient accepted; 1 some recipient not accepted; 2 bad
 config, input or usage, or an unusable journal; 3 the server could not be reached, refused TLS
-or the login, or refused the sender or the session; 70 an internal error (a bug: please report
-it); 75 interrupted, a limit reached, or the server kept asking to try later: run the same
-command again to resume.
+or the login, or refused the sender or the session; 4 the last run finished, nothing to send;
+70 an internal error (a bug: please report it); 75 interrupted, a limit reached, or the server
+kept asking to try later: run the same command again to resume.
 """
 
 from __future__ import annotations
@@ -15,42 +15,47 @@ import contextlib
 import dataclasses
 import difflib
 import gc
+import json
 import os
 import signal
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from . import __version__
-from .config import DEFAULT_CONFIG, PASSWORD_ENV, Campaign, load_campaign
+from .config import DEFAULT_CONFIG, PASSWORD_ENV, Campaign, campaign_identity, load_campaign
 from .display import printable
 from .dryrun import ENVELOPES, EmlTransport
-from .errors import InputError, JournalError, MailerError, MissingExtraError, RefusedError
-from .journal import Journal, JournalReader, archive, journal_path, probe_lock
+from .errors import (
+    InputError,
+    JournalError,
+    MailerError,
+    MissingExtraError,
+    NothingToSendError,
+    RefusedError,
+)
+from .journal import Journal, JournalReader, journal_path, probe_lock
+from .journal.runs import RunCatalog, RunRecord
 from .ledger import JournalState
 from .message import MessageTemplate
 from .progress import ConsoleObserver
 from .report import ReportWriter, format_table
 from .results import CampaignReport, Status, plural
 from .run.campaign import RunOptions, prepare_message, prepare_personalizer, run_campaign
-from .run.schedule import parse_send_time, zone
+from .run.recurring import Recurring
+from .run.runs import Runs
+from .schedule import parse_send_time, zone
 
 if TYPE_CHECKING:
     from .personalize import Personalizer
 
 __all__ = ["EXIT_CODES", "main", "run"]
 
-EXIT_OK, EXIT_NOT_ALL_ACCEPTED, EXIT_USAGE, EXIT_SERVER, EXIT_INTERNAL, EXIT_INTERRUPTED = (
-    0,
-    1,
-    2,
-    3,
-    70,
-    75,
-)
+EXIT_OK, EXIT_NOT_ALL_ACCEPTED, EXIT_USAGE, EXIT_SERVER, EXIT_NOTHING_TO_SEND = 0, 1, 2, 3, 4
+EXIT_INTERNAL, EXIT_INTERRUPTED = 70, 75
 EXIT_CODES = {
     EXIT_OK: "every recipient was accepted",
     EXIT_NOT_ALL_ACCEPTED: "at least one recipient was refused, deferred, unknown or skipped",
@@ -59,11 +64,13 @@ EXIT_CODES = {
     "stopped: fix, then resume",
     EXIT_SERVER: "the server could not be reached, refused TLS or the login, or refused the "
     "sender or the session (a quota, a block): the recipients not sent are left pending",
+    EXIT_NOTHING_TO_SEND: "the campaign's last run finished: nothing to send (it says when it was "
+    "sent, and whether it changed since); --new-run sends it again",
     EXIT_INTERNAL: "internal error (a bug; run with --debug and report it)",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C, SIGTERM), the daily quota or --limit reached, or the "
     "server kept asking to try later; run the same command again to resume",
 }
-_COMMANDS = ("send", "serve", "status")
+_COMMANDS = ("send", "serve", "status", "runs", "report", "schedule")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -124,9 +131,16 @@ def parseargs(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "-q", "--quiet", action="store_true", help="print only the final table and summary"
     )
     send.add_argument(
-        "--restart",
+        "--new-run",
         action="store_true",
-        help="set the campaign's journal aside and send to everyone again",
+        help="begin a new run: send to everyone again (the last run's journal is kept)",
+    )
+    send.add_argument("--restart", action="store_true", help="the same as --new-run")
+    send.add_argument(
+        "--continue",
+        dest="keep_changes",
+        action="store_true",
+        help="resume an unfinished run although the campaign changed: the rest get the new content",
     )
     send.add_argument(
         "--resend-unknown",
@@ -165,6 +179,48 @@ def parseargs(argv: Sequence[str] | None = None) -> argparse.Namespace:
     status.add_argument("--state-dir", type=Path, help="folder of the campaign's journal")
     status.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
+    runs = commands.add_parser(
+        "runs",
+        help="list a campaign's runs, with their counts",
+        description="List every run of a campaign, oldest first.",
+    )
+    _campaign_arguments(runs, "the campaign file")
+    runs.add_argument("--state-dir", type=Path, help="folder of the campaign's journal")
+    runs.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+
+    report = commands.add_parser(
+        "report",
+        help="write a run's per-recipient report from its journal",
+        description="Print a run's summary and write every recipient's result to a report "
+        "file, from the run's journal.",
+    )
+    _campaign_arguments(report, "the campaign file")
+    report.add_argument("--run", metavar="ID", help="the run (default: the latest; see runs)")
+    report.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        metavar="FILE",
+        help="the report file, .csv or .jsonl (default: CAMPAIGN.RUN.report.csv here)",
+    )
+    report.add_argument(
+        "--format", choices=("text", "json"), default="text", help="the summary's form"
+    )
+    report.add_argument("--state-dir", type=Path, help="folder of the campaign's journal")
+    report.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+
+    schedule = commands.add_parser(
+        "schedule",
+        help="send campaigns on their schedules, in the foreground, until stopped",
+        description="Run each campaign's schedule (its schedule: key): every occurrence is a "
+        "run of its own. SIGTERM or Ctrl-C lets the run in flight finish, then exits 75; the "
+        "next start resumes it.",
+    )
+    schedule.add_argument("campaigns", nargs="+", type=Path, metavar="CAMPAIGN")
+    schedule.add_argument("--state-dir", type=Path, help="folder for the campaigns' journals")
+    schedule.add_argument("-q", "--quiet", action="store_true", help="only the final lines")
+    schedule.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+
     serve = commands.add_parser(
         "serve",
         help="run the local SMTP server (TLS, STARTTLS, AUTH LOGIN) for demos and trials",
@@ -186,7 +242,7 @@ def parseargs(argv: Sequence[str] | None = None) -> argparse.Namespace:
     serve.add_argument("command_line", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
     serve.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     parsed = parser.parse_args(args)
-    if parsed.command in ("send", "status"):
+    if parsed.command in ("send", "status", "runs", "report"):
         if parsed.campaign is not None and parsed.config is not None:
             parser.error("name the campaign once: as an argument or with --config, not both")
         parsed.config = parsed.campaign or parsed.config or DEFAULT_CONFIG
@@ -204,6 +260,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return runner.run(serve_command(args))
             if args.command == "status":
                 return runner.run(status_command(args))
+            if args.command == "runs":
+                return runner.run(runs_command(args))
+            if args.command == "schedule":
+                return runner.run(schedule_command(args))
+            if args.command == "report":
+                return runner.run(report_command(args))
             return runner.run(send_command(args))
     except KeyboardInterrupt:
         print("asyncmailer: interrupted", file=sys.stderr)
@@ -211,6 +273,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (InputError, MissingExtraError) as err:
         print(f"asyncmailer: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except NothingToSendError as err:
+        print(f"asyncmailer: {err}", file=sys.stderr)
+        return EXIT_NOTHING_TO_SEND
     except MailerError as err:
         print(f"asyncmailer: {err}", file=sys.stderr)
         return EXIT_SERVER
@@ -253,18 +318,38 @@ async def _send(
     personalizer = await prepare_personalizer(campaign)
     if args.dry_run is not None:
         return await _dry_run(args, campaign, template, personalizer, out)
-    writer = ReportWriter(args.report) if args.report else None
-    journal_file = journal_path(campaign.state_dir, campaign.source)
     # A second run of the same campaign is refused before it prints or truncates anything
-    # (the journal's own lock still guards the run itself).
-    await asyncio.to_thread(probe_lock, journal_file)
+    # (the run lock and the journal's own lock still guard the run itself).
+    await asyncio.to_thread(probe_lock, journal_path(campaign.state_dir, campaign.id))
     for notice in campaign.notices:
         print(f"asyncmailer: {notice}", file=sys.stderr)
-    if args.restart:
-        old = await asyncio.to_thread(archive, journal_file)
-        if old is not None:
-            print(f"asyncmailer: the previous journal is kept as {old}", file=sys.stderr)
+    async with Runs(campaign) as runs:
+        record = await runs.begin(
+            new_run=args.new_run or args.restart,
+            keep_changes=args.keep_changes,
+            reopen=args.resend_unknown,
+        )
+        earlier = runs.runs[:-1]
+        if (args.new_run or args.restart) and earlier:
+            kept = runs.catalog.journal_of(earlier[-1])
+            print(f"asyncmailer: the previous run's journal is kept as {kept}", file=sys.stderr)
+        return await _run_once(args, campaign, template, personalizer, runs, record, out)
 
+
+async def _run_once(
+    args: argparse.Namespace,
+    campaign: Campaign,
+    template: MessageTemplate,
+    personalizer: Personalizer | None,
+    runs: Runs,
+    record: RunRecord,
+    out: TextIO,
+    signals: _SignalStop | None = None,
+) -> int:
+    """One run of the campaign with its progress, report file and final table, recorded in
+    the campaign's runs as it ends (SIGINT and SIGTERM stop it: `signals`, when a scheduler
+    already watches them). Returns the exit code."""
+    writer = ReportWriter(args.report) if args.report else None
     server = campaign.server
     login = f" as {server.username}" if server.username else " without AUTH"
     target = plural(len(campaign.recipients), "recipient")
@@ -287,7 +372,7 @@ async def _send(
     )
     options = RunOptions(resend_unknown=args.resend_unknown, limit=args.limit)
     try:
-        with _SignalStop(options.stop):
+        with signals.covering(options.stop) if signals else _SignalStop(options.stop):
             async with contextlib.AsyncExitStack() as files:
                 if writer is not None:
                     await files.enter_async_context(writer)
@@ -309,15 +394,20 @@ async def _send(
         )
         return EXIT_INTERRUPTED
     observer.finish()
+    await runs.end(record, stopped=options.stop.is_set() or report.fatal is not None)
 
     _print_outcome(report, args, out)
     if report.fatal is not None:
         print(f"asyncmailer: {report.fatal}", file=sys.stderr)
         if isinstance(report.fatal, RefusedError):
+            cause = (
+                "the message is made smaller"
+                if report.fatal.scope == "message"
+                else "a quota resets, or the sender is allowed"
+            )
             print(
                 "asyncmailer: the recipients not sent yet are left as they were: once the "
-                "cause is gone (a quota resets, the sender is allowed), run the same command "
-                "again to send them",
+                f"cause is gone ({cause}), run the same command again to send them",
                 file=sys.stderr,
             )
             if report.fatal.temporary:
@@ -412,6 +502,23 @@ async def _dry_run(
 ) -> int:
     """`send --dry-run DIR`: the whole run, through a transport that writes .eml files and a
     scratch journal that is deleted afterwards; the campaign's own journal is not opened."""
+    for flag, given in (
+        ("--report", args.report),
+        ("--new-run", args.new_run),
+        ("--restart", args.restart),
+        ("--continue", args.keep_changes),
+        ("--resend-unknown", args.resend_unknown),
+    ):
+        if given:
+            raise InputError(
+                f"{flag} has no meaning with --dry-run: a dry run sends nothing and keeps no "
+                "journal",
+                field="--dry-run",
+            )
+    for notice in campaign.notices:
+        print(f"asyncmailer: {notice}", file=sys.stderr)
+    # Nothing goes to a server: no pace to keep, no quota to spend.
+    campaign = dataclasses.replace(campaign, rate=None, daily_quota=0)
     transport = EmlTransport(args.dry_run)
     await transport.open()
     observer = ConsoleObserver(per_recipient=campaign.recipients_file is None, quiet=args.quiet)
@@ -498,19 +605,20 @@ async def _replacing(full: ReportWriter, path: Path) -> AsyncIterator[ReportWrit
 
 
 class _SignalStop:
-    """First SIGINT/SIGTERM: take no new work, let transactions in flight finish (at most
-    STOP_TIMEOUT seconds). Second one, or the timeout: stop at once."""
+    """First SIGINT/SIGTERM: set every event it covers (take no new work; transactions in
+    flight finish, at most STOP_TIMEOUT seconds). Second one, or the timeout: stop at once."""
 
-    def __init__(self, stop: asyncio.Event) -> None:
-        self.stop = stop
+    def __init__(self, *stops: asyncio.Event) -> None:
+        self.stops = list(stops)
         self.loop = asyncio.get_running_loop()
         self.task = asyncio.current_task()
         self.count = 0
         self.timer: asyncio.TimerHandle | None = None
 
-    def __enter__(self) -> None:
+    def __enter__(self) -> _SignalStop:
         for signum in (signal.SIGINT, signal.SIGTERM):
             self.loop.add_signal_handler(signum, self._signal)
+        return self
 
     def __exit__(self, *exc_info: object) -> None:
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -518,11 +626,23 @@ class _SignalStop:
         if self.timer is not None:  # stopped in time: the hard stop must not fire later
             self.timer.cancel()
 
+    @contextlib.contextmanager
+    def covering(self, stop: asyncio.Event) -> Iterator[None]:
+        """Also set `stop` on a signal, while inside (set at once if one came already)."""
+        self.stops.append(stop)
+        if self.count:
+            stop.set()
+        try:
+            yield
+        finally:
+            self.stops.remove(stop)
+
     def _signal(self) -> None:
         self.count += 1
         assert self.task is not None
         if self.count == 1:
-            self.stop.set()
+            for stop in self.stops:
+                stop.set()
             print(
                 "\nasyncmailer: stopping: finishing the transactions in flight "
                 f"(at most {STOP_TIMEOUT:.0f} s); press Ctrl-C again to stop at once",
@@ -546,10 +666,48 @@ STATE_WORDS = {
 }
 
 
+async def _identity(args: argparse.Namespace) -> tuple[Path, str]:
+    state_dir, campaign_id = await campaign_identity(args.config)
+    return (args.state_dir or state_dir), campaign_id
+
+
+async def schedule_command(args: argparse.Namespace, *, out: TextIO = sys.stdout) -> int:
+    """`asyncmailer schedule`: the campaigns' recurring runs, until stopped (exit 75)."""
+    campaigns = []
+    for path in args.campaigns:
+        campaign = await load_campaign(path)
+        if args.state_dir is not None:
+            campaign = dataclasses.replace(campaign, state_dir=args.state_dir)
+        campaigns.append(campaign)
+    run_args = argparse.Namespace(report=None, quiet=args.quiet, limit=None, resend_unknown=False)
+    stop = asyncio.Event()
+
+    def tell(line: str) -> None:
+        print(f"asyncmailer schedule: {line}", file=sys.stderr, flush=True)
+
+    with _SignalStop(stop) as signals:
+
+        async def run_once(campaign: Campaign, runs: Runs, record: RunRecord) -> int:
+            with await prepare_message(campaign) as template:
+                personalizer = await prepare_personalizer(campaign)
+                return await _run_once(
+                    run_args, campaign, template, personalizer, runs, record, out, signals
+                )
+
+        try:
+            code = await Recurring(campaigns, run_once=run_once, stop=stop, tell=tell).run()
+        except asyncio.CancelledError:
+            tell("stopped at once; the journal knows where every recipient stands")
+            return EXIT_INTERRUPTED
+    if code == EXIT_INTERRUPTED:
+        tell("stopped; the next start resumes the run in flight")
+    return code
+
+
 async def status_command(args: argparse.Namespace, *, out: TextIO = sys.stdout) -> int:
-    """`asyncmailer status`: a campaign's counts from its journal."""
-    campaign = await _campaign(args)
-    path = journal_path(campaign.state_dir, campaign.source)
+    """`asyncmailer status`: a campaign's counts from its journal (the current run's)."""
+    state_dir, campaign_id = await _identity(args)
+    path = journal_path(state_dir, campaign_id)
     if not await asyncio.to_thread(path.exists):
         print(f"campaign {args.config} has not run yet (no journal at {path})", file=out)
         return EXIT_OK
@@ -569,6 +727,86 @@ async def status_command(args: argparse.Namespace, *, out: TextIO = sys.stdout) 
     else:
         if left:
             print(f"{plural(left, 'recipient')} still to send: run the campaign again", file=out)
+    return EXIT_OK
+
+
+_RUN_COLUMNS = (JournalState.ACCEPTED, JournalState.REFUSED, JournalState.DEFERRED)
+
+
+async def runs_command(args: argparse.Namespace, *, out: TextIO = sys.stdout) -> int:
+    """`asyncmailer runs`: every run of a campaign, oldest first, with its counts."""
+    state_dir, campaign_id = await _identity(args)
+    catalog = RunCatalog(state_dir, campaign_id)
+    _, records = await asyncio.to_thread(catalog.load)
+    if not records:
+        print(f"campaign {campaign_id} has no runs yet", file=out)
+        return EXIT_OK
+    rows = []
+    for record in records:
+        counts = record.counts
+        if counts is None:  # still going, or stopped before it could say: read its journal
+            path = catalog.journal_of(record)
+            counts = {str(k): v for k, v in (await JournalReader(path).counts()).items()}
+        left = sum(
+            counts.get(str(state), 0)
+            for state in (JournalState.PENDING, JournalState.INFLIGHT, JournalState.DATA)
+        )
+        rows.append(
+            (
+                record.id,
+                record.scheduled or "-",
+                record.started,
+                record.ended or "unfinished",
+                *(f"{counts.get(str(s), 0):,}" for s in _RUN_COLUMNS),
+                f"{counts.get(str(JournalState.UNKNOWN), 0):,}",
+                f"{left:,}",
+            )
+        )
+    header: tuple[str, ...] = ("RUN", "SCHEDULED", "STARTED", "ENDED", "ACCEPTED", "REFUSED")
+    header += ("DEFERRED", "UNKNOWN", "LEFT")
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        cells = (str(cell).ljust(width) for cell, width in zip(row, widths, strict=True))
+        print("  ".join(cells).rstrip(), file=out)
+    return EXIT_OK
+
+
+async def report_command(args: argparse.Namespace, *, out: TextIO = sys.stdout) -> int:
+    """`asyncmailer report`: a run's summary (text, or JSON with --format json), and every
+    recipient's result from its journal in a report file (.csv or .jsonl)."""
+    state_dir, campaign_id = await _identity(args)
+    catalog = RunCatalog(state_dir, campaign_id)
+    _, records = await asyncio.to_thread(catalog.load)
+    if args.run is not None:
+        found = [r for r in records if r.id == args.run]
+        if not found:
+            known = ", ".join(r.id for r in records[-5:]) or "none"
+            raise InputError(f"no run {args.run!r} (the latest: {known})", field="--run")
+        record: RunRecord | None = found[0]
+    else:
+        record = records[-1] if records else None
+    journal = catalog.journal_of(record) if record is not None else catalog.journal
+    run_id = record.id if record is not None else "current"
+    target = args.output or Path(f"{campaign_id}.{run_id}.report.csv")
+    summary = CampaignReport(keep=0)
+    async with ReportWriter(target) as writer:
+        async for page in JournalReader(journal).pages():
+            summary.add(page)
+            await writer.write(page)
+    if args.format == "json":
+        document = {
+            "campaign": campaign_id,
+            "run": run_id,
+            "started": record.started if record else None,
+            "ended": record.ended if record else None,
+            "total": summary.total,
+            "counts": {status.value: summary.counts[status] for status in Status},
+            "report": str(target),
+        }
+        print(json.dumps(document, indent=1), file=out)
+    else:
+        print(f"campaign {campaign_id}, run {run_id}: {summary.summary()}", file=out)
+        print(f"report written to {target}", file=out)
     return EXIT_OK
 
 

@@ -15,15 +15,18 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import aiofiles
 import aiofiles.os
 
 from .addresses import Mailbox, check_header_value, dedupe, parse_address_list, parse_mailbox
 from .errors import ConfigError
+from .schedule import Schedule, parse_duration, zone
 from .textfiles import read_secret, read_text
 
 __all__ = [
@@ -136,7 +139,14 @@ class Campaign:
     retry_max_age: float = 1800.0
     daily_quota: int = 0
     journal_sync: JournalSync = JournalSync.FULL
+    campaign_id: str | None = None
+    schedule: Schedule | None = None
     notices: tuple[str, ...] = ()
+
+    @property
+    def id(self) -> str:
+        """The campaign's id: the `campaign` key, else the campaign file's name."""
+        return self.campaign_id or self.source.name
 
     @property
     def connections(self) -> int:
@@ -363,12 +373,58 @@ class _Fields:
         except ValueError as err:
             raise self.error(key, str(err)) from None
 
+    def get_id(self, key: str) -> str | None:
+        value = self.get_str(key)
+        if value is not None and not _ID_RE.fullmatch(value):
+            raise self.error(
+                key, f"expected 1 to 64 letters, digits, '.', '_' or '-', got {_quote(value)}"
+            )
+        return value
+
+    def get_schedule(self, key: str) -> Schedule | None:
+        value = self.data.get(key)
+        if value is None:
+            return None
+        known = {"cron", "every", "timezone", "grace", "until"}
+        if not isinstance(value, dict) or not set(value) <= known:
+            raise self.error(key, "expected a mapping of cron or every, and timezone, grace, until")
+        texts = {}
+        for name, item in value.items():
+            if not isinstance(item, str | int | float) or isinstance(item, bool):
+                raise self.error(key, f"{name}: expected a string, got {_describe(item)}")
+            texts[name] = str(item)
+        try:
+            timezone = zone(texts.get("timezone", "UTC"))
+            every = parse_duration(texts["every"]) if "every" in texts else None
+            grace = texts.get("grace")
+            until = texts.get("until")
+            return Schedule(
+                cron=texts.get("cron"),
+                every=every,
+                timezone=timezone,
+                grace=parse_duration(grace) if grace else (every or 3600.0),
+                until=_until(until, timezone) if until else None,
+            )
+        except ValueError as err:
+            raise self.error(key, str(err)) from None
+
     def get_path(self, key: str, root: Path, default: str | None = None) -> Path | None:
         value = self.get_str(key, default)
         if not value:
             return None
         candidate = Path(value).expanduser()
         return candidate if candidate.is_absolute() else root / candidate
+
+
+_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def _until(text: str, timezone: ZoneInfo) -> datetime:
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"until: expected a date or time, got {text[:40]!r}") from None
+    return when if when.tzinfo else when.replace(tzinfo=timezone)
 
 
 def _quote(value: Any) -> str:
@@ -424,6 +480,9 @@ KNOWN_KEYS: dict[str, str] = {
     "data_timeout": "seconds to wait for the reply to the final '.' (default 600, RFC 5321), "
     "plus one per 64 KiB of message",
     "state_dir": "folder for the campaign journal (default .asyncmailer beside reliances/)",
+    "campaign": "the campaign's id: names its journal and runs (default: the file's name)",
+    "schedule": "recurring runs: {cron: '0 9 * * MON', timezone: Europe/Berlin, grace: 1h, "
+    "until: 2027-01-01} or {every: 15m}, for `asyncmailer schedule`",
     "retry_attempts": "tries per recipient in one run on temporary failures (default 5)",
     "retry_delay": "seconds before the first retry; doubles each time, up to 300 (default 10)",
     "retry_max_age": "stop retrying in this run after this many seconds (default 1800)",
@@ -461,6 +520,29 @@ def campaign_root(config_path: Path) -> Path:
     return parent.parent if parent.name == _LEGACY_FOLDER else parent
 
 
+async def _regular_file(fields: _Fields, key: str, path: Path) -> None:
+    """:raises ConfigError: `path` is missing, or not a regular file (a FIFO would hang)."""
+    if await aiofiles.os.path.isfile(path):
+        return
+    if await aiofiles.os.path.exists(path):
+        raise fields.error(key, f"not a regular file (a folder, FIFO or device): {path}")
+    raise fields.error(key, f"file not found: {path}")
+
+
+async def campaign_identity(path: str | Path) -> tuple[Path, str]:
+    """A campaign's state folder and id, from its file alone: what `status`, `runs` and
+    `report` need, so they work when the files it names have moved.
+
+    :raises ConfigError: the file cannot be read or parsed, or those keys are wrong.
+    """
+    path = Path(path)
+    text = await read_text(path, "config file")
+    fields = _Fields(parse_document(text, path), text, path)
+    root = campaign_root(path)
+    state_dir = fields.get_path("state_dir", root, ".asyncmailer") or root / ".asyncmailer"
+    return state_dir, fields.get_id("campaign") or path.name
+
+
 async def load_campaign(
     path: str | Path = DEFAULT_CONFIG, *, env: Mapping[str, str] | None = None
 ) -> Campaign:
@@ -494,8 +576,8 @@ async def load_campaign(
     cc = fields.get_addresses("cc")
     bcc = fields.get_addresses("bcc")
     recipients_file = fields.get_path("recipients_file", root)
-    if recipients_file is not None and not await aiofiles.os.path.isfile(recipients_file):
-        raise fields.error("recipients_file", f"file not found: {recipients_file}")
+    if recipients_file is not None:
+        await _regular_file(fields, "recipients_file", recipients_file)
     if not (to or cc or bcc or recipients_file):
         raise fields.error("to", "no recipients: fill in to, cc, bcc or recipients_file")
     personalize = fields.get_bool("personalize", False)
@@ -517,8 +599,7 @@ async def load_campaign(
     message_file = fields.get_path("file_with_message", root)
     if message_file is None:
         raise fields.error("file_with_message", "required: the file with the message text")
-    if not await aiofiles.os.path.isfile(message_file):
-        raise fields.error("file_with_message", f"file not found: {message_file}")
+    await _regular_file(fields, "file_with_message", message_file)
 
     attachments_dir = fields.get_path("attachments", root)
     if attachments_dir is not None and not await aiofiles.os.path.isdir(attachments_dir):
@@ -554,6 +635,8 @@ async def load_campaign(
         retry_max_age=fields.get_number("retry_max_age", 1800.0, 0, 30 * 86400),
         daily_quota=fields.get_int("daily_quota", 0, 0, 100_000_000),
         journal_sync=JournalSync(fields.get_choice("journal_sync", JournalSync) or "full"),
+        campaign_id=fields.get_id("campaign"),
+        schedule=fields.get_schedule("schedule"),
         notices=tuple(notices),
     )
 
@@ -592,8 +675,8 @@ async def _server_settings(
     if not tls_verify:
         notices.append("warning: tls_verify is false: the server's certificate is not checked")
     tls_ca_file = fields.get_path("tls_ca_file", root)
-    if tls_ca_file is not None and not await aiofiles.os.path.isfile(tls_ca_file):
-        raise fields.error("tls_ca_file", f"file not found: {tls_ca_file}")
+    if tls_ca_file is not None:
+        await _regular_file(fields, "tls_ca_file", tls_ca_file)
 
     username = fields.get_str("username", sender.addr, header=True)
     password: Secret | None

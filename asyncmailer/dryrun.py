@@ -72,13 +72,13 @@ class EmlTransport:
         path = self.folder / f"{len(self.written) + 1:06d}.eml"
         self.written.append(path)
         line = json.dumps({"file": path.name, "mail_from": sender, "rcpt_to": list(recipients)})
+        if commit is not None:  # the contract: committed before the message is complete
+            await commit()
         try:
             await asyncio.to_thread(_write, path, parts, self.folder / ENVELOPES, line)
         except OSError as err:
             note = f"dry run: cannot write {path}: {err.strerror}"
             return Sent([RecipientResult(r, Status.DEFERRED, None, note) for r in recipients])
-        if commit is not None:
-            await commit()
         note = f"dry run: written to {path}"
         return Sent([RecipientResult(r, Status.ACCEPTED, None, note) for r in recipients])
 

@@ -2,6 +2,7 @@
 
     MailerError
     ├── MissingExtraError (ImportError)    an optional part is not installed; exit code 2
+    ├── NothingToSendError                 the campaign's last run finished: exit code 4
     ├── InputError (ValueError)            bad config, addresses or files; exit code 2
     │   ├── ConfigError                    a config key or the config file itself
     │   └── JournalError                   the campaign journal: locked by another run, or
@@ -33,6 +34,7 @@ __all__ = [
     "JournalError",
     "MailerError",
     "MissingExtraError",
+    "NothingToSendError",
     "RefusedError",
     "TLSRequiredError",
 ]
@@ -53,6 +55,11 @@ class MissingExtraError(MailerError, ImportError):
             f"pip install 'asyncmailer[{extra}]', or from a clone: pip install -e '.[{extra}]'",
             name=missing,
         )
+
+
+class NothingToSendError(MailerError):
+    """The campaign's last run finished: sending it again needs `--new-run`. The text says
+    when it was sent, to how many, and whether it changed since."""
 
 
 class InputError(MailerError, ValueError):

@@ -91,25 +91,34 @@ async def test_one_command_sends_the_reliances_campaign(
     assert len(running.messages) == 1
 
 
-async def test_report_of_a_resumed_run_has_every_recipient_of_the_campaign(
+async def test_a_finished_run_is_not_sent_again_and_its_report_is_there(
     smtp_server: ServerFactory, make_campaign: CampaignFactory, tmp_path: Path
 ) -> None:
     running = await smtp_server()
     make_campaign(port=running.server.ssl_port)
     assert (await run_cli(cwd=tmp_path))[0] == 0
-    # Nothing is left to send, yet the report lists everyone, from the journal.
+    # Run again unchanged: it says when it was sent and to how many, with its own exit code.
     code, _out, err = await run_cli("--report", "again.csv", cwd=tmp_path)
+    assert code == 4, err
+    assert "was sent on" in err and "3 of 3 recipients accepted" in err and "--new-run" in err
+    assert len(running.messages) == 1
+    # The report of the run, from its journal, lists everyone.
+    code, out, err = await run_cli("report", "reliances/config.json", "-o", "r.csv", cwd=tmp_path)
     assert code == 0, err
-    assert "nothing left to send" in err
-    with open(tmp_path / "again.csv", newline="") as handle:
+    assert "3 recipients: 3 accepted" in out
+    with open(tmp_path / "r.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [(r["recipient"], r["status"]) for r in rows] == [
         ("alice@example.com", "accepted"),
         ("bob@example.org", "accepted"),
         ("carol@example.net", "accepted"),
     ]
-    assert len(running.messages) == 1
     assert sorted(p.name for p in tmp_path.iterdir() if "partial" in p.name) == []
+    # --new-run sends it again to everyone; `runs` lists both runs.
+    assert (await run_cli("--new-run", "-q", cwd=tmp_path))[0] == 0
+    assert len(running.messages) == 2
+    code, out, _ = await run_cli("runs", "reliances/config.json", cwd=tmp_path)
+    assert code == 0 and len(out.splitlines()) == 3  # the header and two runs
 
 
 async def test_refused_recipient_exit_1_and_jsonl_report(
@@ -359,14 +368,15 @@ async def test_rerun_sends_nothing_new_and_restart_sends_again(
 ) -> None:
     running = await smtp_server()
     path = make_campaign(port=running.server.ssl_port)
-    for _ in range(2):
-        code, out, err = await run_cli("-c", str(path), cwd=tmp_path)
-        assert code == 0, err
-        assert "3 recipients: 3 accepted" in out
-    assert len(running.messages) == 1  # the second run resumed a finished campaign
+    code, out, err = await run_cli("-c", str(path), cwd=tmp_path)
+    assert code == 0, err
+    assert "3 recipients: 3 accepted" in out
+    code, out, err = await run_cli("-c", str(path), cwd=tmp_path)
+    assert code == 4 and "Nothing to send" in err  # the run finished: not sent again
+    assert len(running.messages) == 1
     code, out, err = await run_cli("-c", str(path), "--restart", cwd=tmp_path)
     assert code == 0, err
-    assert "the previous journal is kept as" in err
+    assert "the previous run's journal is kept as" in err
     assert len(running.messages) == 2
     kept = list((tmp_path / ".asyncmailer").glob("config.json.journal.sqlite.*"))
     assert kept
@@ -393,8 +403,8 @@ async def test_the_campaign_file_may_be_a_positional_argument(
     assert code == 0, err
     assert "3  accepted" in out
     code, out, err = await run_cli(str(path), "-q", cwd=tmp_path)  # `send` is the default
-    assert code == 0, err
-    assert len(running.messages) == 1  # the second send found nothing left to send
+    assert code == 4, err  # the campaign was sent: the run is finished
+    assert len(running.messages) == 1
 
 
 def test_naming_the_campaign_twice_is_a_usage_error(
@@ -473,3 +483,64 @@ async def test_send_at_waits_then_sends_and_a_sigterm_while_waiting_sends_nothin
     assert process.returncode == 75
     assert b"stopped before the send time; nothing was sent" in rest
     assert len(running.messages) == 1
+
+
+async def test_schedule_every_second_sends_one_run_per_occurrence_until_sigterm(
+    smtp_server: ServerFactory, make_campaign: CampaignFactory, tmp_path: Path
+) -> None:
+    running = await smtp_server()
+    path = make_campaign(port=running.server.ssl_port, schedule={"every": "1s"})
+    process = await start_cli("schedule", str(path), "-q", cwd=tmp_path)
+    await asyncio.sleep(3.6)
+    process.send_signal(signal.SIGTERM)
+    _, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 75, err
+    code, out, _ = await run_cli("runs", str(path), cwd=tmp_path)
+    rows = out.splitlines()[1:]
+    assert code == 0 and 3 <= len(rows) <= 5, out
+    assert all(" 3 " in row.replace("  ", " ") for row in rows)  # 3 accepted in each
+    assert len(running.messages) == len(rows)  # one message (3 recipients) per run
+    for message in running.messages:
+        assert sorted(message.rcpt_tos) == sorted(
+            ["alice@example.com", "bob@example.org", "carol@example.net"]
+        )
+
+
+async def test_a_scheduler_killed_mid_run_resumes_that_run_without_a_duplicate(
+    make_campaign: CampaignFactory, tmp_path: Path
+) -> None:
+    from .faulty import Faults, FaultyServer
+
+    server = await FaultyServer(Faults(final_delay=0.05, final_delay_times=None)).start()
+    try:
+        addresses = [f"k{i}@example.com" for i in range(40)]
+        path = plain_list_campaign(
+            make_campaign,
+            server.port,
+            addresses,
+            group_size=1,
+            concurrency=1,
+            schedule={"every": "1h"},  # the latest occurrence is within its grace: runs now
+        )
+        first = await start_cli("schedule", str(path), cwd=tmp_path)
+        while len(server.messages) < 5:
+            await asyncio.sleep(0.05)
+        first.kill()
+        await first.wait()
+        second = await start_cli("schedule", str(path), cwd=tmp_path)
+        assert second.stderr is not None
+        line = await asyncio.wait_for(second.stderr.readline(), 30)
+        assert b"goes on" in line, line  # the same run, not a new one
+        while len(set(server.delivered)) < 39:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)
+        second.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(second.communicate(), 60)
+        delivered = server.delivered
+        assert len(delivered) == len(set(delivered))  # nobody twice
+        # At most the one in flight when it was killed is missing: unknown, not resent.
+        assert len(set(addresses) - set(delivered)) <= 1
+        code, out, _ = await run_cli("runs", str(path), cwd=tmp_path)
+        assert code == 0 and len(out.splitlines()) == 2  # one run
+    finally:
+        await server.stop()

@@ -302,7 +302,7 @@ async def test_two_runs_of_one_campaign_are_refused(
     server = await faulty()
     path = make_campaign(host="127.0.0.1", port=server.port, security="none", password=None)
     campaign = await load_campaign(path, env={})
-    async with await Journal.open(journal_path(campaign.state_dir, campaign.source)):
+    async with await Journal.open(journal_path(campaign.state_dir, campaign.id)):
         with pytest.raises(JournalError, match="another run of this campaign is in progress"):
             await run_campaign(campaign)
     assert server.messages == []
@@ -465,3 +465,38 @@ async def test_a_message_over_the_servers_size_stops_the_run_before_anything_is_
     assert "the server accepts at most 2000 (SIZE)" in str(report.fatal)
     assert journal == Counter(pending=6)  # the message's problem, not the recipients'
     assert server.messages == [] and server.mails == 0
+
+
+async def test_a_refusal_of_the_message_itself_leaves_everyone_pending_not_unknown(
+    faulty: Any, make_campaign: CampaignFactory
+) -> None:
+    server = await faulty(data_reply="554 5.7.1 Message refused: sender reputation")
+    report, journal = await send(make_campaign, server.port)
+    assert isinstance(report.fatal, RefusedError) and report.fatal.scope == "sender"
+    assert journal == Counter(pending=6)
+
+
+async def test_a_quota_reply_to_one_rcpt_sends_no_message_to_the_others(
+    faulty: Any, make_campaign: CampaignFactory
+) -> None:
+    # Recipients counted against a quota: the fourth RCPT of the transaction is refused.
+    server = await faulty(rcpt={"r3@example.com": "550 5.4.5 Daily recipient limit exceeded"})
+    report, journal = await send(make_campaign, server.port)
+    assert isinstance(report.fatal, RefusedError)
+    assert server.messages == []  # the accepted ones got no message either
+    assert journal == Counter(pending=6)
+
+
+async def test_a_connection_limit_with_a_short_retry_age_still_finishes(
+    faulty: Any, make_campaign: CampaignFactory
+) -> None:
+    server = await faulty(max_connections=2)
+    report, journal = await send(
+        make_campaign,
+        server.port,
+        recipients=LIST,
+        group_size=1,
+        concurrency=5,
+        retry_max_age=0.5,
+    )
+    assert report.fatal is None and journal == Counter(accepted=40)

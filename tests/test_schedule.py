@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from asyncmailer.run.schedule import Schedule, parse_duration
+from asyncmailer.schedule import Schedule, parse_duration
 
 BERLIN = ZoneInfo("Europe/Berlin")
 

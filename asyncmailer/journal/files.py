@@ -13,9 +13,10 @@ from ..errors import JournalError
 __all__ = ["archive", "journal_path", "lock", "probe_lock"]
 
 
-def journal_path(state_dir: Path, config_path: Path) -> Path:
-    """One journal per campaign file: ``<state_dir>/<config name>.journal.sqlite``."""
-    return state_dir / f"{config_path.name}.journal.sqlite"
+def journal_path(state_dir: Path, campaign_id: str) -> Path:
+    """The journal of a campaign's current run: ``<state_dir>/<campaign id>.journal.sqlite``
+    (the id is the `campaign` key, else the campaign file's name)."""
+    return state_dir / f"{campaign_id}.journal.sqlite"
 
 
 def archive(path: Path) -> Path | None:

@@ -137,7 +137,7 @@ async def run_campaign(
             personalizer = await prepare_personalizer(campaign)
         report = CampaignReport()
         if ledger is None:
-            path = journal_path(campaign.state_dir, campaign.source)
+            path = journal_path(campaign.state_dir, campaign.id)
             report.journal = path
             ledger = await stack.enter_async_context(
                 await Journal.open(

@@ -18,7 +18,7 @@ from ..observer import Observer
 from ..results import CampaignReport, RecipientResult, Status
 from ..transport import Connection, Envelope, Transaction, Transport
 from .limits import DailyQuota, MessageLimit, Pause, RateLimiter
-from .policy import MAX_RETRY_DELAY, Retry, decide, stops_the_run
+from .policy import MAX_RETRY_DELAY, Retry, decide, stops_the_run, unsent
 from .scheduler import LoadState, Scheduler
 
 if TYPE_CHECKING:  # jinja2 is imported only by campaigns that personalise (start-up time)
@@ -157,7 +157,7 @@ class Dispatcher:
             self._fatal(err)
             return False
         delay = min(self.retry.delay * 2 ** (failures - 1), MAX_RETRY_DELAY)
-        if time.time() + delay > self.retry.deadline:
+        if alone and time.time() + delay > self.retry.deadline:
             self._fatal(err)
             return False
         waiters = [
@@ -172,9 +172,14 @@ class Dispatcher:
         return not self.stop.is_set()
 
     async def _refused(self, item: WorkItem, refusal: RefusedError) -> None:
-        """The server refused the sender or the session: the recipients stay as they were.
-        A permanent refusal stops the run; a temporary one may pause it (`Pause`)."""
-        await self._give_back(item)
+        """The server refused the sender or the session: the recipients go back to pending,
+        untried (also past DATA: the server answered the final "." with the refusal, so the
+        message was not taken). A permanent refusal stops the run; a temporary one may pause
+        it (`Pause`)."""
+        self.scheduler.done()
+        self.limit.started -= 1
+        self.quota.give_back(len(item.recipients))
+        self.ledger.record(unsent(item, f"not sent: {refusal}"))
         if not refusal.temporary:
             self._fatal(refusal)
             return

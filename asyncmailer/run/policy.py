@@ -14,7 +14,7 @@ from ..errors import ConnectError
 from ..ledger import NEVER, Decision, JournalState, WorkItem
 from ..results import RecipientResult, Status
 
-__all__ = ["MAX_RETRY_DELAY", "Retry", "decide", "stops_the_run"]
+__all__ = ["MAX_RETRY_DELAY", "Retry", "decide", "stops_the_run", "unsent"]
 
 MAX_RETRY_DELAY = 300.0
 _STATE = {status: JournalState(status.value) for status in Status}
@@ -67,6 +67,13 @@ def decide(item: WorkItem, results: Sequence[RecipientResult], retry: Retry) -> 
                 next_try = NEVER if when is None else when
         decisions.append(Decision(state, result.code, result.message, tried, now, next_try, row_id))
     return decisions
+
+
+def unsent(item: WorkItem, note: str) -> list[Decision]:
+    """The item's rows back to pending, no try counted: the transaction did not happen as
+    far as its recipients are concerned (the sender or the session was refused)."""
+    now = time.time()
+    return [Decision(JournalState.PENDING, None, note, 0, now, 0.0, row_id) for row_id in item.ids]
 
 
 def stops_the_run(err: ConnectError, *, connected: bool) -> bool:

@@ -362,6 +362,13 @@ class Session:
         tx.phase = "before the message was sent"
         start = reader.take() or await reader.read(timeout)
         self._check_421(mail, start)
+        if start.code == SMTPStatus.start_input and tx.accepted and tx.refusal is not None:
+            # The sender or the session was refused: no message may reach those accepted.
+            # After 354 only closing the connection ends the transaction without one.
+            self.abort()
+            tx.connection_lost(RuntimeError("closed: the sender or the session was refused"))
+            tx.failed = True
+            return False
         if start.code == SMTPStatus.start_input and not tx.accepted:
             # RFC 2920 3.1: DATA was accepted though no recipient was; end it empty.
             reader.write(END_OF_DATA)
@@ -390,7 +397,7 @@ class Session:
             self._check_421(reply)
             tx.rcpt(recipient, reply, mail)
         tx.rcpts_done()
-        if not tx.accepted:
+        if not tx.accepted or tx.refusal is not None:
             tx.failed = True
             return False
         tx.phase = "before the message was sent"

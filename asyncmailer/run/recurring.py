@@ -1,0 +1,141 @@
+"""Recurring runs: campaigns sent on their schedules, one run at a time, until stopped.
+
+Each occurrence is a run of its own (its id the scheduled time), unless the campaign's last
+run is unfinished: then that run goes on (a long list under a daily quota is one run over
+several days, not a run a day). An occurrence missed by more than the schedule's grace (the
+machine was off) is skipped and said so; one still running when the next is due is not
+started twice. While it runs, the scheduler holds each campaign's run lock, so a second
+scheduler, or a `send`, of the same campaign is refused, naming who holds it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from ..config import Campaign
+from ..errors import InputError
+from ..journal.runs import RunRecord
+from ..schedule import Occurrence, Schedule
+from .runs import Runs
+
+__all__ = ["Recurring", "RunOnce"]
+
+# Sends one run of a campaign (its record begun), returns the exit code of that send.
+RunOnce = Callable[[Campaign, Runs, RunRecord], Awaitable[int]]
+# The longest wait between two looks at the clock: a changed clock is noticed within it.
+_LOOK_EVERY = 60.0
+
+
+@dataclass(slots=True)
+class _Entry:
+    campaign: Campaign
+    schedule: Schedule
+    runs: Runs
+    since: datetime  # the last occurrence that ran (or the start, less the grace)
+
+
+class Recurring:
+    """Runs `campaigns` on their schedules until `stop` is set or every schedule has ended.
+    `tell` gets one line for each decision (started, resumed, skipped)."""
+
+    def __init__(
+        self,
+        campaigns: Sequence[Campaign],
+        *,
+        run_once: RunOnce,
+        stop: asyncio.Event,
+        tell: Callable[[str], None],
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        for campaign in campaigns:
+            if campaign.schedule is None:
+                raise InputError(
+                    "has no schedule: add schedule: {cron: ...} or {every: ...}",
+                    path=campaign.source,
+                    field="schedule",
+                )
+        self.campaigns = list(campaigns)
+        self.run_once = run_once
+        self.stop = stop
+        self.tell = tell
+        self.clock = clock
+
+    def __repr__(self) -> str:
+        return f"<Recurring campaigns={len(self.campaigns)}>"
+
+    async def run(self) -> int:
+        """Serve until stopped (75, after the run in flight ends: the next start resumes
+        it) or until no schedule has another occurrence (0).
+
+        :raises JournalError: another scheduler or send holds a campaign's run lock.
+        """
+        async with contextlib.AsyncExitStack() as stack:
+            entries = []
+            for campaign in self.campaigns:
+                assert campaign.schedule is not None
+                runs = await stack.enter_async_context(Runs(campaign))
+                entries.append(_Entry(campaign, campaign.schedule, runs, self._since(runs)))
+            while not self.stop.is_set():
+                ran = False
+                for entry in entries:
+                    code = await self._serve(entry)
+                    if code is not None:
+                        ran = True
+                        if self.stop.is_set():
+                            return 75
+                if ran:
+                    continue
+                upcoming = [o for e in entries if (o := self._next(e)) is not None]
+                if not upcoming:
+                    self.tell("no schedule has another occurrence: done")
+                    return 0
+                wait = (min(o.at for o in upcoming) - self.clock()).total_seconds()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stop.wait(), max(0.0, min(wait, _LOOK_EVERY)))
+        return 75
+
+    def _since(self, runs: Runs) -> datetime:
+        """Where to look for occurrences from: the last finished scheduled run's time, else
+        now less the grace (an occurrence just missed, or one whose run was cut off, runs)."""
+        for record in reversed(runs.runs):
+            if record.scheduled is not None and record.finished:
+                return datetime.fromisoformat(record.scheduled.replace("Z", "+00:00"))
+        assert runs.campaign.schedule is not None
+        return self.clock() - _grace(runs.campaign.schedule)
+
+    def _next(self, entry: _Entry) -> Occurrence | None:
+        return next(iter(entry.schedule.after(max(entry.since, self.clock()))), None)
+
+    async def _serve(self, entry: _Entry) -> int | None:
+        """Run the occurrence due now, if any: the exit code of its send, or None."""
+        now = self.clock()
+        done = frozenset(r.id for r in entry.runs.runs if r.finished)
+        current, missed = entry.schedule.due(now, since=entry.since, done=done)
+        for occurrence in missed:
+            self.tell(
+                f"{entry.campaign.id}: skipped the occurrence of "
+                f"{occurrence.at:%Y-%m-%d %H:%M:%S} UTC: missed by more than its grace"
+            )
+            entry.since = max(entry.since, occurrence.at)
+        if current is None:
+            return None
+        latest = entry.runs.latest
+        record = await entry.runs.begin(occurrence=current)
+        if latest is None or record.id != latest.id:
+            shown = ""
+            if latest is not None and entry.runs.changed:
+                shown = f" (changed since run {latest.id}: {', '.join(entry.runs.changed)})"
+            self.tell(f"{entry.campaign.id}: run {record.id} begins{shown}")
+        else:
+            self.tell(f"{entry.campaign.id}: run {record.id} goes on")
+        code = await self.run_once(entry.campaign, entry.runs, record)
+        entry.since = max(entry.since, current.at)
+        return code
+
+
+def _grace(schedule: Schedule) -> timedelta:
+    return timedelta(seconds=schedule.grace)

@@ -1,0 +1,254 @@
+"""Which run a send belongs to: the unfinished one resumes, a finished one is not sent again
+unasked, an edited campaign is noticed (a fingerprint of each of its parts); and the record
+of each run at its start and end."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import hashlib
+import os
+import socket
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+from ..config import Campaign
+from ..errors import InputError, JournalError, NothingToSendError
+from ..journal.reader import JournalReader
+from ..journal.runs import RunCatalog, RunRecord
+from ..ledger import JournalState
+from ..results import plural
+from ..schedule import Occurrence
+
+__all__ = ["Runs", "fingerprint"]
+
+# What makes a campaign "the same" across runs, by part (the names say what changed).
+_PARTS = ("subject", "message", "attachments", "recipients", "list")
+_LEFT = (JournalState.PENDING, JournalState.DEFERRED, JournalState.INFLIGHT, JournalState.DATA)
+
+
+def _digest(*pieces: object) -> str:
+    return hashlib.sha256(repr(pieces).encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+
+def _file(path: Path | None) -> tuple[object, ...]:
+    """A file by name, size and modification time (not its content: a list may be large)."""
+    if path is None:
+        return ()
+    try:
+        info = path.stat()
+    except OSError:
+        return (path.name, None)
+    return (path.name, info.st_size, info.st_mtime_ns)
+
+
+def fingerprint(campaign: Campaign) -> dict[str, str]:
+    """A digest of each part of the campaign (blocking: it reads the message file)."""
+    attachments: list[tuple[object, ...]] = []
+    if campaign.attachments_dir is not None and campaign.attachments_dir.is_dir():
+        attachments = [_file(p) for p in sorted(campaign.attachments_dir.iterdir())]
+    return {
+        "subject": _digest(campaign.subject, str(campaign.sender)),
+        "message": _digest(campaign.message_file.read_bytes(), campaign.personalize),
+        "attachments": _digest(attachments),
+        "recipients": _digest([str(m) for m in (*campaign.to, *campaign.cc, *campaign.bcc)]),
+        "list": _digest(_file(campaign.recipients_file), campaign.group_size),
+    }
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _when(stamp: str) -> str:
+    return (
+        datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+        .astimezone()
+        .strftime("%Y-%m-%d %H:%M %Z")
+    )
+
+
+class Runs:
+    """The runs of one campaign, for one send or one scheduler: `begin()` names the run this
+    send belongs to (and holds the campaign's run lock until `close()`), `end()` records how
+    it ended."""
+
+    def __init__(self, campaign: Campaign) -> None:
+        self.campaign = campaign
+        self.catalog = RunCatalog(campaign.state_dir, campaign.id)
+        self._lock: int | None = None
+        self._source: str | None = None
+        self._runs: list[RunRecord] = []
+        self.changed: list[str] = []  # what changed since the latest run, as `begin()` saw
+
+    def __repr__(self) -> str:
+        return f"<Runs {self.campaign.id} runs={len(self._runs)}>"
+
+    async def __aenter__(self) -> Runs:
+        await asyncio.to_thread(self._open)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _open(self) -> None:
+        """Take the run lock (a scheduler or a send at a time) and read the catalog.
+
+        :raises JournalError: another send or scheduler holds it (named in the lock file), or
+            the catalog was made for another campaign of the same name.
+        """
+        path = self.catalog.path.with_name(f"{self.catalog.path.name}.lock")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as err:
+            raise JournalError(f"cannot create the run lock: {err.strerror}", path=path) from err
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another run"
+            os.close(fd)
+            raise JournalError(
+                f"this campaign is being sent or scheduled by {holder}; wait for it, or stop it",
+                path=path,
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        self._lock = fd
+        try:
+            self._source, self._runs = self.catalog.load()
+            here = str(self.campaign.source.resolve())
+            if self.campaign.campaign_id is None and self._source not in (None, here):
+                raise JournalError(
+                    f"this state folder holds the runs of another campaign named "
+                    f"{self.campaign.id!r} ({self._source}); give each campaign its own "
+                    "`campaign:` id or state_dir",
+                    path=self.catalog.path,
+                )
+            self._source = self._source or here
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
+
+    @property
+    def runs(self) -> list[RunRecord]:
+        return list(self._runs)
+
+    @property
+    def latest(self) -> RunRecord | None:
+        return self._runs[-1] if self._runs else None
+
+    async def begin(
+        self,
+        *,
+        new_run: bool = False,
+        keep_changes: bool = False,
+        reopen: bool = False,
+        occurrence: Occurrence | None = None,
+    ) -> RunRecord:
+        """The run this send goes to: the latest, when it is unfinished (or `reopen`: to
+        resend unknown or refused recipients); a new one when asked (`new_run`, or a new
+        `occurrence` of a schedule) or when there is none.
+
+        :raises NothingToSendError: the latest run finished, and no new one was asked for.
+        :raises InputError: the latest run is unfinished and the campaign changed since it
+            began (unless `keep_changes`: then the rest goes with the new content).
+        """
+        current = await asyncio.to_thread(fingerprint, self.campaign)
+        latest = self.latest
+        if latest is None and await asyncio.to_thread(self.catalog.journal.exists):
+            latest = await self._adopt(current)  # a journal from before runs existed
+        changed = [p for p in _PARTS if latest and latest.fingerprint.get(p) != current[p]]
+        self.changed = changed
+        if occurrence is not None and latest is not None and latest.id == occurrence.run_id:
+            new_run = False  # this occurrence's run: resume it, whatever its state
+            reopen = reopen or not latest.finished
+        elif occurrence is not None and (latest is None or latest.finished):
+            new_run = True
+        if latest is not None and not new_run:
+            if latest.finished and not reopen:
+                raise NothingToSendError(self._sent_already(latest, changed))
+            if changed and not keep_changes:
+                raise InputError(
+                    f"run {latest.id} of campaign {self.campaign.id} is not finished, and the "
+                    f"campaign changed since it began ({', '.join(changed)}). To send the rest "
+                    "with the new content: add --continue; to start over, sending the new "
+                    "version to everyone: add --new-run",
+                    path=self.campaign.source,
+                )
+            record = replace(latest, ended=None, counts=None, fingerprint=current)
+            await self._save([*self._runs[:-1], record])
+            return record
+        runs = list(self._runs)
+        if latest is not None and await asyncio.to_thread(self.catalog.journal.exists):
+            runs[-1] = await asyncio.to_thread(self.catalog.set_aside, latest)
+        run_id = occurrence.run_id if occurrence else datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        taken = {r.id for r in runs}
+        number = 1
+        while run_id in taken:  # two runs begun in one second
+            number += 1
+            run_id = f"{run_id.split('-')[0]}-{number}"
+        record = RunRecord(
+            id=run_id,
+            started=_now(),
+            journal=self.catalog.journal.name,
+            fingerprint=current,
+            scheduled=occurrence.at.strftime("%Y-%m-%dT%H:%M:%SZ") if occurrence else None,
+        )
+        await self._save([*runs, record])
+        return record
+
+    async def end(self, record: RunRecord, *, stopped: bool) -> RunRecord:
+        """Record how the run ended: finished when no recipient is left to send (and it was
+        not stopped early); its counts either way."""
+        counts = await JournalReader(self.catalog.journal).counts()
+        left = sum(counts[state] for state in _LEFT)
+        done = replace(
+            record,
+            counts={str(state): count for state, count in sorted(counts.items())},
+            ended=_now() if not left and not stopped else None,
+        )
+        await self._save([done if r.id == record.id else r for r in self._runs])
+        return done
+
+    async def _adopt(self, current: dict[str, str]) -> RunRecord:
+        """A journal made before runs were recorded becomes the campaign's first run (its
+        content unknown: taken as the current one)."""
+        counts = await JournalReader(self.catalog.journal).counts()
+        left = sum(counts[state] for state in _LEFT)
+        stamp = datetime.fromtimestamp(self.catalog.journal.stat().st_mtime, UTC)
+        record = RunRecord(
+            id=stamp.strftime("%Y%m%dT%H%M%SZ"),
+            started=stamp.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            journal=self.catalog.journal.name,
+            fingerprint=current,
+            ended=None if left else stamp.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            counts={str(state): count for state, count in counts.items()},
+        )
+        await self._save([record])
+        return record
+
+    async def _save(self, runs: list[RunRecord]) -> None:
+        await asyncio.to_thread(self.catalog.save, self._source, runs)
+        self._runs = runs
+
+    def _sent_already(self, run: RunRecord, changed: list[str]) -> str:
+        counts = run.counts or {}
+        accepted = counts.get(JournalState.ACCEPTED, 0)
+        total = sum(counts.values())
+        sent = (
+            f"campaign {self.campaign.id} was sent on {_when(run.ended or run.started)} "
+            f"(run {run.id}): {accepted:,} of {plural(total, 'recipient')} accepted"
+        )
+        if changed:
+            return (
+                f"{sent}; it changed since ({', '.join(changed)}). To send the new version "
+                "to everyone: add --new-run"
+            )
+        return f"{sent}. Nothing to send; to send it again to everyone: add --new-run"

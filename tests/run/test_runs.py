@@ -1,0 +1,72 @@
+"""Runs of a campaign through the command line: an edited campaign is noticed, an unfinished
+run resumes (or starts over when asked), two campaigns of one file name cannot mix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..conftest import CampaignFactory, ServerFactory, run_cli
+
+
+def list_of_three(make_campaign: CampaignFactory, port: int, tmp_path: Path) -> Path:
+    (tmp_path / "list.txt").write_text("a@example.com\nb@example.com\nc@example.com\n")
+    return make_campaign(port=port, to=None, cc=None, recipients_file="list.txt", group_size=1)
+
+
+async def test_an_unfinished_run_of_an_edited_campaign_stops_and_names_both_ways_on(
+    smtp_server: ServerFactory, make_campaign: CampaignFactory, tmp_path: Path
+) -> None:
+    running = await smtp_server()
+    path = list_of_three(make_campaign, running.server.ssl_port, tmp_path)
+    code, _, err = await run_cli("send", str(path), "--limit", "1", "-q", cwd=tmp_path)
+    assert code == 75, err
+    (tmp_path / "reliances" / "msg.txt").write_text("A new text.\n")
+
+    code, _, err = await run_cli("send", str(path), "-q", cwd=tmp_path)
+    assert code == 2
+    assert "is not finished, and the campaign changed since it began (message)" in err
+    assert "add --continue" in err and "add --new-run" in err
+    assert len(running.messages) == 1  # nothing more went out
+
+    code, _, err = await run_cli("send", str(path), "--continue", "-q", cwd=tmp_path)
+    assert code == 0, err
+    assert sorted(r for m in running.messages for r in m.rcpt_tos) == [
+        "a@example.com",
+        "b@example.com",
+        "c@example.com",
+    ]
+    assert [b"A new text." in m.data for m in running.messages] == [False, True, True]
+
+
+async def test_an_edited_finished_campaign_says_what_changed(
+    smtp_server: ServerFactory, make_campaign: CampaignFactory, tmp_path: Path
+) -> None:
+    running = await smtp_server()
+    path = make_campaign(port=running.server.ssl_port, subject="First")
+    assert (await run_cli("send", str(path), "-q", cwd=tmp_path))[0] == 0
+    path = make_campaign(port=running.server.ssl_port, subject="Second")
+    code, _, err = await run_cli("send", str(path), "-q", cwd=tmp_path)
+    assert code == 4
+    assert "it changed since (subject). To send the new version to everyone: add --new-run" in err
+    assert (await run_cli("send", str(path), "--new-run", "-q", cwd=tmp_path))[0] == 0
+    assert len(running.messages) == 2
+
+
+async def test_two_campaigns_of_one_file_name_in_one_state_folder_do_not_mix(
+    smtp_server: ServerFactory, make_campaign: CampaignFactory, tmp_path: Path
+) -> None:
+    running = await smtp_server()
+    path = make_campaign(port=running.server.ssl_port, state_dir=str(tmp_path / "state"))
+    assert (await run_cli("send", str(path), "-q", cwd=tmp_path))[0] == 0
+    other = tmp_path / "other" / "reliances"
+    other.mkdir(parents=True)
+    twin = other / "config.json"
+    twin.write_text(path.read_text())
+    for name in ("msg.txt", "your_pswd.txt"):
+        (other / name).write_bytes((path.parent / name).read_bytes())
+    (tmp_path / "other" / "files").mkdir()
+    (other / "your_pswd.txt").chmod(0o600)
+    code, _, err = await run_cli("send", str(twin), "-q", cwd=tmp_path)
+    assert code == 2
+    assert "holds the runs of another campaign named 'config.json'" in err
+    assert len(running.messages) == 1
