@@ -17,6 +17,7 @@ import difflib
 import gc
 import json
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -141,6 +142,19 @@ def parseargs(argv: Sequence[str] | None = None) -> argparse.Namespace:
         dest="keep_changes",
         action="store_true",
         help="resume an unfinished run although the campaign changed: the rest get the new content",
+    )
+    send.add_argument(
+        "--retry-refused",
+        action="store_true",
+        help="send again to recipients recorded as refused (for a refusal that was wrong)",
+    )
+    send.add_argument(
+        "--code",
+        action="append",
+        default=[],
+        metavar="CODE",
+        help="with --retry-refused: only those refused with this reply code (550) or "
+        "enhanced code (5.7.1); may be repeated",
     )
     send.add_argument(
         "--resend-unknown",
@@ -324,10 +338,17 @@ async def _send(
     for notice in campaign.notices:
         print(f"asyncmailer: {notice}", file=sys.stderr)
     async with Runs(campaign) as runs:
+        if args.code and not args.retry_refused:
+            raise InputError("--code goes with --retry-refused", field="--code")
+        for code in args.code:
+            if not re.fullmatch(r"[245]\d\d|[245]\.\d{1,3}\.\d{1,3}", code):
+                raise InputError(
+                    f"expected a reply code like 550 or 5.7.1, got {code[:20]!r}", field="--code"
+                )
         record = await runs.begin(
             new_run=args.new_run or args.restart,
             keep_changes=args.keep_changes,
-            reopen=args.resend_unknown,
+            reopen=args.resend_unknown or args.retry_refused,
         )
         earlier = runs.runs[:-1]
         if (args.new_run or args.restart) and earlier:
@@ -370,7 +391,12 @@ async def _run_once(
         per_recipient=campaign.recipients_file is None,
         quiet=args.quiet,
     )
-    options = RunOptions(resend_unknown=args.resend_unknown, limit=args.limit)
+    options = RunOptions(
+        resend_unknown=args.resend_unknown,
+        limit=args.limit,
+        retry_refused=args.retry_refused,
+        retry_codes=tuple(args.code),
+    )
     try:
         with signals.covering(options.stop) if signals else _SignalStop(options.stop):
             async with contextlib.AsyncExitStack() as files:
@@ -679,7 +705,14 @@ async def schedule_command(args: argparse.Namespace, *, out: TextIO = sys.stdout
         if args.state_dir is not None:
             campaign = dataclasses.replace(campaign, state_dir=args.state_dir)
         campaigns.append(campaign)
-    run_args = argparse.Namespace(report=None, quiet=args.quiet, limit=None, resend_unknown=False)
+    run_args = argparse.Namespace(
+        report=None,
+        quiet=args.quiet,
+        limit=None,
+        resend_unknown=False,
+        retry_refused=False,
+        code=[],
+    )
     stop = asyncio.Event()
 
     def tell(line: str) -> None:

@@ -500,3 +500,27 @@ async def test_a_connection_limit_with_a_short_retry_age_still_finishes(
         retry_max_age=0.5,
     )
     assert report.fatal is None and journal == Counter(accepted=40)
+
+
+async def test_retry_refused_sends_again_to_those_refused_with_the_named_code(
+    faulty: Any, make_campaign: CampaignFactory, tmp_path: Path
+) -> None:
+    from .conftest import run_cli
+
+    server = await faulty(
+        rcpt={
+            "r1@example.com": "550 5.7.1 Relaying denied",
+            "r2@example.com": "550 5.1.1 No such user",
+        }
+    )
+    path = plain_list_campaign(make_campaign, server.port, RECIPIENTS, **FAST)
+    code, _, err = await run_cli("send", str(path), "-q", cwd=tmp_path)
+    assert code == 1, err
+    server.faults.rcpt = {}  # the relay was fixed
+    code, _, err = await run_cli(
+        "send", str(path), "--retry-refused", "--code", "5.7.1", "-q", cwd=tmp_path
+    )
+    assert code == 1, err  # r2 stays refused: it was not asked for
+    assert sorted(server.delivered) == sorted(r for r in RECIPIENTS if r != "r2@example.com")
+    code, _, err = await run_cli("send", str(path), "--code", "550", "-q", cwd=tmp_path)
+    assert code == 2 and "--code goes with --retry-refused" in err

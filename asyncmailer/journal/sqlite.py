@@ -453,6 +453,28 @@ class Journal:
 
         await self._call(release)
 
+    async def requeue_refused(self, codes: Sequence[str] = ()) -> int:
+        """Make refused recipients pending again (only those refused with one of `codes`:
+        reply codes like ``550``, or enhanced codes like ``5.7.1`` that the server's text
+        begins with). Returns how many."""
+        basic = [int(c) for c in codes if c.isdigit()]
+        enhanced = [c for c in codes if not c.isdigit()]
+
+        def requeue(db: sqlite3.Connection) -> int:
+            sql = "UPDATE recipients SET state = ?, next_try = 0, run_attempts = 0 WHERE state = ?"
+            params: list[object] = [JournalState.PENDING, JournalState.REFUSED]
+            if codes:
+                tests = ["code = ?"] * len(basic) + ["message = ? OR message LIKE ?"] * len(
+                    enhanced
+                )
+                sql += " AND (" + " OR ".join(tests) + ")"
+                params += basic
+                for code in enhanced:
+                    params += [code, code + " %"]
+            return db.execute(sql, params).rowcount
+
+        return await self._call(requeue)
+
     async def sent_on(self, day: str) -> int:
         """How many recipients were tried on `day` (YYYY-MM-DD), for the daily quota."""
         return await self._call(lambda db: _meta(db, f"sent:{day}"))

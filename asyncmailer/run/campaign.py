@@ -49,6 +49,9 @@ class RunOptions:
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     local_hostname: str | None = None
     limit: int | None = None  # at most this many messages in this run
+    # Send again to recipients recorded as refused (with one of these codes, when given).
+    retry_refused: bool = False
+    retry_codes: tuple[str, ...] = ()
     # List rows read into the ledger before sending starts, then per ledger write.
     first_batch: int = FIRST_BATCH
     load_batch: int = LOAD_BATCH
@@ -157,6 +160,8 @@ async def run_campaign(
         await loader.start()
         try:
             await ledger.start_run(resend_unknown=options.resend_unknown)
+            if options.retry_refused:
+                await ledger.requeue_refused(options.retry_codes)
             counts = await ledger.counts()
             expected = counts[JournalState.PENDING] + counts[JournalState.DEFERRED]
             await observer.started(None if loader.reading else expected + len(loader.bad))
