@@ -384,6 +384,11 @@ async def _run_once(
             f"({server.security.value}{login})",
             file=sys.stderr,
         )
+        if campaign.list_unsubscribe is not None and campaign.list_unsubscribe.personal:
+            print(
+                "asyncmailer: one recipient per message: each carries its own unsubscribe link",
+                file=sys.stderr,
+            )
     full = ReportWriter(_partial(args.report)) if args.report else None
     observer = ConsoleObserver(
         writer=writer,

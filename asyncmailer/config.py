@@ -28,6 +28,7 @@ from .addresses import Mailbox, check_header_value, dedupe, parse_address_list, 
 from .errors import ConfigError
 from .schedule import Schedule, parse_duration, zone
 from .textfiles import read_secret, read_text
+from .unsubscribe import EMAIL, TOKEN, ListUnsubscribe
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -139,6 +140,9 @@ class Campaign:
     retry_max_age: float = 1800.0
     daily_quota: int = 0
     journal_sync: JournalSync = JournalSync.FULL
+    reply_to: tuple[Mailbox, ...] = ()
+    headers: tuple[tuple[str, str], ...] = ()
+    list_unsubscribe: ListUnsubscribe | None = None
     campaign_id: str | None = None
     schedule: Schedule | None = None
     notices: tuple[str, ...] = ()
@@ -408,6 +412,25 @@ class _Fields:
         except ValueError as err:
             raise self.error(key, str(err)) from None
 
+    def get_headers(self, key: str) -> tuple[tuple[str, str], ...]:
+        value = self.data.get(key)
+        if value is None:
+            return ()
+        if not isinstance(value, dict):
+            raise self.error(key, "expected a mapping of header names to values")
+        headers = []
+        for name, text in value.items():
+            if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
+                raise self.error(key, f"{_quote(name)} is not a header name (RFC 5322)")
+            if name.lower() in _OWN_HEADERS or name.lower().startswith("content-"):
+                raise self.error(key, f"{name}: asyncmailer writes this header itself")
+            if not isinstance(text, str):
+                raise self.error(key, f"{name}: expected a string, got {_describe(text)}")
+            if problem := check_header_value(text):
+                raise self.error(key, f"{name}: {problem}")
+            headers.append((name, text))
+        return tuple(headers)
+
     def get_path(self, key: str, root: Path, default: str | None = None) -> Path | None:
         value = self.get_str(key, default)
         if not value:
@@ -481,6 +504,11 @@ KNOWN_KEYS: dict[str, str] = {
     "plus one per 64 KiB of message",
     "state_dir": "folder for the campaign journal (default .asyncmailer beside reliances/)",
     "campaign": "the campaign's id: names its journal and runs (default: the file's name)",
+    "reply_to": "Reply-To address(es): comma-separated string or list",
+    "headers": "extra headers: a mapping of name to value (X-Campaign: november)",
+    "list_unsubscribe": "{url: https://..., mailto: address, key_file: file}: List-Unsubscribe "
+    "(and one-click List-Unsubscribe-Post with a URL); {{ unsubscribe_token }} and "
+    "{{ email }} in the URL are each recipient's",
     "schedule": "recurring runs: {cron: '0 9 * * MON', timezone: Europe/Berlin, grace: 1h, "
     "until: 2027-01-01} or {every: 15m}, for `asyncmailer schedule`",
     "retry_attempts": "tries per recipient in one run on temporary failures (default 5)",
@@ -518,6 +546,71 @@ def campaign_root(config_path: Path) -> Path:
     """
     parent = Path(os.path.abspath(config_path)).parent
     return parent.parent if parent.name == _LEGACY_FOLDER else parent
+
+
+UNSUBSCRIBE_KEY_ENV = "ASYNCMAILER_UNSUBSCRIBE_KEY"
+_HEADER_NAME = re.compile(r"[!-9;-~]{1,76}")  # RFC 5322 ftext: printable ASCII but ':'
+# Headers asyncmailer writes itself: a campaign may not set them through `headers`.
+_OWN_HEADERS = {
+    "from",
+    "to",
+    "cc",
+    "bcc",
+    "date",
+    "message-id",
+    "subject",
+    "reply-to",
+    "sender",
+    "mime-version",
+    "list-unsubscribe",
+    "list-unsubscribe-post",
+    "dkim-signature",
+}
+
+
+async def _list_unsubscribe(
+    fields: _Fields, root: Path, env: Mapping[str, str]
+) -> ListUnsubscribe | None:
+    value = fields.data.get("list_unsubscribe")
+    if value is None:
+        return None
+    key = "list_unsubscribe"
+    if not isinstance(value, dict) or not value or not set(value) <= {"url", "mailto", "key_file"}:
+        raise fields.error(key, "expected a mapping of url and/or mailto, and key_file")
+    url, mailto = value.get("url"), value.get("mailto")
+    if url is not None:
+        if not isinstance(url, str) or not url.startswith("https://") or not url.isascii():
+            raise fields.error(key, f"url: expected an https:// URL in ASCII, got {_quote(url)}")
+        bare = url.replace(TOKEN, "").replace(EMAIL, "")
+        if check_header_value(bare) or " " in bare:
+            raise fields.error(key, "url: contains a space, line break or control character")
+    if mailto is not None:
+        if not isinstance(mailto, str):
+            raise fields.error(key, f"mailto: expected an address, got {_describe(mailto)}")
+        try:
+            mailto = parse_mailbox(mailto).addr
+        except ValueError as err:
+            raise fields.error(key, f"mailto: {err}") from None
+        if not mailto.isascii():
+            raise fields.error(key, "mailto: the address must be ASCII")
+    secret = b""
+    needs_key = mailto is not None or (url is not None and TOKEN in url)
+    if env.get(UNSUBSCRIBE_KEY_ENV):
+        secret = env[UNSUBSCRIBE_KEY_ENV].encode("utf-8", "surrogateescape")
+    elif value.get("key_file") is not None:
+        path = value["key_file"]
+        if not isinstance(path, str):
+            raise fields.error(key, f"key_file: expected a file name, got {_describe(path)}")
+        found = Path(path).expanduser()
+        text, _ = await read_secret(found if found.is_absolute() else root / found, "key file")
+        secret = text.encode("utf-8")
+    if needs_key and len(secret) < 16:
+        raise fields.error(
+            key,
+            f"signing unsubscribe tokens needs a key of 16 characters or more: key_file, or "
+            f"{UNSUBSCRIBE_KEY_ENV}",
+        )
+    return ListUnsubscribe(url=url, mailto=mailto, key=secret)
 
 
 async def _regular_file(fields: _Fields, key: str, path: Path) -> None:
@@ -575,6 +668,20 @@ async def load_campaign(
     to = fields.get_addresses("to")
     cc = fields.get_addresses("cc")
     bcc = fields.get_addresses("bcc")
+    unsubscribe = await _list_unsubscribe(fields, root, env)
+    if unsubscribe is not None and unsubscribe.personal:
+        if fields.present("group_size") and fields.get_int("group_size", 1, 1, 10000) != 1:
+            raise fields.error(
+                "group_size",
+                "must be 1 with a per-recipient List-Unsubscribe: each message carries its "
+                "recipient's own link",
+            )
+        if to or cc or bcc:
+            raise fields.error(
+                "list_unsubscribe",
+                "a per-recipient link cannot go to to, cc or bcc (they share one message): "
+                "put them in the list",
+            )
     recipients_file = fields.get_path("recipients_file", root)
     if recipients_file is not None:
         await _regular_file(fields, "recipients_file", recipients_file)
@@ -623,7 +730,12 @@ async def load_campaign(
         recipients_file=recipients_file,
         recipients_column=fields.get_str("recipients_column", "email") or "email",
         name_column=fields.get_str("name_column", "name") or "name",
-        group_size=1 if personalize else fields.get_int("group_size", DEFAULT_GROUP_SIZE, 1, 10000),
+        group_size=1
+        if personalize or (unsubscribe is not None and unsubscribe.personal)
+        else fields.get_int("group_size", DEFAULT_GROUP_SIZE, 1, 10000),
+        reply_to=fields.get_addresses("reply_to"),
+        headers=fields.get_headers("headers"),
+        list_unsubscribe=unsubscribe,
         personalize=personalize,
         rate=fields.get_rate("rate"),
         max_connections=fields.get_int("max_connections", 0, 1, 1000)

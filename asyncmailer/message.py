@@ -28,6 +28,7 @@ from .addresses import ATOM, Mailbox
 from .attachments import Attachment, Part, Spooled, check_filename, spool
 from .errors import InputError
 from .textfiles import read_text
+from .unsubscribe import ListUnsubscribe
 
 __all__ = [
     "END_OF_DATA",
@@ -149,9 +150,19 @@ class MessageTemplate:
         body: str,
         attachments: Sequence[Attachment] = (),
         personal: bool = False,
+        reply_to: Sequence[Mailbox] = (),
+        headers: Sequence[tuple[str, str]] = (),
+        list_unsubscribe: ListUnsubscribe | None = None,
     ) -> None:
         self.sender = sender
         self.personal = personal
+        self._unsubscribe = list_unsubscribe
+        # The same for every message unless it carries each recipient's own link.
+        self._unsubscribe_header = (
+            list_unsubscribe.header("")
+            if list_unsubscribe is not None and not list_unsubscribe.personal
+            else b""
+        )
         mime = EmailMessage(policy=POLICY)
         if personal:
             mime.set_content(_TEXT_MARK, charset="utf-8", cte="quoted-printable")
@@ -171,8 +182,16 @@ class MessageTemplate:
         serialised = mime.as_bytes(policy=POLICY)
         mime_headers, _, mime_body = serialised.partition(b"\r\n\r\n")
         subject_header = b"" if personal else _subject(subject)
+        extra = b"".join(_fold(name, value) for name, value in headers)
+        if reply_to:
+            extra = _address_header("Reply-To", reply_to) + extra
         shared = prepare_data(
-            _fold("From", str(sender)) + subject_header + mime_headers + b"\r\n\r\n" + mime_body,
+            _fold("From", str(sender))
+            + subject_header
+            + extra
+            + mime_headers
+            + b"\r\n\r\n"
+            + mime_body,
             terminate=False,
         )
         self._spooled: list[Spooled] = []
@@ -261,6 +280,11 @@ class MessageTemplate:
         head.append(_address_header("To", to) if to else b"To: undisclosed-recipients:;\r\n")
         if cc:
             head.append(_address_header("Cc", cc))
+        if self._unsubscribe is not None:
+            if self._unsubscribe_header:
+                head.append(self._unsubscribe_header)
+            else:  # each recipient's own link: one recipient per message (config sees to it)
+                head.append(self._unsubscribe.header(to[0].addr))
         if not self.personal:
             # Header lines made here end in CRLF and never start with "." (they start with a
             # name, or with white space when folded): nothing to normalise or stuff.

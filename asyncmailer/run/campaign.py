@@ -74,6 +74,9 @@ async def prepare_message(campaign: Campaign) -> MessageTemplate:
         body=body,
         attachments=attachments,
         personal=campaign.personalize,
+        reply_to=campaign.reply_to,
+        headers=campaign.headers,
+        list_unsubscribe=campaign.list_unsubscribe,
     )
 
 
