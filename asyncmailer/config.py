@@ -26,6 +26,7 @@ import aiofiles.os
 
 from .addresses import Mailbox, check_header_value, dedupe, parse_address_list, parse_mailbox
 from .errors import ConfigError
+from .html_body import HTML, MARKDOWN
 from .schedule import Schedule, parse_duration, zone
 from .textfiles import read_secret, read_text
 from .unsubscribe import EMAIL, TOKEN, ListUnsubscribe
@@ -124,6 +125,7 @@ class Campaign:
     bcc: tuple[Mailbox, ...]
     message_file: Path
     attachments_dir: Path | None
+    text_file: Path | None = None
     server: ServerSettings
     follow_symlinks: bool = False
     concurrency: int = 4
@@ -146,6 +148,12 @@ class Campaign:
     campaign_id: str | None = None
     schedule: Schedule | None = None
     notices: tuple[str, ...] = ()
+
+    @property
+    def html(self) -> bool:
+        """The message file is HTML (.html, .htm) or Markdown (.md): sent with a text
+        alternative."""
+        return self.message_file.suffix.lower() in (*HTML, *MARKDOWN)
 
     @property
     def id(self) -> str:
@@ -474,7 +482,8 @@ KNOWN_KEYS: dict[str, str] = {
     "to": "recipients: comma-separated string or list",
     "cc": "copy recipients: comma-separated string or list",
     "bcc": "blind-copy recipients (envelope only, never a header)",
-    "file_with_message": "the text body file (UTF-8)",
+    "file_with_message": "the message file (UTF-8): .txt text, .html or .md (Markdown) HTML",
+    "text_file": "with an HTML message: its text alternative (default: made from the HTML)",
     "attachments": "folder whose regular files are attached (empty or missing key: none)",
     "follow_symlinks": "attach what links in the attachments folder lead to, also outside it "
     "(default false: such a link is an error)",
@@ -707,6 +716,11 @@ async def load_campaign(
     if message_file is None:
         raise fields.error("file_with_message", "required: the file with the message text")
     await _regular_file(fields, "file_with_message", message_file)
+    text_file = fields.get_path("text_file", root)
+    if text_file is not None:
+        if message_file.suffix.lower() not in (*HTML, *MARKDOWN):
+            raise fields.error("text_file", "goes with an HTML or Markdown file_with_message")
+        await _regular_file(fields, "text_file", text_file)
 
     attachments_dir = fields.get_path("attachments", root)
     if attachments_dir is not None and not await aiofiles.os.path.isdir(attachments_dir):
@@ -724,6 +738,7 @@ async def load_campaign(
         bcc=bcc,
         message_file=message_file,
         attachments_dir=attachments_dir,
+        text_file=text_file,
         follow_symlinks=fields.get_bool("follow_symlinks", False),
         server=server,
         concurrency=fields.get_int("concurrency", 4, 1, 1000),

@@ -21,8 +21,9 @@ from email import quoprimime
 from email.header import Header
 from email.message import EmailMessage
 from email.utils import format_datetime
+from enum import Enum
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from .addresses import ATOM, Mailbox
 from .attachments import Attachment, Part, Spooled, check_filename, spool
@@ -119,6 +120,7 @@ def _subject(subject: str) -> bytes:
 
 _TEXT_MARK = "ASYNCMAILER-TEXT-PART-f3b1c2d4"  # stands for the text while the tree is built
 _ATTACHMENT_MARK = "ASYNCMAILER-ATTACHMENT-9c2e"  # and for each attachment's body
+_HTML_MARK = "ASYNCMAILER-HTML-PART-7a41e09b"  # and for a personal HTML part
 
 
 def _encode_text(text: str) -> bytes:
@@ -153,9 +155,12 @@ class MessageTemplate:
         reply_to: Sequence[Mailbox] = (),
         headers: Sequence[tuple[str, str]] = (),
         list_unsubscribe: ListUnsubscribe | None = None,
+        html: str | None = None,
+        images: Sequence[Attachment] = (),
     ) -> None:
         self.sender = sender
         self.personal = personal
+        self.html = html is not None
         self._unsubscribe = list_unsubscribe
         # The same for every message unless it carries each recipient's own link.
         self._unsubscribe_header = (
@@ -168,6 +173,25 @@ class MessageTemplate:
             mime.set_content(_TEXT_MARK, charset="utf-8", cte="quoted-printable")
         else:
             mime.set_content(body, charset="utf-8")
+        if html is not None:
+            # multipart/alternative: the text first, the HTML last (the one clients prefer);
+            # its images beside it in multipart/related, each by its Content-ID.
+            if personal:
+                mime.add_alternative(_HTML_MARK, subtype="html", cte="quoted-printable")
+            else:
+                mime.add_alternative(html, subtype="html", charset="utf-8")
+            html_part = cast(EmailMessage, list(mime.iter_parts())[-1])
+            for image in images:
+                check_filename(image.filename, image.source or Path(image.filename))
+                maintype, _, subtype = image.content_type.partition("/")
+                html_part.add_related(
+                    image.data,
+                    maintype=maintype,
+                    subtype=subtype,
+                    cid=f"<{image.filename}>",
+                    disposition="inline",
+                    filename=image.filename,
+                )
         # Each attachment goes into the tree as a stand-in, replaced by its encoded body once
         # the tree is serialised: a large one is never in memory whole (`attachments.spool`).
         marks = []
@@ -207,14 +231,16 @@ class MessageTemplate:
             self.close()
             raise
         pieces.append(rest)
-        if personal:
-            text_mark = _TEXT_MARK.encode("ascii") + b"\r\n"
-            at = next(i for i, p in enumerate(pieces) if isinstance(p, bytes) and text_mark in p)
-            before, _, after = cast(bytes, pieces[at]).partition(text_mark)
-            self._shared = _joined([*pieces[:at], before])
-            self._after_text = _joined([after, *pieces[at + 1 :]])
-        else:
-            self._shared, self._after_text = _joined(pieces), ()
+        # A personal template's layout: the shared bytes with a slot for each text made per
+        # message (the text, and the HTML when there is one).
+        slots = [(_TEXT_MARK, _Slot.TEXT)] + ([(_HTML_MARK, _Slot.HTML)] if html else [])
+        layout: list[Part | _Slot] = list(pieces)
+        for stand_in, slot in slots if personal else []:
+            marker = stand_in.encode("ascii") + b"\r\n"
+            at = next(i for i, p in enumerate(layout) if isinstance(p, bytes) and marker in p)
+            before, _, after = cast(bytes, layout[at]).partition(marker)
+            layout[at : at + 1] = [before, slot, after]
+        self._shared = _joined(layout)
         self._msgid_domain = sender.domain
         self._date_second = -1
         self._date_header = b""
@@ -264,6 +290,7 @@ class MessageTemplate:
         message_id: str | None = None,
         subject: str | None = None,
         text: str | None = None,
+        html: str | None = None,
     ) -> tuple[Part, ...]:
         """The message for one transaction as parts (its own headers, then the shared bytes,
         and for a personal template its encoded `text` and the bytes after it), dot-stuffed
@@ -271,7 +298,8 @@ class MessageTemplate:
 
         Writing the parts one after the other sends the message; the shared parts, with every
         attachment, are never copied. Bcc recipients are never written here. A personal
-        template needs `subject` (already checked for line breaks) and `text`.
+        template needs `subject` (already checked for line breaks) and `text`, and `html`
+        when it has HTML.
         """
         head = [
             self._date(),
@@ -292,17 +320,31 @@ class MessageTemplate:
                 return b"".join(head), self._shared[0]
             return (b"".join(head), *self._shared)
         assert subject is not None and text is not None, "a personal template needs both"
+        assert html is not None or not self.html, "and its HTML, when it has one"
         head.append(_subject(subject))
-        return (b"".join(head), *self._shared, _encode_text(text), *self._after_text)
+        made = {_Slot.TEXT: _encode_text(text)}
+        if html is not None:
+            made[_Slot.HTML] = _encode_text(html)
+        return (
+            b"".join(head),
+            *(made[p] if isinstance(p, _Slot) else p for p in self._shared),
+        )
 
 
-def _joined(pieces: Sequence[Part]) -> tuple[Part, ...]:
-    """Consecutive bytes joined into one; spooled attachments stay apart."""
-    parts: list[Part] = []
+class _Slot(Enum):
+    """Where a personal template's per-message text goes."""
+
+    TEXT = "text"
+    HTML = "html"
+
+
+def _joined(pieces: Sequence[Any]) -> tuple[Any, ...]:
+    """Consecutive bytes joined into one; spooled attachments and slots stay apart."""
+    parts: list[Any] = []
     for piece in pieces:
         if isinstance(piece, bytes) and parts and isinstance(parts[-1], bytes):
             parts[-1] += piece
-        elif not isinstance(piece, bytes) or piece or not parts:
+        else:
             parts.append(piece)
     return tuple(parts)
 

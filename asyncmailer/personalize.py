@@ -28,26 +28,52 @@ BUILT_IN_FIELDS = ("email", "name", "row")
 class Personalizer:
     """The campaign's subject and body templates, compiled once."""
 
-    def __init__(self, *, subject: str, body: str, config: Path, body_file: Path) -> None:
+    def __init__(
+        self,
+        *,
+        subject: str,
+        body: str,
+        config: Path,
+        body_file: Path,
+        html: str | None = None,
+    ) -> None:
         """:raises InputError: a template does not parse (names the file, line and key)."""
         self._env = SandboxedEnvironment(
             undefined=StrictUndefined, keep_trailing_newline=True, autoescape=False
         )
+        # In HTML a row's values are escaped: a name like "<b>" is shown, not obeyed.
+        self._html_env = SandboxedEnvironment(
+            undefined=StrictUndefined, keep_trailing_newline=True, autoescape=True
+        )
         self._names: dict[str, tuple[Path, set[str]]] = {}
         self._subject = self._compile(subject, "subject", config, "subject")
         self._body = self._compile(body, "body", body_file, "file_with_message")
+        self._html = (
+            self._compile(html, "body", body_file, "file_with_message", self._html_env)
+            if html is not None
+            else None
+        )
 
-    def _compile(self, source: str, kind: str, path: Path, key: str) -> Template:
+    def _compile(
+        self,
+        source: str,
+        kind: str,
+        path: Path,
+        key: str,
+        env: SandboxedEnvironment | None = None,
+    ) -> Template:
+        env = env or self._env
         try:
-            tree = self._env.parse(source)
+            tree = env.parse(source)
         except TemplateSyntaxError as err:
             # The subject's own line in the config is not known here; the body's line is.
             line = err.lineno if kind == "body" else None
             raise InputError(
                 f"template error: {err.message}", path=path, line=line, field=key
             ) from None
-        self._names[key] = (path, set(meta.find_undeclared_variables(tree)))
-        return self._env.from_string(source)
+        found = set(meta.find_undeclared_variables(tree))
+        self._names[key] = (path, self._names.get(key, (path, set()))[1] | found)
+        return env.from_string(source)
 
     def check_fields(self, columns: Collection[str], list_file: Path) -> None:
         """Refuse templates that use a name the list does not have, before anything is sent.
@@ -83,6 +109,12 @@ class Personalizer:
     def body(self, context: Mapping[str, object]) -> str:
         """:raises ValueError: the body cannot be rendered for this row."""
         return self._render(self._body, context)
+
+    def html(self, context: Mapping[str, object]) -> str | None:
+        """The HTML for one row (None: the message has none).
+
+        :raises ValueError: it cannot be rendered for this row."""
+        return self._render(self._html, context) if self._html is not None else None
 
     @staticmethod
     def _render(template: Template, context: Mapping[str, object]) -> str:

@@ -14,8 +14,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ..attachments import load_attachments
+from ..attachments import Attachment, load_attachments
 from ..config import Campaign, Security
+from ..html_body import MARKDOWN, inline_images, render_markdown
+from ..html_text import html_to_text
 from ..journal.files import journal_path
 from ..journal.sqlite import Journal
 from ..ledger import JournalState, Ledger
@@ -62,7 +64,7 @@ async def prepare_message(campaign: Campaign) -> MessageTemplate:
 
     :raises InputError: the message file or an attachment cannot be read or is not UTF-8.
     """
-    body = await load_body(campaign.message_file)
+    body, html, images = await load_bodies(campaign)
     attachments = await load_attachments(
         campaign.attachments_dir, follow_symlinks=campaign.follow_symlinks
     )
@@ -77,7 +79,28 @@ async def prepare_message(campaign: Campaign) -> MessageTemplate:
         reply_to=campaign.reply_to,
         headers=campaign.headers,
         list_unsubscribe=campaign.list_unsubscribe,
+        html=html,
+        images=images,
     )
+
+
+async def load_bodies(campaign: Campaign) -> tuple[str, str | None, list[Attachment]]:
+    """The message's text, its HTML (None for a text message) and the HTML's images.
+
+    :raises InputError: a file cannot be read, or an image the HTML shows is missing.
+    """
+    source = await load_body(campaign.message_file)
+    if not campaign.html:
+        return source, None, []
+    html = source
+    if campaign.message_file.suffix.lower() in MARKDOWN:
+        html = render_markdown(source, campaign.subject)
+    html, images = await inline_images(html, campaign.message_file.parent)
+    if campaign.text_file is not None:
+        text = await load_body(campaign.text_file)
+    else:
+        text = html_to_text(html)
+    return text, html, images
 
 
 async def prepare_personalizer(campaign: Campaign) -> Personalizer | None:
@@ -89,9 +112,11 @@ async def prepare_personalizer(campaign: Campaign) -> Personalizer | None:
         return None
     from ..personalize import Personalizer
 
+    text, html, _ = await load_bodies(campaign)
     return Personalizer(
         subject=campaign.subject,
-        body=await load_body(campaign.message_file),
+        body=text,
+        html=html,
         config=campaign.source,
         body_file=campaign.message_file,
     )

@@ -236,6 +236,7 @@ class Dispatcher:
             message_id=item.message_id,
             subject=personalizer.subject(context),
             text=personalizer.body(context),
+            html=personalizer.html(context),
         )
         return Transaction(envelope, parts)
 

@@ -50,7 +50,9 @@ def fingerprint(campaign: Campaign) -> dict[str, str]:
         attachments = [_file(p) for p in sorted(campaign.attachments_dir.iterdir())]
     return {
         "subject": _digest(campaign.subject, str(campaign.sender)),
-        "message": _digest(campaign.message_file.read_bytes(), campaign.personalize),
+        "message": _digest(
+            campaign.message_file.read_bytes(), _file(campaign.text_file), campaign.personalize
+        ),
         "attachments": _digest(attachments),
         "recipients": _digest([str(m) for m in (*campaign.to, *campaign.cc, *campaign.bcc)]),
         "list": _digest(_file(campaign.recipients_file), campaign.group_size),
