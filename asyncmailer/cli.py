@@ -47,7 +47,7 @@ from .report import ReportWriter, format_table
 from .results import CampaignReport, Status, plural
 from .run.campaign import RunOptions, prepare_message, prepare_personalizer, run_campaign
 from .run.recurring import Recurring
-from .run.runs import Runs
+from .run.runs import Runs, fingerprint
 from .schedule import parse_send_time, zone
 
 if TYPE_CHECKING:
@@ -318,16 +318,23 @@ async def _campaign(args: argparse.Namespace) -> Campaign:
 async def send_command(args: argparse.Namespace, *, out: TextIO = sys.stdout) -> int:
     at = _send_time(args)
     campaign = await _campaign(args)
+    # What the message is built from, as it is built (the run records it).
+    built = await asyncio.to_thread(fingerprint, campaign)
     # Read and check the body, attachments and templates before anything is sent or written.
     with await prepare_message(campaign) as template:
         if at is not None and not await _wait_until(at, quiet=args.quiet):
             print("asyncmailer: stopped before the send time; nothing was sent", file=sys.stderr)
             return EXIT_INTERRUPTED
-        return await _send(args, campaign, template, out)
+        return await _send(args, campaign, template, out, built)
 
 
 async def _send(
-    args: argparse.Namespace, campaign: Campaign, template: MessageTemplate, out: TextIO
+    args: argparse.Namespace,
+    campaign: Campaign,
+    template: MessageTemplate,
+    out: TextIO,
+    built: dict[str, str],
+    at: datetime | None = None,
 ) -> int:
     personalizer = await prepare_personalizer(campaign)
     if args.dry_run is not None:
@@ -349,7 +356,12 @@ async def _send(
             new_run=args.new_run or args.restart,
             keep_changes=args.keep_changes,
             reopen=args.resend_unknown or args.retry_refused,
+            current=built,
         )
+        # Waiting for --at comes after the check: a campaign sent already says so at once.
+        if at is not None and not await _wait_until(at, quiet=args.quiet):
+            print("asyncmailer: stopped before the send time; nothing was sent", file=sys.stderr)
+            return EXIT_INTERRUPTED
         earlier = runs.runs[:-1]
         if (args.new_run or args.restart) and earlier:
             kept = runs.catalog.journal_of(earlier[-1])
@@ -396,11 +408,15 @@ async def _run_once(
         per_recipient=campaign.recipients_file is None,
         quiet=args.quiet,
     )
+    quota_used = 0
+    if campaign.daily_quota:
+        quota_used = await runs.sent_today(datetime.now().strftime("%Y-%m-%d"))
     options = RunOptions(
         resend_unknown=args.resend_unknown,
         limit=args.limit,
         retry_refused=args.retry_refused,
         retry_codes=tuple(args.code),
+        quota_used=quota_used,
     )
     try:
         with signals.covering(options.stop) if signals else _SignalStop(options.stop):
@@ -539,6 +555,7 @@ async def _dry_run(
         ("--restart", args.restart),
         ("--continue", args.keep_changes),
         ("--resend-unknown", args.resend_unknown),
+        ("--retry-refused", args.retry_refused),
     ):
         if given:
             raise InputError(
@@ -573,15 +590,15 @@ async def _dry_run(
         print(format_table(report.problems[:TABLE_ROWS]), file=out)
     written = report.counts[Status.ACCEPTED]
     print(
-        f"dry run: {plural(len(transport.written), 'message')} to {plural(written, 'recipient')} "
+        f"dry run: {plural(transport.count, 'message')} to {plural(written, 'recipient')} "
         f"written to {args.dry_run}/ (envelopes: {args.dry_run / ENVELOPES}); nothing was sent "
         "and the campaign's journal was not touched",
         file=out,
     )
     if report.limit_reached:
         print(f"stopped after {plural(args.limit, 'message')} (--limit)", file=out)
-    if transport.written and not args.quiet:
-        first = transport.written[0]
+    if transport.first is not None and not args.quiet:
+        first = transport.first
         text = (await asyncio.to_thread(first.read_bytes)).decode("ascii", "replace")
         lines = text.splitlines()
         print(f"--- {first} ---", file=out)
@@ -726,6 +743,9 @@ async def schedule_command(args: argparse.Namespace, *, out: TextIO = sys.stdout
     with _SignalStop(stop) as signals:
 
         async def run_once(campaign: Campaign, runs: Runs, record: RunRecord) -> int:
+            campaign = await load_campaign(campaign.source)  # as it is now: edits count
+            if args.state_dir is not None:
+                campaign = dataclasses.replace(campaign, state_dir=args.state_dir)
             with await prepare_message(campaign) as template:
                 personalizer = await prepare_personalizer(campaign)
                 return await _run_once(
@@ -826,6 +846,8 @@ async def report_command(args: argparse.Namespace, *, out: TextIO = sys.stdout) 
     journal = catalog.journal_of(record) if record is not None else catalog.journal
     run_id = record.id if record is not None else "current"
     target = args.output or Path(f"{campaign_id}.{run_id}.report.csv")
+    if not await asyncio.to_thread(journal.exists):
+        raise JournalError("no journal: this campaign has not run yet", path=journal)
     summary = CampaignReport(keep=0)
     async with ReportWriter(target) as writer:
         async for page in JournalReader(journal).pages():

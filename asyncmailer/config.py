@@ -15,7 +15,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -402,6 +402,8 @@ class _Fields:
             raise self.error(key, "expected a mapping of cron or every, and timezone, grace, until")
         texts = {}
         for name, item in value.items():
+            if isinstance(item, date):  # YAML reads until: 2027-01-01 as a date
+                item = item.isoformat()
             if not isinstance(item, str | int | float) or isinstance(item, bool):
                 raise self.error(key, f"{name}: expected a string, got {_describe(item)}")
             texts[name] = str(item)

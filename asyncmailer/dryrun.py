@@ -28,11 +28,12 @@ class EmlTransport:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.written: list[Path] = []
+        self.count = 0  # messages written
+        self.first: Path | None = None  # the first of them
         self._one = asyncio.Lock()  # one connection: files numbered in the order sent
 
     def __repr__(self) -> str:
-        return f"<EmlTransport {self.folder} written={len(self.written)}>"
+        return f"<EmlTransport {self.folder} written={self.count}>"
 
     @property
     def pipelines(self) -> bool:
@@ -69,16 +70,16 @@ class EmlTransport:
         self, transaction: Transaction, *, commit: Commit | None = None, then: Transaction | None
     ) -> Sent:
         (sender, recipients), parts = transaction
-        path = self.folder / f"{len(self.written) + 1:06d}.eml"
-        self.written.append(path)
+        path = self.folder / f"{self.count + 1:06d}.eml"
         line = json.dumps({"file": path.name, "mail_from": sender, "rcpt_to": list(recipients)})
         if commit is not None:  # the contract: committed before the message is complete
             await commit()
         try:
             await asyncio.to_thread(_write, path, parts, self.folder / ENVELOPES, line)
-        except OSError as err:
-            note = f"dry run: cannot write {path}: {err.strerror}"
-            return Sent([RecipientResult(r, Status.DEFERRED, None, note) for r in recipients])
+        except OSError as err:  # a full disk: the dry run cannot go on
+            raise InputError(f"cannot write the message: {err.strerror}", path=path) from err
+        self.count += 1
+        self.first = self.first or path
         note = f"dry run: written to {path}"
         return Sent([RecipientResult(r, Status.ACCEPTED, None, note) for r in recipients])
 

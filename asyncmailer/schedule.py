@@ -21,7 +21,8 @@ _UTC_ZONE = ZoneInfo("UTC")
 
 __all__ = ["Occurrence", "Schedule", "parse_duration", "parse_send_time", "zone"]
 
-_DURATION = re.compile(r"(?P<count>\d+(?:\.\d+)?)\s*(?P<unit>s|m|h|d)", re.IGNORECASE)
+_DURATION = re.compile(r"(?P<count>\d+(?:\.\d+)?)\s*(?P<unit>s|m|h|d)?", re.IGNORECASE)
+_LONGEST = 366 * 86400.0  # a year: any longer interval or grace is a typo
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
@@ -33,9 +34,9 @@ def parse_duration(text: str) -> float:
     match = _DURATION.fullmatch(text.strip())
     if match is None:
         raise ValueError(f"expected a duration like 30s, 15m, 1h or 1d, got {text[:40]!r}")
-    seconds = float(match["count"]) * _UNITS[match["unit"].lower()]
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise ValueError(f"expected a duration above 0, got {text[:40]!r}")
+    seconds = float(match["count"]) * _UNITS[(match["unit"] or "s").lower()]
+    if not math.isfinite(seconds) or not 0 < seconds <= _LONGEST:
+        raise ValueError(f"expected a duration above 0 and up to a year, got {text[:40]!r}")
     return seconds
 
 
@@ -115,6 +116,12 @@ class Schedule:
 
             if not croniter.is_valid(self.cron, second_at_beginning=True):
                 raise ValueError(f"not a valid cron expression: {self.cron[:60]!r}")
+            try:  # "0 0 31 2 *" is valid, and never comes
+                croniter(self.cron, datetime(2026, 1, 1), second_at_beginning=True).get_next(
+                    datetime
+                )
+            except Exception as err:  # croniter's CroniterBadDateError, or its own kind
+                raise ValueError(f"the cron expression never comes: {self.cron[:60]!r}") from err
 
     def after(self, moment: datetime) -> Iterator[Occurrence]:
         """The occurrences strictly after `moment` (an aware datetime), in order."""

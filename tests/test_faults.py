@@ -80,7 +80,8 @@ async def test_421_after_rcpt_reconnects_and_retries(
     report, journal = await send(make_campaign, server.port)
     assert report.all_accepted and journal == Counter(accepted=6)
     assert sorted(server.delivered) == RECIPIENTS  # each exactly once
-    assert {r.attempts for r in report.results} == {2}
+    # 421 is about the session: the transaction goes again whole, and counts as no try.
+    assert {r.attempts for r in report.results} == {1}
     assert server.connections >= 2
 
 
@@ -411,12 +412,39 @@ async def test_try_again_later_pauses_and_the_run_goes_on(
 async def test_421_at_mail_is_a_new_connection_not_a_try(
     faulty: Any, make_campaign: CampaignFactory
 ) -> None:
+    # The server closes after its 421, before the pipelined RCPT replies: still no try.
     server = await faulty(mail_reply="421 4.7.0 Try again later, closing", mail_reply_times=2)
     report, journal = await send(
-        make_campaign, server.port, recipients=LIST[:6], group_size=1, concurrency=2
+        make_campaign,
+        server.port,
+        recipients=LIST[:6],
+        group_size=1,
+        concurrency=2,
+        retry_attempts=1,
     )
     assert report.fatal is None and journal == Counter(accepted=6)
+    assert all(r.attempts == 1 for r in report.results)
     assert server.connections >= 3
+
+
+async def test_a_quota_refusal_of_mail_then_a_close_stops_the_run(
+    faulty: Any, make_campaign: CampaignFactory
+) -> None:
+    server = await faulty(mail_reply="421 4.7.0 Try again later, closing", mail_reply_times=None)
+    server.faults.mail_reply = "550 5.4.5 Daily user sending limit exceeded"
+    report, journal = await send(make_campaign, server.port, recipients=LIST[:6], group_size=1)
+    assert isinstance(report.fatal, RefusedError) and "5.4.5" in str(report.fatal)
+    assert journal == Counter(pending=6)
+
+
+async def test_a_sender_blocked_at_rcpt_with_one_recipient_per_message_stops_the_run(
+    faulty: Any, make_campaign: CampaignFactory
+) -> None:
+    blocked = "554 5.7.1 <sender@example.com>: Sender address rejected: Access denied"
+    server = await faulty(rcpt={r: blocked for r in LIST[:5]})
+    report, journal = await send(make_campaign, server.port, recipients=LIST[:5], group_size=1)
+    assert isinstance(report.fatal, RefusedError) and report.fatal.scope == "sender"
+    assert journal == Counter(pending=5)
 
 
 async def test_a_connection_limit_shrinks_the_pool_instead_of_stopping_the_run(
@@ -524,3 +552,13 @@ async def test_retry_refused_sends_again_to_those_refused_with_the_named_code(
     assert sorted(server.delivered) == sorted(r for r in RECIPIENTS if r != "r2@example.com")
     code, _, err = await run_cli("send", str(path), "--code", "550", "-q", cwd=tmp_path)
     assert code == 2 and "--code goes with --retry-refused" in err
+
+
+async def test_a_password_in_a_malformed_reply_line_is_scrubbed(
+    faulty: Any, make_campaign: CampaignFactory
+) -> None:
+    server = await faulty(mail_reply=f"250 2.1.0 OK\r\nxx {PASSWORD} \\ '\"", mail_reply_times=1)
+    report, _ = await send(make_campaign, server.port, password=PASSWORD, retry_attempts=1)
+    texts = " ".join(r.message for r in report.results)
+    assert "malformed reply line" in texts
+    assert PASSWORD not in texts and "Secret" not in texts

@@ -91,13 +91,13 @@ def test_due_runs_the_latest_within_grace_and_reports_older_ones_as_missed() -> 
 
 
 @pytest.mark.parametrize(
-    ("text", "seconds"), [("30s", 30), ("15m", 900), ("1h", 3600), ("1d", 86400)]
+    ("text", "seconds"), [("30s", 30), ("15m", 900), ("1h", 3600), ("1d", 86400), ("15", 15)]
 )
 def test_durations(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "15", "1w", "0s", "-1h", "nan"])
+@pytest.mark.parametrize("text", ["", "1w", "0s", "-1h", "nan", "99999999999999d"])
 def test_bad_durations_are_refused(text: str) -> None:
     with pytest.raises(ValueError, match="expected a duration"):
         parse_duration(text)
@@ -108,3 +108,5 @@ def test_a_bad_cron_or_both_kinds_are_refused() -> None:
         Schedule(cron="61 * * * *")
     with pytest.raises(ValueError, match="either cron or every"):
         Schedule(cron="* * * * *", every=5)
+    with pytest.raises(ValueError, match="never comes"):
+        Schedule(cron="0 0 31 2 *")

@@ -66,6 +66,17 @@ class JournalReader:
 
         return await asyncio.to_thread(read)
 
+    async def sent_on(self, day: str) -> int:
+        """How many recipients this journal's run tried on `day` (YYYY-MM-DD)."""
+
+        def read() -> int:
+            with contextlib.closing(self._connect()) as db:
+                row = db.execute("SELECT value FROM meta WHERE key = ?", (f"sent:{day}",))
+                found = row.fetchone()
+                return int(found[0]) if found else 0
+
+        return await asyncio.to_thread(read)
+
     async def pages(self, limit: int = 5000) -> AsyncIterator[list[RecipientResult]]:
         """Every recipient's latest result, in order, a page at a time."""
         db = await asyncio.to_thread(self._connect)

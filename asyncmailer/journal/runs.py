@@ -33,6 +33,9 @@ class RunRecord:
     scheduled: str | None = None
     ended: str | None = None
     counts: dict[str, int] | None = None
+    # Later occurrences of a schedule that this run went on at (it was unfinished then):
+    # they were served by it, and are not run again.
+    covers: list[str] = field(default_factory=list)
 
     @property
     def finished(self) -> bool:
@@ -97,10 +100,14 @@ class RunCatalog:
                 os.unlink(temporary)
             raise
 
+    def set_aside_name(self, run: RunRecord) -> str:
+        """The name `set_aside()` gives the current journal for `run`."""
+        return f"{self.journal.name}.{run.id}"
+
     def set_aside(self, run: RunRecord) -> RunRecord:
         """Rename the current journal (and its -wal, -shm) after `run`, so the next run
         starts a journal of its own. Returns the run with its journal's new name."""
-        target = self.journal.with_name(f"{self.journal.name}.{run.id}")
+        target = self.journal.with_name(self.set_aside_name(run))
         for suffix in ("", "-wal", "-shm"):
             source = Path(f"{self.journal}{suffix}")
             if source.exists():

@@ -54,6 +54,8 @@ class RunOptions:
     # Send again to recipients recorded as refused (with one of these codes, when given).
     retry_refused: bool = False
     retry_codes: tuple[str, ...] = ()
+    # Recipients the campaign's earlier runs tried today, against its daily_quota.
+    quota_used: int = 0
     # List rows read into the ledger before sending starts, then per ledger write.
     first_batch: int = FIRST_BATCH
     load_batch: int = LOAD_BATCH
@@ -208,6 +210,7 @@ async def run_campaign(
                 loader=loader,
                 stop=options.stop,
                 limit=options.limit,
+                quota_used=options.quota_used,
             )
             try:
                 await dispatcher.run()

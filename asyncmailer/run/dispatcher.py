@@ -50,6 +50,7 @@ class Dispatcher:
         loader: LoadState,
         stop: asyncio.Event,
         limit: int | None = None,
+        quota_used: int = 0,
     ) -> None:
         self.campaign = campaign
         self.template = template
@@ -62,7 +63,7 @@ class Dispatcher:
         self.stop = stop
         self.retry = Retry(campaign)
         self.limiter = RateLimiter(campaign.rate) if campaign.rate else None
-        self.quota = DailyQuota(campaign.daily_quota, ledger)
+        self.quota = DailyQuota(campaign.daily_quota, ledger, elsewhere=quota_used)
         self.limit = MessageLimit(limit)
         # Claim well ahead: a worker pipelines the next item only if one is at hand.
         self.scheduler = Scheduler(ledger, max(8 * workers, 64), stop, loader)
@@ -109,6 +110,9 @@ class Dispatcher:
         admitted = False
         failures = 0  # this worker's connections that failed in a row
         while item is not None:
+            if admitted and self.stop.is_set():  # admitted before the stop, not yet sent
+                await self._give_back(item)
+                break
             await self.pause.wait(self.stop)
             if self.limiter is not None:
                 await self.limiter.wait()

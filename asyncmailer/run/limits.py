@@ -42,9 +42,10 @@ class DailyQuota:
     """`daily_quota` recipients per calendar day (local time), counted in the ledger so it
     holds across runs. Checked and counted in one step, so workers cannot overshoot it."""
 
-    def __init__(self, limit: int, ledger: Ledger) -> None:
+    def __init__(self, limit: int, ledger: Ledger, *, elsewhere: int = 0) -> None:
         self.limit = limit
         self.ledger = ledger
+        self.elsewhere = elsewhere  # tried today by the campaign's earlier runs
         self.day = ""
         self.used = 0
 
@@ -53,7 +54,7 @@ class DailyQuota:
 
     async def load(self) -> None:
         self.day = time.strftime("%Y-%m-%d")
-        self.used = await self.ledger.sent_on(self.day) if self.limit else 0
+        self.used = await self.ledger.sent_on(self.day) + self.elsewhere if self.limit else 0
 
     def take(self, count: int) -> bool:
         """Count `count` recipients against today's quota; False (nothing counted) when they

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from ..config import Campaign
-from ..errors import InputError
+from ..errors import InputError, NothingToSendError
 from ..journal.runs import RunRecord
 from ..schedule import Occurrence, Schedule
 from .runs import Runs
@@ -113,18 +113,37 @@ class Recurring:
     async def _serve(self, entry: _Entry) -> int | None:
         """Run the occurrence due now, if any: the exit code of its send, or None."""
         now = self.clock()
-        done = frozenset(r.id for r in entry.runs.runs if r.finished)
+        done = frozenset(
+            [r.id for r in entry.runs.runs if r.finished]
+            + [c for r in entry.runs.runs for c in r.covers]
+        )
         current, missed = entry.schedule.due(now, since=entry.since, done=done)
+        grace = timedelta(seconds=entry.schedule.grace)
         for occurrence in missed:
+            why = (
+                "missed by more than its grace"
+                if now - occurrence.at > grace
+                else "a later one is due"
+            )
             self.tell(
                 f"{entry.campaign.id}: skipped the occurrence of "
-                f"{occurrence.at:%Y-%m-%d %H:%M:%S} UTC: missed by more than its grace"
+                f"{occurrence.at:%Y-%m-%d %H:%M:%S} UTC: {why}"
             )
             entry.since = max(entry.since, occurrence.at)
         if current is None:
             return None
         latest = entry.runs.latest
-        record = await entry.runs.begin(occurrence=current)
+        try:
+            record = await entry.runs.begin(occurrence=current)
+        except (InputError, NothingToSendError) as err:
+            # Edited while a run is unfinished, say: the scheduler goes on, this occurrence
+            # does not (`send --continue` or `--new-run` settles it).
+            self.tell(
+                f"{entry.campaign.id}: skipped the occurrence of "
+                f"{current.at:%Y-%m-%d %H:%M:%S} UTC: {err}"
+            )
+            entry.since = max(entry.since, current.at)
+            return None
         if latest is None or record.id != latest.id:
             shown = ""
             if latest is not None and entry.runs.changed:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..config import Campaign
 from ..errors import InputError, JournalError, NothingToSendError
+from ..journal.files import journal_path
 from ..journal.reader import JournalReader
 from ..journal.runs import RunCatalog, RunRecord
 from ..ledger import JournalState
@@ -57,6 +58,13 @@ def fingerprint(campaign: Campaign) -> dict[str, str]:
         "recipients": _digest([str(m) for m in (*campaign.to, *campaign.cc, *campaign.bcc)]),
         "list": _digest(_file(campaign.recipients_file), campaign.group_size),
     }
+
+
+def _only_deferred(run: RunRecord) -> bool:
+    """The run ended with nothing left to send but recipients still deferred."""
+    counts = run.counts or {}
+    waiting = (JournalState.PENDING, JournalState.INFLIGHT, JournalState.DATA)
+    return run.counts is not None and not any(counts.get(str(s), 0) for s in waiting)
 
 
 def _now() -> str:
@@ -120,13 +128,31 @@ class Runs:
         self._lock = fd
         try:
             self._source, self._runs = self.catalog.load()
-            here = str(self.campaign.source.resolve())
+            # Where the campaign file is, seen from the state folder: the same when the
+            # project moves whole, different for another campaign of the same file name.
+            here = os.path.relpath(
+                self.campaign.source.resolve(), self.campaign.state_dir.resolve()
+            )
             if self.campaign.campaign_id is None and self._source not in (None, here):
                 raise JournalError(
                     f"this state folder holds the runs of another campaign named "
-                    f"{self.campaign.id!r} ({self._source}); give each campaign its own "
-                    "`campaign:` id or state_dir",
+                    f"{self.campaign.id!r} ({self._source}); give the other campaign a "
+                    "state_dir of its own",
                     path=self.catalog.path,
+                )
+            by_name = journal_path(self.campaign.state_dir, self.campaign.source.name)
+            if (
+                self.campaign.campaign_id is not None
+                and not self._runs
+                and not self.catalog.journal.exists()
+                and by_name.exists()
+            ):
+                raise JournalError(
+                    f"this campaign's journal is still named after its file ({by_name.name}); "
+                    f"rename {by_name.name} (and its .runs.json, -wal and -shm files) to "
+                    f"{self.catalog.journal.name}, or remove the campaign key, so that its "
+                    "recipients are not sent again",
+                    path=by_name,
                 )
             self._source = self._source or here
         except BaseException:
@@ -153,6 +179,7 @@ class Runs:
         keep_changes: bool = False,
         reopen: bool = False,
         occurrence: Occurrence | None = None,
+        current: dict[str, str] | None = None,
     ) -> RunRecord:
         """The run this send goes to: the latest, when it is unfinished (or `reopen`: to
         resend unknown or refused recipients); a new one when asked (`new_run`, or a new
@@ -161,8 +188,13 @@ class Runs:
         :raises NothingToSendError: the latest run finished, and no new one was asked for.
         :raises InputError: the latest run is unfinished and the campaign changed since it
             began (unless `keep_changes`: then the rest goes with the new content).
+
+        `current` is the campaign's fingerprint as its message was built (else read now).
+        A finished run whose list alone changed reopens: the new addresses are sent, the
+        known ones are not.
         """
-        current = await asyncio.to_thread(fingerprint, self.campaign)
+        if current is None:
+            current = await asyncio.to_thread(fingerprint, self.campaign)
         latest = self.latest
         if latest is None and await asyncio.to_thread(self.catalog.journal.exists):
             latest = await self._adopt(current)  # a journal from before runs existed
@@ -171,25 +203,36 @@ class Runs:
         if occurrence is not None and latest is not None and latest.id == occurrence.run_id:
             new_run = False  # this occurrence's run: resume it, whatever its state
             reopen = reopen or not latest.finished
-        elif occurrence is not None and (latest is None or latest.finished):
-            new_run = True
+        elif occurrence is not None and (
+            latest is None or latest.finished or _only_deferred(latest)
+        ):
+            new_run = True  # a run left with only deferred recipients does not hold back the next
         if latest is not None and not new_run:
+            if latest.finished and changed and set(changed) <= {"list", "recipients"}:
+                reopen = keep_changes = True  # recipients added: the known ones are skipped
             if latest.finished and not reopen:
                 raise NothingToSendError(self._sent_already(latest, changed))
             if changed and not keep_changes:
+                state = "was sent" if latest.finished else "is not finished"
                 raise InputError(
-                    f"run {latest.id} of campaign {self.campaign.id} is not finished, and the "
+                    f"run {latest.id} of campaign {self.campaign.id} {state}, and the "
                     f"campaign changed since it began ({', '.join(changed)}). To send the rest "
                     "with the new content: add --continue; to start over, sending the new "
                     "version to everyone: add --new-run",
                     path=self.campaign.source,
                 )
-            record = replace(latest, ended=None, counts=None, fingerprint=current)
+            covers = list(latest.covers)
+            if occurrence is not None and occurrence.run_id not in (latest.id, *covers):
+                covers.append(occurrence.run_id)
+            record = replace(latest, ended=None, counts=None, fingerprint=current, covers=covers)
             await self._save([*self._runs[:-1], record])
             return record
         runs = list(self._runs)
-        if latest is not None and await asyncio.to_thread(self.catalog.journal.exists):
-            runs[-1] = await asyncio.to_thread(self.catalog.set_aside, latest)
+        moving = latest is not None and await asyncio.to_thread(self.catalog.journal.exists)
+        if moving and latest is not None:
+            # The catalog names the earlier run's new journal name before the rename: a crash
+            # between the two leaves the new run with the old journal (nobody sent twice).
+            runs[-1] = replace(latest, journal=self.catalog.set_aside_name(latest))
         run_id = occurrence.run_id if occurrence else datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         taken = {r.id for r in runs}
         number = 1
@@ -204,7 +247,19 @@ class Runs:
             scheduled=occurrence.at.strftime("%Y-%m-%dT%H:%M:%SZ") if occurrence else None,
         )
         await self._save([*runs, record])
+        if moving and latest is not None:
+            await asyncio.to_thread(self.catalog.set_aside, latest)
         return record
+
+    async def sent_today(self, day: str) -> int:
+        """Recipients the campaign's earlier runs tried on `day` (the daily quota is the
+        campaign's, not a run's)."""
+        total = 0
+        for run in self._runs[:-1]:
+            path = self.catalog.journal_of(run)
+            if await asyncio.to_thread(path.exists):
+                total += await JournalReader(path).sent_on(day)
+        return total
 
     async def end(self, record: RunRecord, *, stopped: bool) -> RunRecord:
         """Record how the run ended: finished when no recipient is left to send (and it was
@@ -223,21 +278,26 @@ class Runs:
         """A journal made before runs were recorded becomes the campaign's first run (its
         content unknown: taken as the current one)."""
         counts = await JournalReader(self.catalog.journal).counts()
-        left = sum(counts[state] for state in _LEFT)
         stamp = datetime.fromtimestamp(self.catalog.journal.stat().st_mtime, UTC)
         record = RunRecord(
             id=stamp.strftime("%Y%m%dT%H%M%SZ"),
             started=stamp.strftime("%Y-%m-%dT%H:%M:%SZ"),
             journal=self.catalog.journal.name,
             fingerprint=current,
-            ended=None if left else stamp.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            # Unfinished: a send resumes it as before (new list rows sent, known ones not).
+            ended=None,
             counts={str(state): count for state, count in counts.items()},
         )
         await self._save([record])
         return record
 
     async def _save(self, runs: list[RunRecord]) -> None:
-        await asyncio.to_thread(self.catalog.save, self._source, runs)
+        try:
+            await asyncio.to_thread(self.catalog.save, self._source, runs)
+        except OSError as err:
+            raise JournalError(
+                f"cannot write the runs of this campaign: {err.strerror}", path=self.catalog.path
+            ) from err
         self._runs = runs
 
     def _sent_already(self, run: RunRecord, changed: list[str]) -> str:

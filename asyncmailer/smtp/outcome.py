@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from aiosmtplib import SMTPResponse, SMTPStatus
 
 from ..results import RecipientResult, Status
-from .refusals import Scope, Stage, scope_of, scope_of_rcpts
+from .refusals import Scope, Stage, names_sender, scope_of, scope_of_rcpts
 
 __all__ = ["AFTER_END", "Transaction", "classify", "describe"]
 
@@ -51,10 +51,12 @@ class Transaction:
         "recipients",
         "refusal",
         "refused",
+        "sender",
     )
 
-    def __init__(self, recipients: Sequence[str]) -> None:
+    def __init__(self, recipients: Sequence[str], sender: str = "") -> None:
         self.recipients = recipients
+        self.sender = sender
         self.accepted: list[str] = []
         self.refused: list[SMTPResponse] = []  # the failed RCPT replies
         self.outcome: dict[str, RecipientResult] = {}
@@ -68,6 +70,11 @@ class Transaction:
         if scope is not Scope.RECIPIENT and self.refusal is None:
             self.refusal = (scope, stage, reply)
 
+    def mail(self, reply: SMTPResponse) -> None:
+        """The reply to MAIL FROM: a refusal is the sender's (or the session's)."""
+        if reply.code != SMTPStatus.completed:
+            self._refuse(reply, Stage.MAIL)
+
     def rcpt(self, recipient: str, reply: SMTPResponse, mail: SMTPResponse) -> None:
         if mail.code != SMTPStatus.completed:
             # With PIPELINING the RCPT replies then only echo the refused MAIL FROM.
@@ -79,6 +86,10 @@ class Transaction:
         else:
             self.outcome[recipient] = _result(recipient, classify(reply.code), reply)
             self.refused.append(reply)
+            if self.sender and names_sender(reply, self.sender):
+                self._refuse(reply, Stage.RCPT, Scope.SENDER)
+            elif (scope := scope_of(reply, Stage.RCPT)) is not Scope.RECIPIENT:
+                self._refuse(reply, Stage.RCPT, scope)  # known before the server may close
 
     def rcpts_done(self) -> None:
         """Every RCPT reply is in: are the refusals, taken together, about the sender?"""

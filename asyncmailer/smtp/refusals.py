@@ -13,7 +13,7 @@ from enum import StrEnum
 
 from aiosmtplib import SMTPResponse, SMTPStatus
 
-__all__ = ["Scope", "Stage", "enhanced_code", "scope_of", "scope_of_rcpts"]
+__all__ = ["Scope", "Stage", "enhanced_code", "names_sender", "scope_of", "scope_of_rcpts"]
 
 _ENHANCED = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
 
@@ -99,3 +99,16 @@ def scope_of_rcpts(replies: Sequence[SMTPResponse], *, every: bool) -> Scope:
         if detail is not None and detail[1] == 7 and replies[0].code >= 400:
             return Scope.SENDER
     return Scope.RECIPIENT
+
+
+def names_sender(reply: SMTPResponse, sender: str) -> bool:
+    """A policy refusal (x.7.y) of a RCPT that is about the sender by its own words: it names
+    the sender's address or says "sender" (Postfix rejects senders at RCPT time by default:
+    ``554 5.7.1 <me@example.com>: Sender address rejected: Access denied``). With one
+    recipient per transaction, this is how a blocked sender is told from a refused
+    recipient."""
+    detail = enhanced_code(reply.message)
+    if detail is None or detail[1] != 7:
+        return False
+    text = reply.message.lower()
+    return sender.lower() in text or "sender" in text

@@ -15,6 +15,8 @@ from typing import cast
 
 from aiosmtplib import SMTPReadTimeoutError, SMTPResponse, SMTPServerDisconnected
 
+from ..display import printable, shorten
+
 __all__ = ["MAX_REPLY", "ReplyReader", "parse_replies"]
 
 MAX_REPLY = 64 * 1024  # a server sending more than this without a final line is broken
@@ -57,7 +59,10 @@ def parse_replies(
             continue
         line = raw[:-1] if raw.endswith(b"\r") else raw
         if len(line) < 3 or not line[:3].isdigit():
-            raise ReplyError(f"malformed reply line: {scrub(repr(line[:80]))}")
+            # Decoded and scrubbed first: an escaped repr() would hide the password from
+            # the scrubber (and a cut could leave part of it).
+            text = printable(scrub(line.decode("utf-8", "replace")))
+            raise ReplyError(f"malformed reply line: {shorten(text, 80)}")
         if line[3:4] == b"-":
             pending.append(line[4:].strip())
             continue

@@ -224,7 +224,8 @@ class Session:
         self._extensions = dict(self._smtp.esmtp_extensions)
         self._sizes = "size" in self._extensions
         value = self._extensions.get("size", "")
-        self._size_limit = int(value) if value.isdigit() and int(value) > 0 else None
+        digits = value.isascii() and value.isdecimal()  # "²" is a digit, not a number
+        self._size_limit = int(value) if digits and int(value) > 0 else None
         self._reader = ReplyReader(scrub=self._scrub)
         transport.set_protocol(self._reader)
         self._reader.connection_made(transport)
@@ -283,7 +284,7 @@ class Session:
         (sender, recipients), parts = transaction
         size = message_size(parts)
         preloaded, self._preloaded = self._preloaded, None
-        tx = Bookkeeping(recipients)
+        tx = Bookkeeping(recipients, sender)
         if preloaded is not None and preloaded != (sender, tuple(recipients)):
             # The server is inside another transaction: only closing ends it safely.
             self.abort()
@@ -355,6 +356,7 @@ class Session:
         timeout = self.settings.timeout
         tx.phase = "during MAIL FROM"
         mail = reader.take() or await reader.read(timeout)
+        tx.mail(mail)  # a refused sender is known before the server may close
         tx.phase = "during RCPT TO"
         for recipient in tx.recipients:
             tx.rcpt(recipient, reader.take() or await reader.read(timeout), mail)
@@ -386,6 +388,7 @@ class Session:
         reader.write(commands.mail_from(sender, self._size_argument(size)).encode())
         mail = await reader.read(timeout)
         self._check_421(mail)
+        tx.mail(mail)
         if mail.code != SMTPStatus.completed:
             for recipient in tx.recipients:
                 tx.rcpt(recipient, mail, mail)
@@ -450,11 +453,12 @@ class Session:
                 if committing is not None and not committing.done():
                     committing.cancel()
             reader.write(end)
+        # The final "." is written: from here on, a lost connection may have delivered it.
+        tx.phase = AFTER_END
         if then is not None:
             self._preloaded = (then.envelope.sender, tuple(then.envelope.recipients))
         if reader.paused:  # the common case skips a coroutine per message
             await reader.drain(self.settings.timeout)
-        tx.phase = AFTER_END
         reply = await reader.read(self._data_timeout(size))
         self._check_421(reply)
         tx.finish(reply)

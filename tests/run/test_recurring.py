@@ -37,7 +37,7 @@ async def test_missed_occurrences_are_skipped_and_told_and_the_latest_runs(
         scheduled="2026-12-01T08:00:00Z",
         ended="2026-12-01T08:00:01Z",
     )
-    catalog.save(str(path.resolve()), [done])
+    catalog.save(None, [done])
     told: list[str] = []
     ran: list[str] = []
     stop = asyncio.Event()
@@ -79,7 +79,7 @@ async def test_an_unfinished_run_goes_on_at_the_next_occurrence(
         fingerprint=fingerprint(campaign),
         scheduled="2026-12-01T08:00:00Z",
     )
-    catalog.save(str(path.resolve()), [unfinished])
+    catalog.save(None, [unfinished])
     ran: list[str] = []
     stop = asyncio.Event()
 
@@ -96,6 +96,7 @@ async def test_an_unfinished_run_goes_on_at_the_next_occurrence(
     assert any("run 20261201T080000Z goes on" in line for line in told)
     _, records = catalog.load()
     assert [r.id for r in records] == ["20261201T080000Z"]
+    assert records[0].covers == ["20261201T090000Z"]  # served by that run: never run again
 
 
 async def test_two_schedulers_of_one_campaign_cannot_both_run_it(

@@ -70,3 +70,62 @@ async def test_two_campaigns_of_one_file_name_in_one_state_folder_do_not_mix(
     assert code == 2
     assert "holds the runs of another campaign named 'config.json'" in err
     assert len(running.messages) == 1
+
+
+async def test_addresses_added_to_a_finished_campaigns_list_are_sent_alone(
+    smtp_server: ServerFactory, make_campaign: CampaignFactory, tmp_path: Path
+) -> None:
+    running = await smtp_server()
+    path = list_of_three(make_campaign, running.server.ssl_port, tmp_path)
+    assert (await run_cli("send", str(path), "-q", cwd=tmp_path))[0] == 0
+    with (tmp_path / "list.txt").open("a") as handle:
+        handle.write("d@example.com\n")
+    code, _, err = await run_cli("send", str(path), "-q", cwd=tmp_path)
+    assert code == 0, err
+    delivered = [r for m in running.messages for r in m.rcpt_tos]
+    assert sorted(delivered) == ["a@example.com", "b@example.com", "c@example.com", "d@example.com"]
+
+
+async def test_a_project_moved_whole_resumes_and_a_new_campaign_id_is_refused(
+    smtp_server: ServerFactory, make_campaign: CampaignFactory, tmp_path: Path
+) -> None:
+    running = await smtp_server()
+    path = list_of_three(make_campaign, running.server.ssl_port, tmp_path)
+    code, _, err = await run_cli("send", str(path), "--limit", "1", "-q", cwd=tmp_path)
+    assert code == 75, err
+    moved = tmp_path.with_name(tmp_path.name + "-moved")
+    tmp_path.rename(moved)
+    try:
+        target = moved / "reliances" / "config.json"
+        code, _, err = await run_cli("send", str(target), "-q", cwd=moved)
+        assert code == 0, err
+        assert len(running.messages) == 3  # the other two, nobody twice
+        # A campaign id given later would name a new journal and send to everyone again.
+        config = target.read_text().replace("{", '{"campaign": "news", ', 1)
+        target.write_text(config)
+        code, _, err = await run_cli("send", str(target), "--new-run", "-q", cwd=moved)
+        assert code == 2 and "still named after its file" in err
+        assert len(running.messages) == 3
+    finally:
+        moved.rename(tmp_path)
+
+
+async def test_the_daily_quota_is_the_campaigns_not_each_runs(
+    smtp_server: ServerFactory, make_campaign: CampaignFactory, tmp_path: Path
+) -> None:
+    running = await smtp_server()
+    (tmp_path / "list.txt").write_text("a@example.com\nb@example.com\nc@example.com\n")
+    path = make_campaign(
+        port=running.server.ssl_port,
+        to=None,
+        cc=None,
+        bcc=None,
+        recipients_file="list.txt",
+        group_size=1,
+        daily_quota=2,
+    )
+    code, _, err = await run_cli("send", str(path), "-q", cwd=tmp_path)
+    assert code == 75 and "daily quota of 2 recipients reached" in err
+    code, _, err = await run_cli("send", str(path), "--new-run", "-q", cwd=tmp_path)
+    assert code == 75, err  # today's quota was spent by the first run
+    assert len(running.messages) == 2
