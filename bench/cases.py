@@ -15,6 +15,7 @@ LATENCIES_MS = (0, 50)
 MEMORY_LISTS = (10_000, 1_000_000)
 MEMORY_GROUP_SIZE = 100
 MEMORY_CONCURRENCY = 32
+BIG_SIZE = "100MB"  # one message with one 100 MB attachment: peak RSS, target <= 200 MB
 # Implicit TLS (asyncmailer with security: ssl; smtp-source through a stunnel client leg), at
 # 0 ms with the 2.4 KB message and the same counts as the plain 0 ms rows.
 TLS_SIZE = "2.4KB"
@@ -106,6 +107,7 @@ def matrix(*, quick: bool, scale: float = 1.0) -> list[Case]:
             cases += _throughput(latency_ms, size, scale)
             if (latency_ms, size) == (0, TLS_SIZE):
                 cases += _implicit_tls(scale)
+    cases.append(Case(MEMORY, 0, BIG_SIZE, 1, True, 1, 1))
     for count in MEMORY_LISTS:
         if quick and count >= 1_000_000:
             continue

@@ -22,6 +22,7 @@ SENDER = "bench@example.com"
 RECIPIENT = "rcpt@example.com"
 SUBJECT = "asyncmailer benchmark"
 ATTACHMENT_BYTES = 100 * 1024
+BIG_ATTACHMENT_BYTES = 100 * 1000 * 1000  # the memory row with one 100 MB attachment
 _BODY_LINES = 32
 _SEED = 20241126
 _DATE = datetime(2024, 11, 26, 12, 0, tzinfo=UTC)
@@ -92,8 +93,22 @@ def prepare(folder: Path) -> Workload:
     sizes = {
         "2.4KB": _write_size(folder, "2.4KB", body, None),
         "143KB": _write_size(folder, "143KB", body, attachment),
+        "100MB": _write_big(folder, "100MB"),
     }
     return Workload(body_file, sizes)
+
+
+def _write_big(folder: Path, label: str) -> MessageSize:
+    """An attachment folder with one 100 MB file, for asyncmailer only: no finished message
+    is written (the stdlib would need about ten times its size in memory to build it)."""
+    attachments = folder / f"attachments-{label}"
+    attachments.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(_SEED)
+    with (attachments / "big.bin").open("wb") as handle:
+        for _ in range(BIG_ATTACHMENT_BYTES // 1_000_000):
+            handle.write(rng.randbytes(1_000_000))
+    none = folder / "no-message.eml"
+    return MessageSize(label, attachments, none, none, BIG_ATTACHMENT_BYTES)
 
 
 def recipients_file(folder: Path, count: int) -> Path:
