@@ -27,7 +27,7 @@ from ..addresses import Mailbox
 from ..errors import JournalError
 from ..ledger import NEVER, Added, Decision, JournalState, WorkItem
 from ..message import message_ids
-from ..results import RecipientResult
+from ..results import ResultPage
 from . import reader
 from .files import lock
 from .schema import INSERT, LOOKUP, MARK_DATA, RECORD, SCHEMA_VERSION, TO_SEND, check_sqlite
@@ -484,8 +484,9 @@ class Journal:
     async def counts(self) -> Counter[JournalState]:
         return await self._call(reader.counts)
 
-    async def results(self, after: int = 0, limit: int = 5000) -> list[tuple[int, RecipientResult]]:
-        """Every recipient's latest result, in order, a page at a time (by row id)."""
+    async def results(self, after: int = 0, limit: int = 5000) -> ResultPage:
+        """Every recipient's latest result, in order, a page at a time (by row id: the next
+        page is after `last_id`)."""
         return await self._call(lambda db: reader.page(db, after, limit))
 
 

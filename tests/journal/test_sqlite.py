@@ -4,6 +4,7 @@ states through claim, "past DATA" and the result, as a resumed run sees them."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -11,8 +12,9 @@ import pytest
 from asyncmailer.addresses import Mailbox
 from asyncmailer.errors import JournalError
 from asyncmailer.journal import Journal, JournalReader
+from asyncmailer.journal.reader import NOT_YET
 from asyncmailer.ledger import Decision, JournalState
-from asyncmailer.results import Status
+from asyncmailer.results import RecipientResult, Status
 
 
 def boxes(*numbers: int, host: str = "example.com") -> list[Mailbox]:
@@ -162,3 +164,39 @@ async def test_sync_setting_reaches_sqlite(tmp_path: Path, sync: str, level: int
     async with await Journal.open(tmp_path / "j.sqlite", sync=sync) as journal:
         pragma = await journal._call(lambda db: db.execute("PRAGMA synchronous").fetchone()[0])
         assert pragma == level  # SQLite: 1 NORMAL, 2 FULL
+
+
+async def test_every_state_reads_back_as_the_report_shows_it(tmp_path: Path) -> None:
+    # The final read maps states to statuses in SQL (a million rows at the end of a long
+    # list): the same results, state by state, as one made per row in Python.
+    def expected(addr: str, state: str, code: int, message: str, tried: int) -> RecipientResult:
+        if state in Status.__members__.values():
+            return RecipientResult(addr, Status(state), code, message, tried)
+        if state == JournalState.DATA:
+            return RecipientResult(addr, Status.UNKNOWN, None, message, tried)
+        return RecipientResult(addr, Status.SKIPPED, None, NOT_YET, tried, untried=not tried)
+
+    rows = [
+        (f"u{n}@example.com", state, 250 + n, f"text {n}", tried)
+        for n, (state, tried) in enumerate(
+            (state, tried) for state in JournalState for tried in (0, 2)
+        )
+    ]
+    async with await Journal.open(tmp_path / "j.sqlite") as journal:
+        await journal.begin_load()
+        await journal.add_list([Mailbox(row[0]) for row in rows], 100)
+
+        def settle(db: sqlite3.Connection) -> None:
+            db.executemany(
+                "UPDATE recipients SET state = ?, code = ?, message = ?, attempts = ? "
+                "WHERE addr = ?",
+                [(state, code, message, tried, addr) for addr, state, code, message, tried in rows],
+            )
+
+        await journal._call(settle)
+        page = await journal.results(0, limit=5)
+        assert len(page) == 5 and page.last_id == 5
+        page = await journal.results(0)
+    assert list(page) == [expected(*row) for row in rows]
+    assert page[1:3] == [expected(*row) for row in rows[1:3]]
+    assert page[-1] == expected(*rows[-1])
