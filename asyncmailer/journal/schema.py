@@ -10,6 +10,7 @@ from ..ledger import Decision, JournalState
 
 __all__ = [
     "INSERT",
+    "INSERT_PLAIN",
     "LOOKUP",
     "MARK_DATA",
     "MIN_SQLITE",
@@ -79,14 +80,24 @@ RECORD = (
     f"first_try = COALESCE(first_try, {_d['at']}), next_try = {_d['next_try']} "
     f"FROM json_each(?) AS r WHERE recipients.id = {_d['id']}"
 )
-# Loading: a batch's addresses looked up, and its new rows inserted, one statement each.
+# Loading: a batch's addresses looked up, and its new rows inserted, one statement each. The
+# k-th new row (r.key, its place in the array) goes to the group that `journal.sqlite._Fill`
+# names; its id follows the list's order.
 LOOKUP = "SELECT key, id, loaded FROM recipients WHERE key IN (SELECT value FROM json_each(?))"
-NEW_ROW = ("key", "addr", "name", "grp", "fields")  # the layout of INSERT's rows
+GROUP_OF = "CASE WHEN r.key < :room THEN :group ELSE :next + (r.key - :room) / :size END"
+NEW_ROW = ("key", "addr", "name", "fields")  # the layout of INSERT's rows
 _n = _reader(NEW_ROW)
 INSERT = (
     "INSERT INTO recipients (key, addr, name, grp, loaded, fields)"
-    f" SELECT {_n['key']}, {_n['addr']}, {_n['name']}, {_n['grp']}, ?, {_n['fields']}"
-    " FROM json_each(?) AS r ORDER BY r.key"  # the list's order: ids follow it
+    f" SELECT {_n['key']}, {_n['addr']}, {_n['name']}, {GROUP_OF}, :load, {_n['fields']}"
+    " FROM json_each(:rows) AS r ORDER BY r.key"
+)
+# A batch of bare ASCII addresses (no display name, no fields: most long lists) as an array
+# of strings, with no JSON to take apart per row; SQLite's lower() is str.lower() on ASCII.
+INSERT_PLAIN = (
+    "INSERT INTO recipients (key, addr, grp, loaded)"
+    f" SELECT lower(r.value), r.value, {GROUP_OF}, :load FROM json_each(:rows) AS r"
+    " ORDER BY r.key"
 )
 del _d, _n
 

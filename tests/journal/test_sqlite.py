@@ -200,3 +200,39 @@ async def test_every_state_reads_back_as_the_report_shows_it(tmp_path: Path) -> 
     assert list(page) == [expected(*row) for row in rows]
     assert page[1:3] == [expected(*row) for row in rows[1:3]]
     assert page[-1] == expected(*rows[-1])
+
+
+async def test_bare_addresses_and_full_rows_load_alike(tmp_path: Path) -> None:
+    # A batch of bare ASCII addresses goes in as a plain array (key lower-cased by SQLite);
+    # one with a display name, fields or a non-ASCII address as full rows. Groups fill
+    # across batches of either kind the same way, and the rows are the same.
+    def rows(db: sqlite3.Connection) -> list[tuple[object, ...]]:
+        return db.execute(
+            "SELECT id, key, addr, name, grp, loaded, fields FROM recipients"
+        ).fetchall()
+
+    loads = {
+        "plain": [boxes(1, 2, 3), [Mailbox("User4@Example.COM"), *boxes(5)], boxes(6, 7, 8, 9)],
+        "full": [
+            [*boxes(1, 2), Mailbox("user3@example.com", "")],
+            [Mailbox("User4@Example.COM", "x"), *boxes(5)],
+            [Mailbox("ÜNÏ@example.com"), *boxes(7, 8, 9)],
+        ],
+    }
+    found = {}
+    for kind, batches in loads.items():
+        async with await Journal.open(tmp_path / f"{kind}.sqlite") as journal:
+            await journal.begin_load()
+            for batch in batches:
+                if kind == "full" and batch is batches[0]:
+                    await journal.add_list(batch, 4, [{"n": "1"}, {"n": "2"}, {"n": "3"}])
+                else:
+                    await journal.add_list(batch, 4)
+            found[kind] = await journal._call(rows)
+    plain, full = found["plain"], found["full"]
+    assert [r[4] for r in plain] == [r[4] for r in full] == [1, 1, 1, 1, 2, 2, 2, 2, 3]
+    assert [r[:3] for r in plain[:5]] == [r[:3] for r in full[:5]]
+    assert plain[3][1:3] == ("user4@example.com", "User4@Example.COM")
+    assert full[5][1:3] == ("ünï@example.com", "ÜNÏ@example.com")  # str.lower(), not SQLite's
+    assert [r[3] for r in full[:5]] == ["", "", "", "x", ""] and plain[0][6] is None
+    assert full[0][6] == '{"n": "1"}' and {r[5] for r in plain + full} == {1}
