@@ -3,7 +3,11 @@ oldest SQLite they run on."""
 
 from __future__ import annotations
 
+import itertools
+import operator
 import sqlite3
+from collections.abc import Iterable
+from typing import Any
 
 from ..errors import JournalError
 from ..ledger import Decision, JournalState
@@ -20,6 +24,7 @@ __all__ = [
     "SYNC_MODES",
     "TO_SEND",
     "check_sqlite",
+    "decision_runs",
 ]
 
 # RETURNING (claims) came in 3.35; UPDATE ... FROM (results) in 3.33. JSON is read with
@@ -72,14 +77,32 @@ MARK_DATA = (
     f"UPDATE recipients SET state = '{JournalState.DATA}' "
     "WHERE id IN (SELECT value FROM json_each(?))"
 )
-_d = _reader(Decision._fields)
+# Results: the recipients of a transaction mostly share one decision (all accepted, by the
+# same reply, at the same time), so decisions go as runs alike but for the id: the decided
+# fields once, then the ids (`decision_runs`). The runs are read once (MATERIALIZED), not
+# once per recipient; each id then updates its row. A `Decision` itself is a run of one: its
+# id, a number, is a single row to json_each.
+_DECIDED = Decision._fields[:-1]  # every field but the id, the last
+_d = _reader((*_DECIDED, "ids"))
 RECORD = (
-    f"UPDATE recipients SET state = {_d['state']}, code = {_d['code']}, "
-    f"message = {_d['message']}, attempts = attempts + {_d['tried']}, "
-    f"run_attempts = run_attempts + {_d['tried']}, "
-    f"first_try = COALESCE(first_try, {_d['at']}), next_try = {_d['next_try']} "
-    f"FROM json_each(?) AS r WHERE recipients.id = {_d['id']}"
+    f"WITH d AS MATERIALIZED (SELECT {', '.join(f'{_d[f]} AS {f}' for f in _d)}"
+    " FROM json_each(?) AS r) "
+    "UPDATE recipients SET state = d.state, code = d.code, message = d.message,"
+    " attempts = attempts + d.tried, run_attempts = run_attempts + d.tried,"
+    " first_try = COALESCE(first_try, d.at), next_try = d.next_try"
+    " FROM d, json_each(d.ids) AS i WHERE recipients.id = i.value"
 )
+_decided = operator.itemgetter(*range(len(_DECIDED)))
+
+
+def decision_runs(decisions: Iterable[Decision]) -> list[list[Any]]:
+    """RECORD's rows: each run of decisions alike but for the id, as its fields and ids."""
+    return [
+        [*decided, [decision.id for decision in run]]
+        for decided, run in itertools.groupby(decisions, _decided)
+    ]
+
+
 # Loading: a batch's addresses looked up, and its new rows inserted, one statement each. The
 # k-th new row (r.key, its place in the array) goes to the group that `journal.sqlite._Fill`
 # names; its id follows the list's order.
@@ -99,6 +122,7 @@ INSERT_PLAIN = (
     f" SELECT lower(r.value), r.value, {GROUP_OF}, :load FROM json_each(:rows) AS r"
     " ORDER BY r.key"
 )
+assert Decision._fields[-1] == "id"
 del _d, _n
 
 

@@ -39,6 +39,7 @@ from .schema import (
     SCHEMA_VERSION,
     TO_SEND,
     check_sqlite,
+    decision_runs,
 )
 from .writer import Writer
 
@@ -465,7 +466,8 @@ class Journal:
         requests run in order, so anything asked later sees them)."""
         with self._pending_lock:
             new = RECORD not in self._pending
-        future = self._add(RECORD, decisions)
+        # A transaction's rows as runs (schema.RECORD); one recipient's decision is its own.
+        future = self._add(RECORD, decisions if len(decisions) == 1 else decision_runs(decisions))
         if new:  # one watch per shared statement, not per transaction
             self._watch(future)
 

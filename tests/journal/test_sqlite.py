@@ -13,6 +13,7 @@ from asyncmailer.addresses import Mailbox
 from asyncmailer.errors import JournalError
 from asyncmailer.journal import Journal, JournalReader
 from asyncmailer.journal.reader import NOT_YET
+from asyncmailer.journal.schema import decision_runs
 from asyncmailer.ledger import Decision, JournalState
 from asyncmailer.results import RecipientResult, Status
 
@@ -236,3 +237,42 @@ async def test_bare_addresses_and_full_rows_load_alike(tmp_path: Path) -> None:
     assert full[5][1:3] == ("ünï@example.com", "ÜNÏ@example.com")  # str.lower(), not SQLite's
     assert [r[3] for r in full[:5]] == ["", "", "", "x", ""] and plain[0][6] is None
     assert full[0][6] == '{"n": "1"}' and {r[5] for r in plain + full} == {1}
+
+
+async def test_results_go_as_runs_and_each_row_gets_its_own(tmp_path: Path) -> None:
+    # A transaction's decisions are mostly alike but for the id: they are written as runs
+    # (the fields once, then the ids), and every row still ends up with its own decision.
+    def decision(state: JournalState, code: int, tried: int, next_try: float, i: int) -> Decision:
+        return Decision(state, code, f"text {code}", tried, 100.0 + code, next_try, i)
+
+    async with await Journal.open(tmp_path / "j.sqlite") as journal:
+        await journal.begin_load()
+        await journal.add_list(boxes(*range(8)), 8)
+        await journal.end_load()
+        (item,) = await journal.claim(1, now=0.0)
+        a, b, c, d, e, f, g, h = item.ids
+        decided = [
+            decision(JournalState.ACCEPTED, 250, 1, 0.0, a),
+            decision(JournalState.ACCEPTED, 250, 1, 0.0, b),
+            decision(JournalState.REFUSED, 550, 1, 0.0, c),
+            decision(JournalState.ACCEPTED, 250, 1, 0.0, d),
+            decision(JournalState.DEFERRED, 451, 1, 500.0, e),
+            decision(JournalState.DEFERRED, 451, 1, 500.0, f),
+            decision(JournalState.PENDING, 452, 0, 0.0, g),
+        ]
+        assert [len(run[-1]) for run in decision_runs(decided)] == [2, 1, 1, 2, 1]
+        journal.record(decided[:3])
+        journal.record(decided[3:6])  # joins the same statement if the writer is not there yet
+        journal.record(decided[6:])  # one recipient's decision goes as it is: a run of one
+
+        def rows(db: sqlite3.Connection) -> list[tuple[object, ...]]:
+            return db.execute(
+                "SELECT id, state, code, message, attempts, run_attempts, first_try, next_try "
+                "FROM recipients ORDER BY id"
+            ).fetchall()
+
+        found = await journal._call(rows)
+    expected = [
+        (x.id, x.state, x.code, x.message, x.tried, x.tried, x.at, x.next_try) for x in decided
+    ]
+    assert found == [*expected, (h, "inflight", None, "", 0, 0, None, 0.0)]
