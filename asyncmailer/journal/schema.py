@@ -13,6 +13,8 @@ from ..errors import JournalError
 from ..ledger import Decision, JournalState
 
 __all__ = [
+    "CLAIM",
+    "CLAIMED",
     "INSERT",
     "INSERT_PLAIN",
     "LOOKUP",
@@ -102,6 +104,32 @@ def decision_runs(decisions: Iterable[Decision]) -> list[list[Any]]:
         for decided, run in itertools.groupby(decisions, _decided)
     ]
 
+
+# A claim: the due recipients of the groups up to :last (chosen first), one row per group
+# in group order, then the same rows put in flight. Only the writer writes, and both run in
+# one transaction: the update takes exactly the rows the select read.
+
+
+def _due(table: str = "") -> str:
+    return (
+        f"{table}state IN {TO_SEND} AND {table}next_try <= :now"
+        f" AND {table}grp >= :low AND {table}grp <= :last"
+    )
+
+
+def _each(column: str) -> str:
+    """A group's values of `column`: the value itself for a group of one, else a JSON array."""
+    return f"CASE COUNT(*) WHEN 1 THEN {column} ELSE json_group_array({column}) END"
+
+
+CLAIMED = (
+    "SELECT r.grp, g.message_id, g.headers, COUNT(*), MAX(r.run_attempts),"
+    f" {_each('r.id')}, {_each('r.addr')}, {_each('r.name')},"
+    " CASE COUNT(*) WHEN 1 THEN r.fields ELSE json_group_array(json(r.fields)) END"
+    " FROM recipients AS r JOIN groups AS g ON g.id = r.grp"
+    f" WHERE {_due('r.')} GROUP BY r.grp ORDER BY r.grp"
+)
+CLAIM = f"UPDATE recipients SET state = '{JournalState.INFLIGHT}' WHERE {_due()}"
 
 # Loading: a batch's addresses looked up, and its new rows inserted, one statement each. The
 # k-th new row (r.key, its place in the array) goes to the group that `journal.sqlite._Fill`

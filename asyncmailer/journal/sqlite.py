@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import itertools
 import json
-import operator
 import os
 import sqlite3
 import threading
@@ -31,6 +29,8 @@ from ..results import ResultPage
 from . import reader
 from .files import lock
 from .schema import (
+    CLAIM,
+    CLAIMED,
     INSERT,
     INSERT_PLAIN,
     LOOKUP,
@@ -393,47 +393,13 @@ class Journal:
             ).fetchone()
             if last is None:
                 return []
-            rows = db.execute(
-                f"UPDATE recipients SET state = ? WHERE state IN {TO_SEND}"
-                " AND next_try <= ? AND grp >= ? AND grp <= ?"
-                " RETURNING grp, id, addr, name, run_attempts, fields",
-                (JournalState.INFLIGHT, now, low, last),
-            ).fetchall()
-            rows.sort()  # by group, then by id: the order they were read from the list
-            first = rows[0][0]
-            groups = {
-                group: (message_id, bool(headers))
-                for group, message_id, headers in db.execute(
-                    "SELECT id, message_id, headers FROM groups WHERE id BETWEEN ? AND ?",
-                    (first, last),
-                )
-            }
-            items = []
-            for group, members in itertools.groupby(rows, key=operator.itemgetter(0)):
-                found = list(members)
-                message_id, headers = groups[group]
-                # One recipient per message (group_size 1, personalised): built directly
-                # (docs/design.md: claims).
-                if len(found) == 1:
-                    _, row_id, addr, name, attempts, fields = found[0]
-                    recipient = (Mailbox(addr, name),)
-                    kept = (json.loads(fields) if fields else {},)
-                    items.append(
-                        WorkItem(group, message_id, headers, (row_id,), recipient, attempts, kept)
-                    )
-                    continue
-                items.append(
-                    WorkItem(
-                        group=group,
-                        message_id=message_id,
-                        headers=headers,
-                        ids=tuple(r[1] for r in found),
-                        recipients=tuple(Mailbox(r[2], r[3]) for r in found),
-                        attempts=max(r[4] for r in found),
-                        fields=tuple(json.loads(r[5]) if r[5] else {} for r in found),
-                    )
-                )
-            return items
+            # Each group's due recipients in one row (JSON arrays; a group of one as its
+            # columns), not a row, a tuple and a GIL round trip per recipient; then the same
+            # rows, in the same transaction, go in flight.
+            due = {"now": now, "low": low, "last": last}
+            found = db.execute(CLAIMED, due).fetchall()
+            db.execute(CLAIM, due)
+            return [_work_item(*row) for row in found]
 
         return await self._call(claim)
 
@@ -517,6 +483,39 @@ class Journal:
         """Every recipient's latest result, in order, a page at a time (by row id: the next
         page is after `last_id`)."""
         return await self._call(lambda db: reader.page(db, after, limit))
+
+
+def _work_item(
+    group: int,
+    message_id: str,
+    headers: int,
+    count: int,
+    attempts: int,
+    ids: Any,
+    addrs: Any,
+    names: Any,
+    fields: Any,
+) -> WorkItem:
+    """A row of schema.CLAIMED as the group's work, its recipients in the list's order."""
+    if count == 1:  # one recipient per message (group_size 1, personalised): its columns
+        kept = (json.loads(fields) if fields else {},)
+        return WorkItem(
+            group, message_id, bool(headers), (ids,), (Mailbox(addrs, names),), attempts, kept
+        )
+    columns = [json.loads(column) for column in (ids, addrs, names, fields)]
+    if columns[0] != sorted(columns[0]):  # a retry's rows come as they are due: in list order
+        order = sorted(range(count), key=columns[0].__getitem__)
+        columns = [[column[i] for i in order] for column in columns]
+    ids, addrs, names, fields = columns
+    return WorkItem(
+        group=group,
+        message_id=message_id,
+        headers=bool(headers),
+        ids=tuple(ids),
+        recipients=tuple(map(Mailbox, addrs, names)),
+        attempts=attempts,
+        fields=tuple({} if f is None else f for f in fields),
+    )
 
 
 class _Fill(NamedTuple):

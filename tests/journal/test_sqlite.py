@@ -276,3 +276,33 @@ async def test_results_go_as_runs_and_each_row_gets_its_own(tmp_path: Path) -> N
         (x.id, x.state, x.code, x.message, x.tried, x.tried, x.at, x.next_try) for x in decided
     ]
     assert found == [*expected, (h, "inflight", None, "", 0, 0, None, 0.0)]
+
+
+async def test_a_claim_gives_a_groups_recipients_in_the_lists_order(tmp_path: Path) -> None:
+    # Claims read each group in one row, through the index of what is due (by group, then
+    # by when): retried recipients due in another order still go in the list's order.
+    async with await Journal.open(tmp_path / "j.sqlite") as journal:
+        await journal.begin_load()
+        await journal.add_list([*boxes(1, 2, 3, 4), Mailbox("five@example.com", "Five")], 5)
+        await journal.end_load()
+        (item,) = await journal.claim(10, now=0.0)
+        assert item.attempts == 0 and item.fields == ({},) * 5
+        due = {item.ids[0]: 5.0, item.ids[1]: 3.0, item.ids[2]: 4.0, item.ids[4]: 3.5}
+        journal.record(
+            [
+                Decision(JournalState.DEFERRED, 451, "later", 1, 1.0, due[i], i)
+                if i in due
+                else Decision(JournalState.ACCEPTED, 250, "ok", 1, 1.0, 0.0, i)
+                for i in item.ids
+            ]
+        )
+        (again,) = await journal.claim(10, now=10.0)
+    assert again.ids == tuple(i for i in item.ids if i in due)
+    assert [m.addr for m in again.recipients] == [
+        "user1@example.com",
+        "user2@example.com",
+        "user3@example.com",
+        "five@example.com",
+    ]
+    assert again.recipients[-1].name == "Five" and again.attempts == 1
+    assert again.message_id == item.message_id and again.headers is False
