@@ -8,17 +8,20 @@ nothing is silently rewritten (aiosmtplib's own quoting turns ``a@b.com, c@d.com
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from email.utils import formataddr
+from typing import overload
 
 __all__ = [
     "ATOM",
     "Mailbox",
+    "Mailboxes",
     "check_header_value",
     "dedupe",
     "parse_address_list",
     "parse_mailbox",
+    "plain_address",
     "validate_addr_spec",
 ]
 
@@ -59,6 +62,51 @@ class Mailbox:
         return self.addr.lower()
 
 
+class Mailboxes(Sequence[Mailbox]):
+    """Mailboxes kept as two columns, addresses and display names: a long list's rows
+    without an object each. A `Mailbox` is made only for one that is looked at."""
+
+    __slots__ = ("addrs", "names")
+
+    def __init__(self, addrs: list[str] | None = None, names: list[str] | None = None) -> None:
+        self.addrs: list[str] = [] if addrs is None else addrs
+        self.names: list[str] = [""] * len(self.addrs) if names is None else names
+
+    @classmethod
+    def of(cls, mailboxes: Iterable[Mailbox]) -> Mailboxes:
+        """The columns of `mailboxes` (itself when it is a `Mailboxes`)."""
+        if isinstance(mailboxes, Mailboxes):
+            return mailboxes
+        found = list(mailboxes)
+        return cls([m.addr for m in found], [m.name for m in found])
+
+    def __repr__(self) -> str:
+        return f"<Mailboxes of {len(self.addrs)}>"
+
+    def __len__(self) -> int:
+        return len(self.addrs)
+
+    @overload
+    def __getitem__(self, index: int) -> Mailbox: ...
+    @overload
+    def __getitem__(self, index: slice) -> Mailboxes: ...
+    def __getitem__(self, index: int | slice) -> Mailbox | Mailboxes:
+        if isinstance(index, slice):
+            return Mailboxes(self.addrs[index], self.names[index])
+        return Mailbox(self.addrs[index], self.names[index])
+
+    def __iter__(self) -> Iterator[Mailbox]:
+        return map(Mailbox, self.addrs, self.names)
+
+    def append(self, addr: str, name: str = "") -> None:
+        self.addrs.append(addr)
+        self.names.append(name)
+
+    def extend(self, other: Mailboxes) -> None:
+        self.addrs.extend(other.addrs)
+        self.names.extend(other.names)
+
+
 def check_header_value(value: str) -> str | None:
     """Return why `value` cannot go into a header (CR, LF or another control character)."""
     if "\r" in value or "\n" in value:
@@ -68,13 +116,26 @@ def check_header_value(value: str) -> str | None:
     return None
 
 
+def plain_address(text: str) -> str | None:
+    """`text` as an address when it is a bare, valid, all-ASCII one (most list lines), in one
+    match: what `validate_addr_spec` and `parse_mailbox` give for it. None: anything else,
+    which the checks one by one accept or refuse, naming the problem."""
+    if _PLAIN_RE.fullmatch(text):
+        return text[:-1] if text.endswith(".") else text
+    return None
+
+
 def validate_addr_spec(addr: str) -> str:
     """Check a bare ``local@domain`` address and return it with its domain in ASCII (IDNA).
 
     :raises ValueError: with the reason, when the address is not one valid mailbox.
     """
-    if _PLAIN_RE.fullmatch(addr):
-        return addr[:-1] if addr.endswith(".") else addr
+    plain = plain_address(addr)
+    return plain if plain is not None else _checked_addr_spec(addr)
+
+
+def _checked_addr_spec(addr: str) -> str:
+    """`validate_addr_spec` check by check, without the one-match fast path."""
     if not addr:
         raise ValueError("empty address")
     if ";" in addr:
@@ -106,8 +167,9 @@ def parse_mailbox(text: str) -> Mailbox:
     :raises ValueError: with the reason.
     """
     text = text.strip()
-    if _PLAIN_RE.fullmatch(text):  # most list lines: a bare, valid ASCII address
-        return Mailbox(text[:-1] if text.endswith(".") else text)
+    plain = plain_address(text)  # most list lines: a bare, valid ASCII address
+    if plain is not None:
+        return Mailbox(plain)
     problem = check_header_value(text)
     if problem:
         raise ValueError(f"{text!r} {problem}")

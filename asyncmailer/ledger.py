@@ -16,7 +16,7 @@ from enum import StrEnum
 from typing import NamedTuple, Protocol
 
 from .addresses import Mailbox
-from .results import RecipientResult
+from .results import ResultPage
 
 __all__ = ["Added", "Decision", "JournalState", "Ledger", "WorkItem"]
 
@@ -109,6 +109,4 @@ class Ledger(Protocol):
 
     # reading back
     async def counts(self) -> Counter[JournalState]: ...
-    async def results(
-        self, after: int = 0, limit: int = 5000
-    ) -> list[tuple[int, RecipientResult]]: ...
+    async def results(self, after: int = 0, limit: int = 5000) -> ResultPage: ...

@@ -118,7 +118,7 @@ class ConsoleObserver(Observer):
 
     async def final(self, results: Sequence[RecipientResult]) -> None:
         if self.full_report is not None:
-            self.full_report.append(results)
+            await self.full_report.keep_up(results)  # pages do not pile up in memory
 
     def finish(self) -> None:
         if self._bar is not None:

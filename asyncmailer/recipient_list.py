@@ -11,18 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import contextlib
 import csv
+import functools
+import itertools
 from collections.abc import AsyncGenerator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from .addresses import Mailbox, check_header_value, parse_mailbox
+from .addresses import Mailbox, Mailboxes, check_header_value, parse_mailbox, plain_address
 from .errors import InputError
 
-__all__ = ["BadRow", "Recipient", "RecipientFile", "ScanResult"]
+__all__ = ["BadRow", "Recipient", "RecipientFile", "RowBatch", "ScanResult"]
 
-_BATCH = 2000
+_BATCH = 2000  # rows (not blank, not a comment) per read
 _SCAN_CHUNK = 1 << 20
 
 
@@ -51,6 +54,39 @@ class BadRow:
 @dataclass(frozen=True, slots=True)
 class ScanResult:
     lines: int
+
+
+@dataclass(slots=True)
+class RowBatch:
+    """Rows read in one go, kept as columns: a long list is a million rows, and an object or
+    two each is most of the cost of reading it. The good rows' mailboxes, their line numbers
+    and (when asked for) their fields; each bad row with the count of good rows before it in
+    the batch, which places it in the file's order."""
+
+    mailboxes: Mailboxes = field(default_factory=Mailboxes)
+    lines: list[int] = field(default_factory=list)
+    fields: list[Mapping[str, str]] | None = None  # None: not kept (or a plain-text list)
+    bad: list[tuple[int, BadRow]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        """Rows in all, good and bad."""
+        return len(self.lines) + len(self.bad)
+
+    def recipient(self, index: int) -> Recipient:
+        """The good row `index` as a `Recipient`."""
+        fields = self.fields[index] if self.fields is not None else {}
+        return Recipient(self.mailboxes[index], self.lines[index], fields)
+
+    def items(self) -> Iterator[Recipient | BadRow]:
+        """Every row in the file's order."""
+        good = 0
+        for before, row in self.bad:
+            for index in range(good, before):
+                yield self.recipient(index)
+            good = before
+            yield row
+        for index in range(good, len(self.lines)):
+            yield self.recipient(index)
 
 
 class _Reader:
@@ -89,29 +125,61 @@ class _Reader:
         self.column = lowered.index(column.lower())
         self.name = lowered.index(name_column.lower()) if name_column.lower() in lowered else -1
 
-    def batch(self) -> list[Recipient | BadRow]:
-        out: list[Recipient | BadRow] = []
-        while len(out) < _BATCH:
-            if self.is_csv:
-                row = next(self.rows, None)
-                if row is None:
-                    break
-                line = self.line + 1
-                self.line = getattr(self.rows, "line_num", self.line)
-                item = self._csv_row(row, line)
-            else:
-                text = self.handle.readline()
-                if not text:
-                    break
-                self.line += 1
-                item = self._text_row(text, self.line)
-            if item is not None:
-                out.append(item)
-        return out
+    def batch(self, *, fields: bool = True) -> RowBatch:
+        """The next `_BATCH` rows (fewer at the end of the file; none after it), with their
+        fields if `fields`."""
+        rows = RowBatch(fields=[] if fields and self.is_csv else None)
+        if self.is_csv:
+            self._csv_rows(rows)
+        else:
+            self._text_rows(rows)
+        return rows
 
-    def _csv_row(self, row: list[str], line: int) -> Recipient | BadRow | None:
-        if not any(cell.strip() for cell in row):
-            return None
+    def _text_rows(self, rows: RowBatch) -> None:
+        addrs, names, lines = rows.mailboxes.addrs, rows.mailboxes.names, rows.lines
+        count = 0
+        while count < _BATCH:
+            read = list(itertools.islice(self.handle, _BATCH - count))
+            if not read:
+                break
+            for text in read:
+                self.line += 1
+                text = text.strip()
+                if not text or text[0] == "#":
+                    continue
+                count += 1
+                addr = plain_address(text)  # most lines: a bare address, in one match
+                if addr is not None:
+                    addrs.append(addr)
+                    names.append("")
+                    lines.append(self.line)
+                    continue
+                try:
+                    mailbox = parse_mailbox(text)
+                except ValueError as err:
+                    rows.bad.append((len(lines), BadRow(self.path, self.line, text, str(err))))
+                    continue
+                addrs.append(mailbox.addr)
+                names.append(mailbox.name)
+                lines.append(self.line)
+
+    def _csv_rows(self, rows: RowBatch) -> None:
+        count = 0
+        while count < _BATCH:
+            row = next(self.rows, None)
+            if row is None:
+                break
+            line = self.line + 1
+            self.line = getattr(self.rows, "line_num", self.line)
+            if not "".join(row).strip():  # blank: no cell with anything but spaces
+                continue
+            count += 1
+            problem = self._csv_row(rows, row, line)
+            if problem is not None:
+                rows.bad.append((len(rows.lines), problem))
+
+    def _csv_row(self, rows: RowBatch, row: list[str], line: int) -> BadRow | None:
+        """Add one non-blank row to `rows`, or say why it is bad."""
         if len(row) != len(self.header):
             return BadRow(
                 self.path,
@@ -121,26 +189,26 @@ class _Reader:
             )
         text = row[self.column].strip()
         name = row[self.name].strip() if self.name >= 0 else ""
-        fields = dict(zip(self.header, row, strict=True))
-        try:
-            mailbox = parse_mailbox(text)
-        except ValueError as err:
-            return BadRow(self.path, line, text, f"{self.header[self.column]}: {err}")
-        if name and not mailbox.name:
-            if problem := check_header_value(name):
-                column = self.header[self.name]
-                return BadRow(self.path, line, text, f"{column}: {name!r} {problem}")
-            mailbox = Mailbox(mailbox.addr, name)
-        return Recipient(mailbox, line, fields)
-
-    def _text_row(self, text: str, line: int) -> Recipient | BadRow | None:
-        text = text.strip()
-        if not text or text.startswith("#"):
-            return None
-        try:
-            return Recipient(parse_mailbox(text), line)
-        except ValueError as err:
-            return BadRow(self.path, line, text, str(err))
+        addr = plain_address(text)  # a bare address, in one match: it has no name of its own
+        if addr is None:
+            try:
+                mailbox = parse_mailbox(text)
+            except ValueError as err:
+                return BadRow(self.path, line, text, f"{self.header[self.column]}: {err}")
+            addr = mailbox.addr
+            name = mailbox.name or name
+            from_column = not mailbox.name
+        else:
+            from_column = True
+        if name and from_column and (problem := check_header_value(name)):
+            column = self.header[self.name]
+            return BadRow(self.path, line, text, f"{column}: {name!r} {problem}")
+        rows.mailboxes.addrs.append(addr)
+        rows.mailboxes.names.append(name)
+        rows.lines.append(line)
+        if rows.fields is not None:
+            rows.fields.append(dict(zip(self.header, row, strict=True)))
+        return None
 
     def close(self) -> None:
         self.handle.close()
@@ -206,6 +274,14 @@ class RecipientFile:
             ) from None
 
     async def __aiter__(self) -> AsyncGenerator[Recipient | BadRow, None]:
+        async with contextlib.aclosing(self.batches()) as batches:
+            async for batch in batches:
+                for item in batch.items():
+                    yield item
+
+    async def batches(self, *, fields: bool = True) -> AsyncGenerator[RowBatch, None]:
+        """The rows a batch at a time (`RowBatch`), each batch not empty; with each row's
+        fields (a CSV's columns by name) only if `fields`."""
         try:
             reader = await asyncio.to_thread(_Reader, self.path, self.column, self.name_column)
         except OSError as err:
@@ -214,15 +290,13 @@ class RecipientFile:
             ) from None
         self.columns = tuple(reader.header) if reader.is_csv else ()
         try:
-            while batch := await self._batch(reader):
-                for item in batch:
-                    if isinstance(item, BadRow):
-                        self.bad_rows += 1
-                    yield item
+            while batch := await self._batch(reader, fields):
+                self.bad_rows += len(batch.bad)
+                yield batch
         finally:
             await asyncio.to_thread(reader.close)
 
-    async def _batch(self, reader: _Reader) -> list[Recipient | BadRow]:
+    async def _batch(self, reader: _Reader, fields: bool) -> RowBatch:
         """The next rows. The file was checked by `scan()`; it can still fail, or be changed
         under us, while it is read (sending may have started by then).
 
@@ -230,7 +304,7 @@ class RecipientFile:
         """
         first = reader.line + 1
         try:
-            return await asyncio.to_thread(reader.batch)
+            return await asyncio.to_thread(functools.partial(reader.batch, fields=fields))
         except OSError as err:
             problem = f"cannot read the recipient list from here on: {err.strerror or err}"
         except UnicodeDecodeError:  # text is decoded a block at a time: somewhere after here

@@ -10,12 +10,12 @@ import json
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from .errors import InputError
-from .results import RecipientResult
+from .results import RecipientResult, ResultPage
 
 __all__ = ["REPORT_FIELDS", "ReportWriter", "format_table"]
 
@@ -34,7 +34,8 @@ class ReportWriter:
     whatever has queued into one write and flush, at most every `linger` seconds (a group
     commit for the report: rows reach the file within about `linger` of coming, and neither
     sending nor the event loop waits for the disk). `write()` appends and waits until the
-    rows are in the file.
+    rows are in the file; `keep_up()` appends and waits only for the rows before them, for a
+    caller that can make rows faster than the file takes them.
     """
 
     def __init__(self, path: str | Path, *, linger: float = 0.02) -> None:
@@ -48,6 +49,7 @@ class ReportWriter:
         self._queue: queue.SimpleQueue[_Request] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._error: Exception | None = None  # InputError, or a bug in formatting a row
+        self._written: asyncio.Future[None] | None = None  # the last keep_up()'s rows
 
     async def __aenter__(self) -> ReportWriter:
         try:
@@ -107,6 +109,21 @@ class ReportWriter:
         self.append(results)
         await self.flush()
 
+    async def keep_up(self, results: Sequence[RecipientResult]) -> None:
+        """Append results, then wait until the previous call's are in the file: at most two
+        calls' rows wait in memory (the end of a long list reads the journal back faster
+        than the file is written), while these are written as the caller makes the next.
+
+        :raises InputError: the report cannot be written.
+        """
+        self.append(results)
+        previous, self._written = self._written, asyncio.get_running_loop().create_future()
+        self._queue.put(self._written)
+        if previous is not None:
+            await asyncio.shield(previous)
+        if self._error is not None:
+            raise self._error
+
     async def flush(self) -> None:
         """Wait until everything appended so far is in the file.
 
@@ -126,7 +143,7 @@ class ReportWriter:
             with contextlib.suppress(queue.Empty):
                 while True:
                     requests.append(self._queue.get_nowait())
-            results: list[RecipientResult] = []
+            rows: list[tuple[str, str, int | None, str]] = []
             waiting: list[asyncio.Future[None]] = []
             stop = False
             for request in requests:
@@ -135,10 +152,10 @@ class ReportWriter:
                 elif isinstance(request, asyncio.Future):
                     waiting.append(request)
                 else:
-                    results.extend(request)
+                    rows.extend(_columns(request))
             try:
-                if results and self._error is None:
-                    self._store_results(results)
+                if rows and self._error is None:
+                    self._store_rows(rows)
             except OSError as err:
                 self._error = self._failed(err)
             except Exception as err:  # a bug: flush() raises it, nobody waits on a dead thread
@@ -151,12 +168,11 @@ class ReportWriter:
             if not waiting:
                 time.sleep(self.linger)  # let the next rows gather: fewer, larger writes
 
-    def _store_results(self, results: Sequence[RecipientResult]) -> None:
+    def _store_rows(self, rows: list[tuple[str, str, int | None, str]]) -> None:
         if self.kind == "csv":  # tuples through the C writer: no dict per row
-            # A Status is a str (StrEnum): written as its value, without the slow `.value`.
-            self._store([(r.recipient, r.status, r.code, r.message) for r in results])
+            self._store(rows)
         else:
-            self._store([r.as_row() for r in results])
+            self._store([dict(zip(REPORT_FIELDS, row, strict=True)) for row in rows])
 
     def _store(self, rows: Sequence[Sequence[Any]] | Sequence[dict[str, Any]]) -> None:
         """In a thread: format the rows (tuples in REPORT_FIELDS order for CSV, where None is
@@ -177,6 +193,15 @@ class ReportWriter:
 # What the writer thread takes: results to write, a future to answer once all before it is
 # written, or None to stop.
 _Request = Sequence[RecipientResult] | asyncio.Future[None] | None
+
+
+def _columns(results: Sequence[RecipientResult]) -> Iterable[tuple[str, str, int | None, str]]:
+    """The results as the report's columns (`REPORT_FIELDS`): a page the journal read back
+    goes as its rows are, without an object each."""
+    if isinstance(results, ResultPage):
+        return results.report_rows()
+    # A Status is a str (StrEnum): written as its value, without the slow `.value`.
+    return [(r.recipient, r.status, r.code, r.message) for r in results]
 
 
 def _done(future: asyncio.Future[None]) -> None:

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import operator
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import overload
 
 from .errors import DeliveryError
 
-__all__ = ["CampaignReport", "RecipientResult", "Status", "plural"]
+__all__ = ["CampaignReport", "RecipientResult", "ResultPage", "Status", "plural"]
 
 
 def plural(count: int, word: str) -> str:
@@ -55,6 +57,70 @@ class RecipientResult:
         }
 
 
+# A row of a `ResultPage`: what a ledger reads back for one recipient.
+ResultRow = tuple[int, str, str, int | None, str, int, int]  # id, recipient, status, code,
+# message, attempts, untried (0 or 1)
+_STATUSES = {status.value: status for status in Status}
+_REPORT_COLUMNS = operator.itemgetter(1, 2, 3, 4)  # recipient, status, code, message
+_STATUS_COLUMN = operator.itemgetter(2)
+
+
+class ResultPage(Sequence[RecipientResult]):
+    """A page of results as a ledger reads them back at the end of a run: plain rows (see
+    `ResultRow`, in row id order), each made a `RecipientResult` only when it is looked at.
+
+    A long list's final read is a million rows, nearly all accepted: the report counts them
+    (`counts()`), keeps the first ones and the problems (`not_accepted()`), and the report file
+    writes their columns as they are (`report_rows()`), without an object per row.
+    """
+
+    __slots__ = ("rows",)
+
+    def __init__(self, rows: list[ResultRow]) -> None:
+        self.rows = rows
+
+    def __repr__(self) -> str:
+        return f"<ResultPage of {len(self.rows)}>"
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @overload
+    def __getitem__(self, index: int) -> RecipientResult: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[RecipientResult]: ...
+    def __getitem__(self, index: int | slice) -> RecipientResult | list[RecipientResult]:
+        if isinstance(index, slice):
+            return [_result(row) for row in self.rows[index]]
+        return _result(self.rows[index])
+
+    def __iter__(self) -> Iterator[RecipientResult]:
+        return map(_result, self.rows)
+
+    @property
+    def last_id(self) -> int:
+        """The row id of the last row: the next page starts after it."""
+        return self.rows[-1][0]
+
+    def counts(self) -> Counter[Status]:
+        return Counter(
+            {_STATUSES[s]: n for s, n in Counter(map(_STATUS_COLUMN, self.rows)).items()}
+        )
+
+    def not_accepted(self) -> Iterator[RecipientResult]:
+        accepted = Status.ACCEPTED.value
+        return (_result(row) for row in self.rows if row[2] != accepted)
+
+    def report_rows(self) -> Iterator[tuple[str, str, int | None, str]]:
+        """Each row as the report file's columns (`report.REPORT_FIELDS`)."""
+        return map(_REPORT_COLUMNS, self.rows)
+
+
+def _result(row: ResultRow) -> RecipientResult:
+    _, recipient, status, code, message, attempts, untried = row
+    return RecipientResult(recipient, _STATUSES[status], code, message, attempts, bool(untried))
+
+
 @dataclass(slots=True)
 class CampaignReport:
     """The outcome of a run: exact counts for every recipient, and the results themselves up to
@@ -78,6 +144,9 @@ class CampaignReport:
     list_read_to: int | None = None
 
     def add(self, results: Iterable[RecipientResult]) -> None:
+        if isinstance(results, ResultPage):
+            self._add_page(results)
+            return
         batch = list(results)
         self.total += len(batch)
         if len(self.results) < self.keep:
@@ -87,6 +156,18 @@ class CampaignReport:
             counts[result.status] += 1
             if result.status is Status.ACCEPTED:  # most of a long list: nothing more to note
                 continue
+            if result.untried:
+                self.not_attempted += 1
+            elif len(self.problems) < self.keep:
+                self.problems.append(result)
+
+    def _add_page(self, page: ResultPage) -> None:
+        """As `add()`, making objects only of the rows it keeps (and of those not accepted)."""
+        self.total += len(page)
+        if len(self.results) < self.keep:
+            self.results.extend(page[: self.keep - len(self.results)])
+        self.counts.update(page.counts())
+        for result in page.not_accepted():
             if result.untried:
                 self.not_attempted += 1
             elif len(self.problems) < self.keep:

@@ -25,6 +25,8 @@ class Row:
     cpu_seconds: float | None = None
     max_rss_kb: int | None = None
     message_bytes: int | None = None
+    # From the sender's start until the sink had accepted a message (smtp-sink rows only).
+    first_message_s: float | None = None
     sink_cpu_seconds: float | None = None
     # Implicit-TLS rows: the stunnel legs' CPU time and the session the server leg logged.
     tls_server_cpu_seconds: float | None = None
@@ -84,6 +86,7 @@ _HEADERS = (
     "msgs/s",
     "CPU s/1k",
     "RSS MB",
+    "1st msg s",
     "status",
 )
 
@@ -104,6 +107,7 @@ def _cells(row: Row) -> tuple[str, ...]:
         _num(row.msgs_per_s, 0),
         _num(row.cpu_per_1k, 2),
         _num(row.rss_mb, 1),
+        _num(row.first_message_s, 2),
         status,
     )
 
@@ -111,7 +115,7 @@ def _cells(row: Row) -> tuple[str, ...]:
 def format_table(rows: Sequence[Row]) -> str:
     table = [_HEADERS, *(_cells(row) for row in rows)]
     widths = [max(len(line[i]) for line in table) for i in range(len(_HEADERS) - 1)]
-    numeric = set(range(6, 12))
+    numeric = set(range(6, 13))
 
     def render(cells: tuple[str, ...]) -> str:
         parts = [
@@ -223,16 +227,39 @@ def ratios(rows: Sequence[Row]) -> list[Ratio]:
                 100,
             )
         )
-    result.append(_memory_ratio(rows))
+    result.extend(_long_list(rows))
     return result
 
 
-def _memory_ratio(rows: Sequence[Row]) -> Ratio:
-    name = "peak RSS of asyncmailer at 1,000,000 recipients, MB"
+# The 1,000,000-recipient run (groups of 100, journal_sync full, --report): its targets.
+LONG_LIST_SECONDS = 20.0
+LONG_LIST_FIRST_MESSAGE_S = 1.0
+LONG_LIST_RSS_MB = 64.0
+
+
+def _long_list(rows: Sequence[Row]) -> list[Ratio]:
+    """End to end, until the first message and peak RSS, of asyncmailer at 1,000,000
+    recipients: each at most its target."""
     row = _find(rows, lambda c: c.sender == MEMORY and c.recipients == 1_000_000)
-    if row is None or not row.ok:
-        return Ratio(name, None, 64, False, _why(row, "1,000,000-recipient run"))
-    return Ratio(name, row.rss_mb, 64, False)
+    found = row is not None and row.ok
+    lines = (
+        ("seconds end to end", LONG_LIST_SECONDS, row.seconds if row else None),
+        (
+            "seconds to the first message",
+            LONG_LIST_FIRST_MESSAGE_S,
+            row.first_message_s if row else None,
+        ),
+        ("peak RSS, MB", LONG_LIST_RSS_MB, row.rss_mb if row else None),
+    )
+    result = []
+    for what, target, value in lines:
+        name = f"asyncmailer at 1,000,000 recipients, {what}"
+        if found and value is not None:
+            result.append(Ratio(name, value, target, False))
+        else:
+            why = "not measured" if found else _why(row, "1,000,000-recipient run")
+            result.append(Ratio(name, None, target, False, why))
+    return result
 
 
 def write_json(path: Path, meta: dict[str, Any], rows: Sequence[Row], lines: list[Ratio]) -> None:

@@ -149,6 +149,7 @@ def _execute(case: Case, ctx: Context, name: str) -> tuple[str, Outcome]:
         if case.tls:
             tunnel = stack.enter_context(_tunnel_for(case, ctx, name, sink.port))
         argv = _argv(case, ctx, tunnel.port if tunnel else sink.port, name)
+        sink.watch_first(time.perf_counter())  # the sender starts now
         stats = run_measured(
             argv, stdout=out, stderr=err, timeout=timeout, env=ctx.env, gnu_time=ctx.tools.gnu_time
         )
@@ -205,6 +206,7 @@ def run_case(case: Case, ctx: Context, name: str) -> Row:
         cpu_seconds=stats.cpu_seconds,
         max_rss_kb=stats.max_rss_kb,
         message_bytes=data_bytes // case.messages if data_bytes and ok else None,
+        first_message_s=outcome.sink.first_message_s,
         sink_cpu_seconds=outcome.sink.cpu_seconds,
         tls_server_cpu_seconds=legs.server_cpu_seconds,
         tls_client_cpu_seconds=legs.client_cpu_seconds,

@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,10 @@ _SMTP_SINK_COUNT = re.compile(rb"mesg=(\d+)")
 _LATENCY_SINK_COUNT = re.compile(rb"messages=(\d+)")
 _LATENCY_SINK_BYTES = re.compile(rb"data_bytes=(\d+)")
 _LISTENING = re.compile(rb"listening [\d.]+:(\d+)")
+# smtp-sink -c rewrites its counters after each event: the first message makes it "mesg=1".
+_SMTP_SINK_FIRST = re.compile(rb"mesg=[1-9]")
+_FIRST_POLL = 0.005  # seconds between looks for the first message
+_FIRST_BYTES = 64 * 1024  # "mesg=1" comes within the first few lines of counters
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +44,9 @@ class SinkTotals:
     messages: int | None
     data_bytes: int | None
     cpu_seconds: float | None  # the sink's own CPU time over its life
+    # Seconds from `watch_first(start)` until the sink had accepted its first message (None:
+    # not watched, or this sink cannot tell).
+    first_message_s: float | None = None
 
 
 def _last_int(pattern: re.Pattern[bytes], text: bytes) -> int | None:
@@ -78,9 +86,11 @@ class Sink:
         port: int,
         counter: re.Pattern[bytes] | None,
         ready: re.Pattern[bytes] | None = None,
+        first: re.Pattern[bytes] | None = None,
     ) -> None:
         """`port` 0: the sink picks one and prints ``listening HOST:PORT``. `ready`: it is
-        listening once its output matches this (else a connection to `port` tells)."""
+        listening once its output matches this (else a connection to `port` tells). `first`:
+        its output matches this once it has accepted a message."""
         self.name = name
         self._argv = argv
         self._output = output
@@ -88,6 +98,10 @@ class Sink:
         self._proc: subprocess.Popen[bytes] | None = None
         self._counter = counter
         self._ready = ready
+        self._first = first
+        self._first_at: float | None = None
+        self._watching = threading.Event()  # cleared to stop the watcher
+        self._watcher: threading.Thread | None = None
 
     def __enter__(self) -> Sink:
         with self._output.open("wb") as out:
@@ -122,8 +136,31 @@ class Sink:
             time.sleep(_POLL)
         raise RuntimeError(f"{self.name} did not start: {self._output.read_text()[-500:]}")
 
+    def watch_first(self, start: float) -> None:
+        """Note when the first message arrives, in `time.perf_counter()` seconds after
+        `start` (the sender's start), polling the output in a thread until it does."""
+        if self._first is None:
+            return
+        self._watching.set()
+        self._watcher = threading.Thread(target=self._watch, args=(start,), daemon=True)
+        self._watcher.start()
+
+    def _watch(self, start: float) -> None:
+        assert self._first is not None
+        with self._output.open("rb") as out:
+            while self._watching.is_set():
+                out.seek(0)
+                if self._first.search(out.read(_FIRST_BYTES)):
+                    self._first_at = time.perf_counter() - start
+                    return
+                time.sleep(_FIRST_POLL)
+
     def stop(self) -> SinkTotals:
         """Stop the sink (SIGTERM, then SIGKILL); return what it counted."""
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            self._watching.clear()
+            watcher.join()
         proc, self._proc = self._proc, None
         cpu = None
         if proc is not None and proc.returncode is None:  # not reaped yet
@@ -131,7 +168,7 @@ class Sink:
             cpu = cpu_seconds(reap(proc, _STOP_TIMEOUT).usage)
         output = self._output.read_bytes()
         messages = _last_int(self._counter, output) if self._counter else None
-        return SinkTotals(messages, _last_int(_LATENCY_SINK_BYTES, output), cpu)
+        return SinkTotals(messages, _last_int(_LATENCY_SINK_BYTES, output), cpu, self._first_at)
 
 
 def smtp_sink(binary: Path, output: Path) -> Sink:
@@ -139,7 +176,9 @@ def smtp_sink(binary: Path, output: Path) -> Sink:
     port = free_port()
     as_root = ["-u", "nobody"] if os.geteuid() == 0 else []  # required when run as root
     argv = [str(binary), "-c", "-a", *as_root, "-h", "localhost", f"{HOST}:{port}", "1024"]
-    return Sink("smtp-sink", argv, output, port=port, counter=_SMTP_SINK_COUNT)
+    return Sink(
+        "smtp-sink", argv, output, port=port, counter=_SMTP_SINK_COUNT, first=_SMTP_SINK_FIRST
+    )
 
 
 def latency_sink(delay_ms: int, output: Path, max_seconds: float) -> Sink:

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import random
+import string
+
 import pytest
 
 from asyncmailer.addresses import (
     Mailbox,
+    Mailboxes,
+    _checked_addr_spec,
     check_header_value,
     dedupe,
     parse_address_list,
     parse_mailbox,
+    plain_address,
     validate_addr_spec,
 )
 
@@ -99,3 +105,69 @@ def test_header_value_check() -> None:
 def test_mailbox_str_formats_for_headers() -> None:
     assert str(Mailbox("a@example.com")) == "a@example.com"
     assert str(Mailbox("a@example.com", "Doe, J")) == '"Doe, J" <a@example.com>'
+
+
+def _address_like(rng: random.Random) -> str:
+    """A string built to sit near every edge the one-match fast path must draw exactly as the
+    checks one by one do: atext and what is not, dots, hyphens, label and part lengths at the
+    limits, a trailing dot, IDNA, spaces, controls, a second @, angle brackets."""
+    atext = string.ascii_letters + string.digits + "!#$%&'*+/=?^_`{|}~-"
+    odd = ' "(),:;<>@[\\]\t\r\n\x00\x7fé.ü-_'
+
+    def word(alphabet: str, longest: int) -> str:
+        length = rng.choice([1, 2, 3, 8, 8, 8, longest - 1, longest, longest + 1, 0])
+        chars = [rng.choice(alphabet) for _ in range(length)]
+        if chars and rng.random() < 0.05:
+            chars[rng.randrange(len(chars))] = rng.choice(odd)
+        return "".join(chars)
+
+    local = ".".join(word(atext, rng.choice([9, 64, 65])) for _ in range(rng.randint(1, 3)))
+    if rng.random() < 0.05:
+        local = rng.choice(["", ".", "a..b", ".a", "a."]) + local
+    ldh = string.ascii_letters + string.digits + "-"
+    labels = [word(ldh, rng.choice([9, 63, 64])) for _ in range(rng.randint(1, 4))]
+    if rng.random() < 0.05:
+        labels.append(rng.choice(["пример", "xn--e1afmkfd", "рф", "", "-a", "a-"]))
+    domain = ".".join(labels) + rng.choice(["", "", "", ".", ".."])
+    text = local + rng.choice(["@"] * 20 + ["", "@@", " @", "@ "]) + domain
+    if rng.random() < 0.05:  # long ones, at and around 254 characters
+        text = (
+            "a" * rng.randint(0, 64)
+            + "@"
+            + ".".join(["b" * 63] * 3)
+            + "."
+            + "c" * rng.randint(0, 70)
+        )
+    return text
+
+
+def test_the_fast_path_accepts_only_what_the_checks_accept_and_gives_the_same() -> None:
+    # A property test: for 30,000 seeded strings near the edges, whatever the one-match fast
+    # path (most list lines) takes, the checks one by one take too, as the same address; it
+    # may leave a valid address to the checks (slower, same result), never take a bad one.
+    rng = random.Random(20241201)
+    taken = refused_by_both = 0
+    for _ in range(30_000):
+        text = _address_like(rng)
+        plain = plain_address(text)
+        try:
+            checked = _checked_addr_spec(text)
+        except ValueError:
+            assert plain is None, text
+            refused_by_both += 1
+            continue
+        if plain is not None:
+            assert plain == checked, text
+            assert parse_mailbox(text) == Mailbox(checked)
+            assert check_header_value(text) is None and "<" not in text, text
+            taken += 1
+    assert taken > 5_000 and refused_by_both > 5_000  # both sides well covered
+
+
+def test_mailboxes_are_columns_made_into_mailboxes_when_looked_at() -> None:
+    boxes = [Mailbox("a@example.com", "A"), Mailbox("b@example.com")]
+    columns = Mailboxes.of(boxes)
+    assert (columns.addrs, columns.names) == (["a@example.com", "b@example.com"], ["A", ""])
+    assert list(columns) == boxes and columns[1] == boxes[1] and len(columns) == 2
+    assert list(columns[1:]) == boxes[1:] and Mailboxes.of(columns) is columns
+    assert list(Mailboxes(["c@example.com"])) == [Mailbox("c@example.com")]

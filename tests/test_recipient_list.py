@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from asyncmailer.addresses import Mailbox
 from asyncmailer.errors import InputError
 from asyncmailer.recipient_list import BadRow, Recipient, RecipientFile
 
@@ -143,3 +144,41 @@ async def test_a_list_changed_while_it_is_read_is_an_input_error(tmp_path: Path)
         f"{path}:4001: not valid UTF-8 text from here on any more: was the list changed while "
         "it was read?"
     )
+
+
+async def test_batches_are_columns_in_the_files_order(tmp_path: Path) -> None:
+    # What the loader reads: 2,000 rows a batch (blanks and comments not counted), the good
+    # ones as columns, each bad one placed by the good rows before it.
+    path = tmp_path / "list.txt"
+    lines = ["# a list", ""]
+    for n in range(4100):
+        lines.append(f"user{n}@example.com" if n % 1000 != 7 else f"bad{n}@exa mple.com")
+        if n % 500 == 0:
+            lines.append("   ")
+    lines.insert(1234, "Named <named@example.com>")
+    path.write_text("\n".join(lines) + "\n")
+    source = RecipientFile(path)
+    batches = [batch async for batch in source.batches()]
+    assert [len(b) for b in batches] == [2000, 2000, 101]
+    assert all(b.fields is None for b in batches)  # a text list has no fields to keep
+    items = [item for batch in batches for item in batch.items()]
+    assert items == [item async for item in RecipientFile(path)]
+    for batch in batches:  # each bad row sits between the good rows around it
+        for before, row in batch.bad:
+            assert batch.lines[before - 1] < row.line < batch.lines[before]
+    assert [len(b.bad) for b in batches] == [2, 2, 1] and source.bad_rows == 5
+    assert Mailbox("named@example.com", "Named") in batches[0].mailboxes
+
+
+async def test_csv_batches_keep_fields_only_when_asked(tmp_path: Path) -> None:
+    path = tmp_path / "list.csv"
+    path.write_text("email,name,city\na@example.com,A,Paris\n\nB <b@example.com>,X,Rome\n")
+    (kept,) = [batch async for batch in RecipientFile(path).batches()]
+    (bare,) = [batch async for batch in RecipientFile(path).batches(fields=False)]
+    assert kept.fields == [
+        {"email": "a@example.com", "name": "A", "city": "Paris"},
+        {"email": "B <b@example.com>", "name": "X", "city": "Rome"},
+    ]
+    assert bare.fields is None and bare.lines == kept.lines == [2, 4]
+    # The address's own display name wins over the name column, as before.
+    assert list(bare.mailboxes) == [Mailbox("a@example.com", "A"), Mailbox("b@example.com", "B")]

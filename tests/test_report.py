@@ -11,7 +11,7 @@ import pytest
 
 from asyncmailer.errors import InputError
 from asyncmailer.report import ReportWriter, format_table
-from asyncmailer.results import CampaignReport, RecipientResult, Status
+from asyncmailer.results import CampaignReport, RecipientResult, ResultPage, Status
 
 RESULTS = [
     RecipientResult("alice@example.com", Status.ACCEPTED, 250, "2.0.0 OK"),
@@ -135,3 +135,59 @@ async def test_a_row_that_cannot_be_encoded_fails_flush_instead_of_hanging(tmp_p
         async with ReportWriter(tmp_path / "other.csv") as writer:
             writer.append([RecipientResult("y", Status.SKIPPED, None, "\ud800", 0)])
             await asyncio.wait_for(writer.flush(), 10)
+
+
+def page_of(results: list[RecipientResult]) -> ResultPage:
+    """The rows a ledger reads back for these results."""
+    return ResultPage(
+        [
+            (n, r.recipient, r.status.value, r.code, r.message, r.attempts, int(r.untried))
+            for n, r in enumerate(results, 1)
+        ]
+    )
+
+
+MIXED = [
+    *(RecipientResult(f"a{n}@example.com", Status.ACCEPTED, 250, "ok") for n in range(5)),
+    *RESULTS,
+    RecipientResult("d@example.com", Status.DEFERRED, 451, "later", 2),
+    RecipientResult("u@example.com", Status.UNKNOWN, None, "cut", 1),
+    *(RecipientResult(f"b{n}@example.com", Status.ACCEPTED, 250, "ok") for n in range(5)),
+]
+
+
+@pytest.mark.parametrize("keep", [3, 8, 100])
+def test_a_page_of_rows_counts_and_keeps_what_its_results_would(keep: int) -> None:
+    # The final read hands the report rows, not objects: the same report either way.
+    as_rows, as_results = CampaignReport(keep=keep), CampaignReport(keep=keep)
+    for part in (MIXED[:4], MIXED[4:11], MIXED[11:]):
+        as_rows.add(page_of(part))
+        as_results.add(part)
+    assert as_rows == as_results
+    assert page_of(MIXED)[5] == MIXED[5] and list(page_of(MIXED)) == MIXED
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+async def test_a_page_of_rows_is_written_as_its_results_would_be(
+    tmp_path: Path, suffix: str
+) -> None:
+    async with ReportWriter(tmp_path / f"rows{suffix}") as writer:
+        await writer.write(page_of(MIXED))
+    async with ReportWriter(tmp_path / f"results{suffix}") as writer:
+        await writer.write(MIXED)
+    written = (tmp_path / f"rows{suffix}").read_bytes()
+    assert written == (tmp_path / f"results{suffix}").read_bytes()
+    assert len(written.splitlines()) == len(MIXED) + (suffix == ".csv")
+
+
+async def test_keep_up_waits_for_the_rows_before_and_not_for_its_own(tmp_path: Path) -> None:
+    # The final report's pages are read faster than they are written: each call waits for
+    # the previous one's rows, so at most two pages are held in memory.
+    path = tmp_path / "report.csv"
+    async with ReportWriter(path, linger=10) as writer:
+        await writer.keep_up(RESULTS[:1])  # nothing before it: no wait
+        await asyncio.wait_for(writer.keep_up(RESULTS[1:2]), 10)
+        assert "alice@example.com" in path.read_text()
+        await asyncio.wait_for(writer.keep_up(RESULTS[2:]), 10)
+        assert "bob@example.org" in path.read_text()
+    assert len(path.read_text().splitlines()) == 1 + len(RESULTS)

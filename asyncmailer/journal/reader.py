@@ -12,34 +12,30 @@ from pathlib import Path
 
 from ..errors import JournalError
 from ..ledger import JournalState
-from ..results import RecipientResult, Status
+from ..results import ResultPage, Status
 
 __all__ = ["NOT_YET", "JournalReader", "counts", "page"]
 
 NOT_YET = "not attempted yet: run the campaign again to send"
-_STATUSES = {status.value: status for status in Status}
+_NOT_RUN = f"('{JournalState.PENDING}', '{JournalState.INFLIGHT}')"  # the run never got to it
+# Each row as the report shows it (a `ResultRow`), made in SQL: a long list's final read is a
+# million rows. Past DATA without a reply is unknown; pending or in flight, skipped (untried
+# if never tried); every other state is the status of the same name.
 _QUERY = (
-    "SELECT id, addr, state, code, message, attempts FROM recipients WHERE id > ? "
-    "ORDER BY id LIMIT ?"
+    "SELECT id, addr,"
+    f" CASE WHEN state = '{JournalState.DATA}' THEN '{Status.UNKNOWN}'"
+    f" WHEN state IN {_NOT_RUN} THEN '{Status.SKIPPED}' ELSE state END,"
+    f" CASE WHEN state = '{JournalState.DATA}' OR state IN {_NOT_RUN} THEN NULL ELSE code END,"
+    f" CASE WHEN state IN {_NOT_RUN} THEN ? ELSE message END,"
+    " attempts,"
+    f" state IN {_NOT_RUN} AND attempts = 0"
+    " FROM recipients WHERE id > ? ORDER BY id LIMIT ?"
 )
 
 
-def _result(
-    addr: str, state: str, code: int | None, message: str, attempts: int
-) -> RecipientResult:
-    """A journal row as the report shows it."""
-    status = _STATUSES.get(state)  # a dict, not Status(state): a million rows at the end
-    if status is not None:
-        return RecipientResult(addr, status, code, message, attempts)
-    if state == JournalState.DATA:
-        return RecipientResult(addr, Status.UNKNOWN, None, message, attempts)
-    # pending or inflight: the run never got to it
-    return RecipientResult(addr, Status.SKIPPED, None, NOT_YET, attempts, untried=not attempts)
-
-
-def page(db: sqlite3.Connection, after: int, limit: int) -> list[tuple[int, RecipientResult]]:
-    """Up to `limit` recipients after row id `after`, in order, with their row ids."""
-    return [(row[0], _result(*row[1:])) for row in db.execute(_QUERY, (after, limit))]
+def page(db: sqlite3.Connection, after: int, limit: int) -> ResultPage:
+    """Up to `limit` recipients after row id `after`, in order."""
+    return ResultPage(db.execute(_QUERY, (NOT_YET, after, limit)).fetchall())
 
 
 def counts(db: sqlite3.Connection) -> Counter[JournalState]:
@@ -77,13 +73,13 @@ class JournalReader:
 
         return await asyncio.to_thread(read)
 
-    async def pages(self, limit: int = 5000) -> AsyncIterator[list[RecipientResult]]:
+    async def pages(self, limit: int = 5000) -> AsyncIterator[ResultPage]:
         """Every recipient's latest result, in order, a page at a time."""
         db = await asyncio.to_thread(self._connect)
         try:
             after = 0
             while found := await asyncio.to_thread(page, db, after, limit):
-                yield [result for _, result in found]
-                after = found[-1][0]
+                yield found
+                after = found.last_id
         finally:
             await asyncio.to_thread(db.close)

@@ -3,13 +3,20 @@ oldest SQLite they run on."""
 
 from __future__ import annotations
 
+import itertools
+import operator
 import sqlite3
+from collections.abc import Iterable
+from typing import Any
 
 from ..errors import JournalError
 from ..ledger import Decision, JournalState
 
 __all__ = [
+    "CLAIM",
+    "CLAIMED",
     "INSERT",
+    "INSERT_PLAIN",
     "LOOKUP",
     "MARK_DATA",
     "MIN_SQLITE",
@@ -19,6 +26,7 @@ __all__ = [
     "SYNC_MODES",
     "TO_SEND",
     "check_sqlite",
+    "decision_runs",
 ]
 
 # RETURNING (claims) came in 3.35; UPDATE ... FROM (results) in 3.33. JSON is read with
@@ -71,23 +79,78 @@ MARK_DATA = (
     f"UPDATE recipients SET state = '{JournalState.DATA}' "
     "WHERE id IN (SELECT value FROM json_each(?))"
 )
-_d = _reader(Decision._fields)
+# Results: the recipients of a transaction mostly share one decision (all accepted, by the
+# same reply, at the same time), so decisions go as runs alike but for the id: the decided
+# fields once, then the ids (`decision_runs`). The runs are read once (MATERIALIZED), not
+# once per recipient; each id then updates its row. A `Decision` itself is a run of one: its
+# id, a number, is a single row to json_each.
+_DECIDED = Decision._fields[:-1]  # every field but the id, the last
+_d = _reader((*_DECIDED, "ids"))
 RECORD = (
-    f"UPDATE recipients SET state = {_d['state']}, code = {_d['code']}, "
-    f"message = {_d['message']}, attempts = attempts + {_d['tried']}, "
-    f"run_attempts = run_attempts + {_d['tried']}, "
-    f"first_try = COALESCE(first_try, {_d['at']}), next_try = {_d['next_try']} "
-    f"FROM json_each(?) AS r WHERE recipients.id = {_d['id']}"
+    f"WITH d AS MATERIALIZED (SELECT {', '.join(f'{_d[f]} AS {f}' for f in _d)}"
+    " FROM json_each(?) AS r) "
+    "UPDATE recipients SET state = d.state, code = d.code, message = d.message,"
+    " attempts = attempts + d.tried, run_attempts = run_attempts + d.tried,"
+    " first_try = COALESCE(first_try, d.at), next_try = d.next_try"
+    " FROM d, json_each(d.ids) AS i WHERE recipients.id = i.value"
 )
-# Loading: a batch's addresses looked up, and its new rows inserted, one statement each.
+_decided = operator.itemgetter(*range(len(_DECIDED)))
+
+
+def decision_runs(decisions: Iterable[Decision]) -> list[list[Any]]:
+    """RECORD's rows: each run of decisions alike but for the id, as its fields and ids."""
+    return [
+        [*decided, [decision.id for decision in run]]
+        for decided, run in itertools.groupby(decisions, _decided)
+    ]
+
+
+# A claim: the due recipients of the groups up to :last (chosen first), one row per group
+# in group order, then the same rows put in flight. Only the writer writes, and both run in
+# one transaction: the update takes exactly the rows the select read.
+
+
+def _due(table: str = "") -> str:
+    return (
+        f"{table}state IN {TO_SEND} AND {table}next_try <= :now"
+        f" AND {table}grp >= :low AND {table}grp <= :last"
+    )
+
+
+def _each(column: str) -> str:
+    """A group's values of `column`: the value itself for a group of one, else a JSON array."""
+    return f"CASE COUNT(*) WHEN 1 THEN {column} ELSE json_group_array({column}) END"
+
+
+CLAIMED = (
+    "SELECT r.grp, g.message_id, g.headers, COUNT(*), MAX(r.run_attempts),"
+    f" {_each('r.id')}, {_each('r.addr')}, {_each('r.name')},"
+    " CASE COUNT(*) WHEN 1 THEN r.fields ELSE json_group_array(json(r.fields)) END"
+    " FROM recipients AS r JOIN groups AS g ON g.id = r.grp"
+    f" WHERE {_due('r.')} GROUP BY r.grp ORDER BY r.grp"
+)
+CLAIM = f"UPDATE recipients SET state = '{JournalState.INFLIGHT}' WHERE {_due()}"
+
+# Loading: a batch's addresses looked up, and its new rows inserted, one statement each. The
+# k-th new row (r.key, its place in the array) goes to the group that `journal.sqlite._Fill`
+# names; its id follows the list's order.
 LOOKUP = "SELECT key, id, loaded FROM recipients WHERE key IN (SELECT value FROM json_each(?))"
-NEW_ROW = ("key", "addr", "name", "grp", "fields")  # the layout of INSERT's rows
+GROUP_OF = "CASE WHEN r.key < :room THEN :group ELSE :next + (r.key - :room) / :size END"
+NEW_ROW = ("key", "addr", "name", "fields")  # the layout of INSERT's rows
 _n = _reader(NEW_ROW)
 INSERT = (
     "INSERT INTO recipients (key, addr, name, grp, loaded, fields)"
-    f" SELECT {_n['key']}, {_n['addr']}, {_n['name']}, {_n['grp']}, ?, {_n['fields']}"
-    " FROM json_each(?) AS r ORDER BY r.key"  # the list's order: ids follow it
+    f" SELECT {_n['key']}, {_n['addr']}, {_n['name']}, {GROUP_OF}, :load, {_n['fields']}"
+    " FROM json_each(:rows) AS r ORDER BY r.key"
 )
+# A batch of bare ASCII addresses (no display name, no fields: most long lists) as an array
+# of strings, with no JSON to take apart per row; SQLite's lower() is str.lower() on ASCII.
+INSERT_PLAIN = (
+    "INSERT INTO recipients (key, addr, grp, loaded)"
+    f" SELECT lower(r.value), r.value, {GROUP_OF}, :load FROM json_each(:rows) AS r"
+    " ORDER BY r.key"
+)
+assert Decision._fields[-1] == "id"
 del _d, _n
 
 

@@ -12,25 +12,35 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import itertools
 import json
-import operator
 import os
 import sqlite3
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
-from ..addresses import Mailbox
+from ..addresses import Mailbox, Mailboxes
 from ..errors import JournalError
 from ..ledger import NEVER, Added, Decision, JournalState, WorkItem
 from ..message import message_ids
-from ..results import RecipientResult
+from ..results import ResultPage
 from . import reader
 from .files import lock
-from .schema import INSERT, LOOKUP, MARK_DATA, RECORD, SCHEMA_VERSION, TO_SEND, check_sqlite
+from .schema import (
+    CLAIM,
+    CLAIMED,
+    INSERT,
+    INSERT_PLAIN,
+    LOOKUP,
+    MARK_DATA,
+    RECORD,
+    SCHEMA_VERSION,
+    TO_SEND,
+    check_sqlite,
+    decision_runs,
+)
 from .writer import Writer
 
 __all__ = ["Journal"]
@@ -217,7 +227,7 @@ class Journal:
                 db.execute("INSERT INTO meta VALUES ('config_group', ?)", (str(group),))
                 if not _meta(db, "load:first"):
                     _set_meta(db, load_first=group)
-            return self._insert(db, mailboxes, lambda count: [group] * count)
+            return self._insert(db, mailboxes, lambda count: _Fill(group, count, 0, 1))
 
         return await self._call(add)
 
@@ -230,30 +240,31 @@ class Journal:
         """Add list recipients not known yet, filling groups of `group_size` across calls,
         with their list rows (`fields`, for personalised messages) when given."""
 
-        def groups(db: sqlite3.Connection, count: int) -> list[int]:
-            """The groups of `count` new recipients, in order: the open group first, then new
-            ones (inserted in one statement)."""
+        def groups(db: sqlite3.Connection, count: int) -> _Fill:
+            """Where `count` new recipients go, in order: what room the open group has, then
+            new groups (inserted in one statement)."""
             group, filled = _meta(db, "load:group"), _meta(db, "load:filled")
-            first = _meta(db, "load:first")
-            assigned: list[int] = []
-            created: list[int] = []
-            next_id = 0
-            for _ in range(count):
-                if not group or filled >= group_size:
-                    if not next_id:
-                        (top,) = db.execute("SELECT COALESCE(MAX(id), 0) FROM groups").fetchone()
-                        next_id = top + 1
-                    group, next_id, filled = next_id, next_id + 1, 0
-                    first = first or group
-                    created.append(group)
-                filled += 1
-                assigned.append(group)
+            room = min(max(group_size - filled, 0), count) if group else 0
+            created = -(-(count - room) // group_size)  # for the rest, rounded up
+            if not created:
+                _set_meta(db, load_filled=filled + room)
+                return _Fill(group, room, 0, group_size)
+            (top,) = db.execute("SELECT COALESCE(MAX(id), 0) FROM groups").fetchone()
             db.executemany(
                 "INSERT INTO groups (id, message_id, headers) VALUES (?, ?, 0)",
-                zip(created, message_ids(self.msgid_domain, len(created)), strict=True),
+                zip(
+                    range(top + 1, top + 1 + created),
+                    message_ids(self.msgid_domain, created),
+                    strict=True,
+                ),
             )
-            _set_meta(db, load_group=group, load_filled=filled, load_first=first)
-            return assigned
+            _set_meta(
+                db,
+                load_group=top + created,
+                load_filled=count - room - (created - 1) * group_size,
+                load_first=_meta(db, "load:first") or top + 1,
+            )
+            return _Fill(group, room, top + 1, group_size)
 
         rows = [json.dumps(f, ensure_ascii=False) for f in fields] if fields is not None else None
         return await self._call(
@@ -264,42 +275,59 @@ class Journal:
         self,
         db: sqlite3.Connection,
         mailboxes: Sequence[Mailbox],
-        groups: Callable[[int], list[int]],
+        groups: Callable[[int], _Fill],
         fields: Sequence[str] | None = None,
     ) -> Added:
-        """Insert the addresses not in the journal yet; `groups(n)` names the groups of the n
-        new ones (only those, so groups fill without gaps).
+        """Insert the addresses not in the journal yet; `groups(n)` places the n new ones
+        (only those, so groups fill without gaps).
 
         Set-wise, for speed with long lists: one lookup of the batch's addresses, one insert of
-        the new ones (both over a JSON array), and one `executemany` for those known from an
-        earlier load."""
+        the new ones (both over a JSON array; a list of bare addresses as just those), and one
+        `executemany` for those known from an earlier load."""
         load = _meta(db, "loads")
-        duplicates = 0
-        batch: dict[str, tuple[Mailbox, str | None]] = {}
-        for number, mailbox in enumerate(mailboxes):
-            if mailbox.key in batch:
-                duplicates += 1
-            else:
-                batch[mailbox.key] = (mailbox, fields[number] if fields is not None else None)
+        boxes = Mailboxes.of(mailboxes)
+        keys = [addr.lower() for addr in boxes.addrs]
+        # Each address's first row in the batch: all of them, unless one is there twice.
+        firsts: Sequence[int] = range(len(keys))
+        if len(set(keys)) < len(keys):
+            first: dict[str, int] = {}
+            for number, key in enumerate(keys):
+                first.setdefault(key, number)
+            firsts = list(first.values())
+        duplicates = len(keys) - len(firsts)
+        unique = keys if len(firsts) == len(keys) else [keys[i] for i in firsts]
         known: dict[str, tuple[int, int]] = {
             key: (row_id, loaded)
-            for key, row_id, loaded in db.execute(LOOKUP, (json.dumps(list(batch)),))
+            for key, row_id, loaded in db.execute(LOOKUP, (json.dumps(unique),))
         }
-        fresh: list[tuple[Mailbox, str | None]] = []
+        fresh = firsts
         seen_again: list[tuple[int, str | None, int]] = []  # loaded, fields, id
-        for key, entry in batch.items():
-            found = known.get(key)
-            if found is None:
-                fresh.append(entry)
-            elif found[1] == load:
-                duplicates += 1
-            else:
-                seen_again.append((load, entry[1], found[0]))
-        rows = [  # laid out as schema.NEW_ROW
-            (m.key, m.addr, m.name, group, row)
-            for (m, row), group in zip(fresh, groups(len(fresh)), strict=True)
-        ]
-        db.execute(INSERT, (load, json.dumps(rows, ensure_ascii=False)))
+        if known:
+            fresh = []
+            for number in firsts:
+                found = known.get(keys[number])
+                if found is None:
+                    fresh.append(number)
+                elif found[1] == load:
+                    duplicates += 1
+                else:
+                    seen_again.append(
+                        (load, fields[number] if fields is not None else None, found[0])
+                    )
+        place = groups(len(fresh))._asdict()
+        addrs, names = boxes.addrs, boxes.names
+        if fields is None and not any(names) and all(map(str.isascii, addrs)):
+            # Bare addresses (most long lists): lower() is str.lower() on ASCII.
+            plain = addrs if len(fresh) == len(addrs) else [addrs[i] for i in fresh]
+            db.execute(INSERT_PLAIN, {**place, "load": load, "rows": json.dumps(plain)})
+        else:
+            rows = [  # laid out as schema.NEW_ROW
+                (keys[i], addrs[i], names[i], fields[i] if fields is not None else None)
+                for i in fresh
+            ]
+            db.execute(
+                INSERT, {**place, "load": load, "rows": json.dumps(rows, ensure_ascii=False)}
+            )
         # Known from an earlier load: the row as read now, so an edited list is what is sent.
         db.executemany(
             "UPDATE recipients SET loaded = ?, fields = COALESCE(?, fields) WHERE id = ?",
@@ -365,47 +393,13 @@ class Journal:
             ).fetchone()
             if last is None:
                 return []
-            rows = db.execute(
-                f"UPDATE recipients SET state = ? WHERE state IN {TO_SEND}"
-                " AND next_try <= ? AND grp >= ? AND grp <= ?"
-                " RETURNING grp, id, addr, name, run_attempts, fields",
-                (JournalState.INFLIGHT, now, low, last),
-            ).fetchall()
-            rows.sort()  # by group, then by id: the order they were read from the list
-            first = rows[0][0]
-            groups = {
-                group: (message_id, bool(headers))
-                for group, message_id, headers in db.execute(
-                    "SELECT id, message_id, headers FROM groups WHERE id BETWEEN ? AND ?",
-                    (first, last),
-                )
-            }
-            items = []
-            for group, members in itertools.groupby(rows, key=operator.itemgetter(0)):
-                found = list(members)
-                message_id, headers = groups[group]
-                # One recipient per message (group_size 1, personalised): built directly
-                # (docs/design.md: claims).
-                if len(found) == 1:
-                    _, row_id, addr, name, attempts, fields = found[0]
-                    recipient = (Mailbox(addr, name),)
-                    kept = (json.loads(fields) if fields else {},)
-                    items.append(
-                        WorkItem(group, message_id, headers, (row_id,), recipient, attempts, kept)
-                    )
-                    continue
-                items.append(
-                    WorkItem(
-                        group=group,
-                        message_id=message_id,
-                        headers=headers,
-                        ids=tuple(r[1] for r in found),
-                        recipients=tuple(Mailbox(r[2], r[3]) for r in found),
-                        attempts=max(r[4] for r in found),
-                        fields=tuple(json.loads(r[5]) if r[5] else {} for r in found),
-                    )
-                )
-            return items
+            # Each group's due recipients in one row (JSON arrays; a group of one as its
+            # columns), not a row, a tuple and a GIL round trip per recipient; then the same
+            # rows, in the same transaction, go in flight.
+            due = {"now": now, "low": low, "last": last}
+            found = db.execute(CLAIMED, due).fetchall()
+            db.execute(CLAIM, due)
+            return [_work_item(*row) for row in found]
 
         return await self._call(claim)
 
@@ -438,7 +432,8 @@ class Journal:
         requests run in order, so anything asked later sees them)."""
         with self._pending_lock:
             new = RECORD not in self._pending
-        future = self._add(RECORD, decisions)
+        # A transaction's rows as runs (schema.RECORD); one recipient's decision is its own.
+        future = self._add(RECORD, decisions if len(decisions) == 1 else decision_runs(decisions))
         if new:  # one watch per shared statement, not per transaction
             self._watch(future)
 
@@ -506,9 +501,53 @@ class Journal:
     async def counts(self) -> Counter[JournalState]:
         return await self._call(reader.counts)
 
-    async def results(self, after: int = 0, limit: int = 5000) -> list[tuple[int, RecipientResult]]:
-        """Every recipient's latest result, in order, a page at a time (by row id)."""
+    async def results(self, after: int = 0, limit: int = 5000) -> ResultPage:
+        """Every recipient's latest result, in order, a page at a time (by row id: the next
+        page is after `last_id`)."""
         return await self._call(lambda db: reader.page(db, after, limit))
+
+
+def _work_item(
+    group: int,
+    message_id: str,
+    headers: int,
+    count: int,
+    attempts: int,
+    ids: Any,
+    addrs: Any,
+    names: Any,
+    fields: Any,
+) -> WorkItem:
+    """A row of schema.CLAIMED as the group's work, its recipients in the list's order."""
+    if count == 1:  # one recipient per message (group_size 1, personalised): its columns
+        kept = (json.loads(fields) if fields else {},)
+        return WorkItem(
+            group, message_id, bool(headers), (ids,), (Mailbox(addrs, names),), attempts, kept
+        )
+    columns = [json.loads(column) for column in (ids, addrs, names, fields)]
+    if columns[0] != sorted(columns[0]):  # a retry's rows come as they are due: in list order
+        order = sorted(range(count), key=columns[0].__getitem__)
+        columns = [[column[i] for i in order] for column in columns]
+    ids, addrs, names, fields = columns
+    return WorkItem(
+        group=group,
+        message_id=message_id,
+        headers=bool(headers),
+        ids=tuple(ids),
+        recipients=tuple(map(Mailbox, addrs, names)),
+        attempts=attempts,
+        fields=tuple({} if f is None else f for f in fields),
+    )
+
+
+class _Fill(NamedTuple):
+    """Where a load's new rows go, in order: the first `room` to `group`, then `size` to
+    each group from `next` on (the parameters of schema.GROUP_OF)."""
+
+    group: int
+    room: int
+    next: int
+    size: int
 
 
 def _relay(waiter: asyncio.Future[None], shared: asyncio.Future[None]) -> None:

@@ -233,13 +233,12 @@ async def _fill_report(ledger: Ledger, report: CampaignReport, observer: Observe
         await observer.final(report.bad_rows)
     after = 0
     while page := await ledger.results(after):
-        if report.fatal is None:  # nothing to explain: a million rows at the end of a long list
-            explained = [result for _, result in page]
-        else:
-            explained = [_explain(result, report) for _, result in page]
+        after = page.last_id
+        # Nothing to explain: the page goes on as rows (a million at the end of a long list),
+        # made objects only where the report keeps them.
+        explained = page if report.fatal is None else [_explain(r, report) for r in page]
         report.add(explained)
         await observer.final(explained)
-        after = page[-1][0]
 
 
 def _explain(result: RecipientResult, report: CampaignReport) -> RecipientResult:

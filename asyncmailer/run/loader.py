@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..addresses import Mailboxes
 from ..config import Campaign
 from ..ledger import Ledger
 from ..observer import Observer
-from ..recipient_list import BadRow, Recipient, RecipientFile
+from ..recipient_list import BadRow, Recipient, RecipientFile, RowBatch
 from ..results import RecipientResult, Status
 
 if TYPE_CHECKING:  # jinja2 is imported only by campaigns that personalise (start-up time)
@@ -156,51 +159,93 @@ class Loader:
             name_column=campaign.name_column,
         )
         await source.scan()
-        batch: list[Recipient] = []
-        bad: list[RecipientResult] = []
+        pending = _Pending(personalizer is not None)
         checked = personalizer is None  # the templates' names against the list's header, once
         size = self.first_batch
-        async with contextlib.aclosing(aiter(source)) as items:
-            async for item in items:
-                if self.stop.is_set():  # Ctrl-C, the quota, a fatal error: read no more
-                    self.read_to = item.line - 1
+        # The list comes as batches of columns (a million rows: no object per row here, on
+        # the event loop); rows go on in stretches, each up to the next bad row or the next
+        # ledger write. The stop event can only change while this task waits: looking at it
+        # after each wait is looking at it before every row.
+        batches = source.batches(fields=personalizer is not None)
+        async with contextlib.aclosing(batches):
+            async for rows in batches:
+                good = bad = 0  # how far into `rows`: good rows taken, bad rows reported
+                while good < len(rows.lines) or bad < len(rows.bad):
+                    bad_next = bad < len(rows.bad) and rows.bad[bad][0] == good
+                    if self.stop.is_set():  # Ctrl-C, the quota, a fatal error: read no more
+                        line = rows.bad[bad][1].line if bad_next else rows.lines[good]
+                        self.read_to = line - 1
+                        break
+                    if not checked and personalizer is not None:
+                        personalizer.check_fields(source.columns, source.path)
+                        checked = True
+                    if bad_next:
+                        pending.skip(rows.bad[bad][1])
+                        bad += 1
+                        continue
+                    end = rows.bad[bad][0] if bad < len(rows.bad) else len(rows.lines)
+                    end = min(end, good + size - len(pending))
+                    pending.take(rows, good, end, personalizer, source.path)
+                    good = end
+                    if len(pending) == size:
+                        await self._add(pending)
+                        pending, size = _Pending(personalizer is not None), self.batch
+                if self.read_to is not None:
                     break
-                if not checked and personalizer is not None:
-                    personalizer.check_fields(source.columns, source.path)
-                    checked = True
-                if isinstance(item, BadRow):
-                    bad.append(RecipientResult(item.text, Status.SKIPPED, None, str(item), 0))
-                    continue
-                if personalizer is not None and (problem := check_row(personalizer, item)):
-                    where = BadRow(source.path, item.line, item.mailbox.addr, problem)
-                    bad.append(
-                        RecipientResult(item.mailbox.addr, Status.SKIPPED, None, str(where), 0)
-                    )
-                    continue
-                batch.append(item)
-                if len(batch) == size:
-                    await self._add(batch, bad)
-                    batch, bad, size = [], [], self.batch
-        await self._add(batch, bad, last=True)
+        await self._add(pending, last=True)
         if self._tell and self.read_to is None:
             await self._observer.counted(self._counted + self.added + len(self.bad))
 
-    async def _add(
-        self, rows: list[Recipient], bad: list[RecipientResult], *, last: bool = False
-    ) -> None:
-        fields = [r.fields for r in rows] if self.personalizer is not None else None
-        if rows:
+    async def _add(self, rows: _Pending, *, last: bool = False) -> None:
+        if len(rows):
             added = await self.ledger.add_list(
-                [r.mailbox for r in rows], self.campaign.group_size, fields
+                rows.mailboxes, self.campaign.group_size, rows.fields
             )
             self.added += added.new
             self.duplicates += added.duplicates
-        self.bad.extend(bad)
+        self.bad.extend(rows.bad)
         if last:
             await self._end_load()
         self.more.set()  # the rows may go before the observer hears of the bad ones
         if not self._first.done():
             self._first.set_result(None)
             await self._resume.wait()  # until the run has started: bad rows come after that
-        elif bad:
-            await self._observer.results(bad)
+        elif rows.bad:
+            await self._observer.results(rows.bad)
+
+
+class _Pending:
+    """List rows read and not yet in the ledger, as columns, and the bad rows among them."""
+
+    def __init__(self, with_fields: bool) -> None:
+        self.mailboxes = Mailboxes()
+        self.fields: list[Mapping[str, str]] | None = [] if with_fields else None
+        self.bad: list[RecipientResult] = []
+
+    def __len__(self) -> int:
+        return len(self.mailboxes)
+
+    def skip(self, row: BadRow) -> None:
+        self.bad.append(RecipientResult(row.text, Status.SKIPPED, None, str(row), 0))
+
+    def take(
+        self,
+        rows: RowBatch,
+        start: int,
+        end: int,
+        personalizer: Personalizer | None,
+        path: Path,
+    ) -> None:
+        """Good rows `start` to `end` of `rows`; when personalising, those whose subject
+        cannot be made are bad rows instead."""
+        if personalizer is None:
+            self.mailboxes.extend(rows.mailboxes[start:end])
+            return
+        assert self.fields is not None
+        for index in range(start, end):
+            item = rows.recipient(index)
+            if problem := check_row(personalizer, item):
+                self.skip(BadRow(path, item.line, item.mailbox.addr, problem))
+            else:
+                self.mailboxes.append(item.mailbox.addr, item.mailbox.name)
+                self.fields.append(item.fields)

@@ -56,3 +56,8 @@ def test_an_older_sqlite_is_refused_with_the_versions_named() -> None:
     with pytest.raises(JournalError, match=r"SQLite is 3\.34\.1; the journal needs 3\.35\.0"):
         schema.check_sqlite((3, 34, 1))
     schema.check_sqlite((3, 37, 2))  # Ubuntu 22.04's is enough
+
+
+def test_the_load_statements_need_no_newer_sqlite_either() -> None:
+    for text in (schema.INSERT_PLAIN, schema.GROUP_OF):
+        assert not NEWER.search(text), text
