@@ -6,13 +6,14 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help setup demo test lint typecheck pytest bench clean
+.PHONY: help setup demo test lint typecheck pytest fuzz bench clean
 
 help:
 	@echo "make demo   run the shipped reliances/ campaign through the embedded TLS server"
 	@echo "make test   lint, type-check and run every test"
 	@echo "make bench  measure speed, CPU and memory against Postfix smtp-sink/smtp-source"
 	@echo "            (BENCH_QUICK=1 leaves out the 1,000,000-recipient run)"
+	@echo "make fuzz   the property tests of hostile input, with many more examples"
 	@echo "make setup  create .venv with everything the above need"
 
 setup: $(STAMP)
@@ -49,6 +50,11 @@ typecheck: $(STAMP)
 
 pytest: $(STAMP)
 	$(BIN)/pytest
+
+# Not part of `make test`: the property tests of hostile input with many more examples
+# (about 40 times as many; several minutes).
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest tests/test_properties.py
 
 # Not a test: prints a table and the target ratios, writes bench/results.json, exits 0 whatever
 # the numbers. Installs Postfix's smtp-sink/smtp-source (unconfigured), GNU time and stunnel4

@@ -8,10 +8,13 @@ nothing is silently rewritten (aiosmtplib's own quoting turns ``a@b.com, c@d.com
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from email.utils import formataddr
 from typing import overload
+
+import idna
 
 __all__ = [
     "ATOM",
@@ -31,6 +34,7 @@ _LOCAL_RE = re.compile(rf"{ATOM}(?:\.{ATOM})*")
 _LABEL_RE = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 _SPACE_RE = re.compile(r"\s")
+_INVISIBLE = {"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"}
 # The common case in one match: an all-ASCII address every check below would pass (local
 # part at most 64, whole at most 254 characters, LDH labels of at most 63). Anything else
 # goes through the checks one by one, which name the problem.
@@ -108,11 +112,19 @@ class Mailboxes(Sequence[Mailbox]):
 
 
 def check_header_value(value: str) -> str | None:
-    """Return why `value` cannot go into a header (CR, LF or another control character)."""
+    """Return why `value` cannot go into a header: CR, LF or another control character, or
+    an invisible one a header cannot carry as it is (zero width, soft hyphen, bidi
+    controls, line and paragraph separators: a client would drop, reorder or break on
+    them)."""
     if "\r" in value or "\n" in value:
         return "contains a line break (CR/LF), which could inject headers"
     if _CONTROL_RE.search(value.replace("\t", "")):
         return "contains a control character"
+    if not value.isascii():
+        for char in value:
+            if unicodedata.category(char) in _INVISIBLE:
+                name = unicodedata.name(char, "a control character")
+                return f"contains U+{ord(char):04X} ({name}), an invisible or control character"
     return None
 
 
@@ -151,9 +163,21 @@ def _checked_addr_spec(addr: str) -> str:
         raise ValueError(f"{addr!r}: non-ASCII local parts (SMTPUTF8) are not supported")
     if not _LOCAL_RE.fullmatch(local) or len(local) > 64:
         raise ValueError(f"{addr!r}: invalid local part {local!r}")
+    if not domain.isascii():
+        for char in domain:  # UTS 46 would drop a zero-width space, sending elsewhere
+            if unicodedata.category(char) in _INVISIBLE:
+                raise ValueError(
+                    f"{addr!r}: the domain holds U+{ord(char):04X}, an invisible character"
+                )
     try:
-        ascii_domain = domain.encode("idna").decode("ascii") if not domain.isascii() else domain
-    except UnicodeError as err:
+        # IDNA 2008 with UTS 46 mapping, not Python's IDNA 2003 codec: straße.de stays
+        # xn--strae-oqa.de instead of becoming strasse.de (another domain).
+        ascii_domain = (
+            idna.encode(domain.rstrip("."), uts46=True).decode("ascii")
+            if not domain.isascii()
+            else domain
+        )
+    except (idna.IDNAError, UnicodeError) as err:
         raise ValueError(f"{addr!r}: invalid domain {domain!r}") from err
     labels = ascii_domain.rstrip(".").split(".") if ascii_domain != "." else []
     if len(labels) < 1 or not all(_LABEL_RE.fullmatch(label) for label in labels):

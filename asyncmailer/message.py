@@ -391,9 +391,23 @@ def _address_header(name: str, mailboxes: Sequence[Mailbox]) -> bytes:
         if not mailbox.name:
             return f"{name}: {mailbox.addr}\r\n".encode("ascii")
         line = f"{name}: {mailbox.name} <{mailbox.addr}>"
-        if len(line) <= _MAX_LINE and _PLAIN_PHRASE.match(mailbox.name):
+        if len(line) <= _MAX_LINE and _PLAIN_PHRASE.match(mailbox.name) and "=?" not in line:
             return (line + "\r\n").encode("ascii")
+    if any("=?" in m.name for m in mailboxes):
+        # A name that looks like an encoded word would be decoded by clients into another
+        # (=?utf-8?b?QWRtaW4=?= shows as "Admin"): encoded as RFC 2047 itself, it shows as
+        # written.
+        return (f"{name}: " + ", ".join(_literal_name(m) for m in mailboxes) + "\r\n").encode(
+            "ascii"
+        )
     return _fold(name, ", ".join(str(m) for m in mailboxes))
+
+
+def _literal_name(mailbox: Mailbox) -> str:
+    if not mailbox.name:
+        return mailbox.addr
+    encoded = Header(mailbox.name, "utf-8", maxlinelen=998).encode()
+    return f"{encoded} <{mailbox.addr}>"
 
 
 def _now() -> datetime:

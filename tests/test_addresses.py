@@ -171,3 +171,24 @@ def test_mailboxes_are_columns_made_into_mailboxes_when_looked_at() -> None:
     assert list(columns) == boxes and columns[1] == boxes[1] and len(columns) == 2
     assert list(columns[1:]) == boxes[1:] and Mailboxes.of(columns) is columns
     assert list(Mailboxes(["c@example.com"])) == [Mailbox("c@example.com")]
+
+
+def test_domains_go_as_idna_2008_not_rewritten_to_another_domain() -> None:
+    assert parse_mailbox("user@straße.de").addr == "user@xn--strae-oqa.de"  # not strasse.de
+    assert parse_mailbox("User@Straße.de").key == parse_mailbox("user@xn--strae-oqa.de").key
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "user@exa\u200bmple.com",  # a zero-width space: UTS 46 would drop it silently
+        "user@exam\u00adple.com",  # a soft hyphen
+        "Ann\u202e <ann@example.com>",  # a right-to-left override in the name
+        "\u200bAnn <ann@example.com>",
+        "Ann\u2028Lee <ann@example.com>",  # a line separator
+        "An\x85n <ann@example.com>",  # NEL, a C1 control
+    ],
+)
+def test_invisible_and_control_characters_are_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="invisible|control"):
+        parse_mailbox(text)
