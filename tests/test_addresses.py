@@ -190,5 +190,5 @@ def test_domains_go_as_idna_2008_not_rewritten_to_another_domain() -> None:
     ],
 )
 def test_invisible_and_control_characters_are_refused(text: str) -> None:
-    with pytest.raises(ValueError, match="invisible|control"):
+    with pytest.raises(ValueError, match=r"invisible|control"):
         parse_mailbox(text)
