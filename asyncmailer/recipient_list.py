@@ -14,19 +14,20 @@ import codecs
 import contextlib
 import csv
 import functools
-import itertools
 from collections.abc import AsyncGenerator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
 from .addresses import Mailbox, Mailboxes, check_header_value, parse_mailbox, plain_address
+from .display import shorten
 from .errors import InputError
 
 __all__ = ["BadRow", "Recipient", "RecipientFile", "RowBatch", "ScanResult"]
 
 _BATCH = 2000  # rows (not blank, not a comment) per read
 _SCAN_CHUNK = 1 << 20
+MAX_LINE = 64 * 1024  # characters in a line of a text list; a longer one is a bad row
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +47,11 @@ class BadRow:
     line: int
     text: str
     reason: str
+
+    def __post_init__(self) -> None:
+        # A row of any length is one bad row: what is kept and shown of it is bounded.
+        object.__setattr__(self, "text", shorten(self.text, 200))
+        object.__setattr__(self, "reason", shorten(self.reason, 300))
 
     def __str__(self) -> str:
         return f"{self.path}:{self.line}: {self.reason}"
@@ -135,15 +141,34 @@ class _Reader:
             self._text_rows(rows)
         return rows
 
+    def _lines(self, count: int) -> list[str]:
+        """Up to `count` lines, each at most `MAX_LINE` characters: a longer one is read
+        past and comes back as one over the limit (a bad row), whatever its length."""
+        read = []
+        for _ in range(count):
+            line = self.handle.readline(MAX_LINE + 1)
+            if not line:
+                break
+            if len(line) > MAX_LINE and not line.endswith("\n"):
+                while (rest := self.handle.readline(1 << 20)) and not rest.endswith("\n"):
+                    pass  # the rest of an overlong line: skipped, never held whole
+            read.append(line)
+        return read
+
     def _text_rows(self, rows: RowBatch) -> None:
         addrs, names, lines = rows.mailboxes.addrs, rows.mailboxes.names, rows.lines
         count = 0
         while count < _BATCH:
-            read = list(itertools.islice(self.handle, _BATCH - count))
+            read = self._lines(_BATCH - count)
             if not read:
                 break
             for text in read:
                 self.line += 1
+                if len(text) > MAX_LINE:
+                    count += 1
+                    reason = f"the line is longer than {MAX_LINE:,} characters"
+                    rows.bad.append((len(lines), BadRow(self.path, self.line, text, reason)))
+                    continue
                 text = text.strip()
                 if not text or text[0] == "#":
                     continue
@@ -166,10 +191,16 @@ class _Reader:
     def _csv_rows(self, rows: RowBatch) -> None:
         count = 0
         while count < _BATCH:
-            row = next(self.rows, None)
+            line = self.line + 1
+            try:
+                row = next(self.rows, None)
+            except csv.Error as err:  # a field over the csv module's limit (128 KiB)
+                self.line = getattr(self.rows, "line_num", line)
+                count += 1
+                rows.bad.append((len(rows.lines), BadRow(self.path, line, "", f"bad row: {err}")))
+                continue
             if row is None:
                 break
-            line = self.line + 1
             self.line = getattr(self.rows, "line_num", self.line)
             if not "".join(row).strip():  # blank: no cell with anything but spaces
                 continue

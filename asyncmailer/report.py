@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from .display import printable, shorten
 from .errors import InputError
 from .results import RecipientResult, ResultPage
 
@@ -212,8 +213,15 @@ def _done(future: asyncio.Future[None]) -> None:
 def format_table(results: Sequence[RecipientResult]) -> str:
     """A plain-text table of results, one recipient per line."""
     headers = ("RECIPIENT", "STATUS", "CODE", "MESSAGE")
+    # What lists and servers wrote is shown escaped and shortened: a row cannot steer the
+    # terminal, nor widen every line of the table by its length.
     rows = [
-        (r.recipient, r.status.value, "" if r.code is None else str(r.code), r.message)
+        (
+            shorten(printable(r.recipient), 100),
+            r.status.value,
+            "" if r.code is None else str(r.code),
+            shorten(printable(r.message), 300),
+        )
         for r in results
     ]
     widths = [max([len(headers[i])] + [len(row[i]) for row in rows]) for i in range(3)]

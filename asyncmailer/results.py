@@ -10,6 +10,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import overload
 
+from .display import printable, shorten
 from .errors import DeliveryError
 
 __all__ = ["CampaignReport", "RecipientResult", "ResultPage", "Status", "plural"]
@@ -44,9 +45,10 @@ class RecipientResult:
     untried: bool = False
 
     def __str__(self) -> str:
+        """One line, safe to print: control characters escaped, long texts shortened."""
         code = f" {self.code}" if self.code is not None else ""
-        text = f" {self.message}" if self.message else ""
-        return f"{self.status.value:<8} {self.recipient}{code}{text}"
+        text = f" {shorten(printable(self.message), 300)}" if self.message else ""
+        return f"{self.status.value:<8} {shorten(printable(self.recipient), 200)}{code}{text}"
 
     def as_row(self) -> dict[str, str | int | None]:
         return {

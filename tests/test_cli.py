@@ -544,3 +544,15 @@ async def test_a_scheduler_killed_mid_run_resumes_that_run_without_a_duplicate(
         assert code == 0 and len(out.splitlines()) == 2  # one run
     finally:
         await server.stop()
+
+
+async def test_a_list_row_with_terminal_escapes_is_printed_escaped(
+    smtp_server: ServerFactory, make_campaign: CampaignFactory, tmp_path: Path
+) -> None:
+    running = await smtp_server()
+    (tmp_path / "list.txt").write_text("a@example.com\n\x1b]0;TITLE\x07\x1b[2J@evil\n")
+    path = make_campaign(port=running.server.ssl_port, to=None, cc=None, recipients_file="list.txt")
+    code, out, err = await run_cli("send", str(path), cwd=tmp_path)
+    assert code == 1, err
+    assert "\x1b" not in out and "\x1b" not in err and "\x07" not in out
+    assert "\\x1b]0;TITLE" in out  # shown, escaped

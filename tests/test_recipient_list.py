@@ -182,3 +182,23 @@ async def test_csv_batches_keep_fields_only_when_asked(tmp_path: Path) -> None:
     assert bare.fields is None and bare.lines == kept.lines == [2, 4]
     # The address's own display name wins over the name column, as before.
     assert list(bare.mailboxes) == [Mailbox("a@example.com", "A"), Mailbox("b@example.com", "B")]
+
+
+async def test_an_oversized_csv_field_is_one_bad_row_and_the_list_goes_on(tmp_path: Path) -> None:
+    path = tmp_path / "list.csv"
+    path.write_text("email,name\na@example.com,A\n" + "x" * 200_000 + ",B\nc@example.com,C\n")
+    recipients, bad, _ = await collect(path)
+    good = [r.mailbox.addr for r in recipients]
+    assert good == ["a@example.com", "c@example.com"]
+    assert [b.line for b in bad] == [3] and "field larger than field limit" in bad[0].reason
+
+
+async def test_a_huge_garbage_line_is_one_short_bad_row(tmp_path: Path) -> None:
+    path = tmp_path / "list.txt"
+    with path.open("w") as handle:
+        handle.write("a@example.com\n" + "g" * 10_000_000 + "\nb@example.com\n")
+    recipients, [bad], _ = await collect(path)
+    good = [r.mailbox.addr for r in recipients]
+    assert good == ["a@example.com", "b@example.com"]
+    assert bad.line == 2 and "longer than 65,536 characters" in bad.reason
+    assert len(bad.text) < 300 and len(str(bad)) < 500

@@ -7,12 +7,15 @@ import asyncio
 import contextlib
 import sqlite3
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import TypeVar
 
 from ..errors import JournalError
 from ..ledger import JournalState
 from ..results import ResultPage, Status
+
+T = TypeVar("T")
 
 __all__ = ["NOT_YET", "JournalReader", "counts", "page"]
 
@@ -56,11 +59,22 @@ class JournalReader:
         return sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
 
     async def counts(self) -> Counter[JournalState]:
+        """:raises JournalError: there is no journal, or the file is not one."""
+
         def read() -> Counter[JournalState]:
             with contextlib.closing(self._connect()) as db:
                 return counts(db)
 
-        return await asyncio.to_thread(read)
+        return await self._read(read)
+
+    async def _read(self, read: Callable[[], T]) -> T:
+        try:
+            return await asyncio.to_thread(read)
+        except (sqlite3.Error, ValueError) as err:
+            raise JournalError(
+                f"cannot read the journal: {err} (is it one? a send with --new-run sets it aside)",
+                path=self.path,
+            ) from err
 
     async def sent_on(self, day: str) -> int:
         """How many recipients this journal's run tried on `day` (YYYY-MM-DD)."""
@@ -71,7 +85,7 @@ class JournalReader:
                 found = row.fetchone()
                 return int(found[0]) if found else 0
 
-        return await asyncio.to_thread(read)
+        return await self._read(read)
 
     async def pages(self, limit: int = 5000) -> AsyncIterator[ResultPage]:
         """Every recipient's latest result, in order, a page at a time."""

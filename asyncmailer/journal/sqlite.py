@@ -65,6 +65,20 @@ def _set_meta(db: sqlite3.Connection, **values: int) -> None:
     )
 
 
+_OURS = {"meta", "groups", "recipients"}
+
+
+def _check(db: sqlite3.Connection) -> None:
+    """Refuse a database that is not a journal: its tables would be added beside another
+    program's, and every recipient would look new."""
+    tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if tables and not tables <= _OURS:
+        raise JournalError(
+            "this file is a database of something else, not a journal; move it, or name "
+            "another state_dir"
+        )
+
+
 def _setup(db: sqlite3.Connection) -> None:
     """On open: a new journal is stamped with the schema version (an existing one must carry
     it), and a load left open is closed: the journal is locked to this process, so whoever
@@ -111,8 +125,15 @@ class Journal:
             Python's SQLite is too old.
         """
         check_sqlite()
+        if await asyncio.to_thread(_empty_file, path):
+            raise JournalError(
+                "the journal file is empty: damaged, or not a journal; a send with --new-run "
+                "sets it aside and begins a new run (check first that no recipient of it was "
+                "already sent)",
+                path=path,
+            )
         fd = await asyncio.to_thread(functools.partial(lock, path, create=True))
-        writer = Writer(path, sync, setup=_setup)
+        writer = Writer(path, sync, setup=_setup, check=_check)
         writer.start()
         try:
             await writer.ready
@@ -548,6 +569,15 @@ class _Fill(NamedTuple):
     room: int
     next: int
     size: int
+
+
+def _empty_file(path: Path) -> bool:
+    """An existing journal file of no bytes: not one this program wrote (it writes the
+    schema at once)."""
+    try:
+        return path.stat().st_size == 0 and not Path(f"{path}-wal").exists()
+    except FileNotFoundError:
+        return False
 
 
 def _relay(waiter: asyncio.Future[None], shared: asyncio.Future[None]) -> None:

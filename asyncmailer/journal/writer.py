@@ -27,12 +27,17 @@ class Writer(threading.Thread):
     `setup` runs once, after the schema, before any request."""
 
     def __init__(
-        self, path: Path, sync: str, setup: Callable[[sqlite3.Connection], None] | None = None
+        self,
+        path: Path,
+        sync: str,
+        setup: Callable[[sqlite3.Connection], None] | None = None,
+        check: Callable[[sqlite3.Connection], None] | None = None,
     ) -> None:
         super().__init__(name=f"journal {path.name}", daemon=True)
         self.path = path
         self.sync = sync
         self.setup = setup
+        self.check = check  # runs before the schema: may refuse a file that is not ours
         self.requests: queue.SimpleQueue[Request | None] = queue.SimpleQueue()
         self.loop = asyncio.get_running_loop()
         self.ready: asyncio.Future[None] = self.loop.create_future()
@@ -51,6 +56,8 @@ class Writer(threading.Thread):
     def run(self) -> None:
         try:
             self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            if self.check is not None:
+                self.check(self.db)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute(f"PRAGMA synchronous={SYNC_MODES[self.sync]}")
             self.db.executescript(SCHEMA)

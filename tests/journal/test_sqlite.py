@@ -306,3 +306,23 @@ async def test_a_claim_gives_a_groups_recipients_in_the_lists_order(tmp_path: Pa
     ]
     assert again.recipients[-1].name == "Five" and again.attempts == 1
     assert again.message_id == item.message_id and again.headers is False
+
+
+async def test_an_empty_or_foreign_journal_is_refused_not_taken_as_new(tmp_path: Path) -> None:
+    import sqlite3
+
+    empty = tmp_path / "empty.sqlite"
+    empty.write_bytes(b"")
+    with pytest.raises(JournalError, match="the journal file is empty"):
+        await Journal.open(empty)
+    foreign = tmp_path / "foreign.sqlite"
+    with sqlite3.connect(foreign) as db:
+        db.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY)")
+    with pytest.raises(JournalError, match="a database of something else"):
+        await Journal.open(foreign)
+    garbage = tmp_path / "garbage.sqlite"
+    garbage.write_bytes(b"not sqlite at all" * 100)
+    with pytest.raises(JournalError):
+        await Journal.open(garbage)
+    with pytest.raises(JournalError, match="cannot read the journal"):
+        await JournalReader(garbage).counts()
