@@ -18,6 +18,7 @@ from asyncmailer.config import load_campaign
 from asyncmailer.errors import AuthError, ConnectError, JournalError, RefusedError, TLSRequiredError
 from asyncmailer.journal import JournalReader
 from asyncmailer.ledger import JournalState
+from asyncmailer.observer import Observer
 from asyncmailer.results import CampaignReport, Status
 from asyncmailer.run.campaign import RunOptions, run_campaign
 
@@ -562,3 +563,21 @@ async def test_a_password_in_a_malformed_reply_line_is_scrubbed(
     texts = " ".join(r.message for r in report.results)
     assert "malformed reply line" in texts
     assert PASSWORD not in texts and "Secret" not in texts
+
+
+async def test_a_stop_while_a_worker_waits_for_its_rate_turn_sends_nothing_more(
+    faulty: Any, make_campaign: CampaignFactory
+) -> None:
+    server = await faulty()
+    path = plain_list_campaign(
+        make_campaign, server.port, LIST[:5], group_size=1, concurrency=2, rate="1/second", **FAST
+    )
+    campaign = await load_campaign(path, env={})
+    options = RunOptions()
+
+    class StopOnFirst(Observer):
+        async def results(self, results: Any) -> None:
+            options.stop.set()  # as SIGTERM does, while the other worker waits for its turn
+
+    await run_campaign(campaign, observer=StopOnFirst(), options=options)
+    assert len(server.messages) == 1
