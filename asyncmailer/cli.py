@@ -322,10 +322,7 @@ async def send_command(args: argparse.Namespace, *, out: TextIO = sys.stdout) ->
     built = await asyncio.to_thread(fingerprint, campaign)
     # Read and check the body, attachments and templates before anything is sent or written.
     with await prepare_message(campaign) as template:
-        if at is not None and not await _wait_until(at, quiet=args.quiet):
-            print("asyncmailer: stopped before the send time; nothing was sent", file=sys.stderr)
-            return EXIT_INTERRUPTED
-        return await _send(args, campaign, template, out, built)
+        return await _send(args, campaign, template, out, built, at)
 
 
 async def _send(
@@ -743,17 +740,22 @@ async def schedule_command(args: argparse.Namespace, *, out: TextIO = sys.stdout
     with _SignalStop(stop) as signals:
 
         async def run_once(campaign: Campaign, runs: Runs, record: RunRecord) -> int:
-            campaign = await load_campaign(campaign.source)  # as it is now: edits count
-            if args.state_dir is not None:
-                campaign = dataclasses.replace(campaign, state_dir=args.state_dir)
             with await prepare_message(campaign) as template:
                 personalizer = await prepare_personalizer(campaign)
                 return await _run_once(
                     run_args, campaign, template, personalizer, runs, record, out, signals
                 )
 
+        async def reload(campaign: Campaign) -> Campaign:
+            fresh = await load_campaign(campaign.source)  # as it is now: edits count
+            if args.state_dir is not None:
+                fresh = dataclasses.replace(fresh, state_dir=args.state_dir)
+            return fresh
+
         try:
-            code = await Recurring(campaigns, run_once=run_once, stop=stop, tell=tell).run()
+            code = await Recurring(
+                campaigns, run_once=run_once, stop=stop, tell=tell, reload=reload
+            ).run()
         except asyncio.CancelledError:
             tell("stopped at once; the journal knows where every recipient stands")
             return EXIT_INTERRUPTED
@@ -804,7 +806,9 @@ async def runs_command(args: argparse.Namespace, *, out: TextIO = sys.stdout) ->
         counts = record.counts
         if counts is None:  # still going, or stopped before it could say: read its journal
             path = catalog.journal_of(record)
-            counts = {str(k): v for k, v in (await JournalReader(path).counts()).items()}
+            counts = {}
+            if await asyncio.to_thread(path.exists):  # none yet: stopped before it began
+                counts = {str(k): v for k, v in (await JournalReader(path).counts()).items()}
         left = sum(
             counts.get(str(state), 0)
             for state in (JournalState.PENDING, JournalState.INFLIGHT, JournalState.DATA)

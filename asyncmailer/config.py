@@ -580,7 +580,7 @@ _OWN_HEADERS = {
 
 
 async def _list_unsubscribe(
-    fields: _Fields, root: Path, env: Mapping[str, str]
+    fields: _Fields, root: Path, env: Mapping[str, str], notices: list[str]
 ) -> ListUnsubscribe | None:
     value = fields.data.get("list_unsubscribe")
     if value is None:
@@ -589,6 +589,10 @@ async def _list_unsubscribe(
     if not isinstance(value, dict) or not value or not set(value) <= {"url", "mailto", "key_file"}:
         raise fields.error(key, "expected a mapping of url and/or mailto, and key_file")
     url, mailto = value.get("url"), value.get("mailto")
+    if isinstance(url, str):  # {{email}} as {{ email }}: one spelling for the substitution
+        url = re.sub(
+            r"\{\{\s*(email|unsubscribe_token)\s*\}\}", lambda m: "{{ " + m[1] + " }}", url
+        )
     if url is not None:
         if not isinstance(url, str) or not url.startswith("https://") or not url.isascii():
             raise fields.error(key, f"url: expected an https:// URL in ASCII, got {_quote(url)}")
@@ -613,7 +617,10 @@ async def _list_unsubscribe(
         if not isinstance(path, str):
             raise fields.error(key, f"key_file: expected a file name, got {_describe(path)}")
         found = Path(path).expanduser()
-        text, _ = await read_secret(found if found.is_absolute() else root / found, "key file")
+        text, warnings = await read_secret(
+            found if found.is_absolute() else root / found, "key file"
+        )
+        notices.extend(warnings)
         secret = text.encode("utf-8")
     if needs_key and len(secret) < 16:
         raise fields.error(
@@ -679,7 +686,8 @@ async def load_campaign(
     to = fields.get_addresses("to")
     cc = fields.get_addresses("cc")
     bcc = fields.get_addresses("bcc")
-    unsubscribe = await _list_unsubscribe(fields, root, env)
+    key_notices: list[str] = []
+    unsubscribe = await _list_unsubscribe(fields, root, env, key_notices)
     if unsubscribe is not None and unsubscribe.personal:
         if fields.present("group_size") and fields.get_int("group_size", 1, 1, 10000) != 1:
             raise fields.error(
@@ -766,7 +774,7 @@ async def load_campaign(
         journal_sync=JournalSync(fields.get_choice("journal_sync", JournalSync) or "full"),
         campaign_id=fields.get_id("campaign"),
         schedule=fields.get_schedule("schedule"),
-        notices=tuple(notices),
+        notices=tuple(notices + key_notices),
     )
 
 

@@ -23,7 +23,7 @@ from .addresses import Mailbox, Mailboxes, check_header_value, parse_mailbox, pl
 from .display import shorten
 from .errors import InputError
 
-__all__ = ["BadRow", "Recipient", "RecipientFile", "RowBatch", "ScanResult"]
+__all__ = ["BadRow", "Recipient", "RecipientFile", "RowBatch"]
 
 _BATCH = 2000  # rows (not blank, not a comment) per read
 _SCAN_CHUNK = 1 << 20
@@ -55,11 +55,6 @@ class BadRow:
 
     def __str__(self) -> str:
         return f"{self.path}:{self.line}: {self.reason}"
-
-
-@dataclass(frozen=True, slots=True)
-class ScanResult:
-    lines: int
 
 
 @dataclass(slots=True)
@@ -245,8 +240,8 @@ class _Reader:
         self.handle.close()
 
 
-def _scan(path: Path) -> ScanResult:
-    """Check the whole file is UTF-8 without NUL bytes; count its lines."""
+def _scan(path: Path) -> None:
+    """Check the whole file is UTF-8 without NUL bytes (counting lines to name one)."""
     decoder = codecs.getincrementaldecoder("utf-8")()
     lines = 0
     with open(path, "rb") as handle:
@@ -268,7 +263,6 @@ def _scan(path: Path) -> ScanResult:
             raise InputError(
                 "not valid UTF-8 text (the file ends inside a character)", path=path, line=lines + 1
             ) from None
-    return ScanResult(lines=lines)
 
 
 class RecipientFile:
@@ -290,13 +284,13 @@ class RecipientFile:
         self.bad_rows = 0
         self.columns: tuple[str, ...] = ()  # a CSV's header, once iteration has begun
 
-    async def scan(self) -> ScanResult:
+    async def scan(self) -> None:
         """Read the whole file once in a thread.
 
         :raises InputError: missing file, not UTF-8, NUL byte (with the line).
         """
         try:
-            return await asyncio.to_thread(_scan, self.path)
+            await asyncio.to_thread(_scan, self.path)
         except OSError as err:
             raise InputError(
                 f"cannot read the recipient list: {err.strerror}",

@@ -474,7 +474,7 @@ async def test_send_at_waits_then_sends_and_a_sigterm_while_waiting_sends_nothin
     assert "asyncmailer: sending at " in err and "3 recipients: 3 accepted" in out
 
     later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
-    process = await start_cli("send", str(path), "--at", later, cwd=tmp_path)
+    process = await start_cli("send", str(path), "--new-run", "--at", later, cwd=tmp_path)
     assert process.stderr is not None
     line = await asyncio.wait_for(process.stderr.readline(), 30)
     assert b"sending at" in line and (b"in 1 h" in line or b"in 59 min" in line)

@@ -100,7 +100,7 @@ async def test_scan_rejects_non_utf8_and_nul_with_the_line(tmp_path: Path) -> No
     with pytest.raises(InputError, match=rf"^{path}:2: contains a NUL byte"):
         await RecipientFile(path).scan()
     path.write_bytes(b"a@example.com\nb@example.com\n")
-    assert (await RecipientFile(path).scan()).lines == 2
+    await RecipientFile(path).scan()  # a file that ends in a whole character passes
 
 
 async def test_missing_file(tmp_path: Path) -> None:

@@ -1,47 +1,21 @@
-"""The journal's files: where a campaign's journal lives, its lock, and setting it aside."""
+"""The journal's files: where a campaign's journal lives, and its lock."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
 import os
-import time
 from pathlib import Path
 
 from ..errors import JournalError
 
-__all__ = ["archive", "journal_path", "lock", "probe_lock"]
+__all__ = ["journal_path", "lock", "probe_lock"]
 
 
 def journal_path(state_dir: Path, campaign_id: str) -> Path:
     """The journal of a campaign's current run: ``<state_dir>/<campaign id>.journal.sqlite``
     (the id is the `campaign` key, else the campaign file's name)."""
     return state_dir / f"{campaign_id}.journal.sqlite"
-
-
-def archive(path: Path) -> Path | None:
-    """Set a campaign's journal aside (renamed with the time), so the next run starts afresh.
-    Returns the new name, or None when there was no journal.
-
-    :raises JournalError: another run holds it.
-    """
-    held = lock(path)
-    try:
-        if not path.exists():
-            return None
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        target = path.with_name(f"{path.name}.{stamp}")
-        number = 1
-        while target.exists():  # two restarts in one second keep both
-            number += 1
-            target = path.with_name(f"{path.name}.{stamp}-{number}")
-        for suffix in ("", "-wal", "-shm"):
-            source = Path(f"{path}{suffix}")
-            if source.exists():
-                source.rename(f"{target}{suffix}")
-        return target
-    finally:
-        os.close(held)
 
 
 def probe_lock(path: Path) -> None:

@@ -50,6 +50,7 @@ class Recurring:
         stop: asyncio.Event,
         tell: Callable[[str], None],
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        reload: Callable[[Campaign], Awaitable[Campaign]] | None = None,
     ) -> None:
         for campaign in campaigns:
             if campaign.schedule is None:
@@ -63,6 +64,7 @@ class Recurring:
         self.stop = stop
         self.tell = tell
         self.clock = clock
+        self.reload = reload  # the campaign as its file is at each occurrence
 
     def __repr__(self) -> str:
         return f"<Recurring campaigns={len(self.campaigns)}>"
@@ -134,6 +136,8 @@ class Recurring:
             return None
         latest = entry.runs.latest
         try:
+            if self.reload is not None:
+                entry.campaign = entry.runs.campaign = await self.reload(entry.campaign)
             record = await entry.runs.begin(occurrence=current)
         except (InputError, NothingToSendError) as err:
             # Edited while a run is unfinished, say: the scheduler goes on, this occurrence

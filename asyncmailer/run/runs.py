@@ -140,18 +140,21 @@ class Runs:
                     "state_dir of its own",
                     path=self.catalog.path,
                 )
-            by_name = journal_path(self.campaign.state_dir, self.campaign.source.name)
+            name = self.campaign.source.name
+            by_name = journal_path(self.campaign.state_dir, name)
             if (
                 self.campaign.campaign_id is not None
                 and not self._runs
                 and not self.catalog.journal.exists()
                 and by_name.exists()
+                # ...and it is this campaign's (or nobody can tell): not another of its name
+                and RunCatalog(self.campaign.state_dir, name).load()[0] in (None, here)
             ):
                 raise JournalError(
-                    f"this campaign's journal is still named after its file ({by_name.name}); "
-                    f"rename {by_name.name} (and its .runs.json, -wal and -shm files) to "
-                    f"{self.catalog.journal.name}, or remove the campaign key, so that its "
-                    "recipients are not sent again",
+                    f"this campaign's runs are still named after its file: rename "
+                    f"{name}.journal.sqlite* and {name}.runs.json to "
+                    f"{self.campaign.id}.journal.sqlite* and {self.campaign.id}.runs.json, or "
+                    "remove the campaign key, so that its recipients are not sent again",
                     path=by_name,
                 )
             self._source = self._source or here

@@ -15,6 +15,10 @@ from aiosmtplib import SMTPResponse, SMTPStatus
 
 __all__ = ["Scope", "Stage", "enhanced_code", "names_sender", "scope_of", "scope_of_rcpts"]
 
+# "Sender address rejected", "sender blocked", "sender domain refused": not "known senders".
+_SENDER_REFUSED = re.compile(
+    r"\bsender(?: address| domain)?\s*(?:is\s*)?(?:rejected|blocked|refused|denied|banned)"
+)
 _ENHANCED = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
 
 
@@ -111,4 +115,4 @@ def names_sender(reply: SMTPResponse, sender: str) -> bool:
     if detail is None or detail[1] != 7:
         return False
     text = reply.message.lower()
-    return sender.lower() in text or "sender" in text
+    return sender.lower() in text or _SENDER_REFUSED.search(text) is not None
