@@ -3,8 +3,9 @@
 The file is read by a worker thread in batches, so the event loop never blocks and memory does
 not grow with the list. Before anything is sent, `scan()` checks the whole file is UTF-8 without
 NUL bytes and counts its lines (for progress and ETA). Each row becomes a `Recipient` or a
-`BadRow` naming file and line. Duplicates are the journal's business: it keeps each address
-once, on disk.
+`BadRow` naming file and line; `RecipientFile.batches()` gives them as `RowBatch` columns
+instead, without an object per row (what the loader reads a long list with). Duplicates are
+the journal's business: it keeps each address once, on disk.
 """
 
 from __future__ import annotations
