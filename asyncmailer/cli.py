@@ -184,31 +184,26 @@ def parseargs(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     send.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
 
-    status = commands.add_parser(
+    def reader(name: str, help_text: str, description: str) -> argparse.ArgumentParser:
+        """A command that reads a campaign's journal: the campaign, --state-dir, --debug."""
+        command = commands.add_parser(name, help=help_text, description=description)
+        _campaign_arguments(command, "the campaign file")
+        command.add_argument("--state-dir", type=Path, help="folder of the campaign's journal")
+        command.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+        return command
+
+    reader(
         "status",
-        help="show a campaign's counts from its journal",
-        description="Show how many recipients of a campaign are in each state.",
+        "show a campaign's counts from its journal",
+        "Show how many recipients of a campaign are in each state.",
     )
-    _campaign_arguments(status, "the campaign file")
-    status.add_argument("--state-dir", type=Path, help="folder of the campaign's journal")
-    status.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
-
-    runs = commands.add_parser(
-        "runs",
-        help="list a campaign's runs, with their counts",
-        description="List every run of a campaign, oldest first.",
-    )
-    _campaign_arguments(runs, "the campaign file")
-    runs.add_argument("--state-dir", type=Path, help="folder of the campaign's journal")
-    runs.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
-
-    report = commands.add_parser(
+    reader("runs", "list a campaign's runs, with their counts", "List every run of a campaign.")
+    report = reader(
         "report",
-        help="write a run's per-recipient report from its journal",
-        description="Print a run's summary and write every recipient's result to a report "
-        "file, from the run's journal.",
+        "write a run's per-recipient report from its journal",
+        "Print a run's summary and write every recipient's result to a report file, from the "
+        "run's journal.",
     )
-    _campaign_arguments(report, "the campaign file")
     report.add_argument("--run", metavar="ID", help="the run (default: the latest; see runs)")
     report.add_argument(
         "-o",
@@ -220,8 +215,6 @@ def parseargs(argv: Sequence[str] | None = None) -> argparse.Namespace:
     report.add_argument(
         "--format", choices=("text", "json"), default="text", help="the summary's form"
     )
-    report.add_argument("--state-dir", type=Path, help="folder of the campaign's journal")
-    report.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
     schedule = commands.add_parser(
         "schedule",
