@@ -496,10 +496,12 @@ async def test_schedule_every_second_sends_one_run_per_occurrence_until_sigterm(
     _, err = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode == 75, err
     code, out, _ = await run_cli("runs", str(path), cwd=tmp_path)
-    rows = out.splitlines()[1:]
+    rows = [line.split() for line in out.splitlines()[1:]]
     assert code == 0 and 3 <= len(rows) <= 5, out
-    assert all(" 3 " in row.replace("  ", " ") for row in rows)  # 3 accepted in each
-    assert len(running.messages) == len(rows)  # one message (3 recipients) per run
+    accepted = [int(row[4]) for row in rows]  # the ACCEPTED column
+    # Each run sent to all three; the last may have been stopped before it began to send.
+    assert all(count == 3 for count in accepted[:-1]) and accepted[-1] in (0, 3), out
+    assert len(running.messages) == sum(count == 3 for count in accepted)  # a message a run
     for message in running.messages:
         assert sorted(message.rcpt_tos) == sorted(
             ["alice@example.com", "bob@example.org", "carol@example.net"]
