@@ -10,6 +10,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -508,6 +509,16 @@ async def test_schedule_every_second_sends_one_run_per_occurrence_until_sigterm(
         )
 
 
+async def until(condition: Callable[[], bool], timeout: float = 60) -> None:
+    """Wait for `condition`, failing the test after `timeout` seconds."""
+
+    async def poll() -> None:
+        while not condition():
+            await asyncio.sleep(0.05)
+
+    await asyncio.wait_for(poll(), timeout)
+
+
 async def test_a_scheduler_killed_mid_run_resumes_that_run_without_a_duplicate(
     make_campaign: CampaignFactory, tmp_path: Path
 ) -> None:
@@ -525,16 +536,14 @@ async def test_a_scheduler_killed_mid_run_resumes_that_run_without_a_duplicate(
             schedule={"every": "1h"},  # the latest occurrence is within its grace: runs now
         )
         first = await start_cli("schedule", str(path), cwd=tmp_path)
-        while len(server.messages) < 5:
-            await asyncio.sleep(0.05)
+        await until(lambda: len(server.messages) >= 5)
         first.kill()
         await first.wait()
         second = await start_cli("schedule", str(path), cwd=tmp_path)
         assert second.stderr is not None
         line = await asyncio.wait_for(second.stderr.readline(), 30)
         assert b"goes on" in line, line  # the same run, not a new one
-        while len(set(server.delivered)) < 39:
-            await asyncio.sleep(0.05)
+        await until(lambda: len(set(server.delivered)) >= 39)
         await asyncio.sleep(0.5)
         second.send_signal(signal.SIGTERM)
         await asyncio.wait_for(second.communicate(), 60)
