@@ -112,6 +112,13 @@ def check_filename(name: str, path: Path) -> None:
 
     :raises InputError: naming the file and the character.
     """
+    if len(name) >= 2 and name[0] + name[-1] in ('""', "<>"):
+        raise InputError(
+            "the file name is in quotes or angle brackets, which mail clients drop; rename "
+            "the file",
+            path=path,
+            field="attachments",
+        )
     if name != name.strip():
         raise InputError(
             "the file name begins or ends with white space, which mail clients drop; "

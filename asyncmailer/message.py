@@ -349,6 +349,8 @@ def _joined(pieces: Sequence[Any]) -> tuple[Any, ...]:
     return tuple(parts)
 
 
+# A file name any parser reads back as written from filename="...": else RFC 2231.
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._,()+-]*|[^\x00-\x7f]*[^\x00-\x7f][^\x00-\x7f]*")
 _DISPOSITION = re.compile(
     rb"^Content-Disposition:[^\r\n]*(?:\r\n[ \t][^\r\n]*)*", re.MULTILINE | re.IGNORECASE
 )
@@ -357,9 +359,11 @@ _DISPOSITION = re.compile(
 def _literal_filename(before: bytes, filename: str) -> bytes:
     """`before` (the serialised tree up to an attachment's body, its headers last) with the
     file name as RFC 2231 ``filename*=`` whenever the email package would write it as
-    ``filename="..."`` with an encoded word inside: a client would decode ``=?utf-8?b?...?=``
-    into another name (``evil.exe``). RFC 2231 values are never decoded that way."""
-    if "=?" not in filename:
+    ``filename="..."`` with anything but letters, digits and plain punctuation: a client would
+    decode ``=?utf-8?b?...?=`` into another name (``evil.exe``), and parsers differ on
+    quotes, backslashes and brackets in a quoted string. RFC 2231 values carry them as
+    written."""
+    if _PLAIN_NAME.fullmatch(filename):
         return before
     start = before.rfind(b"\r\n--") + 2
     # Percent-encoded a character at a time, so a line break never splits an escape.
