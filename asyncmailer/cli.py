@@ -213,7 +213,11 @@ def parseargs(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="the report file, .csv or .jsonl (default: CAMPAIGN.RUN.report.csv here)",
     )
     report.add_argument(
-        "--format", choices=("text", "json"), default="text", help="the summary's form"
+        "--format",
+        choices=("csv", "jsonl", "json"),
+        default="csv",
+        help="csv or jsonl: the report file's format (default csv); json: also print the "
+        "run's summary as JSON",
     )
 
     schedule = commands.add_parser(
@@ -842,7 +846,8 @@ async def report_command(args: argparse.Namespace, *, out: TextIO = sys.stdout) 
         record = records[-1] if records else None
     journal = catalog.journal_of(record) if record is not None else catalog.journal
     run_id = record.id if record is not None else "current"
-    target = args.output or Path(f"{campaign_id}.{run_id}.report.csv")
+    suffix = "jsonl" if args.format == "jsonl" else "csv"
+    target = args.output or Path(f"{campaign_id}.{run_id}.report.{suffix}")
     if not await asyncio.to_thread(journal.exists):
         raise JournalError("no journal: this campaign has not run yet", path=journal)
     summary = CampaignReport(keep=0)

@@ -147,6 +147,9 @@ class Campaign:
     list_unsubscribe: ListUnsubscribe | None = None
     campaign_id: str | None = None
     schedule: Schedule | None = None
+    send_at_local: tuple[int, int, int] | None = None  # hour, minute, second
+    timezone_column: str | None = None
+    timezone: ZoneInfo | None = None
     notices: tuple[str, ...] = ()
 
     @property
@@ -422,6 +425,16 @@ class _Fields:
         except ValueError as err:
             raise self.error(key, str(err)) from None
 
+    def get_clock(self, key: str) -> tuple[int, int, int] | None:
+        """A time of day, ``HH:MM`` or ``HH:MM:SS``."""
+        value = self.get_str(key)
+        if value is None:
+            return None
+        match = re.fullmatch(r"([01]?\d|2[0-3]):([0-5]\d)(?::([0-5]\d))?", value.strip())
+        if match is None:
+            raise self.error(key, f"expected a time of day like 09:00, got {_quote(value)}")
+        return int(match[1]), int(match[2]), int(match[3] or 0)
+
     def get_headers(self, key: str) -> tuple[tuple[str, str], ...]:
         value = self.data.get(key)
         if value is None:
@@ -520,6 +533,10 @@ KNOWN_KEYS: dict[str, str] = {
     "list_unsubscribe": "{url: https://..., mailto: address, key_file: file}: List-Unsubscribe "
     "(and one-click List-Unsubscribe-Post with a URL); {{ unsubscribe_token }} and "
     "{{ email }} in the URL are each recipient's",
+    "send_at_local": "HH:MM (or HH:MM:SS): each recipient's message at that time of their own "
+    "zone (timezone_column), one recipient per message; the run stays open until the last",
+    "timezone_column": "with send_at_local: the list column with each recipient's IANA zone",
+    "timezone": "the campaign's zone, for send_at_local rows without a valid one (default: local)",
     "schedule": "recurring runs: {cron: '0 9 * * MON', timezone: Europe/Berlin, grace: 1h, "
     "until: 2027-01-01} or {every: 15m}, for `asyncmailer schedule`",
     "retry_attempts": "tries per recipient in one run on temporary failures (default 5)",
@@ -704,6 +721,13 @@ async def load_campaign(
     recipients_file = fields.get_path("recipients_file", root)
     if recipients_file is not None:
         await _regular_file(fields, "recipients_file", recipients_file)
+    local_time = fields.get_clock("send_at_local")
+    if local_time is not None and recipients_file is None:
+        raise fields.error("send_at_local", "needs recipients_file: the times are each row's")
+    try:
+        campaign_zone = zone(fields.get_str("timezone")) if local_time is not None else None
+    except ValueError as err:
+        raise fields.error("timezone", str(err)) from None
     if not (to or cc or bcc or recipients_file):
         raise fields.error("to", "no recipients: fill in to, cc, bcc or recipients_file")
     personalize = fields.get_bool("personalize", False)
@@ -756,7 +780,9 @@ async def load_campaign(
         recipients_column=fields.get_str("recipients_column", "email") or "email",
         name_column=fields.get_str("name_column", "name") or "name",
         group_size=1
-        if personalize or (unsubscribe is not None and unsubscribe.personal)
+        if personalize
+        or local_time is not None
+        or (unsubscribe is not None and unsubscribe.personal)
         else fields.get_int("group_size", DEFAULT_GROUP_SIZE, 1, 10000),
         reply_to=fields.get_addresses("reply_to"),
         headers=fields.get_headers("headers"),
@@ -774,6 +800,9 @@ async def load_campaign(
         journal_sync=JournalSync(fields.get_choice("journal_sync", JournalSync) or "full"),
         campaign_id=fields.get_id("campaign"),
         schedule=fields.get_schedule("schedule"),
+        send_at_local=local_time,
+        timezone_column=fields.get_str("timezone_column"),
+        timezone=campaign_zone,
         notices=tuple(notices + key_notices),
     )
 

@@ -19,7 +19,14 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 _UTC_ZONE = ZoneInfo("UTC")
 
-__all__ = ["Occurrence", "Schedule", "parse_duration", "parse_send_time", "zone"]
+__all__ = [
+    "Occurrence",
+    "Schedule",
+    "local_due",
+    "parse_duration",
+    "parse_send_time",
+    "zone",
+]
 
 _DURATION = re.compile(r"(?P<count>\d+(?:\.\d+)?)\s*(?P<unit>s|m|h|d)?", re.IGNORECASE)
 _LONGEST = 366 * 86400.0  # a year: any longer interval or grace is a typo
@@ -82,6 +89,19 @@ def parse_send_time(text: str, timezone: ZoneInfo, now: datetime) -> datetime:
         shown = when.astimezone(timezone).strftime("%Y-%m-%d %H:%M:%S %Z")
         raise ValueError(f"{shown} has passed; name a later time, or --at now")
     return when
+
+
+def local_due(clock: tuple[int, int, int], timezone: ZoneInfo, start: datetime) -> datetime:
+    """When a recipient in `timezone` is sent to with ``send_at_local``: that time of day,
+    on the day of `start` there, or on the next day when it had passed at `start`. A time the
+    spring change skips happens at the instant it maps to (as for cron)."""
+    there = start.astimezone(timezone)
+    hour, minute, second = clock
+    wall = there.replace(hour=hour, minute=minute, second=second, microsecond=0, tzinfo=None)
+    at = _place(wall, timezone)
+    if at < start:
+        at = _place(wall + timedelta(days=1), timezone)
+    return at
 
 
 @dataclass(frozen=True, slots=True)

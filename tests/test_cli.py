@@ -567,3 +567,41 @@ async def test_a_list_row_with_terminal_escapes_is_printed_escaped(
     assert code == 1, err
     assert "\x1b" not in out and "\x1b" not in err and "\x07" not in out
     assert "\\x1b]0;TITLE" in out  # shown, escaped
+
+
+async def test_send_at_local_sends_each_recipient_at_their_own_time(
+    smtp_server: ServerFactory, make_campaign: CampaignFactory, tmp_path: Path
+) -> None:
+    running = await smtp_server()
+    soon = (datetime.now(UTC) + timedelta(seconds=3)).replace(microsecond=0)  # as written
+    (tmp_path / "list.csv").write_text(
+        "email,tz\na@example.com,UTC\nb@example.com,Not/AZone\nc@example.com,Etc/GMT+1\n"
+    )
+    path = make_campaign(
+        port=running.server.ssl_port,
+        to=None,
+        cc=None,
+        bcc=None,
+        recipients_file="list.csv",
+        send_at_local=soon.strftime("%H:%M:%S"),
+        timezone_column="tz",
+        timezone="UTC",
+    )
+    process = await start_cli("send", str(path), "-q", cwd=tmp_path)
+    try:
+        await until(lambda: len(running.messages) >= 2, timeout=30)
+        assert datetime.now(UTC) >= soon - timedelta(seconds=0.2)  # not before its time
+        # c is an hour behind UTC: its 'soon' is an hour away, so the run stays open for it.
+        assert sorted(r for m in running.messages for r in m.rcpt_tos) == [
+            "a@example.com",
+            "b@example.com",  # not a zone: the campaign's
+        ]
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.communicate(), 30)
+        assert process.returncode == 75
+    finally:
+        if process.returncode is None:  # a failed check must not leave it waiting an hour
+            process.kill()
+            await process.wait()
+    code, out, _ = await run_cli("status", str(path), cwd=tmp_path)
+    assert code == 0 and "1  pending" in out and "2  accepted" in out

@@ -110,3 +110,20 @@ def test_a_bad_cron_or_both_kinds_are_refused() -> None:
         Schedule(cron="* * * * *", every=5)
     with pytest.raises(ValueError, match="never comes"):
         Schedule(cron="0 0 31 2 *")
+
+
+def test_send_at_local_is_that_time_in_each_zone_or_the_next_day_once_passed() -> None:
+    from asyncmailer.schedule import local_due
+
+    start = datetime(2026, 12, 1, 7, 30, tzinfo=UTC)  # 08:30 in Berlin, 02:30 in New York
+    nine = (9, 0, 0)
+    assert local_due(nine, BERLIN, start) == datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
+    assert local_due(nine, ZoneInfo("America/New_York"), start) == datetime(
+        2026, 12, 1, 14, 0, tzinfo=UTC
+    )
+    assert local_due(nine, ZoneInfo("Asia/Tokyo"), start) == datetime(  # 16:30 there: tomorrow
+        2026, 12, 2, 0, 0, tzinfo=UTC
+    )
+    # The spring change in Berlin: 02:30 does not exist on 29 March; it is 03:30 then.
+    spring = datetime(2026, 3, 29, 0, 0, tzinfo=UTC)
+    assert local_due((2, 30, 0), BERLIN, spring) == datetime(2026, 3, 29, 1, 30, tzinfo=UTC)

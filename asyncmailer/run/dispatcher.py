@@ -8,7 +8,9 @@ import asyncio
 import contextlib
 import functools
 import time
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from ..config import Campaign
 from ..errors import AuthError, ConnectError, DeliveryError, RefusedError, TLSRequiredError
@@ -16,9 +18,10 @@ from ..ledger import Ledger, WorkItem
 from ..message import MessageTemplate
 from ..observer import Observer
 from ..results import CampaignReport, RecipientResult, Status
+from ..schedule import local_due
 from ..transport import Connection, Envelope, Transaction, Transport
 from .limits import DailyQuota, MessageLimit, Pause, RateLimiter
-from .policy import MAX_RETRY_DELAY, Retry, decide, stops_the_run, unsent
+from .policy import MAX_RETRY_DELAY, Retry, decide, later, stops_the_run, unsent
 from .scheduler import LoadState, Scheduler
 
 if TYPE_CHECKING:  # jinja2 is imported only by campaigns that personalise (start-up time)
@@ -71,6 +74,7 @@ class Dispatcher:
         self.connecting = 0  # workers opening a connection now
         self.open = 0  # workers holding an open connection
         self.ended = asyncio.Event()  # a worker found no more work
+        self.started = datetime.now(UTC)  # send_at_local: each recipient's day begins here
         self.pause = Pause(
             delay=campaign.retry_delay,
             ceiling=MAX_RETRY_DELAY,
@@ -116,6 +120,9 @@ class Dispatcher:
             await self.pause.wait(self.stop)
             if self.limiter is not None:
                 await self.limiter.wait()
+            if not admitted and self._later(item):
+                item = await self.scheduler.next()  # not its local time yet: waits for it
+                continue
             if not admitted and not self._admit(item):
                 await self._give_back(item, admitted=False)
                 break
@@ -190,6 +197,27 @@ class Dispatcher:
         if self.pause.hit() is None:  # it went on for longer than retry_max_age
             self._fatal(refusal)
 
+    def _later(self, item: WorkItem) -> bool:
+        """With send_at_local, an item whose recipient's time has not come: stored back as
+        pending until then (no try counted), and True."""
+        clock = self.campaign.send_at_local
+        if clock is None:
+            return False
+        fields = item.fields[0] if item.fields else {}
+        column = self.campaign.timezone_column
+        campaign_zone = self.campaign.timezone or ZoneInfo("UTC")
+        try:
+            place = ZoneInfo(fields[column]) if column and fields.get(column) else campaign_zone
+        except (ValueError, OSError, ZoneInfoNotFoundError):
+            place = campaign_zone  # not a zone: the campaign's
+        due = local_due(clock, place, self.started)
+        if due <= datetime.now(UTC):
+            return False
+        self.scheduler.done()
+        note = f"waits until {due.astimezone(place):%Y-%m-%d %H:%M:%S %Z} (send_at_local)"
+        self.ledger.record(later(item, note, due.timestamp()))
+        return True
+
     def _admit(self, item: WorkItem) -> bool:
         """May this item go now? Counts it against the quota and the message limit."""
         if self.stop.is_set():  # stopped while it waited for its turn (the rate)
@@ -211,6 +239,8 @@ class Dispatcher:
         if self.limiter is not None or not connection.pipelines or self.stop.is_set():
             return None
         item = self.scheduler.take_ready()
+        if item is not None and self._later(item):
+            return None
         if item is not None and not self._admit(item):
             self.scheduler.put_back(item)  # released with the rest at the end
             return None

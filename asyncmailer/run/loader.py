@@ -159,14 +159,15 @@ class Loader:
             name_column=campaign.name_column,
         )
         await source.scan()
-        pending = _Pending(personalizer is not None)
+        keep = personalizer is not None or campaign.send_at_local is not None  # row fields
+        pending = _Pending(keep)
         checked = personalizer is None  # the templates' names against the list's header, once
         size = self.first_batch
         # The list comes as batches of columns (a million rows: no object per row here, on
         # the event loop); rows go on in stretches, each up to the next bad row or the next
         # ledger write. The stop event can only change while this task waits: looking at it
         # after each wait is looking at it before every row.
-        batches = source.batches(fields=personalizer is not None)
+        batches = source.batches(fields=keep)
         async with contextlib.aclosing(batches):
             async for rows in batches:
                 good = bad = 0  # how far into `rows`: good rows taken, bad rows reported
@@ -189,7 +190,7 @@ class Loader:
                     good = end
                     if len(pending) == size:
                         await self._add(pending)
-                        pending, size = _Pending(personalizer is not None), self.batch
+                        pending, size = _Pending(keep), self.batch
                 if self.read_to is not None:
                     break
         await self._add(pending, last=True)
@@ -240,6 +241,8 @@ class _Pending:
         cannot be made are bad rows instead."""
         if personalizer is None:
             self.mailboxes.extend(rows.mailboxes[start:end])
+            if self.fields is not None and rows.fields is not None:  # kept for send_at_local
+                self.fields.extend(rows.fields[start:end])
             return
         assert self.fields is not None
         for index in range(start, end):

@@ -14,7 +14,7 @@ from ..errors import ConnectError
 from ..ledger import NEVER, Decision, JournalState, WorkItem
 from ..results import RecipientResult, Status
 
-__all__ = ["MAX_RETRY_DELAY", "Retry", "decide", "stops_the_run", "unsent"]
+__all__ = ["MAX_RETRY_DELAY", "Retry", "decide", "later", "stops_the_run", "unsent"]
 
 MAX_RETRY_DELAY = 300.0
 _STATE = {status: JournalState(status.value) for status in Status}
@@ -74,6 +74,12 @@ def unsent(item: WorkItem, note: str) -> list[Decision]:
     far as its recipients are concerned (the sender or the session was refused)."""
     now = time.time()
     return [Decision(JournalState.PENDING, None, note, 0, now, 0.0, row_id) for row_id in item.ids]
+
+
+def later(item: WorkItem, note: str, when: float) -> list[Decision]:
+    """The item's rows pending until `when` (a timestamp), no try counted."""
+    now = time.time()
+    return [Decision(JournalState.PENDING, None, note, 0, now, when, row_id) for row_id in item.ids]
 
 
 def stops_the_run(err: ConnectError, *, connected: bool) -> bool:
