@@ -305,8 +305,9 @@ TABLE_ROWS = 100  # a longer result list is summarised; the report file has ever
 STOP_TIMEOUT = 30.0  # seconds transactions in flight get to finish after Ctrl-C or SIGTERM
 
 
-async def _campaign(args: argparse.Namespace) -> Campaign:
-    campaign = await load_campaign(args.config)
+async def _campaign(args: argparse.Namespace, path: Path | None = None) -> Campaign:
+    """The campaign of `path` (else --config/the argument), with --state-dir applied."""
+    campaign = await load_campaign(path or args.config)
     if args.state_dir is not None:
         campaign = dataclasses.replace(campaign, state_dir=args.state_dir)
     return campaign
@@ -715,12 +716,7 @@ async def _identity(args: argparse.Namespace) -> tuple[Path, str]:
 
 async def schedule_command(args: argparse.Namespace, *, out: TextIO = sys.stdout) -> int:
     """`asyncmailer schedule`: the campaigns' recurring runs, until stopped (exit 75)."""
-    campaigns = []
-    for path in args.campaigns:
-        campaign = await load_campaign(path)
-        if args.state_dir is not None:
-            campaign = dataclasses.replace(campaign, state_dir=args.state_dir)
-        campaigns.append(campaign)
+    campaigns = [await _campaign(args, path) for path in args.campaigns]
     run_args = argparse.Namespace(
         report=None,
         quiet=args.quiet,
@@ -744,10 +740,7 @@ async def schedule_command(args: argparse.Namespace, *, out: TextIO = sys.stdout
                 )
 
         async def reload(campaign: Campaign) -> Campaign:
-            fresh = await load_campaign(campaign.source)  # as it is now: edits count
-            if args.state_dir is not None:
-                fresh = dataclasses.replace(fresh, state_dir=args.state_dir)
-            return fresh
+            return await _campaign(args, campaign.source)  # as it is now: edits count
 
         try:
             code = await Recurring(

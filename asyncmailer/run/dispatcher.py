@@ -149,11 +149,15 @@ class Dispatcher:
 
     async def _give_back(self, item: WorkItem, *, admitted: bool = True) -> None:
         """An item taken and not sent: back to pending, untried, and uncounted."""
+        self._uncount(item, admitted=admitted)
+        await self.ledger.release(item)
+
+    def _uncount(self, item: WorkItem, *, admitted: bool = True) -> None:
+        """The item is done with, not sent: its message and recipients no longer count."""
         self.scheduler.done()
         if admitted:
             self.limit.started -= 1
             self.quota.give_back(len(item.recipients))
-        await self.ledger.release(item)
 
     async def _rest(self, err: ConnectError, failures: int) -> bool:
         """A connection could not be opened: the pool is one smaller for a while (a server
@@ -187,9 +191,7 @@ class Dispatcher:
         untried (also past DATA: the server answered the final "." with the refusal, so the
         message was not taken). A permanent refusal stops the run; a temporary one may pause
         it (`Pause`)."""
-        self.scheduler.done()
-        self.limit.started -= 1
-        self.quota.give_back(len(item.recipients))
+        self._uncount(item)
         self.ledger.record(unsent(item, f"not sent: {refusal}"))
         if not refusal.temporary:
             self._fatal(refusal)
