@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 import aiofiles
@@ -33,8 +33,10 @@ from .unsubscribe import EMAIL, TOKEN, ListUnsubscribe
 
 __all__ = [
     "DEFAULT_CONFIG",
+    "DKIM_BY_RELAY",
     "PASSWORD_ENV",
     "Campaign",
+    "DkimSettings",
     "JournalSync",
     "Secret",
     "Security",
@@ -112,6 +114,19 @@ class ServerSettings:
         return f"{self.host}:{self.port}"
 
 
+DKIM_BY_RELAY: Literal["relay"] = "relay"  # `dkim: relay`: the relay signs, not asyncmailer
+
+
+@dataclass(frozen=True, slots=True)
+class DkimSettings:
+    """`dkim: {domain, selector, key_file}`: asyncmailer signs every message (d=, s=) with
+    the private key in `key_file` (PEM: RSA of 1024 bits or more, or Ed25519)."""
+
+    domain: str  # ASCII (IDNA): the d= tag, and where the public key is published
+    selector: str  # the s= tag: the key is at <selector>._domainkey.<domain>
+    key_file: Path
+
+
 @dataclass(frozen=True, kw_only=True)
 class Campaign:
     """A validated campaign: what to send, to whom, through which server."""
@@ -145,6 +160,9 @@ class Campaign:
     reply_to: tuple[Mailbox, ...] = ()
     headers: tuple[tuple[str, str], ...] = ()
     list_unsubscribe: ListUnsubscribe | None = None
+    dkim: DkimSettings | Literal["relay"] | None = None
+    suppression_file: Path | None = None  # addresses and @domains never sent to
+    shared_suppression: bool = True  # honour the store in state_dir shared by campaigns
     campaign_id: str | None = None
     schedule: Schedule | None = None
     send_at_local: tuple[int, int, int] | None = None  # hour, minute, second
@@ -533,6 +551,11 @@ KNOWN_KEYS: dict[str, str] = {
     "list_unsubscribe": "{url: https://..., mailto: address, key_file: file}: List-Unsubscribe "
     "(and one-click List-Unsubscribe-Post with a URL); {{ unsubscribe_token }} and "
     "{{ email }} in the URL are each recipient's",
+    "dkim": "{domain: example.com, selector: s2026, key_file: dkim.pem}: sign every message "
+    "(RSA or Ed25519 key); or relay: the relay signs",
+    "suppression_file": "file of addresses and @domains that never receive mail, one a line",
+    "shared_suppression": "honour the suppression store in state_dir shared by campaigns "
+    "(permanent failures, unsubscribes, `asyncmailer suppress`; default true)",
     "send_at_local": "HH:MM (or HH:MM:SS): each recipient's message at that time of their own "
     "zone (timezone_column), one recipient per message; the run stays open until the last",
     "timezone_column": "with send_at_local: the list column with each recipient's IANA zone",
@@ -648,6 +671,36 @@ async def _list_unsubscribe(
     return ListUnsubscribe(url=url, mailto=mailto, key=secret)
 
 
+_SELECTOR = re.compile(
+    r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*"
+)
+
+
+async def _dkim(fields: _Fields, root: Path) -> DkimSettings | Literal["relay"] | None:
+    value = fields.data.get("dkim")
+    if value is None:
+        return None
+    key = "dkim"
+    if isinstance(value, str) and value.strip().lower() == DKIM_BY_RELAY:
+        return DKIM_BY_RELAY
+    if not isinstance(value, dict) or set(value) != {"domain", "selector", "key_file"}:
+        raise fields.error(key, "expected relay, or a mapping of domain, selector and key_file")
+    for name in ("domain", "selector", "key_file"):
+        if not isinstance(value[name], str) or not value[name].strip():
+            raise fields.error(key, f"{name}: expected a string, got {_describe(value[name])}")
+    try:
+        domain = parse_mailbox(f"postmaster@{value['domain'].strip()}").domain
+    except ValueError as err:
+        raise fields.error(key, f"domain: {err}") from None
+    selector = value["selector"].strip()
+    if len(selector) > 253 or not _SELECTOR.fullmatch(selector):
+        raise fields.error(key, f"selector: expected DNS labels, got {_quote(selector)}")
+    found = Path(value["key_file"]).expanduser()
+    key_file = found if found.is_absolute() else root / found
+    await _regular_file(fields, key, key_file)
+    return DkimSettings(domain=domain, selector=selector, key_file=key_file)
+
+
 async def _regular_file(fields: _Fields, key: str, path: Path) -> None:
     """:raises ConfigError: `path` is missing, or not a regular file (a FIFO would hang)."""
     if await aiofiles.os.path.isfile(path):
@@ -761,6 +814,10 @@ async def load_campaign(
         raise fields.error("attachments", f"folder not found: {attachments_dir}")
 
     server, notices = await _server_settings(fields, root, sender, env)
+    dkim = await _dkim(fields, root)
+    suppression_file = fields.get_path("suppression_file", root)
+    if suppression_file is not None:
+        await _regular_file(fields, "suppression_file", suppression_file)
 
     return Campaign(
         source=path,
@@ -787,6 +844,9 @@ async def load_campaign(
         reply_to=fields.get_addresses("reply_to"),
         headers=fields.get_headers("headers"),
         list_unsubscribe=unsubscribe,
+        dkim=dkim,
+        suppression_file=suppression_file,
+        shared_suppression=fields.get_bool("shared_suppression", True),
         personalize=personalize,
         rate=fields.get_rate("rate"),
         max_connections=fields.get_int("max_connections", 0, 1, 1000)
