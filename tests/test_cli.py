@@ -153,7 +153,7 @@ async def test_wrong_password_exit_3_and_the_password_never_shows(
     assert f"127.0.0.1:{running.server.ssl_port}: login as {USER} failed: 535" in err
     assert "Traceback" not in err
     report = (tmp_path / "r.csv").read_text()
-    assert "skipped" in report
+    assert "not attempted" in report
     for secret in (wrong, PASSWORD):
         assert secret not in out + err + report
     assert running.messages == []

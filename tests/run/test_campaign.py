@@ -140,7 +140,7 @@ async def test_login_failure_stops_the_run_and_skips_everyone(
     report = await run_campaign(await load_campaign(path, env={}))
 
     assert isinstance(report.fatal, AuthError)
-    assert [(r.status, r.attempts) for r in report.results] == [(Status.SKIPPED, 0)] * 3
+    assert [(r.status, r.attempts) for r in report.results] == [(Status.NOT_ATTEMPTED, 0)] * 3
     assert all("login as sender@example.com failed: 535" in r.message for r in report.results)
     assert running.messages == []
     assert not report.all_accepted
@@ -154,7 +154,7 @@ async def test_stripped_starttls_stops_before_auth(
     report = await run_campaign(await load_campaign(path, env={}))
 
     assert isinstance(report.fatal, TLSRequiredError)
-    assert {r.status for r in report.results} == {Status.SKIPPED}
+    assert {r.status for r in report.results} == {Status.NOT_ATTEMPTED}
     assert running.server.auth_attempts == []
     assert b"AUTH" not in b"".join(running.recorder.lines())
 
