@@ -210,8 +210,12 @@ class SuppressionStore:
                 )
             if not tables >= _OURS:
                 db.execute("PRAGMA journal_mode=WAL")
-                db.executescript(_SCHEMA)
-                db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(_VERSION),))
+                # The tables and their version in one transaction: another process opening
+                # the new store at the same moment sees both or neither.
+                db.executescript(
+                    f"BEGIN IMMEDIATE; {_SCHEMA}"
+                    f" INSERT OR IGNORE INTO meta VALUES ('schema', '{_VERSION}'); COMMIT;"
+                )
             (version,) = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
             if int(version) != _VERSION:
                 raise JournalError(
