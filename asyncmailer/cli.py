@@ -1030,8 +1030,9 @@ def _entries(count: int) -> str:
     return f"{count:,} {'entry' if count == 1 else 'entries'}"
 
 
-async def suppress_command(args: argparse.Namespace, *, out: TextIO = sys.stdout) -> int:
+async def suppress_command(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
     """`asyncmailer suppress add|remove|list|import`: the shared suppression store."""
+    out = out or sys.stdout  # looked up now: where stdout is at the time
     store = await _store(args)
     if args.verb == "list":
         entries = await store.entries()

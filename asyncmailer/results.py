@@ -149,7 +149,8 @@ class CampaignReport:
 
     `counts` is every recipient's standing in the journal (this run's and earlier runs');
     `this_run` counts what this run told as it went (`Observer.results`), and `messages` the
-    transactions it sent, over `started` to `ended` (time.time()).
+    messages the server took (for at least one recipient), over `started` to `ended`
+    (time.time()).
     """
 
     keep: int = 10_000

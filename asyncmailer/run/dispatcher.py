@@ -370,7 +370,8 @@ class Dispatcher:
                     if nxt is not None:
                         await self._give_back(nxt)  # begun on this connection or not, unsent
                     return None
-                self.report.messages += 1
+                if any(r.status is Status.ACCEPTED for r in sent.results):
+                    self.report.messages += 1  # the server took the message
                 await self._finish(item, sent.results)
                 if nxt is None:
                     return None

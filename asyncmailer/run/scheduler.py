@@ -70,7 +70,6 @@ class Scheduler:
         self._ahead: asyncio.Task[None] | None = None  # the claim ahead, while it runs
         self.failed: BaseException | None = None  # how a claim ahead failed
         self._full = True  # the last claim took all it asked for: there may be more
-        self._claimed = False  # the last claim took something (maybe all screened out)
 
     def _pop(self) -> WorkItem:
         self.in_flight += 1
@@ -87,7 +86,6 @@ class Scheduler:
     async def _claim(self, limit: int) -> list[WorkItem]:
         claimed = await self.ledger.claim(limit, time.time())
         self._full = len(claimed) >= limit
-        self._claimed = bool(claimed)
         if self.screen is not None and claimed:
             return await self.screen(claimed)
         return claimed
@@ -115,7 +113,7 @@ class Scheduler:
                 self.changed.clear()
                 self.loader.more.clear()
                 claimed = await self._claim(self.batch)
-                if claimed or self._claimed:  # taken (or all settled by the screen): more?
+                if claimed:
                     self.buffer.extend(claimed)
                     continue
                 if self.in_flight or self.loader.reading:

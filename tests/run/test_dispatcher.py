@@ -152,3 +152,25 @@ async def test_every_recipient_suppressed_sends_nothing(
     assert running.messages == [] and running.recorder.lines() == []  # not even a connection
     assert report.counts == {Status.SUPPRESSED: 3}
     assert report.all_accepted and report.messages == 0
+
+
+async def test_a_claim_all_suppressed_does_not_end_the_run(
+    smtp_server: ServerFactory, make_campaign: CampaignFactory, tmp_path: Path
+) -> None:
+    # A claim is up to 64 groups here: the first ones all suppressed, the rest still to send.
+    running = await smtp_server()
+    rows = [f"u{i}@blocked.example" for i in range(150)] + ["a@example.com", "b@example.com"]
+    (tmp_path / "list.txt").write_text("".join(f"{a}\n" for a in rows))
+    (tmp_path / "suppressed.txt").write_text("@blocked.example\n")
+    path = make_campaign(
+        port=running.server.ssl_port,
+        to=None,
+        cc=None,
+        recipients_file="list.txt",
+        suppression_file="suppressed.txt",
+        group_size=1,
+        concurrency=1,
+    )
+    report = await run_campaign(await load_campaign(path, env={}))
+    assert received(running) == ["a@example.com", "b@example.com"]
+    assert report.counts == {Status.SUPPRESSED: 150, Status.ACCEPTED: 2}
