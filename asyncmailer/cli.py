@@ -42,7 +42,7 @@ from .errors import (
 )
 from .journal import Journal, JournalReader, journal_path, probe_lock
 from .journal.runs import RunCatalog, RunRecord
-from .journal.suppressions import STORE_NAME, Entry, SuppressionStore
+from .journal.suppressions import STORE_NAME, Entry, SuppressionStore, campaign_suppression
 from .ledger import JournalState
 from .message import MessageTemplate
 from .progress import ConsoleObserver
@@ -399,6 +399,9 @@ async def _send(
     at: datetime | None = None,
 ) -> int:
     personalizer = await prepare_personalizer(campaign)
+    # A bad suppression file line, or an unusable store, is an error before a run is recorded
+    # (the run reads both again as it starts: after --at, the store may have grown).
+    await campaign_suppression(campaign)
     if args.dry_run is not None:
         return await _dry_run(args, campaign, template, personalizer, out)
     # A second run of the same campaign is refused before it prints or truncates anything
