@@ -666,6 +666,11 @@ async def test_the_run_summary_counts_what_the_server_received(
     with open(tmp_path / "r.csv", newline="") as handle:
         statuses = [row["status"] for row in csv.DictReader(handle)]
     assert statuses.count("suppressed") == 1 and statuses.count("accepted") == 7
+    code, out, _ = await run_cli("status", "-c", str(path), cwd=tmp_path)
+    assert code == 0 and re.search(r"\n\s+1\s+suppressed \(never sent\)\n", out), out
+    code, out, _ = await run_cli("runs", "-c", str(path), cwd=tmp_path)
+    header, row = out.splitlines()
+    assert header.split()[-2:] == ["SUPPRESSED", "LEFT"] and row.split()[-2:] == ["1", "0"]
     # The bounces (5.1.1 and 550 "No such user"), not the policy refusal, are in the store.
     code, out, _ = await run_cli("suppress", "list", "--state-dir", "state", cwd=tmp_path)
     assert code == 0
