@@ -17,6 +17,7 @@ from .errors import (
     TLSRequiredError,
 )
 from .journal import Journal
+from .journal.suppressions import SuppressionStore, campaign_suppression
 from .ledger import JournalState, Ledger
 from .message import MessageTemplate
 from .observer import Observer
@@ -24,6 +25,7 @@ from .results import CampaignReport, RecipientResult, Status
 from .run.campaign import RunOptions, run_campaign
 from .smtp.pool import SessionPool
 from .smtp.session import Session
+from .suppression import Suppression
 from .transport import Connection, Transport
 
 __version__ = "0.1.0"
@@ -57,8 +59,11 @@ __all__ = [
     "Session",
     "SessionPool",
     "Status",
+    "Suppression",
+    "SuppressionStore",
     "TLSRequiredError",
     "Transport",
+    "campaign_suppression",
     "load_campaign",
     "run_campaign",
 ]

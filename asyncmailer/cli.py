@@ -1,6 +1,8 @@
-"""The command line: `asyncmailer [send]` runs a campaign, `asyncmailer serve` the local server.
+"""The command line: `asyncmailer [send]` runs a campaign, `asyncmailer serve` the local server,
+`asyncmailer suppress` keeps the shared suppression store.
 
-Exit codes (EXIT_CODES below): 0 every recipient accepted; 1 some recipient not accepted; 2 bad
+Exit codes (EXIT_CODES below): 0 every recipient accepted (or suppressed); 1 some recipient not
+accepted; 2 bad
 config, input or usage, or an unusable journal; 3 the server could not be reached, refused TLS
 or the login, or refused the sender or the session; 4 the last run finished, nothing to send;
 70 an internal error (a bug: please report it); 75 interrupted, a limit reached, or the server
@@ -28,7 +30,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from . import __version__
 from .config import DEFAULT_CONFIG, PASSWORD_ENV, Campaign, campaign_identity, load_campaign
-from .display import printable
+from .display import printable, shorten
 from .dryrun import ENVELOPES, EmlTransport
 from .errors import (
     InputError,
@@ -40,6 +42,7 @@ from .errors import (
 )
 from .journal import Journal, JournalReader, journal_path, probe_lock
 from .journal.runs import RunCatalog, RunRecord
+from .journal.suppressions import STORE_NAME, Entry, SuppressionStore, campaign_suppression
 from .ledger import JournalState
 from .message import MessageTemplate
 from .progress import ConsoleObserver
@@ -49,6 +52,10 @@ from .run.campaign import RunOptions, prepare_message, prepare_personalizer, run
 from .run.recurring import Recurring
 from .run.runs import Runs, fingerprint
 from .schedule import parse_send_time, zone
+from .summary import summary_document, summary_lines, summary_path, write_summary
+from .suppression import Reason, entry_key, parse_suppression
+from .textfiles import read_text
+from .unsubscribe import verify
 
 if TYPE_CHECKING:
     from .personalize import Personalizer
@@ -58,8 +65,9 @@ __all__ = ["EXIT_CODES", "main", "run"]
 EXIT_OK, EXIT_NOT_ALL_ACCEPTED, EXIT_USAGE, EXIT_SERVER, EXIT_NOTHING_TO_SEND = 0, 1, 2, 3, 4
 EXIT_INTERNAL, EXIT_INTERRUPTED = 70, 75
 EXIT_CODES = {
-    EXIT_OK: "every recipient was accepted",
-    EXIT_NOT_ALL_ACCEPTED: "at least one recipient was refused, deferred, unknown or skipped",
+    EXIT_OK: "every recipient was accepted (or is suppressed)",
+    EXIT_NOT_ALL_ACCEPTED: "at least one recipient was refused, deferred, unknown, skipped or "
+    "not attempted (suppress: an address to remove was not in the store)",
     EXIT_USAGE: "bad config, input file or command line, or the journal is locked or cannot "
     "be written; nothing was sent, or (the journal or a long list failing part-way) the run "
     "stopped: fix, then resume",
@@ -71,7 +79,7 @@ EXIT_CODES = {
     EXIT_INTERRUPTED: "interrupted (Ctrl-C, SIGTERM), the daily quota or --limit reached, or the "
     "server kept asking to try later; run the same command again to resume",
 }
-_COMMANDS = ("send", "serve", "status", "runs", "report", "schedule")
+_COMMANDS = ("send", "serve", "status", "runs", "report", "schedule", "suppress")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -95,6 +103,61 @@ def _campaign_arguments(parser: argparse.ArgumentParser, help_text: str) -> None
         "campaign", nargs="?", type=Path, help=f"{help_text} (default: {DEFAULT_CONFIG})"
     )
     parser.add_argument("-c", "--config", type=Path, help="the campaign file, as an option")
+
+
+def _suppress_parser(commands: argparse._SubParsersAction[_Parser]) -> None:
+    """`asyncmailer suppress add|remove|list|import`."""
+    suppress = commands.add_parser(
+        "suppress",
+        help="add, remove, list or import entries of the shared suppression store",
+        description="Keep the suppression store shared by the campaigns of a state folder "
+        f"(<state_dir>/{STORE_NAME}): addresses and @domains that no campaign sends to, "
+        "unless it says shared_suppression: false.",
+    )
+    where = _Parser(add_help=False)
+    where.add_argument("--state-dir", type=Path, help="the folder of the store")
+    where.add_argument(
+        "-c", "--config", type=Path, help="a campaign file: the store of its state_dir"
+    )
+    where.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    verbs = suppress.add_subparsers(dest="verb", required=True, parser_class=_Parser)
+    reasons = [r.value for r in Reason]
+    add = verbs.add_parser(
+        "add", parents=[where], help="add addresses or @domains", description="Add entries."
+    )
+    add.add_argument("entries", nargs="*", metavar="ADDRESS", help="user@example.org or @domain")
+    add.add_argument(
+        "--reason", choices=reasons, default=Reason.MANUAL.value, help="why (default manual)"
+    )
+    add.add_argument("--note", default="", help="a note kept with each entry")
+    add.add_argument(
+        "--token",
+        action="append",
+        default=[],
+        metavar="TOKEN",
+        help="a one-click unsubscribe token of the campaign (--config): its address is "
+        "added as an unsubscribe, once the token is verified with the campaign's key",
+    )
+    remove = verbs.add_parser(
+        "remove", parents=[where], help="remove entries", description="Remove entries."
+    )
+    remove.add_argument("entries", nargs="+", metavar="ADDRESS", help="user@example.org or @domain")
+    listing = verbs.add_parser(
+        "list", parents=[where], help="list the entries", description="List every entry."
+    )
+    listing.add_argument("--reason", choices=reasons, help="only the entries of this reason")
+    imported = verbs.add_parser(
+        "import",
+        parents=[where],
+        help="add every entry of a file",
+        description="Add every address or @domain of FILE (UTF-8, one a line, # comments), "
+        "all or none: a bad line names its file and line and nothing is added.",
+    )
+    imported.add_argument("file", type=Path, metavar="FILE")
+    imported.add_argument(
+        "--reason", choices=reasons, default=Reason.IMPORT.value, help="why (default import)"
+    )
+    imported.add_argument("--note", default="", help="a note kept with each entry")
 
 
 def parseargs(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -220,6 +283,8 @@ def parseargs(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "run's summary as JSON",
     )
 
+    _suppress_parser(commands)
+
     schedule = commands.add_parser(
         "schedule",
         help="send campaigns on their schedules, in the foreground, until stopped",
@@ -277,6 +342,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return runner.run(schedule_command(args))
             if args.command == "report":
                 return runner.run(report_command(args))
+            if args.command == "suppress":
+                return runner.run(suppress_command(args))
             return runner.run(send_command(args))
     except KeyboardInterrupt:
         print("asyncmailer: interrupted", file=sys.stderr)
@@ -332,6 +399,9 @@ async def _send(
     at: datetime | None = None,
 ) -> int:
     personalizer = await prepare_personalizer(campaign)
+    # A bad suppression file line, or an unusable store, is an error before a run is recorded
+    # (the run reads both again as it starts: after --at, the store may have grown).
+    await campaign_suppression(campaign)
     if args.dry_run is not None:
         return await _dry_run(args, campaign, template, personalizer, out)
     # A second run of the same campaign is refused before it prints or truncates anything
@@ -412,6 +482,7 @@ async def _run_once(
         retry_refused=args.retry_refused,
         retry_codes=tuple(args.code),
         quota_used=quota_used,
+        began=datetime.fromisoformat(record.started.replace("Z", "+00:00")).timestamp(),
     )
     try:
         with signals.covering(options.stop) if signals else _SignalStop(options.stop):
@@ -436,9 +507,10 @@ async def _run_once(
         )
         return EXIT_INTERRUPTED
     observer.finish()
-    await runs.end(record, stopped=options.stop.is_set() or report.fatal is not None)
+    done = await runs.end(record, stopped=options.stop.is_set() or report.fatal is not None)
 
     _print_outcome(report, args, out)
+    await _summarise(report, campaign, done, out)
     if report.fatal is not None:
         print(f"asyncmailer: {report.fatal}", file=sys.stderr)
         if isinstance(report.fatal, RefusedError):
@@ -565,7 +637,7 @@ async def _dry_run(
     transport = EmlTransport(args.dry_run)
     await transport.open()
     observer = ConsoleObserver(per_recipient=campaign.recipients_file is None, quiet=args.quiet)
-    options = RunOptions(limit=args.limit)
+    options = RunOptions(limit=args.limit, store_bounces=False)
     with tempfile.TemporaryDirectory(prefix="asyncmailer-dry-run-") as scratch:
         async with await Journal.open(
             Path(scratch) / "dry-run.journal.sqlite", msgid_domain=campaign.sender.domain
@@ -583,6 +655,8 @@ async def _dry_run(
     observer.finish()
     if report.problems:
         print(format_table(report.problems[:TABLE_ROWS]), file=out)
+    if report.counts[Status.SUPPRESSED]:
+        print(f"{plural(report.counts[Status.SUPPRESSED], 'recipient')} suppressed", file=out)
     written = report.counts[Status.ACCEPTED]
     print(
         f"dry run: {plural(transport.count, 'message')} to {plural(written, 'recipient')} "
@@ -612,7 +686,8 @@ def _print_outcome(report: CampaignReport, args: argparse.Namespace, out: TextIO
     elif report.problems:
         shown = report.problems[:TABLE_ROWS]
         print(format_table(shown), file=out)
-        hidden = report.total - report.counts[Status.ACCEPTED] - report.not_attempted - len(shown)
+        quiet = report.counts[Status.ACCEPTED] + report.counts[Status.SUPPRESSED]
+        hidden = report.total - quiet - report.not_attempted - len(shown)
         if hidden > 0:
             print(f"... and {plural(hidden, 'more recipient')} not accepted", file=out)
     print(report.summary(), file=out)
@@ -627,6 +702,28 @@ def _print_outcome(report: CampaignReport, args: argparse.Namespace, out: TextIO
         print(f"report written to {args.report}", file=out)
     elif not report.complete:
         print("every recipient's result: run again with --report FILE.csv", file=out)
+
+
+async def _summarise(
+    report: CampaignReport, campaign: Campaign, record: RunRecord, out: TextIO
+) -> None:
+    """Print the run's summary and write it beside the journal (a summary that cannot be
+    written is a warning: the run itself is recorded)."""
+    document = summary_document(
+        report, campaign=campaign.id, run=record.id, finished=record.finished
+    )
+    for line in summary_lines(document):
+        print(line, file=out)
+    path = summary_path(campaign.state_dir, campaign.id, record.id)
+    try:
+        await asyncio.to_thread(write_summary, path, document)
+    except OSError as err:
+        print(
+            f"asyncmailer: warning: cannot write the run's summary {path}: {err.strerror or err}",
+            file=sys.stderr,
+        )
+    else:
+        print(f"summary written to {path}", file=out)
 
 
 def _partial(path: Path) -> Path:
@@ -702,6 +799,7 @@ STATE_WORDS = {
     JournalState.REFUSED: "refused",
     JournalState.DEFERRED: "deferred (to retry)",
     JournalState.UNKNOWN: "unknown (not resent unless --resend-unknown)",
+    JournalState.SUPPRESSED: "suppressed (never sent)",
     JournalState.SKIPPED: "skipped",
     JournalState.PENDING: "pending (not attempted yet)",
     JournalState.INFLIGHT: "in flight (claimed by a run)",
@@ -781,6 +879,7 @@ async def status_command(args: argparse.Namespace, *, out: TextIO = sys.stdout) 
 
 
 _RUN_COLUMNS = (JournalState.ACCEPTED, JournalState.REFUSED, JournalState.DEFERRED)
+_RUN_AFTER = (JournalState.UNKNOWN, JournalState.SUPPRESSED)
 
 
 async def runs_command(args: argparse.Namespace, *, out: TextIO = sys.stdout) -> int:
@@ -810,12 +909,12 @@ async def runs_command(args: argparse.Namespace, *, out: TextIO = sys.stdout) ->
                 record.started,
                 record.ended or "unfinished",
                 *(f"{counts.get(str(s), 0):,}" for s in _RUN_COLUMNS),
-                f"{counts.get(str(JournalState.UNKNOWN), 0):,}",
+                *(f"{counts.get(str(s), 0):,}" for s in _RUN_AFTER),
                 f"{left:,}",
             )
         )
     header: tuple[str, ...] = ("RUN", "SCHEDULED", "STARTED", "ENDED", "ACCEPTED", "REFUSED")
-    header += ("DEFERRED", "UNKNOWN", "LEFT")
+    header += ("DEFERRED", "UNKNOWN", "SUPPRESSED", "LEFT")
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         cells = (str(cell).ljust(width) for cell, width in zip(row, widths, strict=True))
@@ -862,6 +961,134 @@ async def report_command(args: argparse.Namespace, *, out: TextIO = sys.stdout) 
     else:
         print(f"campaign {campaign_id}, run {run_id}: {summary.summary()}", file=out)
         print(f"report written to {target}", file=out)
+    return EXIT_OK
+
+
+async def _store(args: argparse.Namespace) -> SuppressionStore:
+    """The store `suppress` works on: --state-dir's, else the campaign's (--config, else
+    the default campaign file when there is one).
+
+    :raises InputError: neither is given and there is no default campaign file.
+    """
+    if args.state_dir is not None:
+        return SuppressionStore.of(args.state_dir)
+    config = args.config
+    if config is None and await asyncio.to_thread(DEFAULT_CONFIG.exists):
+        config = DEFAULT_CONFIG
+    if config is None:
+        raise InputError(
+            "which store? name its folder with --state-dir DIR, or a campaign with --config "
+            "CAMPAIGN (its state_dir)",
+            field="--state-dir",
+        )
+    state_dir, _ = await campaign_identity(config)
+    return SuppressionStore.of(state_dir)
+
+
+def _keys(texts: Sequence[str]) -> list[str]:
+    """The store keys of entries given on the command line.
+
+    :raises InputError: one is not an address or @domain.
+    """
+    keys = []
+    for text in texts:
+        try:
+            keys.append(entry_key(text))
+        except ValueError as err:
+            raise InputError(f"not an address or @domain: {err}", field="ADDRESS") from None
+    return keys
+
+
+async def _unsubscribed(args: argparse.Namespace) -> list[str]:
+    """The addresses of --token, each verified with the campaign's unsubscribe key.
+
+    :raises InputError: no campaign, no key, or a token that does not verify.
+    """
+    if not args.token:
+        return []
+    if args.config is None:
+        raise InputError(
+            "--token needs the campaign whose key signed it: --config", field="--token"
+        )
+    campaign = await load_campaign(args.config)
+    unsubscribe = campaign.list_unsubscribe
+    if unsubscribe is None or not unsubscribe.key:
+        raise InputError(
+            "the campaign has no list_unsubscribe key to verify tokens with", field="--token"
+        )
+    found = []
+    for candidate in args.token:
+        address = verify(candidate.strip(), unsubscribe.key)
+        if address is None:
+            raise InputError(
+                f"the token {printable(candidate[:40])!r} was not made with this campaign's key "
+                "(forged, altered or another campaign's): nothing added",
+                field="--token",
+            )
+        found.append(address)
+    return found
+
+
+def _entries(count: int) -> str:
+    return f"{count:,} {'entry' if count == 1 else 'entries'}"
+
+
+async def suppress_command(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
+    """`asyncmailer suppress add|remove|list|import`: the shared suppression store."""
+    out = out or sys.stdout  # looked up now: where stdout is at the time
+    store = await _store(args)
+    if args.verb == "list":
+        entries = await store.entries()
+        if args.reason is not None:
+            entries = [e for e in entries if e.reason.value == args.reason]
+        header = ("ENTRY", "REASON", "CODE", "CAMPAIGN", "ADDED", "NOTE")
+        rows = [
+            (
+                printable(e.key),
+                e.reason.value,
+                e.code or "",
+                printable(e.campaign or ""),
+                e.when,
+                shorten(printable(e.note), 200),
+            )
+            for e in entries
+        ]
+        if rows:
+            widths = [max(len(row[i]) for row in [header, *rows]) for i in range(5)]
+            for row in [header, *rows]:
+                cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+                print("  ".join([*cells, row[5]]).rstrip(), file=out)
+        print(f"{_entries(len(rows))} in {store.path}", file=out)
+        return EXIT_OK
+    if args.verb == "remove":
+        keys = _keys(args.entries)
+        removed = set(await store.remove(keys))
+        for key in keys:
+            word = "removed" if key in removed else "not in the store:"
+            print(f"{word} {printable(key)}", file=out)
+        return EXIT_OK if len(removed) == len(set(keys)) else EXIT_NOT_ALL_ACCEPTED
+    reason = Reason(args.reason)
+    tokens: list[str] = []
+    if args.verb == "import":
+        text = await read_text(args.file, "the file to import")
+        keys = list(parse_suppression(text, args.file))
+    else:
+        keys = _keys(args.entries)
+        tokens = [entry_key(a) for a in await _unsubscribed(args)]
+        if not keys and not tokens:
+            raise InputError("name an address or @domain to add, or give --token", field="ADDRESS")
+    entries = [Entry(key, reason, note=args.note) for key in keys]
+    if args.verb == "add" and tokens:
+        campaign_id = (await campaign_identity(args.config))[1]
+        entries += [
+            Entry(key, Reason.UNSUBSCRIBE, note=args.note, campaign=campaign_id) for key in tokens
+        ]
+    added = await store.add(entries)
+    unique = len({e.key for e in entries})
+    text = f"added {_entries(added)} to {store.path}"
+    if unique > added:
+        text += f"; {unique - added:,} already there (kept as they were)"
+    print(text, file=out)
     return EXIT_OK
 
 

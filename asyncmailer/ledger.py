@@ -4,7 +4,9 @@ The run (`run/`) decides; a ledger stores. `journal.sqlite.Journal` is the embed
 implementation; a shared one (PostgreSQL) implements the same interface. A recipient goes
 ``pending`` -> ``inflight`` (claimed, committed before MAIL FROM) -> ``data`` (committed
 before the final ``.``) -> ``accepted`` / ``refused`` / ``deferred`` / ``unknown``; a ledger
-never lets a ``data`` row be claimed again (it may have been delivered).
+never lets a ``data`` row be claimed again (it may have been delivered). A claimed recipient
+the run finds suppressed goes ``inflight`` -> ``suppressed``, never sent (recorded like any
+other decision: a ledger stores the state, the run decides it).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class JournalState(StrEnum):
     REFUSED = "refused"
     DEFERRED = "deferred"
     UNKNOWN = "unknown"
+    SUPPRESSED = "suppressed"  # never sent: suppressed when the run came to it
     SKIPPED = "skipped"
 
 

@@ -20,7 +20,7 @@ class Observer:
         """The list is read: `expected` recipients in all for this run (after `started()`)."""
 
     async def results(self, results: Sequence[RecipientResult]) -> None:
-        """Results of one transaction (or skipped recipients), as they come."""
+        """Results of one transaction (or skipped or suppressed recipients), as they come."""
 
     async def final(self, results: Sequence[RecipientResult]) -> None:
         """At the end, every recipient's standing (this run's and earlier runs'), a page at a

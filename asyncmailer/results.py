@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import operator
+import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -13,7 +14,7 @@ from typing import overload
 from .display import printable, shorten
 from .errors import DeliveryError
 
-__all__ = ["CampaignReport", "RecipientResult", "ResultPage", "Status", "plural"]
+__all__ = ["CampaignReport", "RecipientResult", "ResultPage", "Status", "code_class", "plural"]
 
 
 def plural(count: int, word: str) -> str:
@@ -28,7 +29,22 @@ class Status(StrEnum):
     REFUSED = "refused"  # permanent failure (5xx): do not send again
     DEFERRED = "deferred"  # temporary failure (4xx, connection lost before the end of DATA)
     UNKNOWN = "unknown"  # the connection died after the final "." and before the reply
-    SKIPPED = "skipped"  # never attempted; the message says why
+    SUPPRESSED = "suppressed"  # never sent: in the suppression file or the shared store
+    SKIPPED = "skipped"  # not sent for a reason of its own (a bad list row); the message says why
+    NOT_ATTEMPTED = "not attempted"  # the run never got to it (stopped early, or not yet)
+
+
+# The RFC 3463 code a reply's text starts with (as `smtp.refusals.enhanced_code` reads it).
+_ENHANCED = re.compile(r"\s*([245])\.(\d{1,3})\.\d{1,3}(?![\d.])")
+
+
+def code_class(code: int | None, message: str) -> str:
+    """A failure's class for a summary: its enhanced code's class and subject (``5.1.x``),
+    else its reply code (``550``), else ``no reply`` (the connection was lost)."""
+    match = _ENHANCED.match(message)
+    if match:
+        return f"{match[1]}.{match[2]}.x"
+    return str(code) if code is not None else "no reply"
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,9 +56,6 @@ class RecipientResult:
     code: int | None = None
     message: str = ""
     attempts: int = 1
-    # Skipped because the run never got to it (it stopped early, or was not sent yet), not
-    # for a reason of its own like a bad list row.
-    untried: bool = False
 
     def __str__(self) -> str:
         """One line, safe to print: control characters escaped, long texts shortened."""
@@ -60,8 +73,8 @@ class RecipientResult:
 
 
 # A row of a `ResultPage`: what a ledger reads back for one recipient.
-ResultRow = tuple[int, str, str, int | None, str, int, int]  # id, recipient, status, code,
-# message, attempts, untried (0 or 1)
+ResultRow = tuple[int, str, str, int | None, str, int]  # id, recipient, status, code,
+# message, attempts
 _STATUSES = {status.value: status for status in Status}
 _REPORT_COLUMNS = operator.itemgetter(1, 2, 3, 4)  # recipient, status, code, message
 _STATUS_COLUMN = operator.itemgetter(2)
@@ -119,22 +132,34 @@ class ResultPage(Sequence[RecipientResult]):
 
 
 def _result(row: ResultRow) -> RecipientResult:
-    _, recipient, status, code, message, attempts, untried = row
-    return RecipientResult(recipient, _STATUSES[status], code, message, attempts, bool(untried))
+    _, recipient, status, code, message, attempts = row
+    return RecipientResult(recipient, _STATUSES[status], code, message, attempts)
+
+
+# Not problems to show in the final table: the run never got to them, or they are not to be
+# sent at all.
+_NOT_PROBLEMS = (Status.ACCEPTED, Status.NOT_ATTEMPTED, Status.SUPPRESSED)
+_FAILURES = (Status.REFUSED, Status.DEFERRED)  # counted by code class too
 
 
 @dataclass(slots=True)
 class CampaignReport:
     """The outcome of a run: exact counts for every recipient, and the results themselves up to
     `keep` of them (all of them for a small campaign; a long list's go to the report file).
+
+    `counts` is every recipient's standing in the journal (this run's and earlier runs');
+    `this_run` counts what this run told as it went (`Observer.results`), and `messages` the
+    messages the server took (for at least one recipient), over `started` to `ended`
+    (time.time()).
     """
 
     keep: int = 10_000
     results: list[RecipientResult] = field(default_factory=list)
     problems: list[RecipientResult] = field(default_factory=list)  # first `keep` not accepted
     counts: Counter[Status] = field(default_factory=Counter)
+    # Refused and deferred recipients by `code_class` (``5.1.x``, ``550``, ``no reply``).
+    classes: Counter[tuple[Status, str]] = field(default_factory=Counter)
     total: int = 0
-    not_attempted: int = 0  # skipped because the run never got to them (stopped early)
     duplicates: int = 0
     # Set when the run had to stop early (server unreachable, TLS refused, login failed).
     fatal: DeliveryError | None = None
@@ -144,6 +169,15 @@ class CampaignReport:
     limit_reached: bool = False  # the run stopped at its message limit (--limit)
     # The run stopped before the list was read to its end: it was read up to this line.
     list_read_to: int | None = None
+    this_run: Counter[Status] = field(default_factory=Counter)
+    messages: int = 0
+    started: float = 0.0
+    ended: float = 0.0
+
+    @property
+    def not_attempted(self) -> int:
+        """Recipients the run never got to (it stopped early)."""
+        return self.counts[Status.NOT_ATTEMPTED]
 
     def add(self, results: Iterable[RecipientResult]) -> None:
         if isinstance(results, ResultPage):
@@ -158,10 +192,7 @@ class CampaignReport:
             counts[result.status] += 1
             if result.status is Status.ACCEPTED:  # most of a long list: nothing more to note
                 continue
-            if result.untried:
-                self.not_attempted += 1
-            elif len(self.problems) < self.keep:
-                self.problems.append(result)
+            self._note(result)
 
     def _add_page(self, page: ResultPage) -> None:
         """As `add()`, making objects only of the rows it keeps (and of those not accepted)."""
@@ -170,10 +201,14 @@ class CampaignReport:
             self.results.extend(page[: self.keep - len(self.results)])
         self.counts.update(page.counts())
         for result in page.not_accepted():
-            if result.untried:
-                self.not_attempted += 1
-            elif len(self.problems) < self.keep:
-                self.problems.append(result)
+            self._note(result)
+
+    def _note(self, result: RecipientResult) -> None:
+        """A result not accepted: its class when it failed, kept when it is a problem."""
+        if result.status in _FAILURES:
+            self.classes[result.status, code_class(result.code, result.message)] += 1
+        if result.status not in _NOT_PROBLEMS and len(self.problems) < self.keep:
+            self.problems.append(result)
 
     @property
     def complete(self) -> bool:
@@ -182,15 +217,21 @@ class CampaignReport:
 
     @property
     def all_accepted(self) -> bool:
-        return self.fatal is None and self.total > 0 and self.counts[Status.ACCEPTED] == self.total
+        """Every recipient was accepted, or is suppressed (not to be sent: nothing failed)."""
+        counts = self.counts
+        return (
+            self.fatal is None
+            and self.total > 0
+            and counts[Status.ACCEPTED] + counts[Status.SUPPRESSED] == self.total
+        )
 
     def summary(self) -> str:
         """``5,000 recipients: 560 accepted, 2 refused, 4,438 not attempted yet``"""
-        counts = self.counts.copy()
-        counts[Status.SKIPPED] -= self.not_attempted
-        parts = [f"{counts[s]:,} {s.value}" for s in Status if counts[s] > 0]
-        if self.not_attempted:
-            parts.append(f"{self.not_attempted:,} not attempted yet")
+        parts = [
+            f"{self.counts[s]:,} {s.value}{' yet' if s is Status.NOT_ATTEMPTED else ''}"
+            for s in Status
+            if self.counts[s] > 0
+        ]
         text = f"{plural(self.total, 'recipient')}: " + (", ".join(parts) or "none")
         if self.duplicates:
             text += f" ({plural(self.duplicates, 'duplicate')} in the list sent once)"

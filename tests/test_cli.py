@@ -153,7 +153,7 @@ async def test_wrong_password_exit_3_and_the_password_never_shows(
     assert f"127.0.0.1:{running.server.ssl_port}: login as {USER} failed: 535" in err
     assert "Traceback" not in err
     report = (tmp_path / "r.csv").read_text()
-    assert "skipped" in report
+    assert "not attempted" in report
     for secret in (wrong, PASSWORD):
         assert secret not in out + err + report
     assert running.messages == []
@@ -605,3 +605,209 @@ async def test_send_at_local_sends_each_recipient_at_their_own_time(
             await process.wait()
     code, out, _ = await run_cli("status", str(path), cwd=tmp_path)
     assert code == 0 and "1  pending" in out and "2  accepted" in out
+
+
+# -- the run summary and `not attempted` --------------------------------------------------
+
+
+async def test_the_run_summary_counts_what_the_server_received(
+    smtp_server: ServerFactory, make_campaign: CampaignFactory, tmp_path: Path
+) -> None:
+    running = await smtp_server(
+        refuse={
+            "gone@example.org": (550, "5.1.1 User unknown"),
+            "nouser@example.org": (550, "No such user"),
+            "relay@example.org": (550, "5.7.1 Relaying denied"),
+        }
+    )
+    addresses = [f"u{i}@example.com" for i in range(7)]
+    addresses += ["gone@example.org", "nouser@example.org", "relay@example.org", "s@example.net"]
+    (tmp_path / "list.txt").write_text("".join(f"{a}\n" for a in addresses) + "bad row\n")
+    (tmp_path / "suppressed.txt").write_text("s@example.net\n")
+    path = make_campaign(
+        port=running.server.ssl_port,
+        to=None,
+        cc=None,
+        recipients_file="list.txt",
+        suppression_file="suppressed.txt",
+        group_size=3,
+        campaign="news",
+        state_dir="state",
+    )
+    code, out, err = await run_cli("-c", str(path), "--report", "r.csv", cwd=tmp_path)
+    assert code == 1, err
+
+    [summary_file] = (tmp_path / "state").glob("news.*.summary.json")
+    summary = json.loads(summary_file.read_text())
+    [record] = json.loads((tmp_path / "state" / "news.runs.json").read_text())["runs"]
+    assert summary_file.name == f"news.{record['id']}.summary.json"
+    delivered = sum(len(m.rcpt_tos) for m in running.messages)
+    assert delivered == 7
+    assert summary["statuses"] == {
+        "accepted": delivered,
+        "refused": 3,
+        "deferred": 0,
+        "unknown": 0,
+        "suppressed": 1,
+        "skipped": 1,
+        "not attempted": 0,
+    }
+    assert summary["refused_by_class"] == {"5.1.x": 1, "5.7.x": 1, "550": 1}
+    assert summary["this_send"]["messages"] == len(running.messages)
+    assert summary["this_send"]["statuses"]["accepted"] == delivered
+    assert summary["recipients"] == 12 and summary["bad_rows"] == 1
+    assert summary["finished"] is True and summary["run"] == record["id"]
+    assert summary["this_send"]["duration_seconds"] > 0
+    assert summary["this_send"]["recipients_per_second"] > 0
+    assert f"run {record['id']}: this send took" in out
+    assert re.search(r"\n\s+3\s+refused \(5\.1\.x: 1, 5\.7\.x: 1, 550: 1\)\n", out), out
+    assert re.search(r"\n\s+1\s+suppressed\n", out), out
+    assert f"summary written to {summary_file}\n" in out
+    with open(tmp_path / "r.csv", newline="") as handle:
+        statuses = [row["status"] for row in csv.DictReader(handle)]
+    assert statuses.count("suppressed") == 1 and statuses.count("accepted") == 7
+    code, out, _ = await run_cli("status", "-c", str(path), cwd=tmp_path)
+    assert code == 0 and re.search(r"\n\s+1\s+suppressed \(never sent\)\n", out), out
+    code, out, _ = await run_cli("runs", "-c", str(path), cwd=tmp_path)
+    header, row = out.splitlines()
+    assert header.split()[-2:] == ["SUPPRESSED", "LEFT"] and row.split()[-2:] == ["1", "0"]
+    # The bounces (5.1.1 and 550 "No such user"), not the policy refusal, are in the store.
+    code, out, _ = await run_cli("suppress", "list", "--state-dir", "state", cwd=tmp_path)
+    assert code == 0
+    assert "gone@example.org" in out and "nouser@example.org" in out
+    assert "relay@example.org" not in out and "2 entries in" in out
+
+
+async def test_not_attempted_is_a_status_of_its_own(
+    smtp_server: ServerFactory, make_campaign: CampaignFactory, tmp_path: Path
+) -> None:
+    running = await smtp_server()
+    (tmp_path / "list.txt").write_text("a@example.com\nb@example.com\nc@example.com\n")
+    path = make_campaign(
+        port=running.server.ssl_port,
+        to=None,
+        cc=None,
+        recipients_file="list.txt",
+        group_size=1,
+        state_dir="state",
+    )
+    code, out, err = await run_cli(
+        "-c", str(path), "--limit", "1", "--report", "r.csv", cwd=tmp_path
+    )
+    assert code == 75, err
+    assert "3 recipients: 1 accepted, 2 not attempted yet" in out
+    with open(tmp_path / "r.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["status"] for r in rows] == ["accepted", "not attempted", "not attempted"]
+    assert "skipped" not in (tmp_path / "r.csv").read_text()
+    [summary_file] = (tmp_path / "state").glob("*.summary.json")
+    summary = json.loads(summary_file.read_text())
+    assert summary["statuses"]["not attempted"] == 2 and summary["statuses"]["skipped"] == 0
+    assert summary["finished"] is False
+    assert summary["this_send"]["messages"] == len(running.messages) == 1
+    code, out, _ = await run_cli("report", "-c", str(path), "--format", "json", cwd=tmp_path)
+    assert code == 0
+    assert json.loads(out)["counts"]["not attempted"] == 2
+
+
+# -- asyncmailer suppress -----------------------------------------------------------------
+
+
+def test_suppress_add_list_remove(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    state = str(tmp_path / "state")
+    assert (
+        main(["suppress", "add", "Bob@Example.org", "@Blocked.example", "--state-dir", state]) == 0
+    )
+    assert (
+        capsys.readouterr().out
+        == f"added 2 entries to {tmp_path / 'state' / 'suppressions.sqlite'}\n"
+    )
+    assert (
+        main(
+            ["suppress", "add", "bob@example.org", "--reason", "unsubscribe", "--state-dir", state]
+        )
+        == 0
+    )
+    assert "added 0 entries" in (out := capsys.readouterr().out) and "1 already there" in out
+    assert main(["suppress", "list", "--state-dir", state]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["ENTRY", "REASON", "CODE", "CAMPAIGN", "ADDED", "NOTE"]
+    assert lines[1].split()[:2] == ["@blocked.example", "manual"]
+    assert lines[2].split()[:2] == ["bob@example.org", "manual"]  # the first reason stays
+    assert lines[3].startswith("2 entries in ")
+    assert main(["suppress", "list", "--reason", "unsubscribe", "--state-dir", state]) == 0
+    assert capsys.readouterr().out.startswith("0 entries in ")
+    assert main(["suppress", "remove", "BOB@example.org", "--state-dir", state]) == 0
+    assert capsys.readouterr().out == "removed bob@example.org\n"
+    assert main(["suppress", "remove", "bob@example.org", "--state-dir", state]) == 1
+    assert capsys.readouterr().out == "not in the store: bob@example.org\n"
+
+
+def test_suppress_errors_are_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no reliances/config.json here: no default store
+    assert main(["suppress", "add", "x@example.org"]) == 2
+    assert "which store? name its folder with --state-dir DIR" in capsys.readouterr().err
+    assert main(["suppress", "add", "not an address", "--state-dir", "s"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err.startswith("asyncmailer: ADDRESS: not an address or @domain") and err.count("\n") == 1
+    )
+    assert main(["suppress", "add", "--state-dir", "s"]) == 2
+    assert "name an address or @domain to add" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage:
+        main(["suppress", "list", "--reason", "nonsense", "--state-dir", "s"])
+    assert usage.value.code == 2
+    assert "invalid choice: 'nonsense'" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()  # nothing made for nothing
+
+
+def test_suppress_import_is_all_or_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = str(tmp_path / "state")
+    bad = tmp_path / "unsubscribed.txt"
+    bad.write_text("# exported from the CRM\na@example.org\n\nb at example.org\n")
+    assert main(["suppress", "import", str(bad), "--state-dir", state]) == 2
+    assert capsys.readouterr().err.startswith(f"asyncmailer: {bad}:4: not an address or @domain")
+    assert main(["suppress", "list", "--state-dir", state]) == 0
+    assert capsys.readouterr().out.startswith("0 entries")
+    bad.write_text("# exported from the CRM\na@example.org\n\nb@example.org  # by phone\n@x.org\n")
+    assert (
+        main(["suppress", "import", str(bad), "--reason", "unsubscribe", "--state-dir", state]) == 0
+    )
+    assert capsys.readouterr().out.startswith("added 3 entries")
+    assert main(["suppress", "list", "--reason", "unsubscribe", "--state-dir", state]) == 0
+    assert "3 entries in" in capsys.readouterr().out
+
+
+def test_suppress_add_token_verifies_it_with_the_campaign_key(
+    make_campaign: CampaignFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from asyncmailer.unsubscribe import token
+
+    key = b"k" * 32
+    (tmp_path / "unsubscribe.key").write_text(key.decode() + "\n")
+    (tmp_path / "unsubscribe.key").chmod(0o600)
+    path = make_campaign(
+        to=None,
+        cc=None,
+        recipients_file="list.txt",
+        campaign="news",
+        list_unsubscribe={
+            "url": "https://example.com/u?t={{ unsubscribe_token }}",
+            "key_file": "unsubscribe.key",
+        },
+    )
+    (tmp_path / "list.txt").write_text("bob@example.org\n")
+    good = token("Bob@Example.org", key)
+    assert main(["suppress", "add", "--token", good, "--config", str(path)]) == 0
+    assert capsys.readouterr().out.startswith("added 1 entry to ")
+    forged = token("eve@example.org", b"another key" * 3)
+    assert main(["suppress", "add", "--token", forged, "--config", str(path)]) == 2
+    assert "was not made with this campaign's key" in capsys.readouterr().err
+    assert main(["suppress", "list", "--config", str(path)]) == 0
+    listed = capsys.readouterr().out
+    assert "bob@example.org  unsubscribe" in listed and "news" in listed
+    assert "eve@" not in listed

@@ -99,3 +99,38 @@ def test_a_dry_run_refuses_a_folder_of_an_earlier_one(
     assert main(["send", str(path), "--dry-run", str(out), "-q"]) == 0
     assert main(["send", str(path), "--dry-run", str(out), "-q"]) == 2
     assert "already holds messages of an earlier dry run" in capsys.readouterr().err
+
+
+async def test_a_dry_run_leaves_suppressed_recipients_out_and_writes_no_state(
+    smtp_server: ServerFactory, make_campaign: CampaignFactory, tmp_path: Path
+) -> None:
+    running = await smtp_server()
+    addresses = ["u0@example.com", "u1@example.com", "gone@blocked.example", "u2@example.com"]
+    (tmp_path / "suppressed.txt").write_text("@blocked.example\n")
+    path = tls_list_campaign(
+        make_campaign, running.server.ssl_port, addresses, suppression_file="suppressed.txt"
+    )
+    out = tmp_path / "preview"
+    code, shown, err = await run_cli("send", str(path), "--dry-run", str(out), cwd=tmp_path)
+    assert code == 0, err
+
+    [(entry, _)] = written(out)
+    assert entry["rcpt_to"] == ["u0@example.com", "u1@example.com", "u2@example.com"]
+    assert "1 recipient suppressed" in shown
+    assert "gone@blocked.example" not in (out / ENVELOPES).read_text()
+    assert not (tmp_path / ".asyncmailer").exists()  # no journal, no store, no summary file
+
+
+def test_a_bad_suppression_line_stops_before_a_run_is_recorded(
+    make_campaign: CampaignFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "suppressed.txt").write_text("ok@example.org\nnot an address\n")
+    path = make_campaign(suppression_file="suppressed.txt")
+    assert main(["send", "-c", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"asyncmailer: {tmp_path / 'suppressed.txt'}:2: not an address or @domain: "
+        "'not an address' contains spaces or control characters (one a line; # starts a "
+        "comment)\n"
+    )
+    assert not (tmp_path / ".asyncmailer").exists()  # no run began

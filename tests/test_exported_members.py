@@ -36,8 +36,11 @@ def test_exported_members() -> None:
             "Session",
             "SessionPool",
             "Status",
+            "Suppression",
+            "SuppressionStore",
             "TLSRequiredError",
             "Transport",
+            "campaign_suppression",
             "load_campaign",
             "run_campaign",
         ]

@@ -16,7 +16,7 @@ from asyncmailer.results import CampaignReport, RecipientResult, ResultPage, Sta
 RESULTS = [
     RecipientResult("alice@example.com", Status.ACCEPTED, 250, "2.0.0 OK"),
     RecipientResult("bob@example.org", Status.REFUSED, 550, "5.1.1 User unknown, sorry"),
-    RecipientResult("carol@example.net", Status.SKIPPED, None, "not attempted: x", 0, untried=True),
+    RecipientResult("carol@example.net", Status.NOT_ATTEMPTED, None, "not attempted: x", 0),
 ]
 
 
@@ -67,8 +67,8 @@ async def test_unwritable_report_is_an_input_error(tmp_path: Path) -> None:
 def test_table_aligns_columns() -> None:
     lines = format_table(RESULTS).splitlines()
     assert lines[0].split() == ["RECIPIENT", "STATUS", "CODE", "MESSAGE"]
-    assert lines[2] == "bob@example.org    refused   550   5.1.1 User unknown, sorry"
-    assert lines[3] == "carol@example.net  skipped         not attempted: x"
+    assert lines[2] == "bob@example.org    refused        550   5.1.1 User unknown, sorry"
+    assert lines[3] == "carol@example.net  not attempted        not attempted: x"
 
 
 def test_summary_and_all_accepted() -> None:
@@ -141,7 +141,7 @@ def page_of(results: list[RecipientResult]) -> ResultPage:
     """The rows a ledger reads back for these results."""
     return ResultPage(
         [
-            (n, r.recipient, r.status.value, r.code, r.message, r.attempts, int(r.untried))
+            (n, r.recipient, r.status.value, r.code, r.message, r.attempts)
             for n, r in enumerate(results, 1)
         ]
     )

@@ -22,16 +22,19 @@ __all__ = ["NOT_YET", "JournalReader", "counts", "page"]
 NOT_YET = "not attempted yet: run the campaign again to send"
 _NOT_RUN = f"('{JournalState.PENDING}', '{JournalState.INFLIGHT}')"  # the run never got to it
 # Each row as the report shows it (a `ResultRow`), made in SQL: a long list's final read is a
-# million rows. Past DATA without a reply is unknown; pending or in flight, skipped (untried
-# if never tried); every other state is the status of the same name.
+# million rows. Past DATA without a reply is unknown; pending or in flight and never tried,
+# not attempted; pending or in flight after a try (given back untried, as after a sender's
+# refusal, or a 452 left over), deferred with what it was told; every other state is the status
+# of the same name. Journals written before `not attempted` was a status read the same way.
+_UNTRIED = f"state IN {_NOT_RUN} AND attempts = 0"
 _QUERY = (
     "SELECT id, addr,"
     f" CASE WHEN state = '{JournalState.DATA}' THEN '{Status.UNKNOWN}'"
-    f" WHEN state IN {_NOT_RUN} THEN '{Status.SKIPPED}' ELSE state END,"
-    f" CASE WHEN state = '{JournalState.DATA}' OR state IN {_NOT_RUN} THEN NULL ELSE code END,"
-    f" CASE WHEN state IN {_NOT_RUN} THEN ? ELSE message END,"
-    " attempts,"
-    f" state IN {_NOT_RUN} AND attempts = 0"
+    f" WHEN {_UNTRIED} THEN '{Status.NOT_ATTEMPTED}'"
+    f" WHEN state IN {_NOT_RUN} THEN '{Status.DEFERRED}' ELSE state END,"
+    f" CASE WHEN state = '{JournalState.DATA}' OR {_UNTRIED} THEN NULL ELSE code END,"
+    f" CASE WHEN {_UNTRIED} THEN ? ELSE message END,"
+    " attempts"
     " FROM recipients WHERE id > ? ORDER BY id LIMIT ?"
 )
 

@@ -3,7 +3,9 @@ recipient in the ledger, then send what is due through the transport, retrying t
 failures, and report a result for each recipient as it comes.
 
 Re-running the same campaign resumes from its journal: accepted and refused recipients are never
-sent again; pending and deferred ones are; ``unknown`` ones only when asked.
+sent again; pending and deferred ones are; ``unknown`` ones only when asked. Suppressed
+recipients are never sent; a run's permanent address failures join the shared suppression
+store as it ends.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -20,12 +24,15 @@ from ..html_body import MARKDOWN, inline_images, render_markdown
 from ..html_text import html_to_text
 from ..journal.files import journal_path
 from ..journal.sqlite import Journal
+from ..journal.suppressions import Entry, SuppressionStore, campaign_suppression
 from ..ledger import JournalState, Ledger
 from ..message import MessageTemplate, load_body
 from ..observer import Observer
-from ..results import CampaignReport, RecipientResult
+from ..results import CampaignReport, RecipientResult, Status
 from ..smtp.pool import SessionPool
+from ..smtp.refusals import address_gone
 from ..smtp.session import Session, build_tls_context
+from ..suppression import Reason, Suppression
 from ..transport import Transport
 from .dispatcher import Dispatcher
 from .loader import FIRST_BATCH, LOAD_BATCH, Loader
@@ -59,6 +66,11 @@ class RunOptions:
     # List rows read into the ledger before sending starts, then per ledger write.
     first_batch: int = FIRST_BATCH
     load_batch: int = LOAD_BATCH
+    # Add the journal's permanent address failures to the shared store at the end (not in a
+    # dry run); the run began at this time (its first send, for a resumed run; 0: now): an
+    # entry removed by hand since then is not added back.
+    store_bounces: bool = True
+    began: float = 0.0
 
 
 async def prepare_message(campaign: Campaign) -> MessageTemplate:
@@ -148,6 +160,7 @@ async def run_campaign(
     personalizer: Personalizer | None = None,
     ledger: Ledger | None = None,
     transport: Transport | None = None,
+    suppression: Suppression | None = None,
 ) -> CampaignReport:
     """Send (or resume) the campaign and return its report.
 
@@ -157,18 +170,24 @@ async def run_campaign(
     transactions in flight finish and `report.fatal` holds the error. `template` and
     `personalizer` are made from the campaign when not given; `ledger` is the campaign's
     journal and `transport` its SMTP server unless given (a dry run gives both).
+    `suppression` is what is never sent to: the campaign's file and shared store unless given.
 
-    :raises InputError: the message file, an attachment or the recipient list cannot be read.
-    :raises JournalError: the journal is locked by another run, or cannot be written.
+    :raises InputError: the message file, an attachment, the recipient list or the
+        suppression file cannot be read.
+    :raises JournalError: the journal is locked by another run, or cannot be written; the
+        suppression store cannot be read or written.
     """
     observer = observer or Observer()
     options = options or RunOptions()
+    began = time.time()
+    if suppression is None:
+        suppression = await campaign_suppression(campaign)
     async with contextlib.AsyncExitStack() as stack:
         if template is None:  # made here, so closed here (its temporary files)
             template = stack.enter_context(await prepare_message(campaign))
         if personalizer is None:
             personalizer = await prepare_personalizer(campaign)
-        report = CampaignReport()
+        report = CampaignReport(started=began)
         if ledger is None:
             path = journal_path(campaign.state_dir, campaign.id)
             report.journal = path
@@ -211,6 +230,7 @@ async def run_campaign(
                 stop=options.stop,
                 limit=options.limit,
                 quota_used=options.quota_used,
+                suppression=suppression,
             )
             try:
                 await dispatcher.run()
@@ -221,16 +241,26 @@ async def run_campaign(
             await loader.cancel()
         report.bad_rows, report.duplicates = loader.bad, loader.duplicates
         report.list_read_to = loader.read_to
-        await _fill_report(ledger, report, observer)
+        bounces = await _fill_report(ledger, report, observer, campaign.id)
+    if options.store_bounces and bounces:
+        await SuppressionStore.of(campaign.state_dir).add(
+            bounces, unless_removed_after=options.began or began
+        )
+    report.ended = time.time()
     return report
 
 
-async def _fill_report(ledger: Ledger, report: CampaignReport, observer: Observer) -> None:
+async def _fill_report(
+    ledger: Ledger, report: CampaignReport, observer: Observer, campaign_id: str
+) -> list[Entry]:
     """The campaign's state from the journal: this run and every run before it, read once
-    for the report and the observer."""
+    for the report and the observer. Returns the permanent address failures among them,
+    as entries of the shared suppression store (read from the journal, not gathered as they
+    come: a run that was killed has its refusals added by the next one)."""
     report.add(report.bad_rows)
     if report.bad_rows:
         await observer.final(report.bad_rows)
+    bounces: list[Entry] = []
     after = 0
     while page := await ledger.results(after):
         after = page.last_id
@@ -238,11 +268,24 @@ async def _fill_report(ledger: Ledger, report: CampaignReport, observer: Observe
         # made objects only where the report keeps them.
         explained = page if report.fatal is None else [_explain(r, report) for r in page]
         report.add(explained)
+        bounces.extend(_bounces(page.not_accepted(), campaign_id))
         await observer.final(explained)
+    return bounces
+
+
+def _bounces(results: Iterable[RecipientResult], campaign_id: str) -> Iterable[Entry]:
+    """The refused recipients whose refusal says their address does not exist."""
+    for result in results:
+        if result.status is Status.REFUSED:
+            code = address_gone(result.code, result.message)
+            if code is not None:
+                yield Entry(
+                    result.recipient.lower(), Reason.BOUNCE, code, result.message, campaign_id
+                )
 
 
 def _explain(result: RecipientResult, report: CampaignReport) -> RecipientResult:
     """A recipient this run never got to, when the run stopped on a fatal error: say why."""
-    if result.untried:
+    if result.status is Status.NOT_ATTEMPTED:
         return dataclasses.replace(result, message=f"not attempted: {report.fatal}")
     return result

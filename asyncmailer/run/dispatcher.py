@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import time
 from datetime import UTC, datetime
@@ -19,9 +20,10 @@ from ..message import MessageTemplate
 from ..observer import Observer
 from ..results import CampaignReport, RecipientResult, Status
 from ..schedule import local_due
+from ..suppression import Suppression
 from ..transport import Connection, Envelope, Transaction, Transport
 from .limits import DailyQuota, MessageLimit, Pause, RateLimiter
-from .policy import MAX_RETRY_DELAY, Retry, decide, later, stops_the_run, unsent
+from .policy import MAX_RETRY_DELAY, Retry, decide, later, stops_the_run, suppressed, unsent
 from .scheduler import LoadState, Scheduler
 
 if TYPE_CHECKING:  # jinja2 is imported only by campaigns that personalise (start-up time)
@@ -54,6 +56,7 @@ class Dispatcher:
         stop: asyncio.Event,
         limit: int | None = None,
         quota_used: int = 0,
+        suppression: Suppression | None = None,
     ) -> None:
         self.campaign = campaign
         self.template = template
@@ -68,8 +71,11 @@ class Dispatcher:
         self.limiter = RateLimiter(campaign.rate) if campaign.rate else None
         self.quota = DailyQuota(campaign.daily_quota, ledger, elsewhere=quota_used)
         self.limit = MessageLimit(limit)
+        self.suppression = suppression or Suppression()
         # Claim well ahead: a worker pipelines the next item only if one is at hand.
-        self.scheduler = Scheduler(ledger, max(8 * workers, 64), stop, loader)
+        self.scheduler = Scheduler(
+            ledger, max(8 * workers, 64), stop, loader, self._screen if self.suppression else None
+        )
         self.connected = False  # a connection has worked in this run
         self.connecting = 0  # workers opening a connection now
         self.open = 0  # workers holding an open connection
@@ -199,6 +205,42 @@ class Dispatcher:
         if self.pause.hit() is None:  # it went on for longer than retry_max_age
             self._fatal(refusal)
 
+    async def _screen(self, items: list[WorkItem]) -> list[WorkItem]:
+        """Claimed work less its suppressed recipients, who are recorded as such and never
+        sent (an item left with nobody goes no further). Here, as each claim comes, and not
+        when the list is loaded: a resumed run's pending recipients meet the store as it is
+        now. For the config's to/cc group, a suppressed address leaves the envelope only: the
+        To and Cc headers are the message's, the same for everyone."""
+        why = self.suppression.why
+        kept: list[WorkItem] = []
+        ids: list[int] = []
+        told: list[RecipientResult] = []
+        for item in items:
+            notes = [why(mailbox.addr) for mailbox in item.recipients]
+            if not any(notes):  # nearly always
+                kept.append(item)
+                continue
+            stay = [i for i, note in enumerate(notes) if note is None]
+            for row_id, mailbox, note in zip(item.ids, item.recipients, notes, strict=True):
+                if note is not None:
+                    ids.append(row_id)
+                    told.append(RecipientResult(mailbox.addr, Status.SUPPRESSED, None, note, 0))
+            if stay:
+                fields = item.fields
+                kept.append(
+                    dataclasses.replace(
+                        item,
+                        ids=tuple(item.ids[i] for i in stay),
+                        recipients=tuple(item.recipients[i] for i in stay),
+                        fields=tuple(fields[i] for i in stay) if fields else fields,
+                    )
+                )
+        if told:
+            self.ledger.record(suppressed(ids, [r.message for r in told]))
+            self.report.this_run.update(r.status for r in told)
+            await self.observer.results(told)
+        return kept
+
     def _later(self, item: WorkItem) -> bool:
         """With send_at_local, an item whose recipient's time has not come: stored back as
         pending until then (no try counted), and True."""
@@ -294,6 +336,7 @@ class Dispatcher:
             self.pause.progress()
         self.scheduler.done()
         self.ledger.record(decide(item, results, self.retry))
+        self.report.this_run.update(r.status for r in results)
         await self.observer.results(results)
 
     async def _send_chain(self, item: WorkItem) -> WorkItem | None:
@@ -327,6 +370,8 @@ class Dispatcher:
                     if nxt is not None:
                         await self._give_back(nxt)  # begun on this connection or not, unsent
                     return None
+                if any(r.status is Status.ACCEPTED for r in sent.results):
+                    self.report.messages += 1  # the server took the message
                 await self._finish(item, sent.results)
                 if nxt is None:
                     return None

@@ -14,10 +14,24 @@ from ..errors import ConnectError
 from ..ledger import NEVER, Decision, JournalState, WorkItem
 from ..results import RecipientResult, Status
 
-__all__ = ["MAX_RETRY_DELAY", "Retry", "decide", "later", "stops_the_run", "unsent"]
+__all__ = [
+    "MAX_RETRY_DELAY",
+    "Retry",
+    "decide",
+    "later",
+    "stops_the_run",
+    "suppressed",
+    "unsent",
+]
 
 MAX_RETRY_DELAY = 300.0
-_STATE = {status: JournalState(status.value) for status in Status}
+# A transaction's results as stored states (`not attempted` is pending: to send).
+_STATE = {
+    status: JournalState(status.value)
+    for status in Status
+    if status.value in JournalState._value2member_map_
+}
+_STATE[Status.NOT_ATTEMPTED] = JournalState.PENDING
 _ACCEPTED = JournalState.ACCEPTED
 
 
@@ -80,6 +94,15 @@ def later(item: WorkItem, note: str, when: float) -> list[Decision]:
     """The item's rows pending until `when` (a timestamp), no try counted."""
     now = time.time()
     return [Decision(JournalState.PENDING, None, note, 0, now, when, row_id) for row_id in item.ids]
+
+
+def suppressed(ids: Sequence[int], notes: Sequence[str]) -> list[Decision]:
+    """Claimed rows found suppressed: never sent, for good in this journal, no try counted."""
+    now = time.time()
+    return [
+        Decision(JournalState.SUPPRESSED, None, note, 0, now, NEVER, row_id)
+        for row_id, note in zip(ids, notes, strict=True)
+    ]
 
 
 def stops_the_run(err: ConnectError, *, connected: bool) -> bool:

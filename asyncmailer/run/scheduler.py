@@ -7,12 +7,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol
 
 from ..ledger import Ledger, WorkItem
 
-__all__ = ["LoadState", "Scheduler", "wait_first"]
+__all__ = ["LoadState", "Scheduler", "Screen", "wait_first"]
+
+# What the run does with claimed work before it is handed out: the items to send, less what
+# it settled itself (suppressed recipients; see `dispatcher.Dispatcher._screen`).
+Screen = Callable[[list[WorkItem]], Awaitable[list[WorkItem]]]
 
 
 async def wait_first(events: Iterable[asyncio.Event], timeout: float | None) -> None:
@@ -46,8 +50,16 @@ class Scheduler:
     The buffer is topped up ahead, once it is down to half a batch: a claim is a commit, and
     every connection that ran dry meanwhile would stand idle (docs/design.md: claim ahead)."""
 
-    def __init__(self, ledger: Ledger, batch: int, stop: asyncio.Event, loader: LoadState) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        batch: int,
+        stop: asyncio.Event,
+        loader: LoadState,
+        screen: Screen | None = None,
+    ) -> None:
         self.ledger = ledger
+        self.screen = screen
         self.loader = loader
         self.batch = batch
         self.stop = stop
@@ -74,6 +86,8 @@ class Scheduler:
     async def _claim(self, limit: int) -> list[WorkItem]:
         claimed = await self.ledger.claim(limit, time.time())
         self._full = len(claimed) >= limit
+        if self.screen is not None and claimed:
+            return await self.screen(claimed)
         return claimed
 
     async def _claim_ahead(self) -> None:

@@ -13,7 +13,15 @@ from enum import StrEnum
 
 from aiosmtplib import SMTPResponse, SMTPStatus
 
-__all__ = ["Scope", "Stage", "enhanced_code", "names_sender", "scope_of", "scope_of_rcpts"]
+__all__ = [
+    "Scope",
+    "Stage",
+    "address_gone",
+    "enhanced_code",
+    "names_sender",
+    "scope_of",
+    "scope_of_rcpts",
+]
 
 # "Sender address rejected", "sender blocked", "sender domain refused": not "known senders".
 _SENDER_REFUSED = re.compile(
@@ -116,3 +124,35 @@ def names_sender(reply: SMTPResponse, sender: str) -> bool:
         return False
     text = reply.message.lower()
     return sender.lower() in text or _SENDER_REFUSED.search(text) is not None
+
+
+# Enhanced codes that say the address itself does not work, for good: bad destination mailbox
+# (5.1.1), bad destination system (5.1.2), the domain accepts no mail (null MX, 5.1.10).
+_GONE_DETAILS = {(1, 1), (1, 2), (1, 10)}
+# What a 550 without an enhanced code says when the mailbox does not exist. Conservative on
+# purpose: "mailbox unavailable" (RFC 5321's own text) is also what servers say for policy
+# blocks and full mailboxes, and a wrong entry would stop mail to a working address for good.
+_GONE_TEXT = re.compile(
+    r"\b(?:user unknown|unknown user|no such (?:user|mailbox|recipient)"
+    r"|(?:recipient|mailbox|user) unknown|unknown (?:recipient|mailbox)"
+    r"|(?:user|mailbox|recipient|address) (?:not found|does not exist|doesn't exist))\b"
+)
+
+
+def address_gone(code: int | None, message: str) -> str | None:
+    """The code (``550 5.1.1``, or ``550`` alone) of a recipient's refusal that says its
+    address does not exist, for good (what the shared suppression store keeps), else None.
+
+    5.1.1, 5.1.2 and 5.1.10 with a 5xx reply; a 550 without an enhanced code whose text says
+    the user or mailbox is unknown. Not a policy refusal (5.7.x), a full mailbox, a sender's
+    or a session's refusal (those are never recorded as a recipient's, see `scope_of`)."""
+    if code is None or not 500 <= code < 600:
+        return None
+    detail = enhanced_code(message)
+    if detail is not None:
+        if detail[0] == 5 and detail[1:] in _GONE_DETAILS:
+            return f"{code} {detail[0]}.{detail[1]}.{detail[2]}"
+        return None
+    if code == 550 and _GONE_TEXT.search(message.lower()):
+        return "550"
+    return None

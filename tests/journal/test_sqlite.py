@@ -111,7 +111,11 @@ async def test_past_data_without_a_reply_is_unknown_after_a_stop(tmp_path: Path)
         assert dict(await journal.counts()) == {"unknown": 1, "pending": 2}
         assert await groups(journal) == [["user2@example.com"], ["user3@example.com"]]
     results = [r async for page in JournalReader(path).pages() for r in page]
-    assert [r.status for r in results] == [Status.UNKNOWN, Status.SKIPPED, Status.SKIPPED]
+    assert [r.status for r in results] == [
+        Status.UNKNOWN,
+        Status.NOT_ATTEMPTED,
+        Status.NOT_ATTEMPTED,
+    ]
     assert "may or may not have been delivered" in results[0].message
 
 
@@ -175,7 +179,10 @@ async def test_every_state_reads_back_as_the_report_shows_it(tmp_path: Path) -> 
             return RecipientResult(addr, Status(state), code, message, tried)
         if state == JournalState.DATA:
             return RecipientResult(addr, Status.UNKNOWN, None, message, tried)
-        return RecipientResult(addr, Status.SKIPPED, None, NOT_YET, tried, untried=not tried)
+        if not tried:  # pending or in flight, never tried: not attempted
+            return RecipientResult(addr, Status.NOT_ATTEMPTED, None, NOT_YET, tried)
+        # Given back after a try (a sender's refusal, a 452): deferred, with what it was told.
+        return RecipientResult(addr, Status.DEFERRED, code, message, tried)
 
     rows = [
         (f"u{n}@example.com", state, 250 + n, f"text {n}", tried)

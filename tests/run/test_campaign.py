@@ -14,11 +14,13 @@ import pytest
 
 from asyncmailer.config import load_campaign
 from asyncmailer.errors import AuthError, TLSRequiredError
+from asyncmailer.journal.suppressions import SuppressionStore
 from asyncmailer.observer import Observer
 from asyncmailer.results import RecipientResult, Status
 from asyncmailer.run.campaign import RunOptions, run_campaign
+from asyncmailer.suppression import Reason
 
-from ..conftest import PASSWORD, SUBJECT, CampaignFactory, RunningServer, ServerFactory
+from ..conftest import PASSWORD, SUBJECT, USER, CampaignFactory, RunningServer, ServerFactory
 
 FILES = {
     "отчёт за ноябрь.pdf": b"%PDF-1.4\n" + bytes(range(256)) * 40,
@@ -140,7 +142,7 @@ async def test_login_failure_stops_the_run_and_skips_everyone(
     report = await run_campaign(await load_campaign(path, env={}))
 
     assert isinstance(report.fatal, AuthError)
-    assert [(r.status, r.attempts) for r in report.results] == [(Status.SKIPPED, 0)] * 3
+    assert [(r.status, r.attempts) for r in report.results] == [(Status.NOT_ATTEMPTED, 0)] * 3
     assert all("login as sender@example.com failed: 535" in r.message for r in report.results)
     assert running.messages == []
     assert not report.all_accepted
@@ -154,7 +156,7 @@ async def test_stripped_starttls_stops_before_auth(
     report = await run_campaign(await load_campaign(path, env={}))
 
     assert isinstance(report.fatal, TLSRequiredError)
-    assert {r.status for r in report.results} == {Status.SKIPPED}
+    assert {r.status for r in report.results} == {Status.NOT_ATTEMPTED}
     assert running.server.auth_attempts == []
     assert b"AUTH" not in b"".join(running.recorder.lines())
 
@@ -436,3 +438,88 @@ async def test_next_envelope_goes_out_with_the_final_dot(
     joined = [c for c in chunks if b"\r\n.\r\nMAIL FROM:<sender@example.com>" in c]
     assert len(joined) == 5, chunks
     assert all(c.endswith(b"\r\nDATA\r\n") for c in joined)
+
+
+GONE = "5.1.1 <gone@example.org>: Recipient address rejected: User unknown in local table"
+
+
+async def test_a_5_1_1_at_rcpt_lands_in_the_store_and_the_next_campaign_skips_it(
+    smtp_server: ServerFactory, make_campaign: CampaignFactory, tmp_path: Path
+) -> None:
+    running = await smtp_server(
+        refuse={
+            "gone@example.org": (550, GONE),
+            "relay@example.org": (550, "5.7.1 Relaying denied"),  # policy: not the address
+            "full@example.org": (552, "5.2.2 Mailbox full"),
+        }
+    )
+    (tmp_path / "list.txt").write_text(
+        "a@example.com\ngone@example.org\nrelay@example.org\nfull@example.org\n"
+    )
+    keys = {"to": None, "cc": None, "recipients_file": "list.txt", "state_dir": "state"}
+    first = await load_campaign(
+        make_campaign(port=running.server.ssl_port, campaign="october", **keys), env={}
+    )
+    report = await run_campaign(first)
+    assert report.counts == {Status.ACCEPTED: 1, Status.REFUSED: 3}
+    assert report.classes == {
+        (Status.REFUSED, "5.1.x"): 1,
+        (Status.REFUSED, "5.7.x"): 1,
+        (Status.REFUSED, "5.2.x"): 1,
+    }
+
+    store = SuppressionStore.of(first.state_dir)
+    [entry] = await store.entries()
+    assert (entry.key, entry.reason, entry.code, entry.campaign) == (
+        "gone@example.org",
+        Reason.BOUNCE,
+        "550 5.1.1",
+        "october",
+    )
+    assert entry.note == GONE
+
+    # Another campaign of the same state folder: gone@ is not even offered to the server.
+    second = await load_campaign(
+        make_campaign(port=running.server.ssl_port, campaign="november", **keys), env={}
+    )
+
+    def offered() -> int:
+        return sum("gone@example.org" in line for line in running.recorder.commands())
+
+    before = offered()
+    again = await run_campaign(second)
+    assert offered() == before == 1
+    assert again.counts == {Status.ACCEPTED: 1, Status.REFUSED: 2, Status.SUPPRESSED: 1}
+    [suppressed] = [r for r in again.results if r.status is Status.SUPPRESSED]
+    assert suppressed.message == "suppressed: bounce 550 5.1.1 (october)"
+
+
+async def test_a_sender_refusal_5_7_1_is_no_address_fact(
+    smtp_server: ServerFactory, make_campaign: CampaignFactory
+) -> None:
+    running = await smtp_server(refuse={USER: (550, "5.7.1 Sender address rejected: blocked")})
+    campaign = await load_campaign(make_campaign(port=running.server.ssl_port), env={})
+    report = await run_campaign(campaign)
+
+    assert report.fatal is not None and running.messages == []
+    assert report.counts == {Status.NOT_ATTEMPTED: 3}  # left to send once the block is gone
+    assert await SuppressionStore.of(campaign.state_dir).entries() == []
+
+
+async def test_refusals_of_a_run_that_never_ended_are_added_by_the_next(
+    smtp_server: ServerFactory, make_campaign: CampaignFactory, tmp_path: Path
+) -> None:
+    # The store is written from the journal at the end of a run: a run killed before its
+    # end (here: one that did not write the store) leaves its refusals for the next run.
+    running = await smtp_server(refuse={"gone@example.org": (550, GONE)})
+    (tmp_path / "list.txt").write_text("a@example.com\ngone@example.org\nb@example.com\n")
+    path = make_campaign(
+        port=running.server.ssl_port, to=None, cc=None, recipients_file="list.txt", group_size=1
+    )
+    campaign = await load_campaign(path, env={})
+    store = SuppressionStore.of(campaign.state_dir)
+    await run_campaign(campaign, options=RunOptions(limit=2, store_bounces=False))
+    assert await store.entries() == []
+    report = await run_campaign(campaign)
+    assert [e.key for e in await store.entries()] == ["gone@example.org"]
+    assert report.counts == {Status.ACCEPTED: 2, Status.REFUSED: 1}  # it stays refused here
