@@ -157,6 +157,8 @@ class Loader:
             campaign.recipients_file,
             column=campaign.recipients_column,
             name_column=campaign.name_column,
+            encoding=campaign.recipients_encoding,
+            delimiter=campaign.recipients_delimiter,
         )
         await source.scan()
         keep = personalizer is not None or campaign.send_at_local is not None  # row fields
