@@ -541,8 +541,8 @@ KNOWN_KEYS: dict[str, str] = {
     "recipients_delimiter": 'a CSV list\'s delimiter: ",", ";", "tab" (or "\\t"), "|"... '
     "(default: the one its header line uses most)",
     "group_size": "recipients per SMTP transaction, one message each (default 100)",
-    "personalize": "subject and body are templates filled from each list row; one message "
-    "per recipient (default false)",
+    "personalize": "subject, body and header values are templates filled from each list row; "
+    "one message per recipient (default false)",
     "pipelining": "use ESMTP PIPELINING when the server offers it (default true)",
     "max_messages_per_connection": "reconnect after this many messages (default 0: never)",
     "rate": "at most this many messages per second, or '600/minute', '5000/hour'",

@@ -103,19 +103,25 @@ _MAX_LINE = POLICY.max_line_length or 78
 
 
 def _subject(subject: str) -> bytes:
-    """The Subject header, RFC 2047-encoded and folded.
+    """The Subject header, RFC 2047-encoded and folded (`_unstructured`)."""
+    return _unstructured("Subject", subject)
 
-    Python's own folder drops spaces between encoded words in long non-ASCII subjects
-    (CPython gh-92081), so non-ASCII subjects are encoded with `email.header.Header`, which keeps
+
+def _unstructured(name: str, value: str) -> bytes:
+    """An unstructured header (the Subject, a personalised extra header), RFC 2047-encoded and
+    folded.
+
+    Python's own folder drops spaces between encoded words in long non-ASCII values
+    (CPython gh-92081), so non-ASCII values are encoded with `email.header.Header`, which keeps
     every space inside an encoded word and round-trips exactly.
     """
-    line = "Subject: " + subject
-    if len(line) <= _MAX_LINE and _PLAIN_TEXT.match(subject) and "=?" not in subject:
+    line = f"{name}: {value}"
+    if len(line) <= _MAX_LINE and _PLAIN_TEXT.match(value) and "=?" not in value:
         return (line + "\r\n").encode("ascii")
-    if subject.isascii() and "=?" not in subject:
-        return _fold("Subject", subject)
-    encoded = Header(subject, "utf-8", header_name="Subject").encode(linesep="\r\n")
-    return b"Subject: " + encoded.encode("ascii") + b"\r\n"
+    if value.isascii() and "=?" not in value:
+        return _fold(name, value)
+    encoded = Header(value, "utf-8", header_name=name).encode(linesep="\r\n")
+    return f"{name}: ".encode("ascii") + encoded.encode("ascii") + b"\r\n"
 
 
 _TEXT_MARK = "ASYNCMAILER-TEXT-PART-f3b1c2d4"  # stands for the text while the tree is built
@@ -291,6 +297,7 @@ class MessageTemplate:
         subject: str | None = None,
         text: str | None = None,
         html: str | None = None,
+        headers: Sequence[tuple[str, str]] = (),
     ) -> tuple[Part, ...]:
         """The message for one transaction as parts (its own headers, then the shared bytes,
         and for a personal template its encoded `text` and the bytes after it), dot-stuffed
@@ -299,7 +306,8 @@ class MessageTemplate:
         Writing the parts one after the other sends the message; the shared parts, with every
         attachment, are never copied. Bcc recipients are never written here. A personal
         template needs `subject` (already checked for line breaks) and `text`, and `html`
-        when it has HTML.
+        when it has HTML; `headers` are its recipient's own extra headers (their values
+        checked too, non-ASCII RFC 2047-encoded here).
         """
         head = [
             self._date(),
@@ -322,6 +330,7 @@ class MessageTemplate:
         assert subject is not None and text is not None, "a personal template needs both"
         assert html is not None or not self.html, "and its HTML, when it has one"
         head.append(_subject(subject))
+        head.extend(_unstructured(name, value) for name, value in headers)
         made = {_Slot.TEXT: _encode_text(text)}
         if html is not None:
             made[_Slot.HTML] = _encode_text(html)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import email
 import json
 import re
 import signal
@@ -605,3 +606,26 @@ async def test_send_at_local_sends_each_recipient_at_their_own_time(
             await process.wait()
     code, out, _ = await run_cli("status", str(path), cwd=tmp_path)
     assert code == 0 and "1  pending" in out and "2  accepted" in out
+
+
+async def test_the_run_says_a_header_of_its_own_makes_one_recipient_per_message(
+    smtp_server: ServerFactory, make_campaign: CampaignFactory, tmp_path: Path
+) -> None:
+    running = await smtp_server()
+    (tmp_path / "list.csv").write_text("email,segment\na@example.com,vip\nb@example.org,new\n")
+    make_campaign(
+        port=running.server.ssl_port,
+        to=None,
+        cc=None,
+        recipients_file="list.csv",
+        personalize=True,
+        headers={"X-Campaign": "november-{{ segment }}", "X-Segment": "{{ segment }}"},
+    )
+    code, _out, err = await run_cli(cwd=tmp_path)
+    assert code == 0, err
+    assert (
+        "asyncmailer: one recipient per message: each carries its own X-Campaign, X-Segment "
+        "headers\n"
+    ) in err
+    headers = [email.message_from_bytes(m.data)["X-Campaign"] for m in running.messages]
+    assert sorted(headers) == ["november-new", "november-vip"]

@@ -229,3 +229,29 @@ def test_a_name_that_looks_like_an_encoded_word_shows_as_written() -> None:
     header = _address_header("To", [mailbox])
     parsed = email.message_from_bytes(header + b"\r\n", policy=policy.default)
     assert parsed["To"].addresses[0].display_name == "=?utf-8?b?QWRtaW4=?="
+
+
+def test_personal_headers_are_encoded_and_round_trip() -> None:
+    template = MessageTemplate(
+        sender=Mailbox("me@example.com"),
+        subject="unused",
+        body="unused",
+        personal=True,
+        headers=[("X-Shared", "same")],
+    )
+    values = [
+        "plain",
+        "x" * 120,  # ASCII, folded
+        "Тут будет очень длинная тема There will be a very long topic here " * 2,
+        "=?utf-8?q?not-an-encoded-word?=",
+        "日本語  two  spaces",
+    ]
+    for value in values:
+        parts = template.render_parts(
+            to=[Mailbox("a@example.com")], subject="S", text="t\n", headers=[("X-Mine", value)]
+        )
+        data = b"".join(in_memory(parts))
+        head = data.partition(b"\r\n\r\n")[0]
+        assert head.isascii() and all(len(line) <= 78 for line in head.split(b"\r\n"))
+        message = BytesParser(policy=policy.default).parsebytes(data)
+        assert message["X-Mine"] == value and message["X-Shared"] == "same"

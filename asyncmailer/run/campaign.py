@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -35,11 +36,15 @@ if TYPE_CHECKING:  # jinja2 is imported only by campaigns that personalise (star
 
 __all__ = [
     "RunOptions",
+    "personal_headers",
     "prepare_message",
     "prepare_personalizer",
     "run_campaign",
     "smtp_transport",
 ]
+
+# Where Jinja's default syntax begins a tag (personalize.is_template, without importing jinja2).
+_TAG = re.compile(r"\{[{%#]")
 
 
 @dataclass(slots=True)
@@ -61,6 +66,14 @@ class RunOptions:
     load_batch: int = LOAD_BATCH
 
 
+def personal_headers(campaign: Campaign) -> tuple[tuple[str, str], ...]:
+    """The extra headers made for each recipient: with `personalize`, those whose value holds
+    a template tag (the rest are the same in every message, built once with it)."""
+    if not campaign.personalize:
+        return ()
+    return tuple(header for header in campaign.headers if _TAG.search(header[1]))
+
+
 async def prepare_message(campaign: Campaign) -> MessageTemplate:
     """Read the body and attachments without blocking and build the message once.
 
@@ -79,7 +92,7 @@ async def prepare_message(campaign: Campaign) -> MessageTemplate:
         attachments=attachments,
         personal=campaign.personalize,
         reply_to=campaign.reply_to,
-        headers=campaign.headers,
+        headers=[h for h in campaign.headers if h not in personal_headers(campaign)],
         list_unsubscribe=campaign.list_unsubscribe,
         html=html,
         images=images,
@@ -119,6 +132,7 @@ async def prepare_personalizer(campaign: Campaign) -> Personalizer | None:
         subject=campaign.subject,
         body=text,
         html=html,
+        headers=personal_headers(campaign),
         config=campaign.source,
         body_file=campaign.message_file,
     )

@@ -273,6 +273,7 @@ class Dispatcher:
             subject=personalizer.subject(context),
             text=personalizer.body(context),
             html=personalizer.html(context),
+            headers=personalizer.headers(context),
         )
         return Transaction(envelope, parts)
 
