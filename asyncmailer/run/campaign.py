@@ -109,7 +109,7 @@ async def load_bodies(campaign: Campaign) -> tuple[str, str | None, list[Attachm
         return source, None, []
     html = source
     if campaign.message_file.suffix.lower() in MARKDOWN:
-        html = render_markdown(source, campaign.subject)
+        html = render_markdown(source, campaign.subject, templates=campaign.personalize)
     html, images = await inline_images(html, campaign.message_file.parent)
     if campaign.text_file is not None:
         text = await load_body(campaign.text_file)
