@@ -9,6 +9,7 @@ exact bytes to write after DATA, final ``.`` included: nothing is re-encoded or 
 from __future__ import annotations
 
 import base64
+import binascii
 import os
 import random
 import re
@@ -17,7 +18,6 @@ import urllib.parse
 from collections.abc import Sequence
 from datetime import datetime
 from email import policy as email_policy
-from email import quoprimime
 from email.header import Header
 from email.message import EmailMessage
 from email.utils import format_datetime
@@ -130,14 +130,19 @@ _HTML_MARK = "ASYNCMAILER-HTML-PART-7a41e09b"  # and for a personal HTML part
 
 
 def _encode_text(text: str) -> bytes:
-    """A personalised text, encoded as the email package encodes the campaign's text part
-    (UTF-8, quoted-printable: what `set_content(text, cte="quoted-printable")` does, without
-    building a message per recipient; docs/design.md: message template), CRLF-terminated and
-    dot-stuffed."""
-    lines = text.encode("utf-8").splitlines()
-    body = b"\n".join(lines).decode("latin-1") + "\n"
-    encoded = quoprimime.body_encode(body, _MAX_LINE)
-    return prepare_data(encoded.encode("ascii"), terminate=False)
+    """A personalised text (or HTML) as UTF-8, quoted-printable, CRLF-terminated and
+    dot-stuffed: the body of a part whose headers the shared template already has
+    (docs/design.md: message template). binascii's encoder is C, 2-3 times faster than the
+    email package's `quoprimime` for the same decoded text (lines of at most 76 characters,
+    RFC 2045; "=" always "=3D", so no text can contain a MIME boundary)."""
+    lines = text.encode("utf-8").splitlines()  # every CR, LF and CRLF: one line break
+    encoded = binascii.b2a_qp(b"\n".join(lines) + b"\n", istext=True)
+    # Its line breaks are all LF (a CR would have split a line above), so what prepare_data
+    # does is one replace, and stuffing only when a line starts with a dot (rare).
+    encoded = encoded.replace(b"\n", b"\r\n")
+    if encoded.startswith(b".") or b"\n." in encoded:
+        encoded = _LEADING_DOT.sub(b"..", encoded)
+    return encoded
 
 
 class MessageTemplate:
