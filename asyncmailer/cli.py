@@ -48,7 +48,13 @@ from .message import MessageTemplate
 from .progress import ConsoleObserver
 from .report import ReportWriter, format_table
 from .results import CampaignReport, Status, plural
-from .run.campaign import RunOptions, prepare_message, prepare_personalizer, run_campaign
+from .run.campaign import (
+    RunOptions,
+    personal_headers,
+    prepare_message,
+    prepare_personalizer,
+    run_campaign,
+)
 from .run.recurring import Recurring
 from .run.runs import Runs, fingerprint
 from .schedule import parse_send_time, zone
@@ -434,6 +440,18 @@ async def _send(
         return await _run_once(args, campaign, template, personalizer, runs, record, out)
 
 
+def _own_headers(campaign: Campaign) -> str:
+    """What each recipient's message carries of its own, that makes it one recipient per
+    message ("" when there is none)."""
+    own = []
+    if campaign.list_unsubscribe is not None and campaign.list_unsubscribe.personal:
+        own.append("unsubscribe link")
+    names = [name for name, _ in personal_headers(campaign)]
+    if names:
+        own.append(f"{', '.join(names)} {'header' if len(names) == 1 else 'headers'}")
+    return " and ".join(own)
+
+
 async def _run_once(
     args: argparse.Namespace,
     campaign: Campaign,
@@ -461,9 +479,9 @@ async def _run_once(
             f"({server.security.value}{login})",
             file=sys.stderr,
         )
-        if campaign.list_unsubscribe is not None and campaign.list_unsubscribe.personal:
+        if own := _own_headers(campaign):
             print(
-                "asyncmailer: one recipient per message: each carries its own unsubscribe link",
+                f"asyncmailer: one recipient per message: each carries its own {own}",
                 file=sys.stderr,
             )
     full = ReportWriter(_partial(args.report)) if args.report else None

@@ -7,6 +7,7 @@ Every problem is an `InputError`/`ConfigError` whose text is one line naming fil
 
 from __future__ import annotations
 
+import codecs
 import difflib
 import ipaddress
 import json
@@ -147,6 +148,8 @@ class Campaign:
     recipients_file: Path | None = None
     recipients_column: str = "email"
     name_column: str = "name"
+    recipients_encoding: str = "utf-8"  # a Python codec's name, checked at load
+    recipients_delimiter: str | None = None  # a CSV's; None: sniffed from its header line
     group_size: int = DEFAULT_GROUP_SIZE
     personalize: bool = False
     rate: float | None = None
@@ -533,9 +536,13 @@ KNOWN_KEYS: dict[str, str] = {
     "recipients_file": "list of recipients: .csv with a header, or one address per line",
     "recipients_column": "CSV column holding the address (default email)",
     "name_column": "CSV column holding a display name, if present (default name)",
+    "recipients_encoding": "the list's encoding: utf-8 (the default, BOM allowed), cp1251, "
+    "latin-1, utf-16 (with a BOM) or any Python codec",
+    "recipients_delimiter": 'a CSV list\'s delimiter: ",", ";", "tab" (or "\\t"), "|"... '
+    "(default: the one its header line uses most)",
     "group_size": "recipients per SMTP transaction, one message each (default 100)",
-    "personalize": "subject and body are templates filled from each list row; one message "
-    "per recipient (default false)",
+    "personalize": "subject, body and header values are templates filled from each list row; "
+    "one message per recipient (default false)",
     "pipelining": "use ESMTP PIPELINING when the server offers it (default true)",
     "max_messages_per_connection": "reconnect after this many messages (default 0: never)",
     "rate": "at most this many messages per second, or '600/minute', '5000/hour'",
@@ -836,6 +843,8 @@ async def load_campaign(
         recipients_file=recipients_file,
         recipients_column=fields.get_str("recipients_column", "email") or "email",
         name_column=fields.get_str("name_column", "name") or "name",
+        recipients_encoding=_recipients_encoding(fields),
+        recipients_delimiter=_recipients_delimiter(fields, recipients_file),
         group_size=1
         if personalize
         or local_time is not None
@@ -865,6 +874,38 @@ async def load_campaign(
         timezone=campaign_zone,
         notices=tuple(notices + key_notices),
     )
+
+
+def _recipients_encoding(fields: _Fields) -> str:
+    """`recipients_encoding`: a text codec Python knows, by its canonical name."""
+    key = "recipients_encoding"
+    name = fields.get_str(key)
+    if name is None:
+        return "utf-8"
+    try:
+        codec = codecs.lookup(name.strip())
+        "@".encode(codec.name)  # a bytes-to-bytes codec (base64, zlib) is refused here
+    except (LookupError, UnicodeError):
+        raise fields.error(
+            key, f"{_quote(name)} is not a text encoding Python knows (utf-8, cp1251, latin-1...)"
+        ) from None
+    return codec.name
+
+
+def _recipients_delimiter(fields: _Fields, recipients_file: Path | None) -> str | None:
+    """`recipients_delimiter`: one character, "tab" or a written \\t for a tab."""
+    key = "recipients_delimiter"
+    value = fields.get_str(key)
+    if value is None:
+        return None
+    if recipients_file is None or recipients_file.suffix.lower() != ".csv":
+        raise fields.error(key, "goes with a .csv recipients_file (a text list has one column)")
+    delimiter = "\t" if value.lower() in ("tab", "\\t") else value
+    if len(delimiter) != 1 or delimiter in '"\r\n\x00' or delimiter.isalnum():
+        raise fields.error(
+            key, f'expected one character (",", ";", "|") or "tab", got {_quote(value)}'
+        )
+    return delimiter
 
 
 async def _server_settings(

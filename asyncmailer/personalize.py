@@ -1,17 +1,20 @@
-"""Personalised messages: the subject and body as Jinja templates, filled from each list row.
+"""Personalised messages: the subject, body and extra headers as Jinja templates, filled from
+each list row.
 
 With ``personalize: true`` every list recipient gets a message of their own (one recipient per
 transaction). The templates see each CSV column by its header name (``{{ first_name }}``), the
 whole row as ``row`` (for headers that are not identifiers: ``{{ row["first name"] }}``), and
 ``email`` and ``name``. A name the list does not have is an error before anything is sent.
 
-Templates run in Jinja's sandbox with undefined names refused, and a subject that would contain
-a line break is refused for that row (it could inject headers).
+Templates run in Jinja's sandbox with undefined names refused, and a subject or header value
+that would contain a line break (or another control character) is refused for that row: it
+could inject headers. Only the HTML template is autoescaped; the subject and headers are plain
+text, encoded (RFC 2047) when the message is made.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 from jinja2 import StrictUndefined, Template, TemplateError, TemplateSyntaxError, meta
@@ -36,8 +39,11 @@ class Personalizer:
         config: Path,
         body_file: Path,
         html: str | None = None,
+        headers: Sequence[tuple[str, str]] = (),
     ) -> None:
-        """:raises InputError: a template does not parse (names the file, line and key)."""
+        """`headers`: the extra headers whose values are templates (name, template).
+
+        :raises InputError: a template does not parse (names the file, line and key)."""
         self._env = SandboxedEnvironment(
             undefined=StrictUndefined, keep_trailing_newline=True, autoescape=False
         )
@@ -53,6 +59,10 @@ class Personalizer:
             if html is not None
             else None
         )
+        self._headers = [
+            (name, self._compile(value, "header", config, f"headers: {name}"))
+            for name, value in headers
+        ]
 
     def _compile(
         self,
@@ -105,6 +115,22 @@ class Personalizer:
         if problem:
             raise ValueError(f"subject {problem}")
         return text
+
+    def headers(self, context: Mapping[str, object]) -> list[tuple[str, str]]:
+        """The extra headers' values for one row.
+
+        :raises ValueError: one cannot be rendered, or would contain a line break or another
+            control character (naming the header)."""
+        made = []
+        for name, template in self._headers:
+            try:
+                value = self._render(template, context)
+            except ValueError as err:
+                raise ValueError(f"{name} header: {err}") from None
+            if problem := check_header_value(value):
+                raise ValueError(f"{name} header {problem}")
+            made.append((name, value))
+        return made
 
     def body(self, context: Mapping[str, object]) -> str:
         """:raises ValueError: the body cannot be rendered for this row."""

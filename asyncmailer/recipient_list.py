@@ -1,11 +1,13 @@
 """Recipient lists from a file (CSV or one address per line), streamed in flat memory.
 
 The file is read by a worker thread in batches, so the event loop never blocks and memory does
-not grow with the list. Before anything is sent, `scan()` checks the whole file is UTF-8 without
-NUL bytes and counts its lines (for progress and ETA). Each row becomes a `Recipient` or a
-`BadRow` naming file and line; `RecipientFile.batches()` gives them as `RowBatch` columns
-instead, without an object per row (what the loader reads a long list with). Duplicates are
-the journal's business: it keeps each address once, on disk.
+not grow with the list. Before anything is sent, `scan()` checks the whole file decodes in its
+encoding (UTF-8 by default, a BOM allowed; `recipients_encoding`) without NUL characters. A
+CSV's delimiter is the one given (`recipients_delimiter`) or the one its header line uses most
+(`sniff_delimiter`); a row shorter than the header has empty fields for the cells it lacks.
+Each row becomes a `Recipient` or a `BadRow` naming file and line; `RecipientFile.batches()`
+gives them as `RowBatch` columns instead, without an object per row (what the loader reads a
+long list with). Duplicates are the journal's business: it keeps each address once, on disk.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import codecs
 import contextlib
 import csv
 import functools
-from collections.abc import AsyncGenerator, Iterator, Mapping
+import itertools
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -24,8 +27,20 @@ from .addresses import Mailbox, Mailboxes, check_header_value, parse_mailbox, pl
 from .display import shorten
 from .errors import InputError
 
-__all__ = ["BadRow", "Recipient", "RecipientFile", "RowBatch"]
+__all__ = [
+    "DEFAULT_ENCODING",
+    "DELIMITERS",
+    "BadRow",
+    "Recipient",
+    "RecipientFile",
+    "RowBatch",
+    "sniff_delimiter",
+]
 
+DEFAULT_ENCODING = "utf-8"
+# What spreadsheets write, by locale: "," (English), ";" (where "," is the decimal mark), tab
+# ("Unicode text" exports), "|". In this order, ties go to the first.
+DELIMITERS = (",", ";", "\t", "|")
 _BATCH = 2000  # rows (not blank, not a comment) per read
 _SCAN_CHUNK = 1 << 20
 MAX_LINE = 64 * 1024  # characters in a line of a text list; a longer one is a bad row
@@ -91,24 +106,71 @@ class RowBatch:
             yield self.recipient(index)
 
 
+def sniff_delimiter(header: str) -> str:
+    """The delimiter of a CSV from its header line: whichever of `DELIMITERS` it holds most
+    often outside double quotes (ties to the first of them; none at all: ","). Only the header
+    is looked at: its cells are names, so they rarely hold a delimiter themselves, where data
+    cells (addresses with display names, numbers with decimal commas) often do; csv.Sniffer
+    guesses from data and often guesses wrong."""
+    counts = dict.fromkeys(DELIMITERS, 0)
+    quoted = False
+    for char in header:
+        if char == '"':
+            quoted = not quoted
+        elif not quoted and char in counts:
+            counts[char] += 1
+    best = max(DELIMITERS, key=lambda d: (counts[d], -DELIMITERS.index(d)))
+    return best if counts[best] else ","
+
+
+def _codec(encoding: str) -> str:
+    """The codec a list is read with: UTF-8 skips a BOM (what Windows tools write first)."""
+    return "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
+
+
+def _undecodable(encoding: str, detail: str = "") -> str:
+    """Why a list does not decode, with what to do about it."""
+    if codecs.lookup(encoding).name == "utf-8":
+        hint = "save the list as UTF-8, or set recipients_encoding"
+        return f"not valid UTF-8 text{detail} ({hint})"
+    return f"not valid {encoding} text{detail} (recipients_encoding: is it in another one?)"
+
+
 class _Reader:
     """The thread-side half: an open file and its CSV reader, read a batch at a time."""
 
-    def __init__(self, path: Path, column: str, name_column: str) -> None:
+    def __init__(
+        self,
+        path: Path,
+        column: str,
+        name_column: str,
+        encoding: str = DEFAULT_ENCODING,
+        delimiter: str | None = None,
+    ) -> None:
         self.path = path
-        self.handle: IO[str] = open(path, encoding="utf-8-sig", newline="")  # noqa: SIM115
+        self.handle: IO[str] = open(path, encoding=_codec(encoding), newline="")  # noqa: SIM115
         self.is_csv = path.suffix.lower() == ".csv"
-        self.rows: Iterator[list[str]] = csv.reader(self.handle) if self.is_csv else iter(())
+        self.rows: Iterator[list[str]] = iter(())
         self.header: list[str] = []
+        self.delimiter = delimiter or ","
         self.column = 0
         self.name = -1
         self.line = 0
-        if self.is_csv:
-            try:
+        try:
+            # A BOM the codec does not take itself (utf-16-le given for a list with one) is
+            # no part of the first line.
+            if self.handle.read(1) != "\ufeff":
+                self.handle.seek(0)
+            if self.is_csv:
+                first = self.handle.readline(MAX_LINE + 1)
+                self.delimiter = delimiter or sniff_delimiter(first)
+                # The header line read for sniffing goes first, then the rest of the file.
+                lines = itertools.chain([first], self.handle) if first else self.handle
+                self.rows = csv.reader(lines, delimiter=self.delimiter)
                 self._read_header(column, name_column)
-            except BaseException:
-                self.handle.close()
-                raise
+        except BaseException:
+            self.handle.close()
+            raise
 
     def _read_header(self, column: str, name_column: str) -> None:
         header = next(self.rows, None)
@@ -206,14 +268,24 @@ class _Reader:
                 rows.bad.append((len(rows.lines), problem))
 
     def _csv_row(self, rows: RowBatch, row: list[str], line: int) -> BadRow | None:
-        """Add one non-blank row to `rows`, or say why it is bad."""
-        if len(row) != len(self.header):
-            return BadRow(
-                self.path,
-                line,
-                ",".join(row),
-                f"expected {len(self.header)} columns, found {len(row)}",
-            )
+        """Add one non-blank row to `rows`, or say why it is bad.
+
+        A row shorter than the header gets empty cells for the ones it lacks (spreadsheets
+        leave out trailing empty cells); a longer one is refused unless its extra cells are
+        empty (a trailing delimiter), as they would be a value without a column: most likely
+        a delimiter inside an unquoted cell, which shifts every cell after it."""
+        width = len(self.header)
+        if len(row) < width:
+            row += [""] * (width - len(row))
+        elif len(row) > width:
+            if any(cell.strip() for cell in row[width:]):
+                return BadRow(
+                    self.path,
+                    line,
+                    self.delimiter.join(row),
+                    f"expected {width} columns, found {len(row)}",
+                )
+            del row[width:]
         text = row[self.column].strip()
         name = row[self.name].strip() if self.name >= 0 else ""
         addr = plain_address(text)  # a bare address, in one match: it has no name of its own
@@ -241,29 +313,44 @@ class _Reader:
         self.handle.close()
 
 
-def _scan(path: Path) -> None:
-    """Check the whole file is UTF-8 without NUL bytes (counting lines to name one)."""
-    decoder = codecs.getincrementaldecoder("utf-8")()
+def _scan(path: Path, encoding: str = DEFAULT_ENCODING) -> None:
+    """Check the whole file decodes in `encoding` without NUL characters, counting lines in
+    the decoded text to name the first bad one (a UTF-16 line ending is two bytes)."""
+    factory = codecs.getincrementaldecoder(_codec(encoding))
+    decoder = factory()
     lines = 0
     with open(path, "rb") as handle:
-        while chunk := handle.read(_SCAN_CHUNK):
+        while True:
+            chunk = handle.read(_SCAN_CHUNK)
+            state = decoder.getstate()
             try:
-                decoder.decode(chunk)
+                text = decoder.decode(chunk, final=not chunk)
             except UnicodeDecodeError as err:
-                line = lines + chunk.count(b"\n", 0, max(err.start, 0)) + 1
-                raise InputError(
-                    "not valid UTF-8 text (save the list as UTF-8)", path=path, line=line
-                ) from None
-            if b"\x00" in chunk:
-                line = lines + chunk.count(b"\n", 0, chunk.index(b"\x00")) + 1
+                line = lines + _lines_before(factory, state, err) + 1
+                detail = ": the file ends inside a character" if not chunk else ""
+                raise InputError(_undecodable(encoding, detail), path=path, line=line) from None
+            if "\x00" in text:
+                line = lines + text.count("\n", 0, text.index("\x00")) + 1
                 raise InputError("contains a NUL byte; is it a text file?", path=path, line=line)
-            lines += chunk.count(b"\n")
-        try:
-            decoder.decode(b"", final=True)
-        except UnicodeDecodeError:
-            raise InputError(
-                "not valid UTF-8 text (the file ends inside a character)", path=path, line=lines + 1
-            ) from None
+            if not chunk:
+                return
+            lines += text.count("\n")
+
+
+def _lines_before(
+    factory: Callable[[], codecs.IncrementalDecoder],
+    state: tuple[bytes, int],
+    err: UnicodeDecodeError,
+) -> int:
+    """The line endings in what decoded before `err`: its bytes up to the bad ones (the
+    decoder's leftover bytes and the chunk, as the decoder saw them) decoded again from the
+    state the chunk began in (which, for UTF-16, knows the byte order)."""
+    probe = factory()
+    probe.setstate((b"", state[1]))
+    try:
+        return probe.decode(err.object[: err.start]).count("\n")
+    except UnicodeDecodeError:  # not expected: the bytes before it did decode
+        return 0
 
 
 class RecipientFile:
@@ -278,20 +365,26 @@ class RecipientFile:
         *,
         column: str = "email",
         name_column: str = "name",
+        encoding: str = DEFAULT_ENCODING,
+        delimiter: str | None = None,
     ) -> None:
+        """`encoding`: a Python codec name (checked by the config); `delimiter`: a CSV's,
+        or None to sniff it from the header line (`sniff_delimiter`)."""
         self.path = path
         self.column = column
         self.name_column = name_column
+        self.encoding = encoding
+        self.delimiter = delimiter
         self.bad_rows = 0
         self.columns: tuple[str, ...] = ()  # a CSV's header, once iteration has begun
 
     async def scan(self) -> None:
         """Read the whole file once in a thread.
 
-        :raises InputError: missing file, not UTF-8, NUL byte (with the line).
+        :raises InputError: missing file, not in its encoding, NUL byte (with the line).
         """
         try:
-            await asyncio.to_thread(_scan, self.path)
+            await asyncio.to_thread(_scan, self.path, self.encoding)
         except OSError as err:
             raise InputError(
                 f"cannot read the recipient list: {err.strerror}",
@@ -309,11 +402,15 @@ class RecipientFile:
         """The rows a batch at a time (`RowBatch`), each batch not empty; with each row's
         fields (a CSV's columns by name) only if `fields`."""
         try:
-            reader = await asyncio.to_thread(_Reader, self.path, self.column, self.name_column)
+            reader = await asyncio.to_thread(
+                _Reader, self.path, self.column, self.name_column, self.encoding, self.delimiter
+            )
         except OSError as err:
             raise InputError(
                 f"cannot read the recipient list: {err.strerror}", path=self.path
             ) from None
+        except UnicodeDecodeError:  # in the header line: `scan()` was not called first
+            raise InputError(_undecodable(self.encoding), path=self.path, line=1) from None
         self.columns = tuple(reader.header) if reader.is_csv else ()
         try:
             while batch := await self._batch(reader, fields):
@@ -334,8 +431,6 @@ class RecipientFile:
         except OSError as err:
             problem = f"cannot read the recipient list from here on: {err.strerror or err}"
         except UnicodeDecodeError:  # text is decoded a block at a time: somewhere after here
-            problem = (
-                "not valid UTF-8 text from here on any more: was the list changed while it "
-                "was read?"
-            )
+            text = _undecodable(self.encoding, " from here on any more").partition(" (")[0]
+            problem = f"{text}: was the list changed while it was read?"
         raise InputError(problem, path=self.path, line=first)

@@ -20,6 +20,11 @@ BIG_SIZE = "100MB"  # one message with one 100 MB attachment: peak RSS, target <
 # 0 ms with the 2.4 KB message and the same counts as the plain 0 ms rows.
 TLS_SIZE = "2.4KB"
 TLS_CONCURRENCIES = (8, 32)
+# Personalised campaigns (one recipient per message), 2.4 KB of text, and the same as HTML with
+# its text alternative: the CPU per message of the second against the first, at 0 ms, c=32.
+PERSONAL_TEXT = "text"
+PERSONAL_HTML = "HTML+text"
+PERSONAL_CPU_RATIO = 1.5  # target: HTML+text costs at most 1.5x the CPU of text per message
 
 # Messages per run. At 0 ms: per size; at 50 ms: for concurrency 32, proportionally fewer below.
 _COUNT_0MS = {"2.4KB": 10_000, "143KB": 2_000}
@@ -41,10 +46,14 @@ class Case:
     messages: int  # SMTP transactions
     recipients: int
     tls: bool = False  # implicit TLS through stunnel to the sink (see tls.py)
+    personal: str = ""  # PERSONAL_TEXT or PERSONAL_HTML: a personalised campaign
 
     @property
     def label(self) -> str:
-        """The sender as the table names it; over TLS, with how it gets there."""
+        """The sender as the table names it; over TLS, with how it gets there; personalised,
+        with which message."""
+        if self.personal:
+            return f"{self.sender} (personalised {self.personal})"
         if not self.tls:
             return self.sender
         how = "via stunnel" if self.sender == SMTP_SOURCE else "(ssl)"
@@ -94,9 +103,19 @@ def _implicit_tls(scale: float) -> list[Case]:
     ]
 
 
+def _personalised(scale: float) -> list[Case]:
+    """asyncmailer personalising each message: text, then HTML with text, as many as the
+    plain 0 ms 2.4 KB rows."""
+    n = _scaled(_COUNT_0MS["2.4KB"], scale)
+    return [
+        Case(ASYNCMAILER, 0, "2.4KB", 32, True, n, n, personal=kind)
+        for kind in (PERSONAL_TEXT, PERSONAL_HTML)
+    ]
+
+
 def matrix(*, quick: bool, scale: float = 1.0) -> list[Case]:
-    """Every run: throughput at each latency and size (the implicit-TLS rows after the plain
-    0 ms rows of their size), then memory with big lists.
+    """Every run: throughput at each latency and size (the implicit-TLS and personalised
+    rows after the plain 0 ms rows of their size), then memory with big lists.
 
     `quick` leaves out the 1,000,000-recipient run; `scale` multiplies the message counts
     (a smoke test of the harness; the ratios need 1.0).
@@ -107,6 +126,8 @@ def matrix(*, quick: bool, scale: float = 1.0) -> list[Case]:
             cases += _throughput(latency_ms, size, scale)
             if (latency_ms, size) == (0, TLS_SIZE):
                 cases += _implicit_tls(scale)
+            if (latency_ms, size) == (0, "2.4KB"):
+                cases += _personalised(scale)
     cases.append(Case(MEMORY, 0, BIG_SIZE, 1, True, 1, 1))
     for count in MEMORY_LISTS:
         if quick and count >= 1_000_000:

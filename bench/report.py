@@ -8,7 +8,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from cases import ASYNCMAILER, MEMORY, ORIGINAL, SMTP_SOURCE, TLS_CONCURRENCIES, TLS_SIZE, Case
+from cases import (
+    ASYNCMAILER,
+    MEMORY,
+    ORIGINAL,
+    PERSONAL_CPU_RATIO,
+    PERSONAL_HTML,
+    PERSONAL_TEXT,
+    SMTP_SOURCE,
+    TLS_CONCURRENCIES,
+    TLS_SIZE,
+    Case,
+)
 
 OK = "ok"
 
@@ -182,7 +193,7 @@ def _row(
             conc,
             tls,
         )
-        return same and (sender != ASYNCMAILER or case.pipelining is True)
+        return same and not case.personal and (sender != ASYNCMAILER or case.pipelining is True)
 
     return _find(rows, match)
 
@@ -227,8 +238,22 @@ def ratios(rows: Sequence[Row]) -> list[Ratio]:
                 100,
             )
         )
+    result.append(_personal_cpu(rows))
     result.extend(_long_list(rows))
     return result
+
+
+def _personal_cpu(rows: Sequence[Row]) -> Ratio:
+    """Personalised HTML+text against personalised text: CPU per message, at most 1.5x."""
+    name = f"0 ms, 2.4KB, c=32, personalised: {PERSONAL_HTML} / {PERSONAL_TEXT} CPU per message"
+    html = _find(rows, lambda c: c.personal == PERSONAL_HTML)
+    text = _find(rows, lambda c: c.personal == PERSONAL_TEXT)
+    a = html.cpu_per_1k if html else None
+    b = text.cpu_per_1k if text else None
+    if a is None or not b:
+        missing = _why(html, PERSONAL_HTML) if a is None else _why(text, PERSONAL_TEXT)
+        return Ratio(name, None, PERSONAL_CPU_RATIO, False, missing)
+    return Ratio(name, a / b, PERSONAL_CPU_RATIO, False)
 
 
 # The 1,000,000-recipient run (groups of 100, journal_sync full, --report): its targets.

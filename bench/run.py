@@ -121,14 +121,22 @@ def _argv(case: Case, ctx: Context, port: int, name: str) -> list[str]:
             *("-M", "localhost", "-f", workload.SENDER, "-t", workload.RECIPIENT),
             f"{sinks.HOST}:{port}",
         ]
+    personal = {
+        cases.PERSONAL_TEXT: ctx.work.personal_text,
+        cases.PERSONAL_HTML: ctx.work.personal_html,
+    }.get(case.personal)
+    listing = (workload.personal_recipients_file if personal else workload.recipients_file)(
+        ctx.folder, case.recipients
+    )
     spec = workload.CampaignSpec(
         port=port,
-        recipients=workload.recipients_file(ctx.folder, case.recipients),
+        recipients=listing,
         size=size,
         concurrency=case.concurrency,
         pipelining=bool(case.pipelining),
         group_size=case.group_size,
         tls_ca_file=ctx.certs.ca_file if case.tls and ctx.certs else None,
+        personal=personal,
     )
     campaign = workload.write_campaign(ctx.folder, name, ctx.work.body_file, spec)
     # Reports on, as a user runs it: every recipient's result goes to a CSV file as it comes.
@@ -219,26 +227,31 @@ REPEATS = 3  # the 0 ms rows behind the target ratios move +-15% between runs on
 
 def _compared(case: Case) -> bool:
     """The rows the 0 ms ratios compare: concurrency 32 (and every implicit-TLS row),
-    asyncmailer with pipelining and smtp-source."""
-    return (
+    asyncmailer with pipelining and smtp-source; and the two personalised rows."""
+    return bool(case.personal) or (
         case.latency_ms == 0
         and (case.concurrency == 32 or case.tls)
         and (case.sender == SMTP_SOURCE or (case.sender == ASYNCMAILER and bool(case.pipelining)))
     )
 
 
-def _ratio_key(case: Case) -> tuple[int, str, int, bool]:
+def _ratio_key(case: Case) -> tuple[int, str, int, bool, bool]:
     """Compared rows with the same key are the two sides of one ratio."""
-    return case.latency_ms, case.size, case.concurrency, case.tls
+    return case.latency_ms, case.size, case.concurrency, case.tls, bool(case.personal)
 
 
 def _median(rows: list[Row]) -> Row:
-    """The median run by msgs/s, its detail listing every run (or the first that failed)."""
-    done = sorted((r for r in rows if r.ok), key=lambda r: r.msgs_per_s or 0.0)
+    """The median run by msgs/s (personalised rows: by CPU per message, what their ratio
+    compares), its detail listing every run (or the first that failed)."""
+    if rows and rows[0].case.personal:
+        done = sorted((r for r in rows if r.ok), key=lambda r: r.cpu_per_1k or 0.0)
+        spread = ", ".join(f"{r.cpu_per_1k:.3f}" for r in done) + " CPU s/1k"
+    else:
+        done = sorted((r for r in rows if r.ok), key=lambda r: r.msgs_per_s or 0.0)
+        spread = ", ".join(f"{r.msgs_per_s:,.0f}" for r in rows) + " msgs/s"
     if len(done) < len(rows):
         return next(r for r in rows if not r.ok)
-    speeds = ", ".join(f"{r.msgs_per_s:,.0f}" for r in rows)
-    return replace(done[len(rows) // 2], detail=f"median of {len(rows)} runs: {speeds} msgs/s")
+    return replace(done[len(rows) // 2], detail=f"median of {len(rows)} runs: {spread}")
 
 
 def run_interleaved(cases: list[Case], names: dict[Case, str], ctx: Context) -> list[Row]:

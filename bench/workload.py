@@ -43,6 +43,31 @@ class MessageSize:
 class Workload:
     body_file: Path
     sizes: dict[str, MessageSize]
+    personal_text: Path  # the body as a template (about 2.4 KB)
+    personal_html: Path  # the same as an HTML template (about 2.4 KB), its text made from it
+
+
+PERSONAL_SUBJECT = "Hello {{ first_name }}, your asyncmailer benchmark"
+
+
+def _personal_text(body: str) -> str:
+    """The body as a text template: a greeting and a closing line filled per recipient."""
+    return body.replace("Hello,", "Hello {{ first_name }},", 1).replace(
+        "Regards,", "Regards to {{ city }},", 1
+    )
+
+
+def _personal_html(body: str) -> str:
+    """The same text as an HTML template of about the same size: a paragraph a line."""
+    _greeting, *lines, _closing = body.split("\n\n")
+    paragraphs = "".join(f"<p>{line}</p>\n" for line in "\n".join(lines).splitlines())
+    return (
+        '<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{{ first_name }}</title>'
+        "</head>\n<body>\n<h1>Hello {{ first_name }},</h1>\n"
+        f"{paragraphs}"
+        '<p>Regards to <a href="https://example.com/{{ city }}">{{ city }}</a>,<br>'
+        "the benchmark</p>\n</body></html>\n"
+    )
 
 
 def _body_text() -> str:
@@ -95,7 +120,10 @@ def prepare(folder: Path) -> Workload:
         "143KB": _write_size(folder, "143KB", body, attachment),
         "100MB": _write_big(folder, "100MB"),
     }
-    return Workload(body_file, sizes)
+    personal_text, personal_html = folder / "personal.txt", folder / "personal.html"
+    personal_text.write_text(_personal_text(body), encoding="utf-8")
+    personal_html.write_text(_personal_html(body), encoding="utf-8")
+    return Workload(body_file, sizes, personal_text, personal_html)
 
 
 def _write_big(folder: Path, label: str) -> MessageSize:
@@ -123,6 +151,21 @@ def recipients_file(folder: Path, count: int) -> Path:
     return path
 
 
+def personal_recipients_file(folder: Path, count: int) -> Path:
+    """A .csv list of `count` distinct addresses with a first name and a city each."""
+    path = folder / f"recipients-{count}.csv"
+    if not path.exists():
+        names = ("Ann", "Bob", "Zoë", "Ярослав", "Ines", "Mateo")
+        cities = ("Oslo", "São Paulo", "Москва", "Rome")
+        with path.open("w", encoding="utf-8") as handle:
+            handle.write("email,first_name,city\n")
+            handle.writelines(
+                f"user{i}@example.com,{names[i % len(names)]},{cities[i % len(cities)]}\n"
+                for i in range(count)
+            )
+    return path
+
+
 @dataclass(frozen=True, slots=True)
 class CampaignSpec:
     """The asyncmailer settings one row varies."""
@@ -134,6 +177,7 @@ class CampaignSpec:
     pipelining: bool
     group_size: int
     tls_ca_file: Path | None = None  # given: implicit TLS (security: ssl), verified against it
+    personal: Path | None = None  # given: personalize, with this template as the message
 
 
 def write_campaign(folder: Path, name: str, body_file: Path, spec: CampaignSpec) -> Path:
@@ -155,6 +199,11 @@ def write_campaign(folder: Path, name: str, body_file: Path, spec: CampaignSpec)
     }
     if spec.tls_ca_file:
         campaign["tls_ca_file"] = str(spec.tls_ca_file)  # tls_verify stays at its default, true
+    if spec.personal:
+        campaign.update(
+            subject=PERSONAL_SUBJECT, file_with_message=str(spec.personal), personalize=True
+        )
+        del campaign["group_size"]  # one recipient per message
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(campaign, sort_keys=False), encoding="utf-8")
     return path

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import email
 import json
 import re
 import signal
@@ -811,3 +812,26 @@ def test_suppress_add_token_verifies_it_with_the_campaign_key(
     listed = capsys.readouterr().out
     assert "bob@example.org  unsubscribe" in listed and "news" in listed
     assert "eve@" not in listed
+
+
+async def test_the_run_says_a_header_of_its_own_makes_one_recipient_per_message(
+    smtp_server: ServerFactory, make_campaign: CampaignFactory, tmp_path: Path
+) -> None:
+    running = await smtp_server()
+    (tmp_path / "list.csv").write_text("email,segment\na@example.com,vip\nb@example.org,new\n")
+    make_campaign(
+        port=running.server.ssl_port,
+        to=None,
+        cc=None,
+        recipients_file="list.csv",
+        personalize=True,
+        headers={"X-Campaign": "november-{{ segment }}", "X-Segment": "{{ segment }}"},
+    )
+    code, _out, err = await run_cli(cwd=tmp_path)
+    assert code == 0, err
+    assert (
+        "asyncmailer: one recipient per message: each carries its own X-Campaign, X-Segment "
+        "headers\n"
+    ) in err
+    headers = [email.message_from_bytes(m.data)["X-Campaign"] for m in running.messages]
+    assert sorted(headers) == ["november-new", "november-vip"]

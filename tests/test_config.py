@@ -302,3 +302,64 @@ async def test_a_password_in_the_environment_that_is_not_utf8_is_one_line(
     path = make_campaign()
     with pytest.raises(ConfigError, match="ASYNCMAILER_PASSWORD is not valid UTF-8"):
         await load_campaign(path, env={"ASYNCMAILER_PASSWORD": "pass\udcffword"})
+
+
+@pytest.mark.parametrize(
+    ("keys", "reason"),
+    [
+        ({"recipients_encoding": "utf-9"}, "'utf-9' is not a text encoding Python knows"),
+        ({"recipients_encoding": "base64"}, "'base64' is not a text encoding Python knows"),
+        ({"recipients_encoding": 1251}, "expected a string, got a number"),
+        ({"recipients_delimiter": ";;"}, 'expected one character (",", ";", "|") or "tab"'),
+        ({"recipients_delimiter": '"'}, "got '\"'"),
+        ({"recipients_delimiter": "\n"}, "expected one character"),
+        ({"recipients_delimiter": "a"}, "expected one character"),
+        (
+            {"recipients_delimiter": ";", "recipients_file": "list.txt"},
+            "goes with a .csv recipients_file",
+        ),
+    ],
+)
+async def test_list_encoding_and_delimiter_are_checked_at_load(
+    make_campaign: CampaignFactory, tmp_path: Path, keys: dict[str, object], reason: str
+) -> None:
+    (tmp_path / "list.csv").write_text("email\na@example.com\n")
+    (tmp_path / "list.txt").write_text("a@example.com\n")
+    path = make_campaign(to=None, cc=None, **{"recipients_file": "list.csv", **keys})
+    with pytest.raises(ConfigError) as caught:
+        await load_campaign(path, env={})
+    [key] = [k for k in keys if k != "recipients_file"]
+    assert caught.value.field == key
+    assert str(caught.value).startswith(f"{path}:{line_of(path, chr(34) + key + chr(34))}: {key}: ")
+    assert reason in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("encoding", "codec"),
+    [
+        ("cp1251", "cp1251"),
+        ("Windows-1251", "cp1251"),
+        ("latin-1", "iso8859-1"),
+        ("UTF-16", "utf-16"),
+    ],
+)
+@pytest.mark.parametrize(
+    ("written", "delimiter"), [(";", ";"), ("tab", "\t"), ("\\t", "\t"), ("\t", "\t")]
+)
+async def test_list_encoding_and_delimiter_keys(
+    make_campaign: CampaignFactory,
+    tmp_path: Path,
+    encoding: str,
+    codec: str,
+    written: str,
+    delimiter: str,
+) -> None:
+    (tmp_path / "list.csv").write_text("email\na@example.com\n")
+    keys = {"recipients_encoding": encoding, "recipients_delimiter": written}
+    path = make_campaign(to=None, cc=None, recipients_file="list.csv", suffix=".yaml", **keys)
+    campaign = await load_campaign(path, env={})
+    assert (campaign.recipients_encoding, campaign.recipients_delimiter) == (codec, delimiter)
+    default = await load_campaign(
+        make_campaign(to=None, cc=None, recipients_file="list.csv"), env={}
+    )
+    assert (default.recipients_encoding, default.recipients_delimiter) == ("utf-8", None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email
+import quopri
 import random
 import string
 from email import policy
@@ -203,7 +204,7 @@ def _package_text(text: str) -> bytes:
     return prepare_data(part.as_bytes(policy=POLICY).partition(b"\r\n\r\n")[2], terminate=False)
 
 
-def test_personal_parts_match_the_email_package_byte_for_byte() -> None:
+def test_personal_parts_match_the_email_package() -> None:
     # Subjects, names in To and texts are written without the email package when it would
     # change nothing; random ones from a fixed seed, checked against the package.
     chance = random.Random(20261126)
@@ -218,10 +219,25 @@ def test_personal_parts_match_the_email_package_byte_for_byte() -> None:
         mailbox = Mailbox("user@example.com", name)
         if "=?" not in name:  # those are encoded so that clients show them as written
             assert _address_header("To", [mailbox]) == _package_fold("To", str(mailbox)), name
+    # Texts are encoded by binascii, not the email package: the same text once decoded, in
+    # lines of at most 76 characters, dot-stuffed, with CRLF only.
     pieces = ["a", "Z", " ", "\t", "\n", "\r\n", "\r", ".", "=", "é", "日", "x" * 80, "\u2028"]
-    for _ in range(1000):
+    for _ in range(3000):
         text = "".join(chance.choice(pieces) for _ in range(chance.randint(0, 40)))
-        assert _encode_text(text) == _package_text(text), repr(text)
+        encoded = _encode_text(text)
+        assert encoded.isascii() and encoded.endswith(b"\r\n"), repr(text)
+        lines = encoded.split(b"\r\n")[:-1]
+        assert b"\r" not in encoded.replace(b"\r\n", b"") and b"\n" not in b"".join(lines)
+        assert all(len(line) <= 76 + line.startswith(b".") for line in lines), repr(text)
+        unstuffed = b"\r\n".join(line[1:] if line.startswith(b".") else line for line in lines)
+        decoded = quopri.decodestring(unstuffed + b"\r\n")
+        assert decoded == b"\r\n".join(text.encode().splitlines()) + b"\r\n", repr(text)
+        package = _package_text(text)  # what the email package writes, decoded alike
+        assert decoded == quopri.decodestring(
+            b"\r\n".join(
+                line[1:] if line.startswith(b".") else line for line in package.split(b"\r\n")
+            )
+        ), repr(text)
 
 
 def test_a_name_that_looks_like_an_encoded_word_shows_as_written() -> None:
@@ -229,3 +245,29 @@ def test_a_name_that_looks_like_an_encoded_word_shows_as_written() -> None:
     header = _address_header("To", [mailbox])
     parsed = email.message_from_bytes(header + b"\r\n", policy=policy.default)
     assert parsed["To"].addresses[0].display_name == "=?utf-8?b?QWRtaW4=?="
+
+
+def test_personal_headers_are_encoded_and_round_trip() -> None:
+    template = MessageTemplate(
+        sender=Mailbox("me@example.com"),
+        subject="unused",
+        body="unused",
+        personal=True,
+        headers=[("X-Shared", "same")],
+    )
+    values = [
+        "plain",
+        "x" * 120,  # ASCII, folded
+        "Тут будет очень длинная тема There will be a very long topic here " * 2,
+        "=?utf-8?q?not-an-encoded-word?=",
+        "日本語  two  spaces",
+    ]
+    for value in values:
+        parts = template.render_parts(
+            to=[Mailbox("a@example.com")], subject="S", text="t\n", headers=[("X-Mine", value)]
+        )
+        data = b"".join(in_memory(parts))
+        head = data.partition(b"\r\n\r\n")[0]
+        assert head.isascii() and all(len(line) <= 78 for line in head.split(b"\r\n"))
+        message = BytesParser(policy=policy.default).parsebytes(data)
+        assert message["X-Mine"] == value and message["X-Shared"] == "same"

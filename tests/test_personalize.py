@@ -206,3 +206,104 @@ async def test_a_body_that_fails_on_one_row_skips_only_that_recipient(
     [bad] = report.problems
     assert (bad.recipient, bad.status) == ("bob@example.com", Status.SKIPPED)
     assert bad.message == "not sent: template error: integer division or modulo by zero"
+
+
+# Header values as templates (issue 13, item 2).
+
+
+def test_header_templates_render_per_row_and_refuse_line_breaks() -> None:
+    p = Personalizer(
+        subject="Hi",
+        body="Hello\n",
+        config=Path("c.yaml"),
+        body_file=Path("msg.txt"),
+        headers=[("X-Campaign", "november-{{ segment }}"), ("X-To", "{{ name }} <{{ email }}>")],
+    )
+    context = p.context(Mailbox("zoe@example.com", "Zoë"), {"segment": "vip"})
+    assert p.headers(context) == [
+        ("X-Campaign", "november-vip"),
+        ("X-To", "Zoë <zoe@example.com>"),  # not autoescaped: a header is no HTML
+    ]
+    bad = p.context(Mailbox("a@example.com"), {"segment": "x\r\nBcc: evil@example.com"})
+    with pytest.raises(ValueError) as caught:
+        p.headers(bad)
+    assert str(caught.value) == (
+        "X-Campaign header contains a line break (CR/LF), which could inject headers"
+    )
+    nul = p.context(Mailbox("a@example.com"), {"segment": "x\x00"})
+    with pytest.raises(ValueError, match="X-Campaign header contains a control character"):
+        p.headers(nul)
+    with pytest.raises(ValueError, match="X-Campaign header: template error: 'segment'"):
+        p.headers(p.context(Mailbox("a@example.com"), {}))
+
+
+def test_a_header_template_is_checked_against_the_lists_columns() -> None:
+    p = Personalizer(
+        subject="Hi",
+        body="Hello\n",
+        config=Path("c.yaml"),
+        body_file=Path("msg.txt"),
+        headers=[("X-Segment", "{{ segmnet }}")],
+    )
+    with pytest.raises(InputError) as caught:
+        p.check_fields(("email", "segment"), Path("l.csv"))
+    assert str(caught.value) == (
+        "c.yaml: headers: X-Segment: uses 'segmnet', which l.csv does not have "
+        "(it has email, segment; also email, name and row)"
+    )
+    with pytest.raises(InputError) as caught:
+        Personalizer(
+            subject="Hi",
+            body="Hello\n",
+            config=Path("c.yaml"),
+            body_file=Path("msg.txt"),
+            headers=[("X-Segment", "{{ segment }")],
+        )
+    assert str(caught.value).startswith("c.yaml: headers: X-Segment: template error:")
+
+
+async def test_header_templates_reach_the_server_per_recipient(
+    smtp_server: ServerFactory, make_campaign: CampaignFactory, tmp_path: Path
+) -> None:
+    running = await smtp_server()
+    listing = tmp_path / "list.csv"
+    listing.write_text(
+        "email,first_name,segment\n"
+        "ann@example.com,Ann,vip\n"
+        'bob@example.com,Bob,"x\r\nBcc: evil@example.com"\n'  # refused: this row only
+        'zoe@example.com,Zoë,"Школа и дом очень длинная строка, которая будет свёрнута"\n',
+        encoding="utf-8",
+    )
+    path = personal_campaign(
+        make_campaign,
+        running,
+        listing,
+        subject="Hello {{ first_name }}",
+        body="Hi {{ first_name }}\n",
+        headers={
+            "X-Campaign": "november-{{ segment }}",
+            "X-Greeting": '{{ first_name | default("friend") }} & co',
+            "Precedence": "bulk",  # no tag: the same in every message, built once
+        },
+    )
+    report = await run_campaign(await load_campaign(path, env={}))
+    assert report.counts[Status.ACCEPTED] == 2, report.problems
+    [bad] = report.problems
+    assert (bad.recipient, bad.message) == (
+        "bob@example.com",
+        f"{listing}:3: X-Campaign header contains a line break (CR/LF), which could inject headers",
+    )
+    assert all(b"evil" not in m.data for m in running.messages)
+    got = {m.rcpt_tos[0]: m for m in running.messages}
+    assert sorted(got) == ["ann@example.com", "zoe@example.com"]
+    ann, zoe = parse(got["ann@example.com"].data), parse(got["zoe@example.com"].data)
+    assert (ann["X-Campaign"], ann["X-Greeting"], ann["Precedence"]) == (
+        "november-vip",
+        "Ann & co",
+        "bulk",
+    )
+    segment = "Школа и дом очень длинная строка, которая будет свёрнута"
+    assert (zoe["X-Campaign"], zoe["X-Greeting"]) == (f"november-{segment}", "Zoë & co")
+    head = got["zoe@example.com"].data.partition(b"\r\n\r\n")[0]
+    assert head.isascii() and b"X-Campaign: =?utf-8?" in head  # RFC 2047, folded
+    assert all(len(line) <= 78 for line in head.split(b"\r\n"))

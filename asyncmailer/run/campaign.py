@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -42,11 +43,15 @@ if TYPE_CHECKING:  # jinja2 is imported only by campaigns that personalise (star
 
 __all__ = [
     "RunOptions",
+    "personal_headers",
     "prepare_message",
     "prepare_personalizer",
     "run_campaign",
     "smtp_transport",
 ]
+
+# Where Jinja's default syntax begins a tag (personalize.is_template, without importing jinja2).
+_TAG = re.compile(r"\{[{%#]")
 
 
 @dataclass(slots=True)
@@ -73,6 +78,14 @@ class RunOptions:
     began: float = 0.0
 
 
+def personal_headers(campaign: Campaign) -> tuple[tuple[str, str], ...]:
+    """The extra headers made for each recipient: with `personalize`, those whose value holds
+    a template tag (the rest are the same in every message, built once with it)."""
+    if not campaign.personalize:
+        return ()
+    return tuple(header for header in campaign.headers if _TAG.search(header[1]))
+
+
 async def prepare_message(campaign: Campaign) -> MessageTemplate:
     """Read the body and attachments without blocking and build the message once.
 
@@ -91,7 +104,7 @@ async def prepare_message(campaign: Campaign) -> MessageTemplate:
         attachments=attachments,
         personal=campaign.personalize,
         reply_to=campaign.reply_to,
-        headers=campaign.headers,
+        headers=[h for h in campaign.headers if h not in personal_headers(campaign)],
         list_unsubscribe=campaign.list_unsubscribe,
         html=html,
         images=images,
@@ -108,7 +121,7 @@ async def load_bodies(campaign: Campaign) -> tuple[str, str | None, list[Attachm
         return source, None, []
     html = source
     if campaign.message_file.suffix.lower() in MARKDOWN:
-        html = render_markdown(source, campaign.subject)
+        html = render_markdown(source, campaign.subject, templates=campaign.personalize)
     html, images = await inline_images(html, campaign.message_file.parent)
     if campaign.text_file is not None:
         text = await load_body(campaign.text_file)
@@ -131,6 +144,7 @@ async def prepare_personalizer(campaign: Campaign) -> Personalizer | None:
         subject=campaign.subject,
         body=text,
         html=html,
+        headers=personal_headers(campaign),
         config=campaign.source,
         body_file=campaign.message_file,
     )

@@ -315,6 +315,7 @@ class Dispatcher:
             subject=personalizer.subject(context),
             text=personalizer.body(context),
             html=personalizer.html(context),
+            headers=personalizer.headers(context),
         )
         return Transaction(envelope, parts)
 

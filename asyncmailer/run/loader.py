@@ -28,10 +28,13 @@ FIRST_BATCH = 20_000
 
 
 def check_row(personalizer: Personalizer, item: Recipient) -> str | None:
-    """Why this row cannot make its subject (None: it can). Only the subject is made here, as
-    it can fail on the row's values (a line break); the body is made once, when sent."""
+    """Why this row cannot make its subject or headers (None: it can). Only they are made
+    here, as they can fail on the row's values (a line break); the body is made once, when
+    sent."""
     try:
-        personalizer.subject(personalizer.context(item.mailbox, item.fields))
+        context = personalizer.context(item.mailbox, item.fields)
+        personalizer.subject(context)
+        personalizer.headers(context)
     except ValueError as err:
         return str(err)
     return None
@@ -157,6 +160,8 @@ class Loader:
             campaign.recipients_file,
             column=campaign.recipients_column,
             name_column=campaign.name_column,
+            encoding=campaign.recipients_encoding,
+            delimiter=campaign.recipients_delimiter,
         )
         await source.scan()
         keep = personalizer is not None or campaign.send_at_local is not None  # row fields
@@ -237,8 +242,8 @@ class _Pending:
         personalizer: Personalizer | None,
         path: Path,
     ) -> None:
-        """Good rows `start` to `end` of `rows`; when personalising, those whose subject
-        cannot be made are bad rows instead."""
+        """Good rows `start` to `end` of `rows`; when personalising, those whose subject or
+        headers cannot be made are bad rows instead."""
         if personalizer is None:
             self.mailboxes.extend(rows.mailboxes[start:end])
             if self.fields is not None and rows.fields is not None:  # kept for send_at_local
