@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..attachments import Attachment, load_attachments
-from ..config import Campaign, Security
+from ..config import Campaign, DkimSettings, Security
 from ..html_body import MARKDOWN, inline_images, render_markdown
 from ..html_text import html_to_text
 from ..journal.files import journal_path
@@ -83,6 +83,7 @@ async def prepare_message(campaign: Campaign) -> MessageTemplate:
         list_unsubscribe=campaign.list_unsubscribe,
         html=html,
         images=images,
+        dkim=campaign.dkim.signer if isinstance(campaign.dkim, DkimSettings) else None,
     )
 
 
