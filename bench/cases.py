@@ -20,6 +20,11 @@ BIG_SIZE = "100MB"  # one message with one 100 MB attachment: peak RSS, target <
 # 0 ms with the 2.4 KB message and the same counts as the plain 0 ms rows.
 TLS_SIZE = "2.4KB"
 TLS_CONCURRENCIES = (8, 32)
+# DKIM signing's cost: asyncmailer at 0 ms, 2.4 KB, c=32, unsigned and signed with each key,
+# taking turns in one run (bench/run.py), compared by CPU per message.
+DKIM_KINDS = ("unsigned", "rsa-2048", "ed25519")
+DKIM_SIZE = "2.4KB"
+DKIM_CONCURRENCY = 32
 
 # Messages per run. At 0 ms: per size; at 50 ms: for concurrency 32, proportionally fewer below.
 _COUNT_0MS = {"2.4KB": 10_000, "143KB": 2_000}
@@ -41,10 +46,14 @@ class Case:
     messages: int  # SMTP transactions
     recipients: int
     tls: bool = False  # implicit TLS through stunnel to the sink (see tls.py)
+    dkim: str | None = None  # one of DKIM_KINDS: a row of the signing comparison
 
     @property
     def label(self) -> str:
-        """The sender as the table names it; over TLS, with how it gets there."""
+        """The sender as the table names it; over TLS, with how it gets there; signed or not
+        in the DKIM rows."""
+        if self.dkim is not None:
+            return f"{self.sender}, DKIM {self.dkim}"
         if not self.tls:
             return self.sender
         how = "via stunnel" if self.sender == SMTP_SOURCE else "(ssl)"
@@ -94,9 +103,18 @@ def _implicit_tls(scale: float) -> list[Case]:
     ]
 
 
+def _signing(scale: float) -> list[Case]:
+    """asyncmailer unsigned, then signing with an RSA-2048 and an Ed25519 key."""
+    n = _scaled(_COUNT_0MS[DKIM_SIZE], scale)
+    return [
+        Case(ASYNCMAILER, 0, DKIM_SIZE, DKIM_CONCURRENCY, True, n, n, dkim=kind)
+        for kind in DKIM_KINDS
+    ]
+
+
 def matrix(*, quick: bool, scale: float = 1.0) -> list[Case]:
-    """Every run: throughput at each latency and size (the implicit-TLS rows after the plain
-    0 ms rows of their size), then memory with big lists.
+    """Every run: throughput at each latency and size (the implicit-TLS and DKIM rows after
+    the plain 0 ms rows of their size), then memory with big lists.
 
     `quick` leaves out the 1,000,000-recipient run; `scale` multiplies the message counts
     (a smoke test of the harness; the ratios need 1.0).
@@ -107,6 +125,8 @@ def matrix(*, quick: bool, scale: float = 1.0) -> list[Case]:
             cases += _throughput(latency_ms, size, scale)
             if (latency_ms, size) == (0, TLS_SIZE):
                 cases += _implicit_tls(scale)
+            if (latency_ms, size) == (0, DKIM_SIZE):
+                cases += _signing(scale)
     cases.append(Case(MEMORY, 0, BIG_SIZE, 1, True, 1, 1))
     for count in MEMORY_LISTS:
         if quick and count >= 1_000_000:

@@ -129,6 +129,7 @@ def _argv(case: Case, ctx: Context, port: int, name: str) -> list[str]:
         pipelining=bool(case.pipelining),
         group_size=case.group_size,
         tls_ca_file=ctx.certs.ca_file if case.tls and ctx.certs else None,
+        dkim_key=ctx.work.dkim_keys.get(case.dkim or ""),
     )
     campaign = workload.write_campaign(ctx.folder, name, ctx.work.body_file, spec)
     # Reports on, as a user runs it: every recipient's result goes to a CSV file as it comes.
@@ -222,6 +223,7 @@ def _compared(case: Case) -> bool:
     asyncmailer with pipelining and smtp-source."""
     return (
         case.latency_ms == 0
+        and case.dkim is None
         and (case.concurrency == 32 or case.tls)
         and (case.sender == SMTP_SOURCE or (case.sender == ASYNCMAILER and bool(case.pipelining)))
     )
@@ -412,6 +414,10 @@ def run_all(
             pair = [c for c in plan if _compared(c) and _ratio_key(c) == _ratio_key(case)]
             ready.update(zip(pair, run_interleaved(pair, names, ctx), strict=True))
             row = ready.pop(case)
+        elif row is None and case.dkim is not None:  # unsigned and signed, taking turns
+            signing = [c for c in plan if c.dkim is not None]
+            ready.update(zip(signing, run_interleaved(signing, names, ctx), strict=True))
+            row = ready.pop(case)
         elif row is None:
             row = run_case(case, ctx, names[case])
         _progress(number, len(plan), row)
@@ -432,6 +438,9 @@ def main() -> int:
     print()
     for line in lines:
         print(line.line())
+    costs = report.signing_costs(rows)
+    for cost in costs:
+        print(cost)
     for note in notes:
         print(f"note: {note}")
     meta = {
@@ -443,6 +452,7 @@ def main() -> int:
         "duration_s": round(time.monotonic() - started, 1),
         "message_bytes_stdlib": sizes,
         "notes": notes,
+        "dkim_signing": costs,
     }
     report.write_json(args.output, meta, rows, lines)
     print(f"results written to {args.output}")

@@ -43,6 +43,7 @@ class MessageSize:
 class Workload:
     body_file: Path
     sizes: dict[str, MessageSize]
+    dkim_keys: dict[str, Path]  # a private key file per kind of cases.DKIM_KINDS signed
 
 
 def _body_text() -> str:
@@ -95,7 +96,32 @@ def prepare(folder: Path) -> Workload:
         "143KB": _write_size(folder, "143KB", body, attachment),
         "100MB": _write_big(folder, "100MB"),
     }
-    return Workload(body_file, sizes)
+    return Workload(body_file, sizes, _write_dkim_keys(folder))
+
+
+def _write_dkim_keys(folder: Path) -> dict[str, Path]:
+    """An RSA-2048 and an Ed25519 key (PEM, mode 600), made with cryptography (a dependency
+    of asyncmailer)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
+    keys = {
+        "rsa-2048": rsa.generate_private_key(public_exponent=65537, key_size=2048),
+        "ed25519": ed25519.Ed25519PrivateKey.generate(),
+    }
+    paths = {}
+    for kind, key in keys.items():
+        path = folder / f"dkim-{kind}.pem"
+        path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        path.chmod(0o600)
+        paths[kind] = path
+    return paths
 
 
 def _write_big(folder: Path, label: str) -> MessageSize:
@@ -134,6 +160,7 @@ class CampaignSpec:
     pipelining: bool
     group_size: int
     tls_ca_file: Path | None = None  # given: implicit TLS (security: ssl), verified against it
+    dkim_key: Path | None = None  # given: every message signed with this key (dkim:)
 
 
 def write_campaign(folder: Path, name: str, body_file: Path, spec: CampaignSpec) -> Path:
@@ -155,6 +182,12 @@ def write_campaign(folder: Path, name: str, body_file: Path, spec: CampaignSpec)
     }
     if spec.tls_ca_file:
         campaign["tls_ca_file"] = str(spec.tls_ca_file)  # tls_verify stays at its default, true
+    if spec.dkim_key:
+        campaign["dkim"] = {
+            "domain": "example.com",
+            "selector": "bench",
+            "key_file": str(spec.dkim_key),
+        }
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(campaign, sort_keys=False), encoding="utf-8")
     return path
