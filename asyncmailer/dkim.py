@@ -4,6 +4,7 @@ the private key, the body hash, and the DKIM-Signature header of one message."""
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import re
 from collections.abc import Sequence
@@ -54,6 +55,7 @@ OVERSIGNED = frozenset(
     {"from", "reply-to", "subject", "to", "cc", "list-unsubscribe", "list-unsubscribe-post"}
 )
 
+_SIGNED_BYTES = tuple(name.encode("ascii") for name in SIGNED)
 _CHUNK = 1 << 20  # a spooled attachment is hashed a MiB at a time, never read whole
 _LEADING_DOT = re.compile(rb"^\.", re.MULTILINE)  # SMTP's dot-stuffing, undone
 _WSP = re.compile(rb"[ \t]+")
@@ -161,16 +163,15 @@ def load_key(pem: bytes) -> DkimKey:
 
 def header_fields(block: bytes) -> list[tuple[bytes, bytes]]:
     """Each header field of `block` (whole CRLF-terminated fields, folded or not) as its
-    lower-case name and the field as written."""
-    return [(m[1].strip().lower(), m[0]) for m in _FIELD.finditer(block)]
-
-
-def _relaxed_header(field: bytes) -> bytes:
-    """RFC 6376 3.4.2: the name in lower case, the value unfolded, white space runs as one
-    space, none around the colon or at the ends."""
-    name, _, value = field.partition(b":")
-    value = _WSP.sub(b" ", _FOLD.sub(b"", value)).strip(b" \r\n")
-    return name.strip().lower() + b":" + value + b"\r\n"
+    lower-case name and its relaxed canonical form (RFC 6376 3.4.2: the value unfolded, white
+    space runs as one space, none around the colon or at the ends), which is what is signed:
+    made once for the fields every message shares."""
+    fields = []
+    for match in _FIELD.finditer(block):
+        name = match[1].strip().lower()
+        value = _WSP.sub(b" ", _FOLD.sub(b"", match[2])).strip(b" \r\n")
+        fields.append((name, name + b":" + value + b"\r\n"))
+    return fields
 
 
 class BodyHash:
@@ -250,21 +251,20 @@ class DkimSigner:
         present: dict[bytes, list[bytes]] = {}
         for field_name, field in fields:
             present.setdefault(field_name, []).append(field)
-        names: list[str] = []
+        counts: list[int] = []
         data: list[bytes] = []
-        for name in SIGNED:
-            found = present.get(name.encode("ascii"), [])
-            # A verifier takes a name's fields from the bottom up (RFC 6376 5.4.2); an h=
-            # entry past the last of them stands for none, and so for "no more of these"
-            # (for a header the message lacks: "none of these").
-            names += [name] * (len(found) + (name in OVERSIGNED))
-            data += [_relaxed_header(field) for field in reversed(found)]
+        for name in _SIGNED_BYTES:
+            found = present.get(name, ())
+            counts.append(len(found))
+            # A verifier takes a name's fields from the bottom up (RFC 6376 5.4.2).
+            data += reversed(found)
         head = (
             f"DKIM-Signature: v=1; a={self.key.algorithm}; c=relaxed/relaxed;\r\n"
             f"\td={self.domain}; s={self.selector}; t={timestamp};\r\n"
-            f"\th={_folded_list(names)};\r\n\tbh={body_hash};\r\n\tb="
+            f"\th={_h_tag(tuple(counts))};\r\n\tbh={body_hash};\r\n\tb="
         ).encode("ascii")
-        data.append(_relaxed_header(head).removesuffix(b"\r\n"))
+        [(_, canonical)] = header_fields(head + b"\r\n")
+        data.append(canonical.removesuffix(b"\r\n"))
         signed = base64.b64encode(self.key.sign(b"".join(data)))
         first = _LINE - len(b"\tb=")
         pieces = [signed[:first]] + [
@@ -273,8 +273,18 @@ class DkimSigner:
         return head + b"\r\n\t".join(pieces) + b"\r\n"
 
 
-def _folded_list(names: Sequence[str]) -> str:
-    """h= as name:name:..., folded before a name where a line would grow too long."""
+@functools.lru_cache(maxsize=64)
+def _h_tag(counts: tuple[int, ...]) -> str:
+    """h= for a message with `counts` fields of each name of `SIGNED`: each name as often as
+    the message has it, an over-signed one once more. An h= entry past the last field of its
+    name stands for none, and so for "no more of these" (for a header the message lacks:
+    "none of these"). Folded before a name where a line would grow too long; the same few
+    shapes recur, so each is made once."""
+    names = [
+        name
+        for name, count in zip(SIGNED, counts, strict=True)
+        for _ in range(count + (name in OVERSIGNED))
+    ]
     lines = [""]
     for name in names:
         piece = f":{name}" if lines[-1] else name

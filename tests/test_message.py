@@ -294,4 +294,5 @@ def test_one_body_hash_for_shared_bodies_and_one_per_personal_body() -> None:
     ]
     assert tags(made[0])["bh"] != tags(made[1])["bh"]
     assert all(verifies(_unstuffed(parts), "rsa-2048") for parts in made)
-    assert not personal.renders_slowly  # nothing spooled: rendered on the event loop
+    assert personal.renders_slowly  # an RSA signature: made in a thread
+    assert not shared.renders_slowly  # Ed25519, nothing spooled: on the event loop
