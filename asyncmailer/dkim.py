@@ -135,6 +135,11 @@ def load_key(pem: bytes) -> DkimKey:
     """
     if b"-----BEGIN" not in pem:
         raise DkimKeyError("not a PEM private key (expected -----BEGIN PRIVATE KEY-----)")
+    if b"PRIVATE KEY-----" not in pem and (b"PUBLIC KEY-----" in pem or b"CERTIFICATE" in pem):
+        raise DkimKeyError(
+            "a public key or a certificate: key_file is the private key (the public key is "
+            "what goes in DNS)"
+        )
     try:
         key = serialization.load_pem_private_key(pem, password=None)
     except TypeError:  # cryptography says so for a key with a passphrase

@@ -161,7 +161,7 @@ def _openssl(*args: str, stdin: bytes = b"") -> bytes:
         (lambda: b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n", "damaged"),
         (
             lambda: public_pem("rsa-2048"),
-            "not a PEM private key",
+            "a public key or a certificate: key_file is the private key",
         ),
         (
             lambda: ec.generate_private_key(ec.SECP256R1()).private_bytes(

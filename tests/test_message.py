@@ -296,3 +296,14 @@ def test_one_body_hash_for_shared_bodies_and_one_per_personal_body() -> None:
     assert all(verifies(_unstuffed(parts), "rsa-2048") for parts in made)
     assert personal.renders_slowly  # an RSA signature: made in a thread
     assert not shared.renders_slowly  # Ed25519, nothing spooled: on the event loop
+
+
+def test_a_personal_html_message_with_an_image_verifies() -> None:
+    image = Attachment("logo.png", "image/png", b"\x89PNG\r\n" + bytes(range(256)))
+    template = _signed_template(personal=True, html="<p>stand-in</p>", images=[image])
+    parts = template.render_parts(
+        to=[Mailbox("a@example.com")], subject="Hi Ann", text="Hi Ann\n", html="<p>Hi Ann</p>\n"
+    )
+    data = _unstuffed(in_memory(parts))
+    assert b"Hi Ann" in data and verifies(data, "ed25519")
+    assert not verifies(data.replace(b"<p>Hi Ann", b"<p>Hi Eve"), "ed25519")
