@@ -2,7 +2,8 @@
 
 A `MessageTemplate` holds the bytes shared by every message of a campaign (From, Subject, the
 text body and every attachment, already base64-encoded, CRLF-terminated and dot-stuffed).
-`render()` adds the headers that differ per message (Date, Message-ID, To, Cc) and returns the
+`render()` adds the headers that differ per message (Date, Message-ID, To, Cc, and the
+DKIM-Signature when the campaign signs) and returns the
 exact bytes to write after DATA, final ``.`` included: nothing is re-encoded or re-scanned per send.
 """
 
