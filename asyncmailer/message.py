@@ -255,6 +255,10 @@ class MessageTemplate:
             except BaseException:
                 self.close()
                 raise
+        self._slow = dkim is not None and (
+            dkim.key.algorithm is Algorithm.RSA_SHA256
+            or any(isinstance(p, Spooled) for p in self._shared[self._body_from :])
+        )
         self._msgid_domain = sender.domain
         self._date_second = -1
         self._date_header = b""
@@ -284,10 +288,7 @@ class MessageTemplate:
         """A message takes long enough to make that it is made in a thread: an RSA signature
         (~0.3 ms in OpenSSL, which lets go of the GIL meanwhile), or a signed personal message
         that reads a spooled attachment again for its own body hash."""
-        return self._dkim is not None and (
-            self._dkim.key.algorithm is Algorithm.RSA_SHA256
-            or any(isinstance(p, Spooled) for p in self._shared[self._body_from :])
-        )
+        return self._slow
 
     def _signed(self, head: bytes, made: dict[_Slot, bytes] | None = None) -> bytes:
         """`head` with the DKIM-Signature header on top, when the campaign signs; `made`:
