@@ -7,6 +7,7 @@ Every problem is an `InputError`/`ConfigError` whose text is one line naming fil
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import difflib
 import ipaddress
@@ -26,10 +27,11 @@ import aiofiles
 import aiofiles.os
 
 from .addresses import Mailbox, check_header_value, dedupe, parse_address_list, parse_mailbox
-from .errors import ConfigError
+from .dkim import DkimKey, DkimKeyError, DkimSigner, load_key
+from .errors import ConfigError, InputError
 from .html_body import HTML, MARKDOWN
 from .schedule import Schedule, parse_duration, zone
-from .textfiles import read_secret, read_text
+from .textfiles import read_secret, read_secret_bytes, read_text
 from .unsubscribe import EMAIL, TOKEN, ListUnsubscribe
 
 __all__ = [
@@ -121,11 +123,22 @@ DKIM_BY_RELAY: Literal["relay"] = "relay"  # `dkim: relay`: the relay signs, not
 @dataclass(frozen=True, slots=True)
 class DkimSettings:
     """`dkim: {domain, selector, key_file}`: asyncmailer signs every message (d=, s=) with
-    the private key in `key_file` (PEM: RSA of 1024 bits or more, or Ed25519)."""
+    the private key in `key_file` (PEM: RSA of 1024 bits or more, or Ed25519), read and
+    checked when the campaign is loaded."""
 
     domain: str  # ASCII (IDNA): the d= tag, and where the public key is published
     selector: str  # the s= tag: the key is at <selector>._domainkey.<domain>
     key_file: Path
+    key: DkimKey = field(compare=False)  # its repr names only its kind and size
+
+    @property
+    def signer(self) -> DkimSigner:
+        return DkimSigner(self.domain, self.selector, self.key)
+
+    @property
+    def dns_name(self) -> str:
+        """Where the public key is published (a TXT record: `DkimKey.public_record()`)."""
+        return f"{self.selector}._domainkey.{self.domain}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -683,7 +696,9 @@ _SELECTOR = re.compile(
 )
 
 
-async def _dkim(fields: _Fields, root: Path) -> DkimSettings | Literal["relay"] | None:
+async def _dkim(
+    fields: _Fields, root: Path, notices: list[str]
+) -> DkimSettings | Literal["relay"] | None:
     value = fields.data.get("dkim")
     if value is None:
         return None
@@ -705,7 +720,20 @@ async def _dkim(fields: _Fields, root: Path) -> DkimSettings | Literal["relay"] 
     found = Path(value["key_file"]).expanduser()
     key_file = found if found.is_absolute() else root / found
     await _regular_file(fields, key, key_file)
-    return DkimSettings(domain=domain, selector=selector, key_file=key_file)
+    try:
+        pem, warnings = await read_secret_bytes(key_file, "key file")
+        signing_key = await asyncio.to_thread(load_key, pem)  # an RSA key takes ~1 ms
+    except InputError as err:
+        raise fields.error(key, f"key_file {key_file}: {err.reason}") from None
+    except DkimKeyError as err:
+        raise fields.error(key, f"key_file {key_file}: {err}") from None
+    notices.extend(warnings)
+    if signing_key.weak:
+        notices.append(
+            f"warning: {key_file} is an RSA key of {signing_key.bits} bits; Gmail, Yahoo and "
+            "Microsoft expect 2048 (docs/configuration.md: dkim)"
+        )
+    return DkimSettings(domain=domain, selector=selector, key_file=key_file, key=signing_key)
 
 
 async def _regular_file(fields: _Fields, key: str, path: Path) -> None:
@@ -821,7 +849,7 @@ async def load_campaign(
         raise fields.error("attachments", f"folder not found: {attachments_dir}")
 
     server, notices = await _server_settings(fields, root, sender, env)
-    dkim = await _dkim(fields, root)
+    dkim = await _dkim(fields, root, key_notices)
     suppression_file = fields.get_path("suppression_file", root)
     if suppression_file is not None:
         await _regular_file(fields, "suppression_file", suppression_file)

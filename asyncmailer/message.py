@@ -2,7 +2,8 @@
 
 A `MessageTemplate` holds the bytes shared by every message of a campaign (From, Subject, the
 text body and every attachment, already base64-encoded, CRLF-terminated and dot-stuffed).
-`render()` adds the headers that differ per message (Date, Message-ID, To, Cc) and returns the
+`render()` adds the headers that differ per message (Date, Message-ID, To, Cc, and the
+DKIM-Signature when the campaign signs) and returns the
 exact bytes to write after DATA, final ``.`` included: nothing is re-encoded or re-scanned per send.
 """
 
@@ -27,6 +28,7 @@ from typing import Any, cast
 
 from .addresses import ATOM, Mailbox
 from .attachments import Attachment, Part, Spooled, check_filename, spool
+from .dkim import Algorithm, BodyHash, DkimSigner, header_fields
 from .errors import InputError
 from .textfiles import read_text
 from .unsubscribe import ListUnsubscribe
@@ -168,6 +170,7 @@ class MessageTemplate:
         list_unsubscribe: ListUnsubscribe | None = None,
         html: str | None = None,
         images: Sequence[Attachment] = (),
+        dkim: DkimSigner | None = None,
     ) -> None:
         self.sender = sender
         self.personal = personal
@@ -252,9 +255,65 @@ class MessageTemplate:
             before, _, after = cast(bytes, layout[at]).partition(marker)
             layout[at : at + 1] = [before, slot, after]
         self._shared = _joined(layout)
+        self._dkim = dkim
+        self._dkim_fields: list[tuple[bytes, bytes]] = []
+        self._body_from = len(self._shared)  # where a message's own body hash goes on
+        self._body_hash = BodyHash()
+        self._body_value = ""
+        if dkim is not None:
+            try:
+                self._hash_shared_body()
+            except BaseException:
+                self.close()
+                raise
+        self._slow = dkim is not None and (
+            dkim.key.algorithm is Algorithm.RSA_SHA256
+            or any(isinstance(p, Spooled) for p in self._shared[self._body_from :])
+        )
         self._msgid_domain = sender.domain
         self._date_second = -1
         self._date_header = b""
+
+    def _hash_shared_body(self) -> None:
+        """What DKIM needs of the shared bytes, once per campaign (blocking: a spooled
+        attachment is read back a chunk at a time): their header fields, and the body hash,
+        or for a personal template the hash of the body up to its first per-message text,
+        from which each message's own hash goes on."""
+        first = self._shared[0]
+        assert isinstance(first, bytes), "the shared bytes begin with the headers"
+        end = first.index(b"\r\n\r\n") + 2
+        self._dkim_fields = header_fields(first[:end])
+        body = BodyHash()
+        body.update(first[end + 2 :])
+        rest = self._shared[1:]
+        self._body_from = next(
+            (i + 1 for i, p in enumerate(rest) if isinstance(p, _Slot)), len(self._shared)
+        )
+        for part in self._shared[1 : self._body_from]:
+            body.update_part(part)
+        self._body_hash = body
+        self._body_value = body.value()
+
+    @property
+    def renders_slowly(self) -> bool:
+        """A message takes long enough to make that it is made in a thread: an RSA signature
+        (~0.3 ms in OpenSSL, which lets go of the GIL meanwhile), or a signed personal message
+        that reads a spooled attachment again for its own body hash."""
+        return self._slow
+
+    def _signed(self, head: bytes, made: dict[_Slot, bytes] | None = None) -> bytes:
+        """`head` with the DKIM-Signature header on top, when the campaign signs; `made`:
+        a personal message's own texts, in its own body hash."""
+        if self._dkim is None:
+            return head
+        body_hash = self._body_value
+        if made is not None:
+            body = self._body_hash.copy()
+            for part in self._shared[self._body_from :]:
+                body.update_part(made[part] if isinstance(part, _Slot) else part)
+            body_hash = body.value()
+        fields = header_fields(head) + self._dkim_fields
+        return self._dkim.signature(fields, body_hash, timestamp=int(time.time())) + head
 
     def _encode(self, attachment: Attachment) -> Part:
         """An attachment's body as base64 lines with CRLF (never starting with "."): in
@@ -330,8 +389,8 @@ class MessageTemplate:
             # Header lines made here end in CRLF and never start with "." (they start with a
             # name, or with white space when folded): nothing to normalise or stuff.
             if len(self._shared) == 1:  # no large attachment: the common case
-                return b"".join(head), self._shared[0]
-            return (b"".join(head), *self._shared)
+                return self._signed(b"".join(head)), self._shared[0]
+            return (self._signed(b"".join(head)), *self._shared)
         assert subject is not None and text is not None, "a personal template needs both"
         assert html is not None or not self.html, "and its HTML, when it has one"
         head.append(_subject(subject))
@@ -340,7 +399,7 @@ class MessageTemplate:
         if html is not None:
             made[_Slot.HTML] = _encode_text(html)
         return (
-            b"".join(head),
+            self._signed(b"".join(head), made),
             *(made[p] if isinstance(p, _Slot) else p for p in self._shared),
         )
 

@@ -10,7 +10,7 @@ import aiofiles.os
 
 from .errors import InputError
 
-__all__ = ["decode_text", "read_secret", "read_text"]
+__all__ = ["decode_text", "read_secret", "read_secret_bytes", "read_text"]
 
 
 def decode_text(raw: bytes, path: Path | str) -> str:
@@ -33,10 +33,10 @@ def decode_text(raw: bytes, path: Path | str) -> str:
     return text
 
 
-async def read_text(path: Path, what: str, *, field: str | None = None) -> str:
-    """Read a UTF-8 text file without blocking the event loop.
+async def _read_file(path: Path, what: str, field: str | None) -> bytes:
+    """A regular file's bytes, read without blocking the event loop.
 
-    :raises InputError: missing, a folder, unreadable, not UTF-8 or with a NUL byte.
+    :raises InputError: missing, a folder, not a regular file, or unreadable.
     """
     try:
         # A FIFO or a device would block the read (or never end): regular files only.
@@ -48,14 +48,40 @@ async def read_text(path: Path, what: str, *, field: str | None = None) -> str:
                 f"{what} is not a regular file (a FIFO, device or socket)", path=path, field=field
             )
         async with aiofiles.open(path, "rb") as handle:
-            raw = await handle.read()
+            return await handle.read()
     except FileNotFoundError:
         raise InputError(f"{what} not found", path=path, field=field) from None
     except IsADirectoryError:
         raise InputError(f"{what} is a folder, not a file", path=path, field=field) from None
     except OSError as err:
         raise InputError(f"cannot read {what}: {err.strerror}", path=path, field=field) from err
-    return decode_text(raw, path)
+
+
+async def read_text(path: Path, what: str, *, field: str | None = None) -> str:
+    """Read a UTF-8 text file without blocking the event loop.
+
+    :raises InputError: missing, a folder, unreadable, not UTF-8 or with a NUL byte.
+    """
+    return decode_text(await _read_file(path, what, field), path)
+
+
+async def _readable_by_others(path: Path, what: str) -> list[str]:
+    """A warning when users other than the owner may read the file (none otherwise).
+
+    :raises InputError: it cannot be looked at.
+    """
+    try:
+        mode = (await aiofiles.os.stat(path)).st_mode
+    except FileNotFoundError:
+        raise InputError(f"{what} not found", path=path) from None
+    except OSError as err:
+        raise InputError(f"cannot read {what}: {err.strerror}", path=path) from err
+    if mode & 0o077:
+        return [
+            f"warning: {path} is readable by other users (mode {stat.filemode(mode)}); "
+            f"run: chmod 600 {path}"
+        ]
+    return []
 
 
 async def read_secret(path: Path, what: str) -> tuple[str, list[str]]:
@@ -64,17 +90,15 @@ async def read_secret(path: Path, what: str) -> tuple[str, list[str]]:
 
     :raises InputError: as `read_text`.
     """
-    notices: list[str] = []
-    try:
-        mode = (await aiofiles.os.stat(path)).st_mode
-    except FileNotFoundError:
-        raise InputError(f"{what} not found", path=path) from None
-    except OSError as err:
-        raise InputError(f"cannot read {what}: {err.strerror}", path=path) from err
-    if mode & 0o077:
-        notices.append(
-            f"warning: {path} is readable by other users (mode {stat.filemode(mode)}); "
-            f"run: chmod 600 {path}"
-        )
+    notices = await _readable_by_others(path, what)
     text = await read_text(path, what)
     return text.removesuffix("\n").removesuffix("\r"), notices
+
+
+async def read_secret_bytes(path: Path, what: str) -> tuple[bytes, list[str]]:
+    """Read a secret file as it is (a private key), and warn when other users can read it.
+
+    :raises InputError: missing, a folder, not a regular file, or unreadable.
+    """
+    notices = await _readable_by_others(path, what)
+    return await _read_file(path, what, None), notices

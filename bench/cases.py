@@ -26,6 +26,12 @@ PERSONAL_TEXT = "text"
 PERSONAL_HTML = "HTML+text"
 PERSONAL_CPU_RATIO = 1.5  # target: HTML+text costs at most 1.5x the CPU of text per message
 
+# DKIM signing's cost: asyncmailer at 0 ms, 2.4 KB, c=32, unsigned and signed with each key,
+# taking turns in one run (bench/run.py), compared by CPU per message.
+DKIM_KINDS = ("unsigned", "rsa-2048", "ed25519")
+DKIM_SIZE = "2.4KB"
+DKIM_CONCURRENCY = 32
+
 # Messages per run. At 0 ms: per size; at 50 ms: for concurrency 32, proportionally fewer below.
 _COUNT_0MS = {"2.4KB": 10_000, "143KB": 2_000}
 _ORIGINAL_0MS = 2_000
@@ -47,13 +53,16 @@ class Case:
     recipients: int
     tls: bool = False  # implicit TLS through stunnel to the sink (see tls.py)
     personal: str = ""  # PERSONAL_TEXT or PERSONAL_HTML: a personalised campaign
+    dkim: str | None = None  # one of DKIM_KINDS: a row of the signing comparison
 
     @property
     def label(self) -> str:
         """The sender as the table names it; over TLS, with how it gets there; personalised,
-        with which message."""
+        with which message; signed or not in the DKIM rows."""
         if self.personal:
             return f"{self.sender} (personalised {self.personal})"
+        if self.dkim is not None:
+            return f"{self.sender}, DKIM {self.dkim}"
         if not self.tls:
             return self.sender
         how = "via stunnel" if self.sender == SMTP_SOURCE else "(ssl)"
@@ -113,9 +122,18 @@ def _personalised(scale: float) -> list[Case]:
     ]
 
 
+def _signing(scale: float) -> list[Case]:
+    """asyncmailer unsigned, then signing with an RSA-2048 and an Ed25519 key."""
+    n = _scaled(_COUNT_0MS[DKIM_SIZE], scale)
+    return [
+        Case(ASYNCMAILER, 0, DKIM_SIZE, DKIM_CONCURRENCY, True, n, n, dkim=kind)
+        for kind in DKIM_KINDS
+    ]
+
+
 def matrix(*, quick: bool, scale: float = 1.0) -> list[Case]:
-    """Every run: throughput at each latency and size (the implicit-TLS and personalised
-    rows after the plain 0 ms rows of their size), then memory with big lists.
+    """Every run: throughput at each latency and size (the implicit-TLS, personalised and
+    DKIM rows after the plain 0 ms rows of their size), then memory with big lists.
 
     `quick` leaves out the 1,000,000-recipient run; `scale` multiplies the message counts
     (a smoke test of the harness; the ratios need 1.0).
@@ -128,6 +146,8 @@ def matrix(*, quick: bool, scale: float = 1.0) -> list[Case]:
                 cases += _implicit_tls(scale)
             if (latency_ms, size) == (0, "2.4KB"):
                 cases += _personalised(scale)
+            if (latency_ms, size) == (0, DKIM_SIZE):
+                cases += _signing(scale)
     cases.append(Case(MEMORY, 0, BIG_SIZE, 1, True, 1, 1))
     for count in MEMORY_LISTS:
         if quick and count >= 1_000_000:

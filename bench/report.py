@@ -193,7 +193,8 @@ def _row(
             conc,
             tls,
         )
-        return same and not case.personal and (sender != ASYNCMAILER or case.pipelining is True)
+        mine = sender != ASYNCMAILER or (case.pipelining is True and case.dkim is None)
+        return same and mine and not case.personal
 
     return _find(rows, match)
 
@@ -285,6 +286,29 @@ def _long_list(rows: Sequence[Row]) -> list[Ratio]:
             why = "not measured" if found else _why(row, "1,000,000-recipient run")
             result.append(Ratio(name, None, target, False, why))
     return result
+
+
+def signing_costs(rows: Sequence[Row]) -> list[str]:
+    """What DKIM signing costs per message: each signed row's CPU per message against the
+    unsigned row of the same run (they took turns)."""
+    found = {row.case.dkim: row for row in rows if row.case.dkim is not None}
+    unsigned = found.get("unsigned")
+    if unsigned is None or unsigned.cpu_per_1k is None:
+        return [] if unsigned is None else [f"DKIM: n/a ({_why(unsigned, 'unsigned row')})"]
+    lines = []
+    for kind, row in found.items():
+        if kind == "unsigned":
+            continue
+        if row.cpu_per_1k is None:
+            lines.append(f"DKIM {kind}: n/a ({_why(row, 'signed row')})")
+            continue
+        extra = row.cpu_per_1k - unsigned.cpu_per_1k  # CPU s per 1,000 = ms per message
+        speed = (row.msgs_per_s or 0) / (unsigned.msgs_per_s or 1)
+        lines.append(
+            f"DKIM {kind}: {row.cpu_per_1k:.3f} ms CPU per message against "
+            f"{unsigned.cpu_per_1k:.3f} unsigned (+{extra:.3f} ms); msgs/s x{speed:.2f}"
+        )
+    return lines
 
 
 def write_json(path: Path, meta: dict[str, Any], rows: Sequence[Row], lines: list[Ratio]) -> None:

@@ -137,6 +137,7 @@ def _argv(case: Case, ctx: Context, port: int, name: str) -> list[str]:
         group_size=case.group_size,
         tls_ca_file=ctx.certs.ca_file if case.tls and ctx.certs else None,
         personal=personal,
+        dkim_key=ctx.work.dkim_keys.get(case.dkim or ""),
     )
     campaign = workload.write_campaign(ctx.folder, name, ctx.work.body_file, spec)
     # Reports on, as a user runs it: every recipient's result goes to a CSV file as it comes.
@@ -230,6 +231,7 @@ def _compared(case: Case) -> bool:
     asyncmailer with pipelining and smtp-source; and the two personalised rows."""
     return bool(case.personal) or (
         case.latency_ms == 0
+        and case.dkim is None
         and (case.concurrency == 32 or case.tls)
         and (case.sender == SMTP_SOURCE or (case.sender == ASYNCMAILER and bool(case.pipelining)))
     )
@@ -425,6 +427,10 @@ def run_all(
             pair = [c for c in plan if _compared(c) and _ratio_key(c) == _ratio_key(case)]
             ready.update(zip(pair, run_interleaved(pair, names, ctx), strict=True))
             row = ready.pop(case)
+        elif row is None and case.dkim is not None:  # unsigned and signed, taking turns
+            signing = [c for c in plan if c.dkim is not None]
+            ready.update(zip(signing, run_interleaved(signing, names, ctx), strict=True))
+            row = ready.pop(case)
         elif row is None:
             row = run_case(case, ctx, names[case])
         _progress(number, len(plan), row)
@@ -445,6 +451,9 @@ def main() -> int:
     print()
     for line in lines:
         print(line.line())
+    costs = report.signing_costs(rows)
+    for cost in costs:
+        print(cost)
     for note in notes:
         print(f"note: {note}")
     meta = {
@@ -456,6 +465,7 @@ def main() -> int:
         "duration_s": round(time.monotonic() - started, 1),
         "message_bytes_stdlib": sizes,
         "notes": notes,
+        "dkim_signing": costs,
     }
     report.write_json(args.output, meta, rows, lines)
     print(f"results written to {args.output}")

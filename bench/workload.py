@@ -45,6 +45,7 @@ class Workload:
     sizes: dict[str, MessageSize]
     personal_text: Path  # the body as a template (about 2.4 KB)
     personal_html: Path  # the same as an HTML template (about 2.4 KB), its text made from it
+    dkim_keys: dict[str, Path]  # a private key file per kind of cases.DKIM_KINDS signed
 
 
 PERSONAL_SUBJECT = "Hello {{ first_name }}, your asyncmailer benchmark"
@@ -123,7 +124,32 @@ def prepare(folder: Path) -> Workload:
     personal_text, personal_html = folder / "personal.txt", folder / "personal.html"
     personal_text.write_text(_personal_text(body), encoding="utf-8")
     personal_html.write_text(_personal_html(body), encoding="utf-8")
-    return Workload(body_file, sizes, personal_text, personal_html)
+    return Workload(body_file, sizes, personal_text, personal_html, _write_dkim_keys(folder))
+
+
+def _write_dkim_keys(folder: Path) -> dict[str, Path]:
+    """An RSA-2048 and an Ed25519 key (PEM, mode 600), made with cryptography (a dependency
+    of asyncmailer)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
+    keys = {
+        "rsa-2048": rsa.generate_private_key(public_exponent=65537, key_size=2048),
+        "ed25519": ed25519.Ed25519PrivateKey.generate(),
+    }
+    paths = {}
+    for kind, key in keys.items():
+        path = folder / f"dkim-{kind}.pem"
+        path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        path.chmod(0o600)
+        paths[kind] = path
+    return paths
 
 
 def _write_big(folder: Path, label: str) -> MessageSize:
@@ -178,6 +204,7 @@ class CampaignSpec:
     group_size: int
     tls_ca_file: Path | None = None  # given: implicit TLS (security: ssl), verified against it
     personal: Path | None = None  # given: personalize, with this template as the message
+    dkim_key: Path | None = None  # given: every message signed with this key (dkim:)
 
 
 def write_campaign(folder: Path, name: str, body_file: Path, spec: CampaignSpec) -> Path:
@@ -204,6 +231,12 @@ def write_campaign(folder: Path, name: str, body_file: Path, spec: CampaignSpec)
             subject=PERSONAL_SUBJECT, file_with_message=str(spec.personal), personalize=True
         )
         del campaign["group_size"]  # one recipient per message
+    if spec.dkim_key:
+        campaign["dkim"] = {
+            "domain": "example.com",
+            "selector": "bench",
+            "key_file": str(spec.dkim_key),
+        }
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(campaign, sort_keys=False), encoding="utf-8")
     return path

@@ -29,6 +29,7 @@ from .conftest import (
     run_cli,
     start_cli,
 )
+from .dkimkeys import DOMAIN, SELECTOR, key_text, pem, verifies, write_key
 
 
 def test_bad_config_is_one_line_and_exit_2(
@@ -835,3 +836,40 @@ async def test_the_run_says_a_header_of_its_own_makes_one_recipient_per_message(
     ) in err
     headers = [email.message_from_bytes(m.data)["X-Campaign"] for m in running.messages]
     assert sorted(headers) == ["november-new", "november-vip"]
+
+
+async def test_a_signed_send_verifies_and_the_dkim_key_shows_nowhere(
+    smtp_server: ServerFactory, make_campaign: CampaignFactory, tmp_path: Path
+) -> None:
+    running = await smtp_server()
+    (tmp_path / "reliances").mkdir()
+    write_key(tmp_path / "reliances", "ed25519").chmod(0o640)  # a warning, naming the file
+    dkim = {"domain": DOMAIN, "selector": SELECTOR, "key_file": "reliances/dkim.pem"}
+    path = make_campaign(port=running.server.ssl_port, dkim=dkim)
+    code, out, err = await run_cli("-c", str(path), "--report", "r.csv", cwd=tmp_path)
+    assert code == 0, err
+    assert "dkim.pem is readable by other users" in out + err
+    [received] = running.messages
+    assert verifies(received.data, "ed25519")
+    stored = [p.read_bytes() for p in (tmp_path / ".asyncmailer").iterdir() if p.is_file()]
+    assert stored  # the journal, and the catalog of runs
+    seen = (out + err + (tmp_path / "r.csv").read_text()).encode() + b"".join(stored)
+    text = key_text("ed25519")
+    assert text[:24].encode() not in seen and text[-24:].encode() not in seen
+
+
+def test_a_bad_dkim_key_is_one_line_and_exit_2(
+    make_campaign: CampaignFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "reliances").mkdir()
+    key_file = tmp_path / "reliances" / "dkim.pem"
+    key_file.write_bytes(pem("rsa-2048")[:-200])  # damaged: its end is missing
+    dkim = {"domain": DOMAIN, "selector": SELECTOR, "key_file": "reliances/dkim.pem"}
+    path = make_campaign(dkim=dkim)
+    assert main(["send", str(path)]) == 2
+    captured = capsys.readouterr()
+    [line] = captured.err.splitlines()
+    assert line.startswith(f"asyncmailer: {path}:") and f"dkim: key_file {key_file}: " in line
+    assert "Traceback" not in captured.err and captured.out == ""
+    text = key_text("rsa-2048")
+    assert not any(text[at : at + 16] in line for at in range(0, len(text) - 16, 8))

@@ -10,7 +10,9 @@ import pytest
 
 from asyncmailer.addresses import Mailbox
 from asyncmailer.config import (
+    DKIM_BY_RELAY,
     PASSWORD_ENV,
+    DkimSettings,
     JournalSync,
     Secret,
     Security,
@@ -20,6 +22,7 @@ from asyncmailer.config import (
 from asyncmailer.errors import ConfigError, InputError
 
 from .conftest import PASSWORD, SUBJECT, CampaignFactory
+from .dkimkeys import Kind, key_text, pem, record, write_key
 
 ORIGINAL_KEYS = ("subject", "attachments", "file_with_message", "to", "from", "cc")
 
@@ -363,3 +366,85 @@ async def test_list_encoding_and_delimiter_keys(
         make_campaign(to=None, cc=None, recipients_file="list.csv"), env={}
     )
     assert (default.recipients_encoding, default.recipients_delimiter) == ("utf-8", None)
+
+
+# --- dkim: the key is read and checked when the campaign is loaded -------------------------
+
+
+def _dkim(key_file: str = "reliances/dkim.pem") -> dict[str, str]:
+    return {"domain": "example.com", "selector": "s2026", "key_file": key_file}
+
+
+@pytest.mark.parametrize("kind", ["rsa-2048", "ed25519"])
+async def test_dkim_reads_the_key_and_never_shows_it(
+    make_campaign: CampaignFactory, tmp_path: Path, kind: Kind
+) -> None:
+    (tmp_path / "reliances").mkdir()
+    key_file = write_key(tmp_path / "reliances", kind)
+    campaign = await load_campaign(make_campaign(dkim=_dkim()), env={})
+    settings = campaign.dkim
+    assert isinstance(settings, DkimSettings)
+    assert (settings.domain, settings.selector, settings.key_file) == (
+        "example.com",
+        "s2026",
+        key_file,
+    )
+    assert settings.dns_name == "s2026._domainkey.example.com"
+    assert settings.key.public_record().encode() == record(kind)
+    assert not any("dkim" in n for n in campaign.notices)  # chmod 600, 2048 bits or Ed25519
+    shown = repr(campaign) + str(settings) + repr(settings.signer)
+    assert "DkimKey" in shown and key_text(kind)[:32] not in shown
+
+
+async def test_dkim_relay_signs_nothing_here(make_campaign: CampaignFactory) -> None:
+    campaign = await load_campaign(make_campaign(dkim="relay"), env={})
+    assert campaign.dkim == DKIM_BY_RELAY
+
+
+async def test_a_dkim_key_others_can_read_or_of_1024_bits_is_a_warning(
+    make_campaign: CampaignFactory, tmp_path: Path
+) -> None:
+    (tmp_path / "reliances").mkdir()
+    key_file = write_key(tmp_path / "reliances", "rsa-1024")
+    key_file.chmod(0o644)
+    campaign = await load_campaign(make_campaign(dkim=_dkim()), env={})
+    assert isinstance(campaign.dkim, DkimSettings) and campaign.dkim.key.bits == 1024
+    assert any(f"{key_file} is readable by other users" in n for n in campaign.notices)
+    assert any(
+        f"{key_file} is an RSA key of 1024 bits; Gmail, Yahoo and Microsoft expect 2048" in n
+        for n in campaign.notices
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        (b"", "not a PEM private key"),
+        (b"\x30\x82\x04\xa3\x02\x01\x00\xff\xfe", "not a PEM private key"),
+        (None, "damaged"),  # a real key, cut short
+    ],
+)
+async def test_a_dkim_key_that_cannot_sign_is_one_line_naming_config_key_and_file(
+    make_campaign: CampaignFactory, tmp_path: Path, content: bytes | None, says: str
+) -> None:
+    (tmp_path / "reliances").mkdir()
+    key_file = tmp_path / "reliances" / "dkim.pem"
+    key_file.write_bytes(content if content is not None else pem("rsa-2048")[:700])
+    key_file.chmod(0o600)
+    path = make_campaign(suffix=".yaml", dkim=_dkim())
+    with pytest.raises(ConfigError) as caught:
+        await load_campaign(path, env={})
+    text = str(caught.value)
+    line = next(n for n, t in enumerate(path.read_text().splitlines(), 1) if t.startswith("dkim"))
+    assert text.startswith(f"{path}:{line}: dkim: key_file {key_file}: ")
+    assert says in text and "\n" not in text
+    assert key_text("rsa-2048")[100:140] not in text
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
+
+
+async def test_a_dkim_key_file_must_be_there(
+    make_campaign: CampaignFactory, tmp_path: Path
+) -> None:
+    path = make_campaign(dkim=_dkim("reliances/none.pem"))
+    with pytest.raises(ConfigError, match=r"dkim: file not found: .*none\.pem"):
+        await load_campaign(path, env={})

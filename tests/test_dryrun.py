@@ -11,10 +11,12 @@ from typing import Any
 
 import pytest
 
+from asyncmailer.attachments import SPOOL_ABOVE
 from asyncmailer.cli import main
 from asyncmailer.dryrun import ENVELOPES
 
 from .conftest import CampaignFactory, ServerFactory, run_cli
+from .dkimkeys import DOMAIN, SELECTOR, key_text, verifies, write_key
 
 
 def tls_list_campaign(
@@ -134,3 +136,30 @@ def test_a_bad_suppression_line_stops_before_a_run_is_recorded(
         "comment)\n"
     )
     assert not (tmp_path / ".asyncmailer").exists()  # no run began
+
+
+async def test_a_signed_dry_run_writes_messages_that_verify(
+    make_campaign: CampaignFactory, tmp_path: Path
+) -> None:
+    (tmp_path / "reliances").mkdir()
+    write_key(tmp_path / "reliances", "rsa-2048")
+    big = bytes(range(256)) * (SPOOL_ABOVE // 256 + 1024)  # spooled, copied into each file
+    path = tls_list_campaign(
+        make_campaign,
+        2465,  # nothing is sent: no server needed
+        [f"u{i}@example.com" for i in range(5)],
+        group_size=2,
+        files={"big.bin": big},
+        dkim={"domain": DOMAIN, "selector": SELECTOR, "key_file": "reliances/dkim.pem"},
+    )
+    out = tmp_path / "preview"
+    code, shown, err = await run_cli("send", str(path), "--dry-run", str(out), cwd=tmp_path)
+    assert code == 0, err
+    files = sorted(out.glob("*.eml"))
+    assert len(files) == 3
+    for file in files:
+        data = file.read_bytes()
+        assert data.startswith(b"DKIM-Signature: ") and verifies(data, "rsa-2048")
+    tampered = files[0].read_bytes().replace(b"big.bin", b"big.exe")
+    assert tampered != files[0].read_bytes() and not verifies(tampered, "rsa-2048")
+    assert key_text("rsa-2048")[:40] not in shown + err

@@ -5,7 +5,9 @@ from __future__ import annotations
 import email
 import quopri
 import random
+import re
 import string
+from collections.abc import Sequence
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
@@ -16,6 +18,7 @@ import pytest
 
 from asyncmailer.addresses import Mailbox, parse_mailbox
 from asyncmailer.attachments import Attachment
+from asyncmailer.dkim import DkimSigner, load_key
 from asyncmailer.errors import InputError
 from asyncmailer.message import (
     END_OF_DATA,
@@ -25,10 +28,12 @@ from asyncmailer.message import (
     _encode_text,
     _subject,
     load_body,
+    message_size,
     prepare_data,
 )
 
 from .conftest import SUBJECT, in_memory
+from .dkimkeys import DOMAIN, SELECTOR, Kind, pem, verifies
 
 
 def parse_payload(payload: bytes) -> EmailMessage:
@@ -271,3 +276,76 @@ def test_personal_headers_are_encoded_and_round_trip() -> None:
         assert head.isascii() and all(len(line) <= 78 for line in head.split(b"\r\n"))
         message = BytesParser(policy=policy.default).parsebytes(data)
         assert message["X-Mine"] == value and message["X-Shared"] == "same"
+
+
+# --- DKIM: the signature goes on top of each message's head ------------------------------
+
+
+def _signed_template(kind: Kind = "ed25519", **keys: Any) -> MessageTemplate:
+    signer = DkimSigner(DOMAIN, SELECTOR, load_key(pem(kind)))
+    settings: dict[str, Any] = {
+        "sender": Mailbox("sender@example.com", "Sender"),
+        "subject": SUBJECT,
+        "body": ".a line with a dot\nand trailing white space \t\n\n",
+        **keys,
+    }
+    return MessageTemplate(dkim=signer, **settings)
+
+
+def _unstuffed(parts: Sequence[bytes]) -> bytes:
+    return b"".join(_STUFFED.sub(b".", part) for part in parts)
+
+
+_STUFFED = re.compile(rb"^\.\.", re.MULTILINE)
+
+
+def test_a_signed_message_verifies_as_received_and_its_size_counts_the_signature() -> None:
+    template = _signed_template(attachments=[Attachment("a.txt", "text/plain", b"x\r\n.y\r\n")])
+    parts = in_memory(template.render_parts(to=[Mailbox("a@example.com")], message_id="<1@x>"))
+    head = parts[0]
+    assert head.startswith(b"DKIM-Signature: v=1; a=ed25519-sha256; c=relaxed/relaxed;\r\n")
+    assert b"\r\n.." in parts[-1]  # stuffed for DATA: signed as it arrives, unstuffed
+    assert verifies(_unstuffed(parts), "ed25519")
+    signature = head[: head.index(b"Date: ")]
+    assert message_size(parts) == len(b"".join(parts)) + len(END_OF_DATA)
+    unsigned = MessageTemplate(
+        sender=Mailbox("sender@example.com", "Sender"),
+        subject=SUBJECT,
+        body=".a line with a dot\nand trailing white space \t\n\n",
+        attachments=[Attachment("a.txt", "text/plain", b"x\r\n.y\r\n")],
+    )
+    plain = unsigned.render_parts(to=[Mailbox("a@example.com")], message_id="<1@x>")
+    assert message_size(parts) - message_size(plain) == len(signature)
+
+
+def test_one_body_hash_for_shared_bodies_and_one_per_personal_body() -> None:
+    shared = _signed_template()
+    one = in_memory(shared.render_parts(to=[Mailbox("a@example.com")]))
+    two = in_memory(shared.render_parts(to=[Mailbox("b@example.com")]))
+    assert one[1] is two[1]  # the shared bytes, not copied
+
+    def tags(parts: Sequence[bytes]) -> dict[str, str]:
+        header = parse_payload(b"".join(parts) + END_OF_DATA)["DKIM-Signature"]
+        return dict(t.strip().split("=", 1) for t in str(header).split(";") if t.strip())
+
+    assert tags(one)["bh"] == tags(two)["bh"] and tags(one)["b"] != tags(two)["b"]
+    personal = _signed_template("rsa-2048", personal=True)
+    made = [
+        in_memory(personal.render_parts(to=[Mailbox(a)], subject="Hi", text=f"For {a}\n"))
+        for a in ("a@example.com", "b@example.com")
+    ]
+    assert tags(made[0])["bh"] != tags(made[1])["bh"]
+    assert all(verifies(_unstuffed(parts), "rsa-2048") for parts in made)
+    assert personal.renders_slowly  # an RSA signature: made in a thread
+    assert not shared.renders_slowly  # Ed25519, nothing spooled: on the event loop
+
+
+def test_a_personal_html_message_with_an_image_verifies() -> None:
+    image = Attachment("logo.png", "image/png", b"\x89PNG\r\n" + bytes(range(256)))
+    template = _signed_template(personal=True, html="<p>stand-in</p>", images=[image])
+    parts = template.render_parts(
+        to=[Mailbox("a@example.com")], subject="Hi Ann", text="Hi Ann\n", html="<p>Hi Ann</p>\n"
+    )
+    data = _unstuffed(in_memory(parts))
+    assert b"Hi Ann" in data and verifies(data, "ed25519")
+    assert not verifies(data.replace(b"<p>Hi Ann", b"<p>Hi Eve"), "ed25519")

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..attachments import Attachment, load_attachments
-from ..config import Campaign, Security
+from ..config import Campaign, DkimSettings, Security
 from ..html_body import MARKDOWN, inline_images, render_markdown
 from ..html_text import html_to_text
 from ..journal.files import journal_path
@@ -108,6 +108,7 @@ async def prepare_message(campaign: Campaign) -> MessageTemplate:
         list_unsubscribe=campaign.list_unsubscribe,
         html=html,
         images=images,
+        dkim=campaign.dkim.signer if isinstance(campaign.dkim, DkimSettings) else None,
     )
 
 

@@ -322,6 +322,8 @@ class Dispatcher:
     async def _prepare(self, item: WorkItem) -> Transaction | None:
         """The item's transaction, or None: it cannot be made, and is skipped."""
         try:
+            if self.template.renders_slowly:  # a spooled attachment hashed per message
+                return await asyncio.to_thread(self._render, item)
             return self._render(item)
         except ValueError as err:
             note = f"not sent: {err}"

@@ -12,15 +12,17 @@ from typing import Any
 
 import pytest
 
+from asyncmailer.attachments import SPOOL_ABOVE
 from asyncmailer.config import load_campaign
 from asyncmailer.errors import AuthError, TLSRequiredError
 from asyncmailer.journal.suppressions import SuppressionStore
 from asyncmailer.observer import Observer
 from asyncmailer.results import RecipientResult, Status
-from asyncmailer.run.campaign import RunOptions, run_campaign
+from asyncmailer.run.campaign import RunOptions, prepare_message, run_campaign
 from asyncmailer.suppression import Reason
 
 from ..conftest import PASSWORD, SUBJECT, USER, CampaignFactory, RunningServer, ServerFactory
+from ..dkimkeys import DOMAIN, SELECTOR, Kind, verifies, write_key
 
 FILES = {
     "отчёт за ноябрь.pdf": b"%PDF-1.4\n" + bytes(range(256)) * 40,
@@ -523,3 +525,180 @@ async def test_refusals_of_a_run_that_never_ended_are_added_by_the_next(
     report = await run_campaign(campaign)
     assert [e.key for e in await store.entries()] == ["gone@example.org"]
     assert report.counts == {Status.ACCEPTED: 2, Status.REFUSED: 1}  # it stays refused here
+
+
+# --- DKIM: every message the server received verifies (dkimpy, against the public key) -----
+
+
+def dkim_key(tmp_path: Path, kind: Kind) -> dict[str, str]:
+    """The campaign's `dkim` key, with a key of `kind` written beside it."""
+    (tmp_path / "reliances").mkdir(exist_ok=True)
+    write_key(tmp_path / "reliances", kind)
+    return {"domain": DOMAIN, "selector": SELECTOR, "key_file": "reliances/dkim.pem"}
+
+
+def signed_names(data: bytes) -> list[str]:
+    """The h= list of a message's DKIM-Signature."""
+    header = parse(data)["DKIM-Signature"]
+    tags = dict(t.strip().split("=", 1) for t in str(header).split(";") if t.strip())
+    return ["".join(n.split()) for n in tags["h"].split(":")]
+
+
+@pytest.mark.parametrize("kind", ["rsa-2048", "ed25519"])
+async def test_a_signed_campaign_verifies_and_a_changed_one_does_not(
+    smtp_server: ServerFactory, make_campaign: CampaignFactory, tmp_path: Path, kind: Kind
+) -> None:
+    running = await smtp_server()
+    path = make_campaign(
+        port=running.server.ssl_port,
+        files=FILES,
+        body="Здравствуйте!\n.dot line\ntrailing space \n\n\n",
+        reply_to="Support <support@example.com>",
+        dkim=dkim_key(tmp_path, kind),
+    )
+    report = await run_campaign(await load_campaign(path, env={}))
+    assert report.all_accepted
+    [received] = running.messages
+    assert received.data.startswith(b"DKIM-Signature: v=1; a=")
+    assert verifies(received.data, kind)
+    names = signed_names(received.data)
+    for name in ("from", "to", "cc", "subject", "date", "message-id", "reply-to"):
+        assert name in names
+    assert {"mime-version", "content-type"} <= set(names)
+    assert received.data.count(b"notes.txt") == 1  # in the body: an attachment's name
+    assert not verifies(received.data.replace(b"notes.txt", b"notes.exe"), kind)
+    assert not verifies(received.data.replace(b"To: alice", b"To: mallory"), kind)
+    # What was received is the message as built, with its attachments intact.
+    attachments = {
+        a.get_filename(): a.get_payload(decode=True)
+        for a in parse(received.data).iter_attachments()
+    }
+    assert attachments == FILES
+
+
+async def test_grouped_messages_each_verify(
+    smtp_server: ServerFactory, make_campaign: CampaignFactory, tmp_path: Path
+) -> None:
+    running = await smtp_server()
+    path = make_campaign(
+        port=running.server.ssl_port,
+        to=None,
+        cc=None,
+        recipients_file=str(write_list(tmp_path / "list.csv", 25)),
+        group_size=10,
+        concurrency=2,
+        dkim=dkim_key(tmp_path, "ed25519"),
+    )
+    report = await run_campaign(await load_campaign(path, env={}))
+    assert report.counts[Status.ACCEPTED] == 25
+    assert sorted(len(m.rcpt_tos) for m in running.messages) == [5, 10, 10]
+    assert all(verifies(m.data, "ed25519") for m in running.messages)
+    # Each transaction has its own head (Message-ID), over the one shared body.
+    assert len({parse(m.data)["Message-ID"] for m in running.messages}) == 3
+    assert (
+        len({parse(m.data)["DKIM-Signature"].split("bh=")[1][:44] for m in running.messages}) == 1
+    )
+
+
+async def test_personalised_messages_with_their_own_headers_each_verify(
+    smtp_server: ServerFactory, make_campaign: CampaignFactory, tmp_path: Path
+) -> None:
+    running = await smtp_server()
+    listing = tmp_path / "list.csv"
+    listing.write_text(
+        "email,name\nann@example.com,Ann\nbob@example.com,Bob\ncid@example.com,Cid\n"
+    )
+    path = make_campaign(
+        port=running.server.ssl_port,
+        to=None,
+        cc=None,
+        recipients_file=str(listing),
+        personalize=True,
+        subject="For {{ name }}",
+        body="Dear {{ name }},\n.the news\n",
+        files={"notes.txt": b"shared notes\r\n"},
+        list_unsubscribe={"url": "https://example.com/u?t={{ unsubscribe_token }}"},
+        dkim=dkim_key(tmp_path, "rsa-2048"),
+    )
+    env = {"ASYNCMAILER_UNSUBSCRIBE_KEY": "k" * 32}
+    report = await run_campaign(await load_campaign(path, env=env))
+    assert report.counts[Status.ACCEPTED] == 3
+    hashes = set()
+    for received in running.messages:
+        message = parse(received.data)
+        name = message["Subject"].removeprefix("For ")
+        assert f"Dear {name}," in received.data.decode()
+        assert verifies(received.data, "rsa-2048")
+        assert {"list-unsubscribe", "list-unsubscribe-post", "subject"} <= set(
+            signed_names(received.data)
+        )
+        hashes.add(message["DKIM-Signature"].split("bh=")[1][:44])
+        other = received.data.replace(f"Dear {name}".encode(), b"Dear Eve")
+        assert not verifies(other, "rsa-2048")
+    assert len(hashes) == 3  # personal bodies: a body hash each
+
+
+async def test_an_html_newsletter_with_an_image_and_an_attachment_verifies(
+    smtp_server: ServerFactory, make_campaign: CampaignFactory, tmp_path: Path
+) -> None:
+    running = await smtp_server()
+    (tmp_path / "reliances" / "images").mkdir(parents=True)
+    (tmp_path / "reliances" / "images" / "logo.png").write_bytes(FILES["image.png"])
+    (tmp_path / "reliances" / "news.md").write_text(
+        "# November\n\nHello, *readers*.\n\n![logo](images/logo.png)\n"
+    )
+    path = make_campaign(
+        port=running.server.ssl_port,
+        file_with_message="reliances/news.md",
+        files={"report.pdf": FILES["отчёт за ноябрь.pdf"]},
+        dkim=dkim_key(tmp_path, "rsa-2048"),
+    )
+    report = await run_campaign(await load_campaign(path, env={}))
+    assert report.all_accepted
+    [received] = running.messages
+    message = parse(received.data)
+    assert [p.get_content_type() for p in message.walk()] == [
+        *("multipart/mixed", "multipart/alternative", "text/plain", "multipart/related"),
+        *("text/html", "image/png", "application/pdf"),
+    ]
+    assert verifies(received.data, "rsa-2048")
+    image = received.data.index(b"image/png")
+    changed = received.data[:image] + b"image/gif" + received.data[image + 9 :]
+    assert not verifies(changed, "rsa-2048")
+
+
+async def test_a_spooled_attachment_is_signed_for_shared_and_personal_bodies(
+    smtp_server: ServerFactory, make_campaign: CampaignFactory, tmp_path: Path
+) -> None:
+    running = await smtp_server()
+    big = bytes(range(256)) * (SPOOL_ABOVE // 256 + 4096)  # just over 8 MiB: spooled
+    listing = tmp_path / "list.csv"
+    listing.write_text("email,name\nann@example.com,Ann\nbob@example.com,Bob\n")
+    key = dkim_key(tmp_path, "ed25519")
+    shared = make_campaign(port=running.server.ssl_port, files={"big.bin": big}, dkim=key)
+    campaign = await load_campaign(shared, env={})
+    with await prepare_message(campaign) as template:
+        assert not template.renders_slowly  # Ed25519, the shared body hashed once when built
+        report = await run_campaign(campaign, template=template)
+    assert report.all_accepted
+    personal = make_campaign(
+        port=running.server.ssl_port,
+        to=None,
+        cc=None,
+        recipients_file=str(listing),
+        personalize=True,
+        body="Dear {{ name }},\n",
+        files={"big.bin": big},
+        dkim=key,
+        state_dir="state-2",
+    )
+    campaign = await load_campaign(personal, env={})
+    with await prepare_message(campaign) as template:
+        assert template.renders_slowly  # a body hash each: rendered in a thread
+        report = await run_campaign(campaign, template=template)
+    assert report.all_accepted
+    assert len(running.messages) == 3
+    for received in running.messages:
+        assert verifies(received.data, "ed25519")
+        [attachment] = parse(received.data).iter_attachments()
+        assert attachment.get_payload(decode=True) == big
