@@ -431,14 +431,15 @@ def _header_findings(sample: bytes) -> list[Finding]:
     headers = BytesHeaderParser(policy=default_policy).parsebytes(sample)
     found = []
     unsubscribe = headers.get("List-Unsubscribe")
+    links = " ".join(str(unsubscribe).split()) if unsubscribe is not None else ""
     if unsubscribe is None:
         text = (
             "no List-Unsubscribe header: Gmail and Yahoo require one of bulk senders "
             "(list_unsubscribe: {url: https://...})"
         )
-        return [Finding(Severity.ERROR, Code.UNSUBSCRIBE, text)]
-    links = " ".join(str(unsubscribe).split())
-    found.append(Finding(Severity.OK, Code.UNSUBSCRIBE, shorten(links, 160)))
+        found.append(Finding(Severity.ERROR, Code.UNSUBSCRIBE, text))
+    else:
+        found.append(Finding(Severity.OK, Code.UNSUBSCRIBE, shorten(links, 160)))
     post = headers.get("List-Unsubscribe-Post")
     if (
         post is not None
@@ -449,8 +450,8 @@ def _header_findings(sample: bytes) -> list[Finding]:
         found.append(Finding(Severity.OK, Code.ONE_CLICK, text))
     else:
         text = (
-            "no one-click unsubscribe (RFC 8058): a mailto alone does not meet the 2024 rules; "
-            "add list_unsubscribe.url (https)"
+            "no one-click unsubscribe (RFC 8058: List-Unsubscribe-Post and an https link; a "
+            "mailto alone does not meet the 2024 rules): add list_unsubscribe.url"
         )
         found.append(Finding(Severity.ERROR, Code.ONE_CLICK, text))
     return found

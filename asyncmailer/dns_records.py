@@ -8,6 +8,7 @@ exist) or `Unreachable` (a timeout, no resolver, every server failing), so a che
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -134,6 +135,15 @@ class DnsRecords:
 
     async def txt(self, name: str) -> Lookup:
         """Every TXT record of `name`."""
+        try:
+            return await self._txt(name)
+        finally:
+            # dnspython closes its UDP transport with transport.close(), which closes the
+            # socket on the loop's next turn: give it that turn, so a caller that ends its
+            # loop right after the answer does not leave the socket to the collector.
+            await asyncio.sleep(0)
+
+    async def _txt(self, name: str) -> Lookup:
         try:
             answer = await self._resolver().resolve(name, "TXT", search=False)
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
