@@ -162,7 +162,7 @@ async def check_campaign(campaign: Campaign, options: CheckOptions | None = None
             limit = group.create_task(_server(campaign, options))
         await rendered
     findings += rows.findings()
-    findings += _header_findings(rows.sample)
+    findings += _header_findings(rows.sample, campaign)
     findings += looked_up.result()
     probe = limit.result()
     findings += probe.findings
@@ -423,9 +423,9 @@ def _dkim_setting(campaign: Campaign) -> list[Finding]:
     return [Finding(Severity.ERROR, Code.DKIM, text)]
 
 
-def _header_findings(sample: bytes) -> list[Finding]:
+def _header_findings(sample: bytes, campaign: Campaign) -> list[Finding]:
     """List-Unsubscribe and its one-click companion (RFC 8058), read from a rendered
-    message."""
+    message; shown as the config writes them (a rendered link holds a recipient's token)."""
     if not sample:
         return []
     headers = BytesHeaderParser(policy=default_policy).parsebytes(sample)
@@ -439,7 +439,12 @@ def _header_findings(sample: bytes) -> list[Finding]:
         )
         found.append(Finding(Severity.ERROR, Code.UNSUBSCRIBE, text))
     else:
-        found.append(Finding(Severity.OK, Code.UNSUBSCRIBE, shorten(links, 160)))
+        config = campaign.list_unsubscribe
+        shown = [f"<{config.url}>"] if config is not None and config.url else []
+        if config is not None and config.mailto:
+            shown.append(f"<mailto:{config.mailto}>")
+        text = shorten(" ".join(shown) or links, 160)
+        found.append(Finding(Severity.OK, Code.UNSUBSCRIBE, text))
     post = headers.get("List-Unsubscribe-Post")
     if (
         post is not None
