@@ -290,6 +290,9 @@ class _Rows:
             if mailbox.key in self.keys:
                 self.duplicates += 1  # the journal keeps the first: its row is the one sent
                 continue
+            if self.suppressed is not None and self.suppressed(mailbox):
+                self._add(mailbox)  # never sent: its row need not render
+                continue
             if self._render_each or not self._list_rendered:
                 item = self._item((mailbox,), (row.fields,) if row.fields else (), headers=False)
                 try:
@@ -365,7 +368,7 @@ class _Rows:
                 Finding(
                     Severity.WARNING,
                     Code.SUPPRESSION,
-                    "the suppression list was not applied to this count",
+                    f"suppression_file {campaign.suppression_file} was not applied to this count",
                 )
             )
         return found

@@ -437,10 +437,12 @@ async def test_no_recipients_left_is_an_error(make_campaign: CampaignFactory, rs
 async def test_suppression_predicate_is_counted(
     make_campaign: CampaignFactory, rsa_key: Any
 ) -> None:
-    path = newsletter(make_campaign, rsa_key)
-    verdict = await check(path, suppressed=lambda mailbox: mailbox.domain == "example.org")
+    rows = ROWS + "carol@example.net,\n"  # suppressed: her empty name is no matter
+    path = newsletter(make_campaign, rsa_key, rows=rows)
+    verdict = await check(path, suppressed=lambda mailbox: mailbox.domain != "example.com")
     assert verdict.recipients == 1
-    assert "(1 duplicate left out, 1 suppressed)" in only(verdict, Code.RECIPIENTS)[0].text
+    assert "(1 duplicate left out, 2 suppressed)" in only(verdict, Code.RECIPIENTS)[0].text
+    assert only(verdict, Code.EMPTY_FIELD) == []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -542,3 +544,23 @@ async def test_cli_no_dns_and_bad_options(make_campaign: CampaignFactory, rsa_ke
     )
     code, _, err = await run_cli("check", str(root / "missing.yaml"), cwd=root)
     assert code == 2 and "missing.yaml" in err and "Traceback" not in err
+
+
+async def test_a_suppression_file_not_applied_is_said(
+    make_campaign: CampaignFactory, rsa_key: Any
+) -> None:
+    path = newsletter(make_campaign, rsa_key, suppression_file="suppressed.txt")
+    (path.parent.parent / "suppressed.txt").write_text("bob@example.org\n")
+    verdict = await check(path)
+    (warning,) = only(verdict, Code.SUPPRESSION)
+    assert warning.severity is Severity.WARNING
+    assert warning.text.endswith("suppressed.txt was not applied to this count")
+
+
+async def test_a_list_that_cannot_be_read_is_an_error(
+    make_campaign: CampaignFactory, rsa_key: Any
+) -> None:
+    verdict = await check(newsletter(make_campaign, rsa_key, rows="mail,first_name\na@b.c,A\n"))
+    (error,) = verdict.errors
+    assert error.code is Code.LIST
+    assert "list.csv:1: no 'email' column in the header" in error.text
