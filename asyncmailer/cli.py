@@ -85,7 +85,7 @@ EXIT_CODES = {
     EXIT_INTERRUPTED: "interrupted (Ctrl-C, SIGTERM), the daily quota or --limit reached, or the "
     "server kept asking to try later; run the same command again to resume",
 }
-_COMMANDS = ("send", "serve", "status", "runs", "report", "schedule", "suppress")
+_COMMANDS = ("send", "check", "serve", "status", "runs", "report", "schedule", "suppress")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -253,6 +253,30 @@ def parseargs(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     send.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
 
+    check = commands.add_parser(
+        "check",
+        help="check a campaign before sending it: every row, the headers, DNS, the server",
+        description="Render every row without sending, and give a bulk sender's verdict: "
+        "List-Unsubscribe with one-click, TLS, DKIM, the From domain's SPF, DKIM and DMARC "
+        "records, the message size against the server's SIZE, the recipients. Exit 0: "
+        "nothing blocks (warnings may remain); 1: an error blocks; 2: the campaign cannot "
+        "be read.",
+    )
+    _campaign_arguments(check, "the campaign file, JSON or YAML")
+    check.add_argument("--state-dir", type=Path, help="folder of the campaign's state")
+    check.add_argument(
+        "--no-connect", action="store_true", help="do not connect to the server (no SIZE check)"
+    )
+    check.add_argument("--no-dns", action="store_true", help="do not look up DNS records")
+    check.add_argument(
+        "--dns-server",
+        metavar="ADDRESS[:PORT]",
+        help="ask this nameserver instead of the system's (127.0.0.1:5353, [::1]:5353); for "
+        "tests, or to check what one resolver sees",
+    )
+    check.add_argument("-q", "--quiet", action="store_true", help="leave out the ok findings")
+    check.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+
     def reader(name: str, help_text: str, description: str) -> argparse.ArgumentParser:
         """A command that reads a campaign's journal: the campaign, --state-dir, --debug."""
         command = commands.add_parser(name, help=help_text, description=description)
@@ -324,7 +348,7 @@ def parseargs(argv: Sequence[str] | None = None) -> argparse.Namespace:
     serve.add_argument("command_line", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
     serve.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     parsed = parser.parse_args(args)
-    if parsed.command in ("send", "status", "runs", "report"):
+    if parsed.command in ("send", "check", "status", "runs", "report"):
         if parsed.campaign is not None and parsed.config is not None:
             parser.error("name the campaign once: as an argument or with --config, not both")
         parsed.config = parsed.campaign or parsed.config or DEFAULT_CONFIG
@@ -350,6 +374,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return runner.run(report_command(args))
             if args.command == "suppress":
                 return runner.run(suppress_command(args))
+            if args.command == "check":
+                return runner.run(check_command(args))
             return runner.run(send_command(args))
     except KeyboardInterrupt:
         print("asyncmailer: interrupted", file=sys.stderr)
@@ -384,6 +410,47 @@ async def _campaign(args: argparse.Namespace, path: Path | None = None) -> Campa
     if args.state_dir is not None:
         campaign = dataclasses.replace(campaign, state_dir=args.state_dir)
     return campaign
+
+
+async def check_command(args: argparse.Namespace, *, out: TextIO = sys.stdout) -> int:
+    """`asyncmailer check`: the verdict, errors apart from warnings; exit 0 when nothing
+    blocks, 1 when an error does."""
+    from .check import CheckOptions, Severity, check_campaign
+    from .dns_records import DnsRecords, Nameserver
+
+    nameserver = None
+    if args.dns_server is not None:
+        if args.no_dns:
+            raise InputError("--dns-server has no meaning with --no-dns", field="--dns-server")
+        try:
+            nameserver = Nameserver.parse(args.dns_server)
+        except ValueError as err:
+            raise InputError(str(err), field="--dns-server") from None
+    campaign = await _campaign(args)
+    for notice in campaign.notices:
+        print(f"asyncmailer: {notice}", file=sys.stderr)
+    options = CheckOptions(
+        dns=None if args.no_dns else DnsRecords(nameserver),
+        connect=not args.no_connect,
+        suppressed=(await campaign_suppression(campaign)).matches,
+    )
+    verdict = await check_campaign(campaign, options)
+    print(f"check of {args.config}: {plural(verdict.recipients, 'recipient')}", file=out)
+    shown = (Severity.ERROR, Severity.WARNING) + (() if args.quiet else (Severity.OK,))
+    titles = {Severity.ERROR: "errors", Severity.WARNING: "warnings", Severity.OK: "ok"}
+    for severity in shown:
+        found = verdict.of(severity)
+        if found:
+            print(f"{titles[severity]} ({len(found):,}):", file=out)
+            for finding in found:
+                print(f"  {finding}", file=out)
+    errors, warnings = verdict.count(Severity.ERROR), verdict.count(Severity.WARNING)
+    counts = f"{plural(errors, 'error')}, {plural(warnings, 'warning')}"
+    if verdict.ready:
+        print(f"ready to send: {counts}", file=out)
+        return EXIT_OK
+    print(f"not ready to send: {counts}", file=out)
+    return EXIT_NOT_ALL_ACCEPTED
 
 
 async def send_command(args: argparse.Namespace, *, out: TextIO = sys.stdout) -> int:

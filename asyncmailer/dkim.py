@@ -108,6 +108,21 @@ class DkimKey:
             return self._key.sign(data, padding.PKCS1v15(), hashes.SHA256())
         return self._key.sign(hashlib.sha256(data).digest())
 
+    def public_forms(self) -> tuple[str, frozenset[bytes]]:
+        """The ``k=`` of this key's DNS record, and the forms its public key takes in a
+        record's ``p=``: for RSA the SubjectPublicKeyInfo (RFC 6376 3.6.1) or the bare
+        RSAPublicKey some publish, for Ed25519 the 32 raw bytes (RFC 8463)."""
+        public = self._key.public_key()
+        der = serialization.Encoding.DER
+        if isinstance(public, rsa.RSAPublicKey):
+            forms = {
+                public.public_bytes(der, serialization.PublicFormat.SubjectPublicKeyInfo),
+                public.public_bytes(der, serialization.PublicFormat.PKCS1),
+            }
+            return "rsa", frozenset(forms)
+        raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        return "ed25519", frozenset({raw})
+
     def public_record(self) -> str:
         """The TXT record to publish at ``<selector>._domainkey.<domain>``."""
         public = self._key.public_key()

@@ -85,6 +85,11 @@ class Personalizer:
         self._names[key] = (path, self._names.get(key, (path, set()))[1] | found)
         return env.from_string(source)
 
+    @property
+    def names(self) -> frozenset[str]:
+        """Every name the templates use (columns, and the built-in email, name and row)."""
+        return frozenset(name for _, names in self._names.values() for name in names)
+
     def check_fields(self, columns: Collection[str], list_file: Path) -> None:
         """Refuse templates that use a name the list does not have, before anything is sent.
 

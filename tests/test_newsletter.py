@@ -14,7 +14,6 @@ from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
 from pathlib import Path
-from typing import cast
 from urllib.parse import parse_qs, urlsplit
 
 import yaml
@@ -22,7 +21,8 @@ import yaml
 from asyncmailer.unsubscribe import verify
 
 from .conftest import PASSWORD, USER, Certs, ServerFactory, run_cli
-from .dkimkeys import DOMAIN, SELECTOR, verifies, write_key
+from .dkimkeys import DOMAIN, SELECTOR, record, verifies, write_key
+from .dns_server import serve_zone
 
 ROWS = 5000
 KEY = b"a newsletter's unsubscribe key, 32+"
@@ -105,7 +105,7 @@ def write_newsletter(root: Path, port: int, ca_file: Path) -> tuple[Path, set[st
 
 
 def parse(data: bytes) -> EmailMessage:
-    return cast(EmailMessage, BytesParser(policy=policy.default).parsebytes(data))
+    return BytesParser(policy=policy.default).parsebytes(data)
 
 
 async def test_a_newsletter_campaign_end_to_end(
@@ -113,6 +113,22 @@ async def test_a_newsletter_campaign_end_to_end(
 ) -> None:
     running = await smtp_server()
     path, expected = write_newsletter(tmp_path, running.server.starttls_port, certs.ca_file)
+
+    # First the check: every row rendered, the verdict against a real DNS server on loopback
+    # and the server's SIZE over STARTTLS; the bad rows are warnings, nothing blocks.
+    zone = {
+        DOMAIN: ["v=spf1 ip4:127.0.0.1 -all"],
+        f"{SELECTOR}._domainkey.{DOMAIN}": [record("rsa-2048").decode("ascii")],
+        f"_dmarc.{DOMAIN}": ["v=DMARC1; p=reject"],
+    }
+    with serve_zone(zone) as dns:
+        server = f"127.0.0.1:{dns.nameserver.port}"
+        code, out, err = await run_cli("check", str(path), "--dns-server", server, cwd=tmp_path)
+    assert code == 0, out + err
+    assert "errors" not in out.split("warnings")[0]
+    assert f"list.csv:{ROWS + 2}" in out and f"list.csv:{ROWS + 3}" in out
+    assert f"{len(expected):,} recipients" in out, out
+    assert running.messages == []  # the check sent nothing
 
     code, out, err = await run_cli("send", str(path), "--report", "report.csv", cwd=tmp_path)
     assert code == 1, err  # the two bad rows were not sent

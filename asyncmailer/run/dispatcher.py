@@ -29,7 +29,42 @@ from .scheduler import LoadState, Scheduler
 if TYPE_CHECKING:  # jinja2 is imported only by campaigns that personalise (start-up time)
     from ..personalize import Personalizer
 
-__all__ = ["Dispatcher"]
+__all__ = ["Dispatcher", "render"]
+
+
+def render(
+    campaign: Campaign,
+    template: MessageTemplate,
+    personalizer: Personalizer | None,
+    item: WorkItem,
+) -> Transaction:
+    """The item's envelope and message, as it is sent (and as `asyncmailer check` renders
+    every row).
+
+    :raises ValueError: a personalised message cannot be made from the item's row (a template
+        fails on its values, or the subject would hold a line break).
+    """
+    if item.headers:
+        to, cc = campaign.to, campaign.cc
+    elif campaign.group_size == 1 and len(item.recipients) == 1:
+        to, cc = item.recipients, ()  # alone in the message: named in To
+    else:
+        to, cc = (), ()  # list recipients never see each other
+    envelope = Envelope(campaign.sender.addr, [m.addr for m in item.recipients])
+    if personalizer is None:
+        parts = template.render_parts(to=to, cc=cc, message_id=item.message_id)
+        return Transaction(envelope, parts)
+    context = personalizer.context(item.recipients[0], item.fields[0] if item.fields else {})
+    parts = template.render_parts(
+        to=to,
+        cc=cc,
+        message_id=item.message_id,
+        subject=personalizer.subject(context),
+        text=personalizer.body(context),
+        html=personalizer.html(context),
+        headers=personalizer.headers(context),
+    )
+    return Transaction(envelope, parts)
 
 
 class Dispatcher:
@@ -291,33 +326,7 @@ class Dispatcher:
         return item
 
     def _render(self, item: WorkItem) -> Transaction:
-        """The item's envelope and message.
-
-        :raises ValueError: a personalised message cannot be made from the row kept in the
-            ledger (the list changed since it was loaded).
-        """
-        if item.headers:
-            to, cc = self.campaign.to, self.campaign.cc
-        elif self.campaign.group_size == 1 and len(item.recipients) == 1:
-            to, cc = item.recipients, ()  # alone in the message: named in To
-        else:
-            to, cc = (), ()  # list recipients never see each other
-        envelope = Envelope(self.campaign.sender.addr, [m.addr for m in item.recipients])
-        personalizer = self.personalizer
-        if personalizer is None:
-            parts = self.template.render_parts(to=to, cc=cc, message_id=item.message_id)
-            return Transaction(envelope, parts)
-        context = personalizer.context(item.recipients[0], item.fields[0] if item.fields else {})
-        parts = self.template.render_parts(
-            to=to,
-            cc=cc,
-            message_id=item.message_id,
-            subject=personalizer.subject(context),
-            text=personalizer.body(context),
-            html=personalizer.html(context),
-            headers=personalizer.headers(context),
-        )
-        return Transaction(envelope, parts)
+        return render(self.campaign, self.template, self.personalizer, item)
 
     async def _prepare(self, item: WorkItem) -> Transaction | None:
         """The item's transaction, or None: it cannot be made, and is skipped."""

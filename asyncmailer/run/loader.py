@@ -19,7 +19,7 @@ from ..results import RecipientResult, Status
 if TYPE_CHECKING:  # jinja2 is imported only by campaigns that personalise (start-up time)
     from ..personalize import Personalizer
 
-__all__ = ["FIRST_BATCH", "LOAD_BATCH", "Loader", "check_row"]
+__all__ = ["FIRST_BATCH", "LOAD_BATCH", "Loader", "check_row", "list_file"]
 
 LOAD_BATCH = 5000  # list rows per ledger write
 # Sending starts once this many rows are in the ledger; the rest are read while it goes on
@@ -38,6 +38,18 @@ def check_row(personalizer: Personalizer, item: Recipient) -> str | None:
     except ValueError as err:
         return str(err)
     return None
+
+
+def list_file(campaign: Campaign, path: Path) -> RecipientFile:
+    """The campaign's list file as its keys describe it (column, encoding, delimiter): what a
+    run loads and `asyncmailer check` renders."""
+    return RecipientFile(
+        path,
+        column=campaign.recipients_column,
+        name_column=campaign.name_column,
+        encoding=campaign.recipients_encoding,
+        delimiter=campaign.recipients_delimiter,
+    )
 
 
 class Loader:
@@ -156,13 +168,7 @@ class Loader:
         if campaign.recipients_file is None:
             await self._end_load()
             return
-        source = RecipientFile(
-            campaign.recipients_file,
-            column=campaign.recipients_column,
-            name_column=campaign.name_column,
-            encoding=campaign.recipients_encoding,
-            delimiter=campaign.recipients_delimiter,
-        )
+        source = list_file(campaign, campaign.recipients_file)
         await source.scan()
         keep = personalizer is not None or campaign.send_at_local is not None  # row fields
         pending = _Pending(keep)
