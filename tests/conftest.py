@@ -25,6 +25,7 @@ from asyncmailer.server import Account, EmbeddedServer, MailStore
 from asyncmailer.smtp.session import Session, build_tls_context
 from asyncmailer.transport import Envelope, Transaction
 
+from .postfix import postfix  # noqa: F401  (the fixture, for every test folder)
 from .smtpd import Recorder, RecordingSMTP
 
 PASSWORD = "пароль-Secret-42"  # non-ASCII on purpose: stdlib smtplib cannot send it
