@@ -25,6 +25,13 @@ from ..message import END_OF_DATA, message_size
 from ..results import RecipientResult, Status
 from ..transport import Commit, Sent, Transaction
 from . import commands
+from .mixups import (
+    PROBE_AFTER,
+    answered_in_plain_text,
+    implicit_tls_hint,
+    plain_text_hint,
+    speaks_tls,
+)
 from .outcome import AFTER_END, describe
 from .outcome import Transaction as Bookkeeping
 from .replies import ReplyReader
@@ -145,7 +152,7 @@ class Session:
         """
         settings = self.settings
         try:
-            await self._smtp.connect()
+            await self._greeting()
             await self._smtp.ehlo()
             if settings.security is Security.STARTTLS:
                 await self._starttls()
@@ -161,10 +168,42 @@ class Session:
             ) from None
         except (aiosmtplib.SMTPException, OSError) as err:
             self.abort()
+            if settings.security is Security.SSL and answered_in_plain_text(err):
+                raise ConnectError(
+                    f"could not connect: {plain_text_hint(settings.port)}", **self._where
+                ) from None
             raise ConnectError(f"could not connect: {describe(err)}", **self._where) from None
         if settings.password is not None:
             await self._login()
         self._take_over()
+
+    async def _greeting(self) -> None:
+        """Connect and read the greeting. Waiting for a plain greeting, a port still silent
+        after `PROBE_AFTER` seconds is asked on a second connection whether it speaks TLS:
+        if so, it is an implicit-TLS port, and the error says so at once.
+
+        Not on port 25: an MX's postscreen takes a client that talks before the greeting
+        for a bot and may keep refusing it; a mix-up is a submission port's (465, 587).
+        """
+        settings = self.settings
+        connecting = asyncio.ensure_future(self._smtp.connect())
+        probe: asyncio.Future[bool] | None = None
+        try:
+            if settings.security is not Security.SSL and settings.port != 25:
+                done, _ = await asyncio.wait({connecting}, timeout=PROBE_AFTER)
+                if not done:
+                    # Whichever ends first: the greeting, or the probe's finding.
+                    probe = asyncio.ensure_future(speaks_tls(settings.host, settings.port))
+                    await asyncio.wait({connecting, probe}, return_when=asyncio.FIRST_COMPLETED)
+                if probe is not None and probe.done() and probe.result():
+                    raise ConnectError(
+                        f"could not connect: {implicit_tls_hint(settings.port)}", **self._where
+                    )
+            await connecting
+        finally:
+            connecting.cancel()  # when it did not end: the caller closes the connection
+            if probe is not None:
+                probe.cancel()
 
     async def _starttls(self) -> None:
         if not self._smtp.supports_extension("starttls"):
