@@ -412,6 +412,7 @@ async def _run_once(
         retry_refused=args.retry_refused,
         retry_codes=tuple(args.code),
         quota_used=quota_used,
+        run_id=record.id,
     )
     try:
         with signals.covering(options.stop) if signals else _SignalStop(options.stop):

@@ -28,6 +28,8 @@ import pytest
 import trustme
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from .smtpd import DsnSMTP
+
 __all__ = [
     "POSTFIX",
     "Limits",
@@ -80,26 +82,47 @@ class Limits:
 
 @dataclass(frozen=True, slots=True)
 class Arrived:
-    """One message the sink took from Postfix."""
+    """One message the sink took from Postfix, with the DSN parameters Postfix passed on."""
 
     mail_from: str
     rcpt_tos: tuple[str, ...]
     data: bytes
+    mail_options: tuple[str, ...]
+    rcpt_options: tuple[str, ...]
 
 
 @dataclass
 class Sink:
-    """An aiosmtpd server on loopback that keeps what Postfix relays to it."""
+    """An aiosmtpd server on loopback that keeps what Postfix relays to it. It offers DSN,
+    so Postfix passes on the envelope id and the notifications it was given."""
 
     messages: list[Arrived] = field(default_factory=list)
     port: int = 0
     _server: asyncio.Server | None = None
     _changed: asyncio.Condition | None = None
 
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname
+        return [*responses[:-1], "250-DSN", responses[-1]]
+
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         data = envelope.content if isinstance(envelope.content, bytes) else b""
         sender = envelope.mail_from or ""
-        self.messages.append(Arrived(sender, tuple(envelope.rcpt_tos), data))
+        arrived = Arrived(
+            sender,
+            tuple(envelope.rcpt_tos),
+            data,
+            tuple(envelope.mail_options),
+            tuple(envelope.rcpt_options),
+        )
+        self.messages.append(arrived)
         assert self._changed is not None
         async with self._changed:
             self._changed.notify_all()
@@ -109,7 +132,7 @@ class Sink:
         loop = asyncio.get_running_loop()
         self._changed = asyncio.Condition()
         self._server = await loop.create_server(
-            lambda: SMTP(self, hostname="sink.asyncmailer.test"), host="127.0.0.1", port=0
+            lambda: DsnSMTP(self, hostname="sink.asyncmailer.test"), host="127.0.0.1", port=0
         )
         self.port = self._server.sockets[0].getsockname()[1]
         return self

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from asyncmailer.server import MailStore
 
 
 @dataclass
@@ -50,3 +52,36 @@ class RecordingSMTP(SMTP):
         )
         self._chunks.append(Chunk(bytes(data), tls))
         super().data_received(data)
+
+
+class DsnSMTP(SMTP):
+    """An aiosmtpd server that takes the DSN parameters (RFC 3461: RET, ENVID on MAIL;
+    NOTIFY, ORCPT on RCPT) and keeps them, upper-cased, in the envelope's `mail_options` and
+    `rcpt_options` (aiosmtpd refuses any parameter it does not know). Its handler says DSN in
+    EHLO (`DsnStore`, `tests.postfix.Sink`)."""
+
+    _DSN = frozenset({"RET", "ENVID", "NOTIFY", "ORCPT"})
+
+    def _getparams(self, params: Any) -> Any:
+        found = super()._getparams(params)
+        return None if found is None else {k: v for k, v in found.items() if k not in self._DSN}
+
+
+class RecordingDsnSMTP(DsnSMTP, RecordingSMTP):
+    """Both: takes the DSN parameters, and records every byte."""
+
+
+class DsnStore(MailStore):
+    """The embedded server's store, offering DSN."""
+
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        responses = await super().handle_EHLO(server, session, envelope, hostname, responses)
+        responses.insert(-1, "250-DSN")
+        return responses

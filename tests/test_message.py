@@ -23,7 +23,9 @@ from asyncmailer.message import (
     _address_header,
     _encode_text,
     _subject,
+    envelope_id,
     load_body,
+    message_ids,
     prepare_data,
 )
 
@@ -229,3 +231,11 @@ def test_a_name_that_looks_like_an_encoded_word_shows_as_written() -> None:
     header = _address_header("To", [mailbox])
     parsed = email.message_from_bytes(header + b"\r\n", policy=policy.default)
     assert parsed["To"].addresses[0].display_name == "=?utf-8?b?QWRtaW4=?="
+
+
+def test_the_envelope_id_is_the_run_and_the_message_ids_left_part() -> None:
+    [message_id] = message_ids("example.com", 1)
+    envid = envelope_id("20261202T031423Z-2", message_id)
+    run, _, left = envid.partition(".")  # run ids hold no dot
+    assert run == "20261202T031423Z-2" and f"<{left}@example.com>" == message_id
+    assert len(envid) <= 100  # RFC 3461's limit

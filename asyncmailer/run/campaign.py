@@ -21,7 +21,7 @@ from ..html_text import html_to_text
 from ..journal.files import journal_path
 from ..journal.sqlite import Journal
 from ..ledger import JournalState, Ledger
-from ..message import MessageTemplate, load_body
+from ..message import UNRECORDED_RUN, MessageTemplate, load_body
 from ..observer import Observer
 from ..results import CampaignReport, RecipientResult
 from ..smtp.pool import SessionPool
@@ -59,6 +59,8 @@ class RunOptions:
     # List rows read into the ledger before sending starts, then per ledger write.
     first_batch: int = FIRST_BATCH
     load_batch: int = LOAD_BATCH
+    # The run's id in the campaign's catalog: the first part of each message's DSN envelope id.
+    run_id: str | None = None
 
 
 async def prepare_message(campaign: Campaign) -> MessageTemplate:
@@ -211,6 +213,7 @@ async def run_campaign(
                 stop=options.stop,
                 limit=options.limit,
                 quota_used=options.quota_used,
+                run_id=options.run_id or UNRECORDED_RUN,
             )
             try:
                 await dispatcher.run()

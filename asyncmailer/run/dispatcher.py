@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from ..config import Campaign
 from ..errors import AuthError, ConnectError, DeliveryError, RefusedError, TLSRequiredError
 from ..ledger import Ledger, WorkItem
-from ..message import MessageTemplate
+from ..message import UNRECORDED_RUN, MessageTemplate, envelope_id
 from ..observer import Observer
 from ..results import CampaignReport, RecipientResult, Status
 from ..schedule import local_due
@@ -54,6 +54,7 @@ class Dispatcher:
         stop: asyncio.Event,
         limit: int | None = None,
         quota_used: int = 0,
+        run_id: str = UNRECORDED_RUN,
     ) -> None:
         self.campaign = campaign
         self.template = template
@@ -64,6 +65,7 @@ class Dispatcher:
         self.observer = observer
         self.report = report
         self.stop = stop
+        self.run_id = run_id  # the first part of every message's DSN envelope id
         self.retry = Retry(campaign)
         self.limiter = RateLimiter(campaign.rate) if campaign.rate else None
         self.quota = DailyQuota(campaign.daily_quota, ledger, elsewhere=quota_used)
@@ -260,7 +262,11 @@ class Dispatcher:
             to, cc = item.recipients, ()  # alone in the message: named in To
         else:
             to, cc = (), ()  # list recipients never see each other
-        envelope = Envelope(self.campaign.sender.addr, [m.addr for m in item.recipients])
+        envelope = Envelope(
+            self.campaign.sender.addr,
+            [m.addr for m in item.recipients],
+            envelope_id(self.run_id, item.message_id),
+        )
         personalizer = self.personalizer
         if personalizer is None:
             parts = self.template.render_parts(to=to, cc=cc, message_id=item.message_id)

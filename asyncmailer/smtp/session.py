@@ -87,6 +87,7 @@ class Session:
         )
         self.transactions = 0
         self.pipelining = False
+        self.dsn = False  # the server offers DSN: envelope ids and NOTIFY go with each message
         self._broken = False
         self._closing = False
         self._reader: ReplyReader | None = None
@@ -269,6 +270,8 @@ class Session:
         transport.set_protocol(self._reader)
         self._reader.connection_made(transport)
         self.pipelining = self.settings.pipelining and "pipelining" in self._extensions
+        # RFC 3461: only a server that offers DSN may be given its parameters.
+        self.dsn = "dsn" in self._extensions
 
     # -- closing -----------------------------------------------------------------------------
 
@@ -320,7 +323,9 @@ class Session:
         :raises UnsafeArgumentError: an address holds CR, LF or NUL (nothing was written).
         """
         assert self._reader is not None, "connect() first"
-        (sender, recipients), parts = transaction
+        envelope, parts = transaction
+        sender, recipients = envelope.sender, envelope.recipients
+        envid = envelope.envid if self.dsn else None
         size = message_size(parts)
         preloaded, self._preloaded = self._preloaded, None
         tx = Bookkeeping(recipients, sender)
@@ -338,7 +343,9 @@ class Session:
             return Sent(results, refusal=refusal)
         # Built (and checked for CR/LF/NUL) before anything of the transaction is written.
         group = (
-            b"" if preloaded else commands.envelope(sender, recipients, self._size_argument(size))
+            b""
+            if preloaded
+            else commands.envelope(sender, recipients, self._size_argument(size), envid)
         )
         self.transactions += 1
         try:
@@ -350,7 +357,7 @@ class Session:
                 self._reader.write(group)
                 go = await self._read_envelope(tx)
             else:
-                go = await self._envelope_stepwise(tx, sender, size)
+                go = await self._envelope_stepwise(tx, sender, size, envid)
             if go:
                 if then is not None and not self._may_preload():
                     then = None
@@ -418,13 +425,15 @@ class Session:
             return False
         return tx.data_started(start)
 
-    async def _envelope_stepwise(self, tx: Bookkeeping, sender: str, size: int) -> bool:
+    async def _envelope_stepwise(
+        self, tx: Bookkeeping, sender: str, size: int, envid: str | None
+    ) -> bool:
         """One command, one reply: for servers without PIPELINING."""
         timeout = self.settings.timeout
         reader = self._reader
         assert reader is not None
         tx.phase = "during MAIL FROM"
-        reader.write(commands.mail_from(sender, self._size_argument(size)).encode())
+        reader.write(commands.mail_from(sender, self._size_argument(size), envid).encode())
         mail = await reader.read(timeout)
         self._check_421(mail)
         tx.mail(mail)
@@ -434,7 +443,7 @@ class Session:
             return False
         tx.phase = "during RCPT TO"
         for recipient in tx.recipients:
-            reader.write(commands.rcpt_to(recipient).encode())
+            reader.write(commands.rcpt_to(recipient, dsn=envid is not None).encode())
             reply = await reader.read(timeout)
             self._check_421(reply)
             tx.rcpt(recipient, reply, mail)
@@ -461,9 +470,14 @@ class Session:
         tx.phase = "while sending the message"
         end = END_OF_DATA
         if then is not None:
-            (next_sender, next_recipients), next_parts = then
+            following, next_parts = then
             next_size = self._size_argument(message_size(next_parts))
-            end += commands.envelope(next_sender, next_recipients, next_size)
+            end += commands.envelope(
+                following.sender,
+                following.recipients,
+                next_size,
+                following.envid if self.dsn else None,
+            )
         if size <= _JOIN_BELOW:
             # A small message: commit first, then the whole message, its final "." and the
             # next envelope in one send().

@@ -14,6 +14,7 @@ import pytest
 
 from asyncmailer.config import load_campaign
 from asyncmailer.errors import AuthError, TLSRequiredError
+from asyncmailer.message import envelope_id
 from asyncmailer.observer import Observer
 from asyncmailer.results import RecipientResult, Status
 from asyncmailer.run.campaign import RunOptions, run_campaign
@@ -436,3 +437,19 @@ async def test_next_envelope_goes_out_with_the_final_dot(
     joined = [c for c in chunks if b"\r\n.\r\nMAIL FROM:<sender@example.com>" in c]
     assert len(joined) == 5, chunks
     assert all(c.endswith(b"\r\nDATA\r\n") for c in joined)
+
+
+async def test_each_message_carries_its_envelope_id_where_dsn_is_offered(
+    smtp_server: ServerFactory, make_campaign: CampaignFactory
+) -> None:
+    running = await smtp_server(dsn=True)
+    path = make_campaign(port=running.server.ssl_port)
+    options = RunOptions(run_id="20261202T031423Z")
+    report = await run_campaign(await load_campaign(path, env={}), options=options)
+    assert report.all_accepted
+    [message] = running.messages
+    message_id = parse(message.data)["Message-ID"]
+    [mail] = [c for c in running.recorder.commands() if c.startswith("MAIL FROM:")]
+    # The run, then the Message-ID's left part: a bounce names the message it is about.
+    assert mail.endswith(f" RET=HDRS ENVID={envelope_id('20261202T031423Z', message_id)}")
+    assert message_id.startswith("<" + mail.split("ENVID=20261202T031423Z.")[1] + "@")
