@@ -85,10 +85,13 @@ async def smtp_server(certs: Certs, tmp_path: Path) -> AsyncIterator[ServerFacto
         store_folder: Path | None = None,
         pipelining: bool = True,
         dsn: bool = False,
+        store: MailStore | None = None,
         **options: Any,
     ) -> RunningServer:
         recorder = Recorder()
-        store = (DsnStore if dsn else MailStore)(store_folder, refuse=refuse, pipelining=pipelining)
+        if store is None:
+            kind = DsnStore if dsn else MailStore
+            store = kind(store_folder, refuse=refuse, pipelining=pipelining)
         server = EmbeddedServer(
             tls_context=options.pop("tls_context", certs.server_context),
             store=store,

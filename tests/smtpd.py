@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 
 from asyncmailer.server import MailStore
 
@@ -85,3 +87,29 @@ class DsnStore(MailStore):
         responses = await super().handle_EHLO(server, session, envelope, hostname, responses)
         responses.insert(-1, "250-DSN")
         return responses
+
+
+class OAuthStore(MailStore):
+    """The embedded server's store, also taking AUTH XOAUTH2 (an aiosmtpd handler's
+    `auth_XOAUTH2`) for `user` with a token in `valid`. Any other token gets what Gmail sends
+    for an expired one: a 334 with its JSON error, then, after the client's empty line,
+    535 (with the token echoed, so that tests see it scrubbed)."""
+
+    def __init__(self, *args: Any, user: str, valid: set[str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.user = user
+        self.valid = valid
+        self.tokens: list[str] = []  # every token tried, in order
+
+    async def auth_XOAUTH2(self, server: SMTP, args: list[str]) -> AuthResult:
+        fields = base64.b64decode(args[1]).decode().split("\x01") if len(args) > 1 else []
+        user = fields[0].removeprefix("user=") if fields else ""
+        token = fields[1].removeprefix("auth=Bearer ") if len(fields) > 1 else ""
+        self.tokens.append(token)
+        if user == self.user and token in self.valid:
+            return AuthResult(success=True, auth_data=user)
+        error = {"status": "401", "schemes": "bearer", "scope": "https://mail.google.com/"}
+        await server.challenge_auth(json.dumps(error))
+        return AuthResult(
+            success=False, handled=False, message=f"535 5.7.8 Token not accepted: {token}"
+        )

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..attachments import Attachment, load_attachments
-from ..config import Campaign, Security
+from ..config import AuthMethod, Campaign, Security
 from ..html_body import MARKDOWN, inline_images, render_markdown
 from ..html_text import html_to_text
 from ..journal.files import journal_path
@@ -24,6 +24,7 @@ from ..ledger import JournalState, Ledger
 from ..message import UNRECORDED_RUN, MessageTemplate, load_body
 from ..observer import Observer
 from ..results import CampaignReport, RecipientResult
+from ..smtp.oauth import TokenSource
 from ..smtp.pool import SessionPool
 from ..smtp.session import Session, build_tls_context
 from ..transport import Transport
@@ -135,8 +136,12 @@ async def smtp_transport(campaign: Campaign, options: RunOptions) -> SessionPool
         else None
     )
 
+    tokens = TokenSource(server) if server.auth is AuthMethod.XOAUTH2 else None
+
     def new_session() -> Session:
-        return Session(server, tls_context=tls_context, local_hostname=options.local_hostname)
+        return Session(
+            server, tls_context=tls_context, local_hostname=options.local_hostname, tokens=tokens
+        )
 
     return SessionPool(new_session, size=campaign.connections)
 

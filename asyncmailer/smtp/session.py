@@ -19,7 +19,7 @@ import aiosmtplib
 from aiosmtplib import SMTPResponse, SMTPStatus
 
 from ..attachments import Part, Spooled
-from ..config import Security, ServerSettings
+from ..config import AuthMethod, Security, ServerSettings
 from ..errors import AuthError, ConnectError, RefusedError, TLSRequiredError
 from ..message import END_OF_DATA, message_size
 from ..results import RecipientResult, Status
@@ -32,6 +32,7 @@ from .mixups import (
     plain_text_hint,
     speaks_tls,
 )
+from .oauth import TokenSource
 from .outcome import AFTER_END, describe
 from .outcome import Transaction as Bookkeeping
 from .replies import ReplyReader
@@ -73,9 +74,11 @@ class Session:
         *,
         tls_context: ssl.SSLContext | None,
         local_hostname: str | None = None,
+        tokens: TokenSource | None = None,
     ) -> None:
         self.settings = settings
         self._tls_context = tls_context
+        self._tokens = tokens  # auth: xoauth2: the access token, shared by the pool
         self._smtp = aiosmtplib.SMTP(
             hostname=settings.host,
             port=settings.port,
@@ -174,7 +177,7 @@ class Session:
                     f"could not connect: {plain_text_hint(settings.port)}", **self._where
                 ) from None
             raise ConnectError(f"could not connect: {describe(err)}", **self._where) from None
-        if settings.password is not None:
+        if settings.logs_in:
             await self._login()
         self._take_over()
 
@@ -224,24 +227,42 @@ class Session:
         await self._smtp.ehlo()
 
     async def _login(self) -> None:
-        """AUTH LOGIN as the original program did; PLAIN only if LOGIN is not offered."""
+        """AUTH as `auth` says: LOGIN as the original program did, PLAIN only if LOGIN is not
+        offered; PLAIN; or XOAUTH2 with the token source's access token."""
         settings = self.settings
-        assert settings.password is not None and settings.username is not None
-        password = settings.password.reveal()
+        assert settings.username is not None
         methods = self._smtp.server_auth_methods
+        wanted = {
+            AuthMethod.LOGIN: ("login", "plain"),
+            AuthMethod.PLAIN: ("plain",),
+            AuthMethod.XOAUTH2: ("xoauth2",),
+        }[settings.auth]
+        method = next((m for m in wanted if m in methods), None)
         try:
-            if "login" in methods:
-                await self._smtp.auth_login(settings.username, password)
-            elif "plain" in methods:
-                await self._smtp.auth_plain(settings.username, password)
-            else:
-                self.abort()
+            if method is None:
                 offered = ", ".join(m.upper() for m in methods) or "none"
+                asked = " or ".join(m.upper() for m in wanted)
+                hint = (
+                    "remove the password to send without logging in"
+                    if settings.password is not None
+                    else "ask the provider which one it takes (the auth key)"
+                )
                 raise AuthError(
-                    f"the server offers no AUTH LOGIN or PLAIN (offers: {offered}); remove the "
-                    "password to send without logging in",
+                    f"the server offers no AUTH {asked} (offers: {offered}); {hint}",
                     **self._where,
                 )
+            if method == "xoauth2":
+                await self._xoauth2(settings.username)
+            else:
+                assert settings.password is not None
+                password = settings.password.reveal()
+                if method == "login":
+                    await self._smtp.auth_login(settings.username, password)
+                else:
+                    await self._smtp.auth_plain(settings.username, password)
+        except AuthError:
+            self.abort()
+            raise
         except aiosmtplib.SMTPResponseException as err:
             self.abort()
             text = self._scrub(err.message)
@@ -254,6 +275,28 @@ class Session:
             self.abort()
             text = self._scrub(describe(err))
             raise ConnectError(f"connection lost during login: {text}", **self._where) from None
+
+    async def _xoauth2(self, username: str) -> None:
+        """AUTH XOAUTH2; a 535 (after the 334 that carries the server's JSON error, which
+        aiosmtplib answers) is most often an expired token: once, with a token fetched anew
+        (the command run again, the file read again), when it differs.
+
+        :raises aiosmtplib.SMTPResponseException: the server refused the token(s).
+        """
+        tokens = self._tokens
+        assert tokens is not None, "auth: xoauth2 needs a TokenSource"
+        token = await tokens.token()
+        self._scrub = Scrubber(username, None, tokens=(token,))
+        try:
+            await self._smtp.auth_xoauth2(username, token)
+        except aiosmtplib.SMTPAuthenticationError as err:
+            if err.code != SMTPStatus.auth_failed:
+                raise
+            fresh = await tokens.refresh(token)
+            if fresh == token:
+                raise
+            self._scrub = Scrubber(username, None, tokens=(token, fresh))
+            await self._smtp.auth_xoauth2(username, fresh)
 
     def _take_over(self) -> None:
         """Hand the connection from aiosmtplib to our `ReplyReader`, which keeps every reply,
