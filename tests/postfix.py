@@ -4,8 +4,9 @@ ports (plain with STARTTLS, and implicit TLS), its own limits; everything it acc
 to an in-process aiosmtpd sink (`Sink`), so a test sees what arrived and through which
 instance. The system's /etc/postfix is never read or written, and no system mail is set up.
 
-Several instances may run at once, each with its own `Limits`; `stop()` and `start()` take one
-down and back up mid-test (a relay gone in the middle of a run).
+Several instances may run at once, each with its own `Limits` and, if given, its own accounts
+(AUTH PLAIN/LOGIN through Cyrus SASL, after STARTTLS, required to relay); `stop()` and
+`start()` take one down and back up mid-test (a relay gone in the middle of a run).
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ import pty
 import select
 import shutil
 import socket
+import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,7 @@ __all__ = [
 ]
 
 POSTFIX = Path("/usr/sbin/postfix")
+SASLPASSWD = Path("/usr/sbin/saslpasswd2")  # sasl2-bin, for instances with accounts
 _START_TIMEOUT = 30.0
 
 
@@ -187,6 +190,8 @@ def _free_port() -> int:
 def _main_cf(postfix: Postfix) -> str:
     limits = postfix.limits
     etc = postfix.config_dir
+    # Who may relay: any loopback client, or with accounts only one that logged in.
+    permit = "permit_sasl_authenticated" if postfix.accounts else "permit_mynetworks"
     return f"""\
 # A private test instance (tests/postfix.py): nothing is delivered locally, everything
 # accepted goes to the test's sink on 127.0.0.1:{postfix.sink.port}.
@@ -209,9 +214,9 @@ inet_protocols = ipv4
 mynetworks = 127.0.0.0/8
 smtpd_banner = $myhostname ESMTP Postfix (asyncmailer test instance)
 smtpd_peername_lookup = no
-smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
+smtpd_relay_restrictions = {permit}, reject_unauth_destination
 smtpd_recipient_restrictions = check_sender_access texthash:{etc / "sender_access"},
-    permit_mynetworks, reject_unauth_destination
+    {permit}, reject_unauth_destination
 smtpd_client_event_limit_exceptions =
 smtpd_client_connection_count_limit = {limits.connection_count}
 smtpd_client_message_rate_limit = {limits.message_rate}
@@ -258,6 +263,21 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 """
 
 
+def _sasl_cf(postfix: Postfix) -> str:
+    """With accounts: AUTH (Cyrus SASL, PLAIN and LOGIN, over TLS only) is required to relay;
+    a client that has not logged in gets ``554 5.7.1 ... Relay access denied`` at RCPT."""
+    if not postfix.accounts:
+        return ""
+    return f"""\
+smtpd_sasl_auth_enable = yes
+smtpd_sasl_type = cyrus
+smtpd_sasl_path = smtpd
+cyrus_sasl_config_path = {postfix.config_dir / "sasl"}
+smtpd_sasl_security_options = noanonymous
+smtpd_tls_auth_only = yes
+"""
+
+
 def _master_cf(postfix: Postfix) -> str:
     return (
         f"127.0.0.1:{postfix.port} inet n - n - - smtpd\n"
@@ -278,8 +298,10 @@ class Postfix:
         sink: Sink,
         certificate: trustme.LeafCert,
         limits: Limits,
+        accounts: Mapping[str, str] | None = None,
     ) -> None:
         self.folder = folder
+        self.accounts = dict(accounts or {})
         self.name = name
         self.sink = sink
         self.limits = limits
@@ -307,8 +329,31 @@ class Postfix:
         key.chmod(0o600)
         blocked = "".join(f"{sender} REJECT\n" for sender in self.limits.blocked_senders)
         (self.config_dir / "sender_access").write_text(blocked)
-        (self.config_dir / "main.cf").write_text(_main_cf(self))
+        (self.config_dir / "main.cf").write_text(_main_cf(self) + _sasl_cf(self))
+        if self.accounts:
+            self._write_accounts()
         (self.config_dir / "master.cf").write_text(_master_cf(self))
+
+    def _write_accounts(self) -> None:
+        """The logins in a Cyrus sasldb of this instance's own, read by smtpd as mail_owner."""
+        sasl = self.config_dir / "sasl"
+        sasl.mkdir()
+        database = sasl / "sasldb2"
+        (sasl / "smtpd.conf").write_text(
+            f"pwcheck_method: auxprop\nauxprop_plugin: sasldb\nmech_list: PLAIN LOGIN\n"
+            f"sasldb_path: {database}\n"
+        )
+        for login, password in self.accounts.items():
+            user, _, realm = login.rpartition("@")
+            subprocess.run(
+                [str(SASLPASSWD), "-p", "-c", "-f", str(database), "-u", realm, user],
+                input=password.encode(),
+                check=True,
+                capture_output=True,
+                timeout=30,
+            )
+        shutil.chown(database, "postfix")
+        database.chmod(0o600)
 
     async def _postfix(self, *args: str) -> tuple[int, str]:
         # postfix(1) tells what is wrong on stderr only when it is a terminal (else only in
@@ -388,8 +433,9 @@ PostfixFactory = Callable[..., Awaitable[Postfix]]
 
 @pytest.fixture
 async def postfix(certs: Any) -> AsyncIterator[PostfixFactory]:
-    """Start private Postfix instances: ``await postfix(Limits(...), name="relay1")``, each
-    with its own sink, ports and limits; all stopped and removed at the end of the test.
+    """Start private Postfix instances: ``await postfix(Limits(...), name="relay1",
+    accounts={USER: PASSWORD})``, each with its own sink, ports, limits and logins; all
+    stopped and removed at the end of the test.
     Skips the test with the reason when Postfix cannot run here."""
     if why := postfix_missing():
         pytest.skip(why)
@@ -399,12 +445,24 @@ async def postfix(certs: Any) -> AsyncIterator[PostfixFactory]:
     base = Path(tempfile.mkdtemp(prefix="am-postfix-"))
     base.chmod(0o755)
 
-    async def start(limits: Limits | None = None, *, name: str | None = None) -> Postfix:
+    async def start(
+        limits: Limits | None = None,
+        *,
+        name: str | None = None,
+        accounts: Mapping[str, str] | None = None,
+    ) -> Postfix:
+        if accounts and not SASLPASSWD.is_file():
+            pytest.skip("Postfix AUTH needs sasl2-bin and libsasl2-modules (.ci/run installs them)")
         name = name or f"relay{len(started) + 1}"
         sink = await Sink().start()
         certificate = certs.ca.issue_cert("localhost", "127.0.0.1")
         instance = Postfix(
-            base / name, name=name, sink=sink, certificate=certificate, limits=limits or Limits()
+            base / name,
+            name=name,
+            sink=sink,
+            certificate=certificate,
+            limits=limits or Limits(),
+            accounts=accounts,
         )
         started.append(instance)
         return await instance.start()

@@ -70,3 +70,21 @@ async def send_one(port: int, recipients: list[str]) -> dict[str, SMTPResponse]:
     async with smtp:
         errors, _ = await smtp.sendmail("me@example.com", recipients, b"Subject: x\r\n\r\nx\r\n")
     return errors
+
+
+async def test_with_accounts_only_a_client_that_logged_in_may_relay(
+    postfix: PostfixFactory, certs: Certs
+) -> None:
+    relay = await postfix(accounts={"sender@example.com": "пароль-1"})
+    context = ssl.create_default_context(cafile=str(certs.ca_file))
+    smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=relay.port, tls_context=context, timeout=5)
+    async with smtp:
+        await smtp.ehlo()
+        assert "plain" in smtp.server_auth_methods and "login" in smtp.server_auth_methods
+        with pytest.raises(aiosmtplib.SMTPRecipientsRefused):  # 554 5.7.1 Relay access denied
+            await smtp.sendmail("sender@example.com", ["a@example.com"], b"Subject: x\r\n\r\nx\r\n")
+        with pytest.raises(aiosmtplib.SMTPAuthenticationError):
+            await smtp.auth_login("sender@example.com", "wrong")
+        await smtp.auth_login("sender@example.com", "пароль-1")
+        await smtp.sendmail("sender@example.com", ["b@example.com"], b"Subject: x\r\n\r\nx\r\n")
+    assert await relay.sink.wait_for(1) == ["b@example.com"]

@@ -19,7 +19,8 @@ from asyncmailer.observer import Observer
 from asyncmailer.results import RecipientResult, Status
 from asyncmailer.run.campaign import RunOptions, run_campaign
 
-from ..conftest import PASSWORD, SUBJECT, CampaignFactory, RunningServer, ServerFactory
+from ..conftest import PASSWORD, SUBJECT, USER, CampaignFactory, RunningServer, ServerFactory
+from ..postfix import PostfixFactory
 
 FILES = {
     "отчёт за ноябрь.pdf": b"%PDF-1.4\n" + bytes(range(256)) * 40,
@@ -453,3 +454,22 @@ async def test_each_message_carries_its_envelope_id_where_dsn_is_offered(
     # The run, then the Message-ID's left part: a bounce names the message it is about.
     assert mail.endswith(f" RET=HDRS ENVID={envelope_id('20261202T031423Z', message_id)}")
     assert message_id.startswith("<" + mail.split("ENVID=20261202T031423Z.")[1] + "@")
+
+
+async def test_a_campaign_through_postfix_with_starttls_and_auth(
+    postfix: PostfixFactory, make_campaign: CampaignFactory
+) -> None:
+    relay = await postfix(accounts={USER: PASSWORD})
+    path = make_campaign(port=relay.port, security="starttls")
+    report = await run_campaign(await load_campaign(path, env={}))
+    assert report.fatal is None and report.all_accepted
+    assert sorted(await relay.sink.wait_for(3)) == [
+        "alice@example.com",
+        "bob@example.org",
+        "carol@example.net",
+    ]
+    # A wrong password: Postfix's 535 stops the run, nothing sent.
+    wrong = make_campaign(port=relay.port, security="starttls", password="wrong", campaign="w")
+    report = await run_campaign(await load_campaign(wrong, env={}))
+    assert isinstance(report.fatal, AuthError) and report.fatal.code == 535
+    assert len(relay.sink.messages) == 1
