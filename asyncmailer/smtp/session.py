@@ -35,6 +35,7 @@ from .mixups import (
 from .oauth import TokenSource
 from .outcome import AFTER_END, describe
 from .outcome import Transaction as Bookkeeping
+from .refusals import Scope, relay_denied
 from .replies import ReplyReader
 from .scrub import Scrubber
 
@@ -422,9 +423,16 @@ class Session:
         if tx.refusal is None:
             return None
         scope, stage, reply = tx.refusal
+        hint = ""
+        if scope is Scope.SESSION and relay_denied(reply):
+            hint = (
+                "; it relays only for clients that log in: set the password (or auth: xoauth2)"
+                if not self.settings.logs_in
+                else "; the login is not allowed to send through this server"
+            )
         return RefusedError(
             f"the server refused the {scope} (its reply to {stage}): {reply.code} "
-            f"{' '.join(reply.message.split())}",
+            f"{' '.join(reply.message.split())}{hint}",
             code=reply.code,
             scope=scope.value,
             temporary=400 <= reply.code < 500,

@@ -16,7 +16,7 @@ from asyncmailer.journal import JournalReader
 from asyncmailer.ledger import JournalState
 from asyncmailer.results import CampaignReport
 from asyncmailer.run.campaign import RunOptions, run_campaign
-from asyncmailer.smtp.refusals import Scope, Stage, names_sender, scope_of
+from asyncmailer.smtp.refusals import Scope, Stage, names_sender, scope_of, scope_of_rcpts
 
 from ..conftest import CampaignFactory, plain_list_campaign
 from ..postfix import Limits, PostfixFactory
@@ -117,3 +117,28 @@ async def test_postfixs_connection_count_limit_means_fewer_connections(
     assert report.fatal is None and journal == Counter(accepted=12)
     assert sorted(await relay.sink.wait_for(12)) == LIST
     assert "Connection concurrency limit exceeded" in relay.log()  # the limit was hit
+
+
+async def test_relay_access_denied_to_everyone_is_the_sessions_not_the_recipients(
+    postfix: PostfixFactory, make_campaign: CampaignFactory
+) -> None:
+    # Postfix wants a login to relay, and the campaign has no password: its 554 5.7.1 names
+    # each recipient, but is about the session. Nobody may be written off for good.
+    relay = await postfix(accounts={SENDER: "secret"})
+    for group_size in (1, 3):
+        report, journal = await send(
+            make_campaign, relay.port, LIST[:3], group_size=group_size, campaign=f"g{group_size}"
+        )
+        assert isinstance(report.fatal, RefusedError) and report.fatal.scope == "session"
+        assert "Relay access denied; it relays only for clients that log in" in str(report.fatal)
+        assert journal == Counter(pending=3)
+    assert relay.sink.messages == []
+
+
+def test_relay_denied_to_one_of_several_is_that_recipients() -> None:
+    denied = SMTPResponse(554, "5.7.1 <b@example.net>: Relay access denied")
+    assert scope_of_rcpts([denied], every=False) is Scope.RECIPIENT
+    assert scope_of_rcpts([denied], every=True) is Scope.SESSION
+    assert scope_of_rcpts([SMTPResponse(550, "5.7.1 Relaying denied")] * 2, every=True) is (
+        Scope.SESSION
+    )
