@@ -472,4 +472,5 @@ async def test_a_campaign_through_postfix_with_starttls_and_auth(
     wrong = make_campaign(port=relay.port, security="starttls", password="wrong", campaign="w")
     report = await run_campaign(await load_campaign(wrong, env={}))
     assert isinstance(report.fatal, AuthError) and report.fatal.code == 535
+    assert "535 5.7.8 Error: authentication failed" in str(report.fatal), report.fatal
     assert len(relay.sink.messages) == 1
