@@ -180,11 +180,17 @@ def _drain(fd: int) -> str:
     return b"".join(chunks).decode(errors="replace")
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+def _free_ports(count: int) -> list[int]:
+    """`count` different free ports of 127.0.0.1 (all held at once while they are chosen).
+    Postfix's master binds them itself, so they are free again when it starts."""
+    with contextlib.ExitStack() as stack:
+        probes = [
+            stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            for _ in range(count)
+        ]
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in probes]
 
 
 def _main_cf(postfix: Postfix) -> str:
@@ -308,8 +314,7 @@ class Postfix:
         self.certificate = certificate
         self.config_dir = folder / "etc"
         self.log_file = folder / "log" / "postfix.log"
-        self.port = _free_port()
-        self.tls_port = _free_port()
+        self.port, self.tls_port = _free_ports(2)
         self.running = False
 
     def __repr__(self) -> str:

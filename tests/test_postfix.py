@@ -12,6 +12,16 @@ from aiosmtplib import SMTPResponse
 from .conftest import Certs
 from .postfix import Limits, PostfixFactory
 
+MESSAGE = b"Subject: x\r\n\r\nx\r\n"
+
+
+async def send_one(port: int, recipients: list[str]) -> dict[str, SMTPResponse]:
+    """One message over plain SMTP: the refused recipients' replies."""
+    smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False, timeout=5)
+    async with smtp:
+        errors, _ = await smtp.sendmail("me@example.com", recipients, MESSAGE)
+    return errors
+
 
 async def test_an_instance_relays_what_it_accepts_to_its_sink(postfix: PostfixFactory) -> None:
     relay = await postfix(Limits())
@@ -54,22 +64,14 @@ async def test_implicit_tls_and_starttls_with_the_test_ca(
         hostname="127.0.0.1", port=relay.tls_port, use_tls=True, tls_context=context
     )
     async with implicit:
-        await implicit.sendmail("me@example.com", ["tls@example.com"], b"Subject: x\r\n\r\nx\r\n")
+        await implicit.sendmail("me@example.com", ["tls@example.com"], MESSAGE)
     upgraded = aiosmtplib.SMTP(
         hostname="127.0.0.1", port=relay.port, start_tls=True, tls_context=context
     )
     async with upgraded:
         assert upgraded.get_transport_info("sslcontext") is not None
-        await upgraded.sendmail("me@example.com", ["st@example.com"], b"Subject: x\r\n\r\nx\r\n")
+        await upgraded.sendmail("me@example.com", ["st@example.com"], MESSAGE)
     assert sorted(await relay.sink.wait_for(2)) == ["st@example.com", "tls@example.com"]
-
-
-async def send_one(port: int, recipients: list[str]) -> dict[str, SMTPResponse]:
-    """One message over plain SMTP: the refused recipients' replies."""
-    smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False, timeout=5)
-    async with smtp:
-        errors, _ = await smtp.sendmail("me@example.com", recipients, b"Subject: x\r\n\r\nx\r\n")
-    return errors
 
 
 async def test_with_accounts_only_a_client_that_logged_in_may_relay(
@@ -82,9 +84,9 @@ async def test_with_accounts_only_a_client_that_logged_in_may_relay(
         await smtp.ehlo()
         assert "plain" in smtp.server_auth_methods and "login" in smtp.server_auth_methods
         with pytest.raises(aiosmtplib.SMTPRecipientsRefused):  # 554 5.7.1 Relay access denied
-            await smtp.sendmail("sender@example.com", ["a@example.com"], b"Subject: x\r\n\r\nx\r\n")
+            await smtp.sendmail("sender@example.com", ["a@example.com"], MESSAGE)
         with pytest.raises(aiosmtplib.SMTPAuthenticationError):
             await smtp.auth_login("sender@example.com", "wrong")
         await smtp.auth_login("sender@example.com", "пароль-1")
-        await smtp.sendmail("sender@example.com", ["b@example.com"], b"Subject: x\r\n\r\nx\r\n")
+        await smtp.sendmail("sender@example.com", ["b@example.com"], MESSAGE)
     assert await relay.sink.wait_for(1) == ["b@example.com"]
