@@ -122,7 +122,8 @@ class ServerSettings:
     # XOAUTH2: where the access token comes from, one of them: a file read at each login, or
     # a command (argv) that prints it, run once and again when the server says it expired.
     token_file: Path | None = None
-    token_command: tuple[str, ...] | None = None
+    # Not in the repr: its arguments may hold a secret (a refresh token, a client secret).
+    token_command: tuple[str, ...] | None = field(default=None, repr=False)
 
     @property
     def logs_in(self) -> bool:

@@ -95,6 +95,7 @@ async def test_a_failing_token_command_is_one_line_without_its_output(tmp_path: 
         await source.token()
     assert "exited with 3" in str(failed.value) and "ya29" not in str(failed.value)
     assert "ya29" not in repr(source)
+    assert "ya29" not in repr(token_settings(tmp_path, token_command=tuple(failing)))
 
 
 async def test_a_token_file_that_is_not_a_token_is_refused(tmp_path: Path) -> None:
