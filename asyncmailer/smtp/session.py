@@ -206,9 +206,11 @@ class Session:
                     )
             await connecting
         finally:
-            connecting.cancel()  # when it did not end: the caller closes the connection
-            if probe is not None:
-                probe.cancel()
+            # Whatever did not end is stopped (the caller closes the connection); what ended
+            # with an error that is not the one raised has been seen.
+            for task in (connecting, probe):
+                if task is not None and not task.cancel() and not task.cancelled():
+                    task.exception()
 
     async def _starttls(self) -> None:
         if not self._smtp.supports_extension("starttls"):
