@@ -2,7 +2,15 @@
 once, with an answer for every recipient."""
 
 from .attachments import Attachment
-from .config import Campaign, JournalSync, Secret, Security, ServerSettings, load_campaign
+from .config import (
+    AuthMethod,
+    Campaign,
+    JournalSync,
+    Secret,
+    Security,
+    ServerSettings,
+    load_campaign,
+)
 from .errors import (
     AuthError,
     ConfigError,
@@ -33,6 +41,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Attachment",
     "AuthError",
+    "AuthMethod",
     "Campaign",
     "CampaignReport",
     "ConfigError",

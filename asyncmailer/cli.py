@@ -568,6 +568,7 @@ async def _run_once(
         retry_codes=tuple(args.code),
         quota_used=quota_used,
         began=datetime.fromisoformat(record.started.replace("Z", "+00:00")).timestamp(),
+        run_id=record.id,
     )
     try:
         with signals.covering(options.stop) if signals else _SignalStop(options.stop):

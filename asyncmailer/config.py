@@ -15,6 +15,7 @@ import json
 import math
 import os
 import re
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -38,6 +39,7 @@ __all__ = [
     "DEFAULT_CONFIG",
     "DKIM_BY_RELAY",
     "PASSWORD_ENV",
+    "AuthMethod",
     "Campaign",
     "DkimSettings",
     "JournalSync",
@@ -60,6 +62,14 @@ class Security(StrEnum):
     SSL = "ssl"  # implicit TLS from the first byte (port 465)
     STARTTLS = "starttls"  # plaintext greeting, then a mandatory STARTTLS upgrade (port 587)
     NONE = "none"  # no TLS at all: loopback only, unless `allow_plaintext` is set
+
+
+class AuthMethod(StrEnum):
+    """How to log in (`auth`)."""
+
+    LOGIN = "login"  # AUTH LOGIN, or PLAIN when the server offers no LOGIN (the default)
+    PLAIN = "plain"  # AUTH PLAIN only
+    XOAUTH2 = "xoauth2"  # an OAuth 2.0 access token (Gmail/Workspace, Microsoft 365)
 
 
 class JournalSync(StrEnum):
@@ -111,6 +121,17 @@ class ServerSettings:
     max_messages_per_connection: int = 0
     connect_timeout: float = 30.0
     data_timeout: float = 600.0
+    auth: AuthMethod = AuthMethod.LOGIN
+    # XOAUTH2: where the access token comes from, one of them: a file read at each login, or
+    # a command (argv) that prints it, run once and again when the server says it expired.
+    token_file: Path | None = None
+    # Not in the repr: its arguments may hold a secret (a refresh token, a client secret).
+    token_command: tuple[str, ...] | None = field(default=None, repr=False)
+
+    @property
+    def logs_in(self) -> bool:
+        """There is something to log in with: a password, or an XOAUTH2 token source."""
+        return self.password is not None or self.auth is AuthMethod.XOAUTH2
 
     @property
     def address(self) -> str:
@@ -542,6 +563,10 @@ KNOWN_KEYS: dict[str, str] = {
     "allow_plaintext": "allow security: none to a non-loopback host",
     "username": "login name (default: the from address)",
     "password_file": "file with the password (default reliances/your_pswd.txt)",
+    "auth": "login (default; PLAIN when the server has no LOGIN), plain, or xoauth2",
+    "token_file": "with auth: xoauth2: file holding the OAuth 2.0 access token, read at each login",
+    "token_command": "with auth: xoauth2: command printing the access token (a string or a list), "
+    "run again when the server says the token expired",
     "tls_ca_file": "PEM file of CA certificates to trust instead of the system store",
     "tls_verify": "verify the server certificate (default true)",
     "concurrency": "number of SMTP connections used at once (default 4)",
@@ -734,6 +759,44 @@ async def _dkim(
             "Microsoft expect 2048 (docs/configuration.md: dkim)"
         )
     return DkimSettings(domain=domain, selector=selector, key_file=key_file, key=signing_key)
+
+
+async def _token_source(
+    fields: _Fields, root: Path, auth: AuthMethod
+) -> tuple[Path | None, tuple[str, ...] | None]:
+    """`token_file` or `token_command`, exactly one and only with `auth: xoauth2`. A relative
+    program path in the command is read from the campaign root, like any other path."""
+    for key in ("token_file", "token_command"):
+        if fields.present(key) and auth is not AuthMethod.XOAUTH2:
+            raise fields.error(key, "goes with auth: xoauth2")
+    if auth is not AuthMethod.XOAUTH2:
+        return None, None
+    if fields.present("token_file") == fields.present("token_command"):
+        raise fields.error(
+            "auth", "xoauth2 needs the access token: give token_file or token_command (one)"
+        )
+    token_file = fields.get_path("token_file", root)
+    if token_file is not None:
+        await _regular_file(fields, "token_file", token_file)
+        return token_file, None
+    raw = fields.data["token_command"]
+    if isinstance(raw, str):
+        try:
+            argv = shlex.split(raw)
+        except ValueError as err:
+            raise fields.error("token_command", f"cannot split the command: {err}") from None
+    elif isinstance(raw, list) and all(isinstance(arg, str) for arg in raw):
+        argv = list(raw)
+    else:
+        raise fields.error("token_command", "expected a command: a string or a list of strings")
+    if not argv or not argv[0]:
+        raise fields.error("token_command", "expected a command, got nothing")
+    if any("\0" in arg for arg in argv):
+        raise fields.error("token_command", "contains a NUL byte")
+    program = Path(argv[0])
+    if len(program.parts) > 1 and not program.is_absolute():
+        argv[0] = str(root / program)
+    return None, tuple(argv)
 
 
 async def _regular_file(fields: _Fields, key: str, path: Path) -> None:
@@ -974,8 +1037,18 @@ async def _server_settings(
         await _regular_file(fields, "tls_ca_file", tls_ca_file)
 
     username = fields.get_str("username", sender.addr, header=True)
+    auth = AuthMethod(fields.get_choice("auth", AuthMethod) or AuthMethod.LOGIN)
+    token_file, token_command = await _token_source(fields, root, auth)
     password: Secret | None
-    if env.get(PASSWORD_ENV):
+    more: list[str]
+    if auth is AuthMethod.XOAUTH2:
+        # The token is the credential: no password goes anywhere, not even the default file's.
+        if fields.present("password_file"):
+            raise fields.error(
+                "password_file", "not used with auth: xoauth2 (the access token logs in)"
+            )
+        password, more = None, []
+    elif env.get(PASSWORD_ENV):
         try:
             env[PASSWORD_ENV].encode("utf-8")
         except UnicodeEncodeError:
@@ -983,6 +1056,7 @@ async def _server_settings(
                 f"{PASSWORD_ENV} is not valid UTF-8 text; set it to the password as UTF-8"
             ) from None
         password = Secret(env[PASSWORD_ENV])
+        more = []
     else:
         explicit = fields.present("password_file")
         password_file = fields.get_path("password_file", root, f"{_LEGACY_FOLDER}/your_pswd.txt")
@@ -1000,7 +1074,7 @@ async def _server_settings(
             password = Secret(secret) if secret else None
         else:
             password, more = None, []  # no password at all: send without AUTH
-        notices.extend(more)
+    notices.extend(more)
     if password is not None and ("\n" in password.reveal() or "\r" in password.reveal()):
         where = PASSWORD_ENV if env.get(PASSWORD_ENV) else "password_file"
         raise fields.error(where, "the password must be one line")
@@ -1010,8 +1084,11 @@ async def _server_settings(
             host=host,
             port=port,
             security=security,
-            username=username if password is not None else None,
+            username=username if password is not None or auth is AuthMethod.XOAUTH2 else None,
             password=password,
+            auth=auth,
+            token_file=token_file,
+            token_command=token_command,
             tls_ca_file=tls_ca_file,
             tls_verify=tls_verify,
             timeout=fields.get_number("timeout", 60.0, 0, 3600),

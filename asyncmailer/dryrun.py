@@ -69,7 +69,8 @@ class EmlTransport:
     async def send(
         self, transaction: Transaction, *, commit: Commit | None = None, then: Transaction | None
     ) -> Sent:
-        (sender, recipients), parts = transaction
+        envelope, parts = transaction
+        sender, recipients = envelope.sender, envelope.recipients
         path = self.folder / f"{self.count + 1:06d}.eml"
         line = json.dumps({"file": path.name, "mail_from": sender, "rcpt_to": list(recipients)})
         if commit is not None:  # the contract: committed before the message is complete

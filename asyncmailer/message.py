@@ -35,9 +35,11 @@ from .unsubscribe import ListUnsubscribe
 
 __all__ = [
     "END_OF_DATA",
+    "UNRECORDED_RUN",
     "Attachment",
     "MessageTemplate",
     "Part",
+    "envelope_id",
     "load_body",
     "message_ids",
     "message_size",
@@ -58,6 +60,21 @@ def message_ids(domain: str, count: int) -> list[str]:
     per id (a system call: a tenth of a long list's load into the journal)."""
     stem = f"{int(time.time() * 100)}.{os.getpid()}"
     return [f"<{stem}.{random.getrandbits(64)}@{domain}>" for _ in range(count)]
+
+
+# The run part of an envelope id when the run is in no catalog (`run_campaign` called as a
+# library, without `RunOptions.run_id`).
+UNRECORDED_RUN = "unrecorded"
+
+
+def envelope_id(run_id: str, message_id: str) -> str:
+    """The DSN envelope id (RFC 3461 ENVID) of a message: ``<run id>.<the Message-ID's left
+    part>``: ``20261202T031423Z.176489060312.4711.9912781263`` for the Message-ID
+    ``<176489060312.4711.9912781263@example.com>`` (its domain is the sender's). Run ids hold
+    no dot, so a bounce processor splits at the first one; the left part is unique, and the
+    whole stays within ENVID's 100 characters."""
+    local = message_id.strip("<>").rpartition("@")[0] or message_id.strip("<>")
+    return f"{run_id}.{local}"
 
 
 def message_size(parts: Sequence[Part]) -> int:

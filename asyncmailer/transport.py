@@ -25,10 +25,13 @@ Commit = Callable[[], Awaitable[None]]
 
 
 class Envelope(NamedTuple):
-    """Who the message is from and whom it goes to (SMTP's MAIL FROM and RCPT TO)."""
+    """Who the message is from and whom it goes to (SMTP's MAIL FROM and RCPT TO), and the
+    message's envelope id for delivery status notifications (RFC 3461 ENVID; docs/journal.md
+    has its form), sent where the server offers DSN."""
 
     sender: str
     recipients: Sequence[str]
+    envid: str | None = None
 
 
 class Transaction(NamedTuple):

@@ -25,7 +25,8 @@ from asyncmailer.server import Account, EmbeddedServer, MailStore
 from asyncmailer.smtp.session import Session, build_tls_context
 from asyncmailer.transport import Envelope, Transaction
 
-from .smtpd import Recorder, RecordingSMTP
+from .postfix import postfix  # noqa: F401  (the fixture, for every test folder)
+from .smtpd import DsnStore, Recorder, RecordingDsnSMTP, RecordingSMTP
 
 PASSWORD = "пароль-Secret-42"  # non-ASCII on purpose: stdlib smtplib cannot send it
 USER = "sender@example.com"
@@ -83,17 +84,23 @@ async def smtp_server(certs: Certs, tmp_path: Path) -> AsyncIterator[ServerFacto
         auth_require_tls: bool = True,
         store_folder: Path | None = None,
         pipelining: bool = True,
+        dsn: bool = False,
+        store: MailStore | None = None,
         **options: Any,
     ) -> RunningServer:
         recorder = Recorder()
-        store = MailStore(store_folder, refuse=refuse, pipelining=pipelining)
+        if store is None:
+            kind = DsnStore if dsn else MailStore
+            store = kind(store_folder, refuse=refuse, pipelining=pipelining)
         server = EmbeddedServer(
             tls_context=options.pop("tls_context", certs.server_context),
             store=store,
             account=account,
             offer_starttls=offer_starttls,
             auth_require_tls=auth_require_tls,
-            smtp_class=functools.partial(RecordingSMTP, recorder=recorder),
+            smtp_class=functools.partial(
+                RecordingDsnSMTP if dsn else RecordingSMTP, recorder=recorder
+            ),
             **options,
         )
         await server.start()

@@ -619,7 +619,7 @@ async def test_the_run_summary_counts_what_the_server_received(
         refuse={
             "gone@example.org": (550, "5.1.1 User unknown"),
             "nouser@example.org": (550, "No such user"),
-            "relay@example.org": (550, "5.7.1 Relaying denied"),
+            "relay@example.org": (550, "5.7.1 Recipient address rejected: Access denied"),
         }
     )
     addresses = [f"u{i}@example.com" for i in range(7)]

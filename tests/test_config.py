@@ -12,6 +12,7 @@ from asyncmailer.addresses import Mailbox
 from asyncmailer.config import (
     DKIM_BY_RELAY,
     PASSWORD_ENV,
+    AuthMethod,
     DkimSettings,
     JournalSync,
     Secret,
@@ -170,6 +171,20 @@ def line_of(path: Path, text: str) -> int:
             "got '" + "x" * 40 + "'...",
         ),
         ({"port": [[1] * 50] * 50}, "port", "expected a whole number from 1 to 65535, got a list"),
+        ({"auth": "cram-md5"}, "auth", "expected one of login, plain, xoauth2"),
+        ({"auth": "xoauth2"}, "auth", "xoauth2 needs the access token: give token_file or"),
+        ({"auth": "xoauth2", "token_file": "t", "token_command": "x"}, "auth", "(one)"),
+        ({"token_command": "get-token"}, "token_command", "goes with auth: xoauth2"),
+        ({"auth": "plain", "token_file": "t"}, "token_file", "goes with auth: xoauth2"),
+        ({"auth": "xoauth2", "token_file": "nope.txt"}, "token_file", "file not found"),
+        ({"auth": "xoauth2", "token_command": "a 'b"}, "token_command", "cannot split"),
+        ({"auth": "xoauth2", "token_command": ["a", 1]}, "token_command", "a list of strings"),
+        ({"auth": "xoauth2", "token_command": " "}, "token_command", "got nothing"),
+        (
+            {"auth": "xoauth2", "token_command": "x", "password_file": "reliances/your_pswd.txt"},
+            "password_file",
+            "not used with auth: xoauth2",
+        ),
     ],
 )
 async def test_bad_keys_give_one_line_with_file_line_and_key(
@@ -448,3 +463,21 @@ async def test_a_dkim_key_file_must_be_there(
     path = make_campaign(dkim=_dkim("reliances/none.pem"))
     with pytest.raises(ConfigError, match=r"dkim: file not found: .*none\.pem"):
         await load_campaign(path, env={})
+
+
+async def test_auth_keys(make_campaign: CampaignFactory, tmp_path: Path) -> None:
+    campaign = await load_campaign(make_campaign(auth="plain"), env={})
+    assert campaign.server.auth is AuthMethod.PLAIN and campaign.server.password is not None
+    path = make_campaign(auth="xoauth2", token_command="bin/get-token --account 'me too'")
+    server = (await load_campaign(path, env={PASSWORD_ENV: "not used"})).server
+    assert server.auth is AuthMethod.XOAUTH2
+    assert server.token_command == (str(tmp_path / "bin/get-token"), "--account", "me too")
+    # The token logs in: no password at all, not even the default file's or the env's.
+    assert server.password is None and server.username == "sender@example.com"
+    assert server.logs_in
+    (tmp_path / "token.txt").write_text("ya29.x\n")
+    path = make_campaign(auth="XOAuth2", token_file="token.txt", token_command=None)
+    server = (await load_campaign(path, env={})).server
+    assert server.token_file == tmp_path / "token.txt" and server.token_command is None
+    default = (await load_campaign(make_campaign(), env={})).server
+    assert default.auth is AuthMethod.LOGIN and default.token_file is None

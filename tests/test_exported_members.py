@@ -10,6 +10,7 @@ def test_exported_members() -> None:
         [
             "Attachment",
             "AuthError",
+            "AuthMethod",
             "Campaign",
             "CampaignReport",
             "ConfigError",

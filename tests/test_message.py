@@ -27,7 +27,9 @@ from asyncmailer.message import (
     _address_header,
     _encode_text,
     _subject,
+    envelope_id,
     load_body,
+    message_ids,
     message_size,
     prepare_data,
 )
@@ -349,3 +351,11 @@ def test_a_personal_html_message_with_an_image_verifies() -> None:
     data = _unstuffed(in_memory(parts))
     assert b"Hi Ann" in data and verifies(data, "ed25519")
     assert not verifies(data.replace(b"<p>Hi Ann", b"<p>Hi Eve"), "ed25519")
+
+
+def test_the_envelope_id_is_the_run_and_the_message_ids_left_part() -> None:
+    [message_id] = message_ids("example.com", 1)
+    envid = envelope_id("20261202T031423Z-2", message_id)
+    run, _, left = envid.partition(".")  # run ids hold no dot
+    assert run == "20261202T031423Z-2" and f"<{left}@example.com>" == message_id
+    assert len(envid) <= 100  # RFC 3461's limit

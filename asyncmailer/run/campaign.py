@@ -20,16 +20,17 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..attachments import Attachment, load_attachments
-from ..config import Campaign, DkimSettings, Security
+from ..config import AuthMethod, Campaign, DkimSettings, Security
 from ..html_body import MARKDOWN, inline_images, render_markdown
 from ..html_text import html_to_text
 from ..journal.files import journal_path
 from ..journal.sqlite import Journal
 from ..journal.suppressions import Entry, SuppressionStore, campaign_suppression
 from ..ledger import JournalState, Ledger
-from ..message import MessageTemplate, load_body
+from ..message import UNRECORDED_RUN, MessageTemplate, load_body
 from ..observer import Observer
 from ..results import CampaignReport, RecipientResult, Status
+from ..smtp.oauth import TokenSource
 from ..smtp.pool import SessionPool
 from ..smtp.refusals import address_gone
 from ..smtp.session import Session, build_tls_context
@@ -76,6 +77,8 @@ class RunOptions:
     # entry removed by hand since then is not added back.
     store_bounces: bool = True
     began: float = 0.0
+    # The run's id in the campaign's catalog: the first part of each message's DSN envelope id.
+    run_id: str | None = None
 
 
 def personal_headers(campaign: Campaign) -> tuple[tuple[str, str], ...]:
@@ -160,8 +163,12 @@ async def smtp_transport(campaign: Campaign, options: RunOptions) -> SessionPool
         else None
     )
 
+    tokens = TokenSource(server) if server.auth is AuthMethod.XOAUTH2 else None
+
     def new_session() -> Session:
-        return Session(server, tls_context=tls_context, local_hostname=options.local_hostname)
+        return Session(
+            server, tls_context=tls_context, local_hostname=options.local_hostname, tokens=tokens
+        )
 
     return SessionPool(new_session, size=campaign.connections)
 
@@ -246,6 +253,7 @@ async def run_campaign(
                 limit=options.limit,
                 quota_used=options.quota_used,
                 suppression=suppression,
+                run_id=options.run_id or UNRECORDED_RUN,
             )
             try:
                 await dispatcher.run()

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from ..config import Campaign
 from ..errors import AuthError, ConnectError, DeliveryError, RefusedError, TLSRequiredError
 from ..ledger import Ledger, WorkItem
-from ..message import MessageTemplate
+from ..message import UNRECORDED_RUN, MessageTemplate, envelope_id
 from ..observer import Observer
 from ..results import CampaignReport, RecipientResult, Status
 from ..schedule import local_due
@@ -37,9 +37,10 @@ def render(
     template: MessageTemplate,
     personalizer: Personalizer | None,
     item: WorkItem,
+    run_id: str = UNRECORDED_RUN,
 ) -> Transaction:
     """The item's envelope and message, as it is sent (and as `asyncmailer check` renders
-    every row).
+    every row); `run_id` begins the DSN envelope id.
 
     :raises ValueError: a personalised message cannot be made from the item's row (a template
         fails on its values, or the subject would hold a line break).
@@ -50,7 +51,11 @@ def render(
         to, cc = item.recipients, ()  # alone in the message: named in To
     else:
         to, cc = (), ()  # list recipients never see each other
-    envelope = Envelope(campaign.sender.addr, [m.addr for m in item.recipients])
+    envelope = Envelope(
+        campaign.sender.addr,
+        [m.addr for m in item.recipients],
+        envelope_id(run_id, item.message_id),
+    )
     if personalizer is None:
         parts = template.render_parts(to=to, cc=cc, message_id=item.message_id)
         return Transaction(envelope, parts)
@@ -92,6 +97,7 @@ class Dispatcher:
         limit: int | None = None,
         quota_used: int = 0,
         suppression: Suppression | None = None,
+        run_id: str = UNRECORDED_RUN,
     ) -> None:
         self.campaign = campaign
         self.template = template
@@ -102,6 +108,7 @@ class Dispatcher:
         self.observer = observer
         self.report = report
         self.stop = stop
+        self.run_id = run_id  # the first part of every message's DSN envelope id
         self.retry = Retry(campaign)
         self.limiter = RateLimiter(campaign.rate) if campaign.rate else None
         self.quota = DailyQuota(campaign.daily_quota, ledger, elsewhere=quota_used)
@@ -326,7 +333,7 @@ class Dispatcher:
         return item
 
     def _render(self, item: WorkItem) -> Transaction:
-        return render(self.campaign, self.template, self.personalizer, item)
+        return render(self.campaign, self.template, self.personalizer, item, self.run_id)
 
     async def _prepare(self, item: WorkItem) -> Transaction | None:
         """The item's transaction, or None: it cannot be made, and is skipped."""

@@ -1,5 +1,6 @@
 """SMTP command bytes, and the last check before they reach the wire: no argument may carry a
-CR, LF or NUL (a second command smuggled into the first)."""
+CR, LF or NUL (a second command smuggled into the first). With DSN (RFC 3461), the envelope
+id and the notifications asked for."""
 
 from __future__ import annotations
 
@@ -8,12 +9,29 @@ from collections.abc import Sequence
 
 from ..errors import InputError
 
-__all__ = ["DATA", "QUIT", "RSET", "UnsafeArgumentError", "envelope", "mail_from", "rcpt_to"]
+__all__ = [
+    "DATA",
+    "DSN_NOTIFY",
+    "DSN_RET",
+    "QUIT",
+    "RSET",
+    "UnsafeArgumentError",
+    "envelope",
+    "mail_from",
+    "rcpt_to",
+    "xtext",
+]
 
 DATA = b"DATA\r\n"
 QUIT = b"QUIT\r\n"
 RSET = b"RSET\r\n"
 _UNSAFE = re.compile(r"[\r\n\x00]")
+# RFC 3461: a failure or a delay is reported (not a success: a bulk sender does not want one
+# per recipient), with the message's headers only.
+DSN_NOTIFY = " NOTIFY=FAILURE,DELAY"
+DSN_RET = "HDRS"
+# xtext (RFC 3461 4): printable ASCII but "+" and "=" as it is, every other byte "+HH".
+_XTEXT_PLAIN = frozenset(range(33, 127)) - {ord("+"), ord("=")}
 
 
 class UnsafeArgumentError(InputError):
@@ -28,33 +46,47 @@ def _check(*arguments: str) -> None:
             )
 
 
-def mail_from(sender: str, size: int | None) -> str:
-    """``MAIL FROM:<sender>``, with ``SIZE=`` (RFC 1870) when the server takes it.
+def xtext(text: str) -> str:
+    """`text` as RFC 3461 xtext (UTF-8 bytes outside printable ASCII, "+" and "=" as "+HH")."""
+    return "".join(chr(b) if b in _XTEXT_PLAIN else f"+{b:02X}" for b in text.encode())
 
-    :raises UnsafeArgumentError: the address holds CR, LF or NUL.
+
+def mail_from(sender: str, size: int | None, envid: str | None = None) -> str:
+    """``MAIL FROM:<sender>``, with ``SIZE=`` (RFC 1870) when the server takes it, and
+    ``RET=HDRS ENVID=`` (RFC 3461) when an `envid` is given (the server offers DSN).
+
+    :raises UnsafeArgumentError: the address or the envelope id holds CR, LF or NUL.
     """
     _check(sender)
-    return (
-        f"MAIL FROM:<{sender}> SIZE={size}\r\n" if size is not None else f"MAIL FROM:<{sender}>\r\n"
-    )
+    command = f"MAIL FROM:<{sender}>"
+    if size is not None:
+        command += f" SIZE={size}"
+    if envid is not None:
+        _check(envid)
+        command += f" RET={DSN_RET} ENVID={xtext(envid)}"
+    return command + "\r\n"
 
 
-def rcpt_to(recipient: str) -> str:
-    """``RCPT TO:<recipient>``.
+def rcpt_to(recipient: str, *, dsn: bool = False) -> str:
+    """``RCPT TO:<recipient>``, with ``NOTIFY=FAILURE,DELAY`` when `dsn` (RFC 3461).
 
     :raises UnsafeArgumentError: the address holds CR, LF or NUL.
     """
     _check(recipient)
-    return f"RCPT TO:<{recipient}>\r\n"
+    return f"RCPT TO:<{recipient}>{DSN_NOTIFY if dsn else ''}\r\n"
 
 
-def envelope(sender: str, recipients: Sequence[str], size: int | None) -> bytes:
-    """MAIL, RCPT for everyone and DATA: one pipelined group (RFC 2920), built as one string.
+def envelope(
+    sender: str, recipients: Sequence[str], size: int | None, envid: str | None = None
+) -> bytes:
+    """MAIL, RCPT for everyone and DATA: one pipelined group (RFC 2920), built as one string;
+    with an `envid`, the DSN parameters (`mail_from`, `rcpt_to`).
 
-    :raises UnsafeArgumentError: an address holds CR, LF or NUL.
+    :raises UnsafeArgumentError: an address or the envelope id holds CR, LF or NUL.
     """
+    dsn = envid is not None
     if len(recipients) == 1:
-        rcpt = rcpt_to(recipients[0])
+        rcpt = rcpt_to(recipients[0], dsn=dsn)
     else:
-        rcpt = "".join([rcpt_to(r) for r in recipients])
-    return (mail_from(sender, size) + rcpt + "DATA\r\n").encode()
+        rcpt = "".join([rcpt_to(r, dsn=dsn) for r in recipients])
+    return (mail_from(sender, size, envid) + rcpt + "DATA\r\n").encode()

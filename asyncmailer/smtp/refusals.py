@@ -19,6 +19,7 @@ __all__ = [
     "address_gone",
     "enhanced_code",
     "names_sender",
+    "relay_denied",
     "scope_of",
     "scope_of_rcpts",
 ]
@@ -26,6 +27,14 @@ __all__ = [
 # "Sender address rejected", "sender blocked", "sender domain refused": not "known senders".
 _SENDER_REFUSED = re.compile(
     r"\bsender(?: address| domain)?\s*(?:is\s*)?(?:rejected|blocked|refused|denied|banned)"
+)
+# "Relay access denied" (Postfix), "Relaying denied" (Sendmail), "Mail relay denied", "not
+# permitted to relay", "Unable to relay" (Exchange): the server does not take mail from this
+# client for other domains, most often because it has not logged in.
+_RELAY_DENIED = re.compile(
+    r"\brelay(?:ing)?\s+(?:access\s+)?(?:denied|not\s+(?:allowed|permitted))"
+    r"|\bmail\s+relay\s+denied|\bnot\s+permitted\s+to\s+relay|\bunable\s+to\s+relay",
+    re.IGNORECASE,
 )
 _ENHANCED = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
 
@@ -98,14 +107,25 @@ def scope_of(reply: SMTPResponse, stage: Stage) -> Scope:
     return Scope.RECIPIENT
 
 
+def relay_denied(reply: SMTPResponse) -> bool:
+    """The server refuses to relay for this client ("554 5.7.1 <a@example.org>: Relay access
+    denied"): a policy refusal (x.7.y) in those words."""
+    detail = enhanced_code(reply.message)
+    return detail is not None and detail[1] == 7 and _RELAY_DENIED.search(reply.message) is not None
+
+
 def scope_of_rcpts(replies: Sequence[SMTPResponse], *, every: bool) -> Scope:
     """Whom a transaction's failed RCPT replies are about, taken together: one reply about
-    the sender or session makes them all so; the same policy refusal (x.7.y) to `every` one
-    of two or more recipients is about the sender ("554 5.7.1 sender blocked")."""
+    the sender or session makes them all so; a refusal to relay to `every` recipient is
+    about the session (it has not logged in: Postfix names each recipient in its reply); the
+    same policy refusal (x.7.y) to `every` one of two or more recipients is about the sender
+    ("554 5.7.1 sender blocked")."""
     for reply in replies:
         scope = scope_of(reply, Stage.RCPT)
         if scope is not Scope.RECIPIENT:
             return scope
+    if every and replies and all(relay_denied(r) for r in replies):
+        return Scope.SESSION
     if every and len(replies) >= 2 and all(r == replies[0] for r in replies):
         detail = enhanced_code(replies[0].message)
         if detail is not None and detail[1] == 7 and replies[0].code >= 400:

@@ -1,5 +1,6 @@
-"""Keeping the password out of everything a server says: a server that echoes it (in clear or
-in the base64 AUTH sent) must not get it into output, reports or the journal."""
+"""Keeping the password and the XOAUTH2 access token out of everything a server says: a server
+that echoes one (in clear or in the base64 AUTH sent) must not get it into output, reports or
+the journal."""
 
 from __future__ import annotations
 
@@ -12,20 +13,25 @@ MASK = "********"
 
 class Scrubber:
     """Replaces the password, in clear and in the base64 forms AUTH LOGIN and PLAIN send it,
-    in any server text; a callable that returns the text unchanged when there is none."""
+    and each access token, in clear and in the base64 form AUTH XOAUTH2 sends it, in any
+    server text; a callable that returns the text unchanged when there is none."""
 
     __slots__ = ("_secrets",)
 
-    def __init__(self, username: str | None, password: str | None) -> None:
-        if not password:
-            self._secrets: tuple[str, ...] = ()
-            return
+    def __init__(
+        self, username: str | None, password: str | None, *, tokens: tuple[str, ...] = ()
+    ) -> None:
         user = (username or "").encode()
-        secrets = {
-            password,
-            base64.b64encode(password.encode()).decode(),
-            base64.b64encode(b"\0" + user + b"\0" + password.encode()).decode(),
-        }
+        secrets: set[str] = set()
+        if password:
+            secrets |= {
+                password,
+                base64.b64encode(password.encode()).decode(),
+                base64.b64encode(b"\0" + user + b"\0" + password.encode()).decode(),
+            }
+        for token in filter(None, tokens):
+            xoauth2 = b"user=" + user + b"\x01auth=Bearer " + token.encode() + b"\x01\x01"
+            secrets |= {token, base64.b64encode(xoauth2).decode()}
         # Longest first, so that no shorter secret leaves part of a longer one behind.
         self._secrets = tuple(sorted(secrets, key=len, reverse=True))
 

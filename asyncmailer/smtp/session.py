@@ -19,14 +19,23 @@ import aiosmtplib
 from aiosmtplib import SMTPResponse, SMTPStatus
 
 from ..attachments import Part, Spooled
-from ..config import Security, ServerSettings
+from ..config import AuthMethod, Security, ServerSettings
 from ..errors import AuthError, ConnectError, RefusedError, TLSRequiredError
 from ..message import END_OF_DATA, message_size
 from ..results import RecipientResult, Status
 from ..transport import Commit, Sent, Transaction
 from . import commands
+from .mixups import (
+    PROBE_AFTER,
+    answered_in_plain_text,
+    implicit_tls_hint,
+    plain_text_hint,
+    speaks_tls,
+)
+from .oauth import TokenSource
 from .outcome import AFTER_END, describe
 from .outcome import Transaction as Bookkeeping
+from .refusals import Scope, relay_denied
 from .replies import ReplyReader
 from .scrub import Scrubber
 
@@ -66,9 +75,11 @@ class Session:
         *,
         tls_context: ssl.SSLContext | None,
         local_hostname: str | None = None,
+        tokens: TokenSource | None = None,
     ) -> None:
         self.settings = settings
         self._tls_context = tls_context
+        self._tokens = tokens  # auth: xoauth2: the access token, shared by the pool
         self._smtp = aiosmtplib.SMTP(
             hostname=settings.host,
             port=settings.port,
@@ -80,6 +91,7 @@ class Session:
         )
         self.transactions = 0
         self.pipelining = False
+        self.dsn = False  # the server offers DSN: envelope ids and NOTIFY go with each message
         self._broken = False
         self._closing = False
         self._reader: ReplyReader | None = None
@@ -145,7 +157,7 @@ class Session:
         """
         settings = self.settings
         try:
-            await self._smtp.connect()
+            await self._greeting()
             await self._smtp.ehlo()
             if settings.security is Security.STARTTLS:
                 await self._starttls()
@@ -161,10 +173,44 @@ class Session:
             ) from None
         except (aiosmtplib.SMTPException, OSError) as err:
             self.abort()
+            if settings.security is Security.SSL and answered_in_plain_text(err):
+                raise ConnectError(
+                    f"could not connect: {plain_text_hint(settings.port)}", **self._where
+                ) from None
             raise ConnectError(f"could not connect: {describe(err)}", **self._where) from None
-        if settings.password is not None:
+        if settings.logs_in:
             await self._login()
         self._take_over()
+
+    async def _greeting(self) -> None:
+        """Connect and read the greeting. Waiting for a plain greeting, a port still silent
+        after `PROBE_AFTER` seconds is asked on a second connection whether it speaks TLS:
+        if so, it is an implicit-TLS port, and the error says so at once.
+
+        Not on port 25: an MX's postscreen takes a client that talks before the greeting
+        for a bot and may keep refusing it; a mix-up is a submission port's (465, 587).
+        """
+        settings = self.settings
+        connecting = asyncio.ensure_future(self._smtp.connect())
+        probe: asyncio.Future[bool] | None = None
+        try:
+            if settings.security is not Security.SSL and settings.port != 25:
+                done, _ = await asyncio.wait({connecting}, timeout=PROBE_AFTER)
+                if not done:
+                    # Whichever ends first: the greeting, or the probe's finding.
+                    probe = asyncio.ensure_future(speaks_tls(settings.host, settings.port))
+                    await asyncio.wait({connecting, probe}, return_when=asyncio.FIRST_COMPLETED)
+                if probe is not None and probe.done() and probe.result():
+                    raise ConnectError(
+                        f"could not connect: {implicit_tls_hint(settings.port)}", **self._where
+                    )
+            await connecting
+        finally:
+            # Whatever did not end is stopped (the caller closes the connection); what ended
+            # with an error that is not the one raised has been seen.
+            for task in (connecting, probe):
+                if task is not None and not task.cancel() and not task.cancelled():
+                    task.exception()
 
     async def _starttls(self) -> None:
         if not self._smtp.supports_extension("starttls"):
@@ -184,24 +230,42 @@ class Session:
         await self._smtp.ehlo()
 
     async def _login(self) -> None:
-        """AUTH LOGIN as the original program did; PLAIN only if LOGIN is not offered."""
+        """AUTH as `auth` says: LOGIN as the original program did, PLAIN only if LOGIN is not
+        offered; PLAIN; or XOAUTH2 with the token source's access token."""
         settings = self.settings
-        assert settings.password is not None and settings.username is not None
-        password = settings.password.reveal()
+        assert settings.username is not None
         methods = self._smtp.server_auth_methods
+        wanted = {
+            AuthMethod.LOGIN: ("login", "plain"),
+            AuthMethod.PLAIN: ("plain",),
+            AuthMethod.XOAUTH2: ("xoauth2",),
+        }[settings.auth]
+        method = next((m for m in wanted if m in methods), None)
         try:
-            if "login" in methods:
-                await self._smtp.auth_login(settings.username, password)
-            elif "plain" in methods:
-                await self._smtp.auth_plain(settings.username, password)
-            else:
-                self.abort()
+            if method is None:
                 offered = ", ".join(m.upper() for m in methods) or "none"
+                asked = " or ".join(m.upper() for m in wanted)
+                hint = (
+                    "remove the password to send without logging in"
+                    if settings.password is not None
+                    else "ask the provider which one it takes (the auth key)"
+                )
                 raise AuthError(
-                    f"the server offers no AUTH LOGIN or PLAIN (offers: {offered}); remove the "
-                    "password to send without logging in",
+                    f"the server offers no AUTH {asked} (offers: {offered}); {hint}",
                     **self._where,
                 )
+            if method == "xoauth2":
+                await self._xoauth2(settings.username)
+            else:
+                assert settings.password is not None
+                password = settings.password.reveal()
+                if method == "login":
+                    await self._smtp.auth_login(settings.username, password)
+                else:
+                    await self._smtp.auth_plain(settings.username, password)
+        except AuthError:
+            self.abort()
+            raise
         except aiosmtplib.SMTPResponseException as err:
             self.abort()
             text = self._scrub(err.message)
@@ -214,6 +278,28 @@ class Session:
             self.abort()
             text = self._scrub(describe(err))
             raise ConnectError(f"connection lost during login: {text}", **self._where) from None
+
+    async def _xoauth2(self, username: str) -> None:
+        """AUTH XOAUTH2; a 535 (after the 334 that carries the server's JSON error, which
+        aiosmtplib answers) is most often an expired token: once, with a token fetched anew
+        (the command run again, the file read again), when it differs.
+
+        :raises aiosmtplib.SMTPResponseException: the server refused the token(s).
+        """
+        tokens = self._tokens
+        assert tokens is not None, "auth: xoauth2 needs a TokenSource"
+        token = await tokens.token()
+        self._scrub = Scrubber(username, None, tokens=(token,))
+        try:
+            await self._smtp.auth_xoauth2(username, token)
+        except aiosmtplib.SMTPAuthenticationError as err:
+            if err.code != SMTPStatus.auth_failed:
+                raise
+            fresh = await tokens.refresh(token)
+            if fresh == token:
+                raise
+            self._scrub = Scrubber(username, None, tokens=(token, fresh))
+            await self._smtp.auth_xoauth2(username, fresh)
 
     def _take_over(self) -> None:
         """Hand the connection from aiosmtplib to our `ReplyReader`, which keeps every reply,
@@ -230,6 +316,8 @@ class Session:
         transport.set_protocol(self._reader)
         self._reader.connection_made(transport)
         self.pipelining = self.settings.pipelining and "pipelining" in self._extensions
+        # RFC 3461: only a server that offers DSN may be given its parameters.
+        self.dsn = "dsn" in self._extensions
 
     # -- closing -----------------------------------------------------------------------------
 
@@ -281,7 +369,9 @@ class Session:
         :raises UnsafeArgumentError: an address holds CR, LF or NUL (nothing was written).
         """
         assert self._reader is not None, "connect() first"
-        (sender, recipients), parts = transaction
+        envelope, parts = transaction
+        sender, recipients = envelope.sender, envelope.recipients
+        envid = envelope.envid if self.dsn else None
         size = message_size(parts)
         preloaded, self._preloaded = self._preloaded, None
         tx = Bookkeeping(recipients, sender)
@@ -299,7 +389,9 @@ class Session:
             return Sent(results, refusal=refusal)
         # Built (and checked for CR/LF/NUL) before anything of the transaction is written.
         group = (
-            b"" if preloaded else commands.envelope(sender, recipients, self._size_argument(size))
+            b""
+            if preloaded
+            else commands.envelope(sender, recipients, self._size_argument(size), envid)
         )
         self.transactions += 1
         try:
@@ -311,7 +403,7 @@ class Session:
                 self._reader.write(group)
                 go = await self._read_envelope(tx)
             else:
-                go = await self._envelope_stepwise(tx, sender, size)
+                go = await self._envelope_stepwise(tx, sender, size, envid)
             if go:
                 if then is not None and not self._may_preload():
                     then = None
@@ -333,9 +425,16 @@ class Session:
         if tx.refusal is None:
             return None
         scope, stage, reply = tx.refusal
+        hint = ""
+        if scope is Scope.SESSION and relay_denied(reply):
+            hint = (
+                "; it relays only for clients that log in: set the password (or auth: xoauth2)"
+                if not self.settings.logs_in
+                else "; the login is not allowed to send through this server"
+            )
         return RefusedError(
             f"the server refused the {scope} (its reply to {stage}): {reply.code} "
-            f"{' '.join(reply.message.split())}",
+            f"{' '.join(reply.message.split())}{hint}",
             code=reply.code,
             scope=scope.value,
             temporary=400 <= reply.code < 500,
@@ -379,13 +478,15 @@ class Session:
             return False
         return tx.data_started(start)
 
-    async def _envelope_stepwise(self, tx: Bookkeeping, sender: str, size: int) -> bool:
+    async def _envelope_stepwise(
+        self, tx: Bookkeeping, sender: str, size: int, envid: str | None
+    ) -> bool:
         """One command, one reply: for servers without PIPELINING."""
         timeout = self.settings.timeout
         reader = self._reader
         assert reader is not None
         tx.phase = "during MAIL FROM"
-        reader.write(commands.mail_from(sender, self._size_argument(size)).encode())
+        reader.write(commands.mail_from(sender, self._size_argument(size), envid).encode())
         mail = await reader.read(timeout)
         self._check_421(mail)
         tx.mail(mail)
@@ -395,7 +496,7 @@ class Session:
             return False
         tx.phase = "during RCPT TO"
         for recipient in tx.recipients:
-            reader.write(commands.rcpt_to(recipient).encode())
+            reader.write(commands.rcpt_to(recipient, dsn=envid is not None).encode())
             reply = await reader.read(timeout)
             self._check_421(reply)
             tx.rcpt(recipient, reply, mail)
@@ -422,9 +523,14 @@ class Session:
         tx.phase = "while sending the message"
         end = END_OF_DATA
         if then is not None:
-            (next_sender, next_recipients), next_parts = then
+            following, next_parts = then
             next_size = self._size_argument(message_size(next_parts))
-            end += commands.envelope(next_sender, next_recipients, next_size)
+            end += commands.envelope(
+                following.sender,
+                following.recipients,
+                next_size,
+                following.envid if self.dsn else None,
+            )
         if size <= _JOIN_BELOW:
             # A small message: commit first, then the whole message, its final "." and the
             # next envelope in one send().

@@ -16,6 +16,7 @@ from asyncmailer.attachments import SPOOL_ABOVE
 from asyncmailer.config import load_campaign
 from asyncmailer.errors import AuthError, TLSRequiredError
 from asyncmailer.journal.suppressions import SuppressionStore
+from asyncmailer.message import envelope_id
 from asyncmailer.observer import Observer
 from asyncmailer.results import RecipientResult, Status
 from asyncmailer.run.campaign import RunOptions, prepare_message, run_campaign
@@ -23,6 +24,7 @@ from asyncmailer.suppression import Reason
 
 from ..conftest import PASSWORD, SUBJECT, USER, CampaignFactory, RunningServer, ServerFactory
 from ..dkimkeys import DOMAIN, SELECTOR, Kind, verifies, write_key
+from ..postfix import PostfixFactory
 
 FILES = {
     "отчёт за ноябрь.pdf": b"%PDF-1.4\n" + bytes(range(256)) * 40,
@@ -702,3 +704,39 @@ async def test_a_spooled_attachment_is_signed_for_shared_and_personal_bodies(
         assert verifies(received.data, "ed25519")
         [attachment] = parse(received.data).iter_attachments()
         assert attachment.get_payload(decode=True) == big
+
+
+async def test_each_message_carries_its_envelope_id_where_dsn_is_offered(
+    smtp_server: ServerFactory, make_campaign: CampaignFactory
+) -> None:
+    running = await smtp_server(dsn=True)
+    path = make_campaign(port=running.server.ssl_port)
+    options = RunOptions(run_id="20261202T031423Z")
+    report = await run_campaign(await load_campaign(path, env={}), options=options)
+    assert report.all_accepted
+    [message] = running.messages
+    message_id = parse(message.data)["Message-ID"]
+    [mail] = [c for c in running.recorder.commands() if c.startswith("MAIL FROM:")]
+    # The run, then the Message-ID's left part: a bounce names the message it is about.
+    assert mail.endswith(f" RET=HDRS ENVID={envelope_id('20261202T031423Z', message_id)}")
+    assert message_id.startswith("<" + mail.split("ENVID=20261202T031423Z.")[1] + "@")
+
+
+async def test_a_campaign_through_postfix_with_starttls_and_auth(
+    postfix: PostfixFactory, make_campaign: CampaignFactory
+) -> None:
+    relay = await postfix(accounts={USER: PASSWORD})
+    path = make_campaign(port=relay.port, security="starttls")
+    report = await run_campaign(await load_campaign(path, env={}))
+    assert report.fatal is None and report.all_accepted
+    assert sorted(await relay.sink.wait_for(3)) == [
+        "alice@example.com",
+        "bob@example.org",
+        "carol@example.net",
+    ]
+    # A wrong password: Postfix's 535 stops the run, nothing sent.
+    wrong = make_campaign(port=relay.port, security="starttls", password="wrong", campaign="w")
+    report = await run_campaign(await load_campaign(wrong, env={}))
+    assert isinstance(report.fatal, AuthError) and report.fatal.code == 535
+    assert "535 5.7.8 Error: authentication failed" in str(report.fatal), report.fatal
+    assert len(relay.sink.messages) == 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from asyncmailer.smtp.commands import UnsafeArgumentError, envelope, mail_from, rcpt_to
+from asyncmailer.smtp.commands import UnsafeArgumentError, envelope, mail_from, rcpt_to, xtext
 
 
 def test_a_pipelined_envelope_is_one_group() -> None:
@@ -23,3 +23,28 @@ def test_an_argument_with_a_line_break_or_nul_is_refused(bad: str) -> None:
         mail_from(bad, 10)
     with pytest.raises(UnsafeArgumentError):
         envelope("s@example.com", ["ok@example.com", bad], 10)
+
+
+def test_dsn_parameters_go_with_an_envelope_id() -> None:
+    assert envelope("s@example.com", ["a@example.com"], None, "20261202T000000Z.1.2.3") == (
+        b"MAIL FROM:<s@example.com> RET=HDRS ENVID=20261202T000000Z.1.2.3\r\n"
+        b"RCPT TO:<a@example.com> NOTIFY=FAILURE,DELAY\r\nDATA\r\n"
+    )
+    assert (
+        mail_from("s@example.com", 5, "x")
+        == "MAIL FROM:<s@example.com> SIZE=5 RET=HDRS ENVID=x\r\n"
+    )
+    assert rcpt_to("a@example.com") == "RCPT TO:<a@example.com>\r\n"
+
+
+def test_xtext_encodes_plus_equals_space_and_beyond_ascii() -> None:
+    assert xtext("run.a-b_c@d") == "run.a-b_c@d"
+    assert xtext("a+b=c d") == "a+2Bb+3Dc+20d"
+    assert xtext("é") == "+C3+A9"
+
+
+@pytest.mark.parametrize("bad", ["id\r\nRSET", "id\n", "id\0"])
+def test_an_envelope_id_with_a_line_break_or_nul_is_refused(bad: str) -> None:
+    # xtext would encode them; refused all the same: nothing such comes from a journal.
+    with pytest.raises(UnsafeArgumentError):
+        mail_from("s@example.com", None, bad)

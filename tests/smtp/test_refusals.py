@@ -1,10 +1,155 @@
-"""Which refusals say an address does not exist, for good (what the suppression store keeps)."""
+"""Whom a refusal is about (smtp/refusals.py), and what the run makes of it (run/policy.py),
+against Postfix's own refusals: a private instance (tests/postfix.py) with real limits; and
+which refusals say an address does not exist, for good (what the suppression store keeps)."""
 
 from __future__ import annotations
 
-import pytest
+from collections import Counter
+from typing import Any
 
-from asyncmailer.smtp.refusals import address_gone
+import aiosmtplib
+import pytest
+from aiosmtplib import SMTPResponse
+
+from asyncmailer.config import load_campaign
+from asyncmailer.errors import RefusedError
+from asyncmailer.journal import JournalReader
+from asyncmailer.ledger import JournalState
+from asyncmailer.results import CampaignReport
+from asyncmailer.run.campaign import RunOptions, run_campaign
+from asyncmailer.smtp.refusals import (
+    Scope,
+    Stage,
+    address_gone,
+    names_sender,
+    scope_of,
+    scope_of_rcpts,
+)
+
+from ..conftest import CampaignFactory, plain_list_campaign
+from ..postfix import Limits, PostfixFactory
+
+SENDER = "sender@example.com"  # the campaigns' from (tests/conftest.py)
+LIST = [f"p{i:02}@example.com" for i in range(12)]
+FAST = {"retry_delay": 0.2, "timeout": 5, "connect_timeout": 5, "data_timeout": 5}
+
+
+async def send(
+    make_campaign: CampaignFactory, port: int, recipients: list[str], **keys: Any
+) -> tuple[CampaignReport, Counter[JournalState]]:
+    """A list campaign through Postfix on loopback (no TLS, no AUTH): the report and the
+    journal's counts."""
+    settings: dict[str, Any] = {"group_size": 1, "concurrency": 2, **FAST, **keys}
+    path = plain_list_campaign(make_campaign, port, recipients, **settings)
+    report = await run_campaign(await load_campaign(path, env={}), options=RunOptions())
+    assert report.journal is not None
+    return report, await JournalReader(report.journal).counts()
+
+
+async def test_postfixs_own_replies_are_classified_by_whom_they_are_about(
+    postfix: PostfixFactory,
+) -> None:
+    # Postfix's replies at its limits, as it sends them, each taken as it should be.
+    relay = await postfix(
+        Limits(blocked_senders=("blocked@example.com",), recipient_limit=1, message_rate=2)
+    )
+    smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=relay.port, start_tls=False)
+    async with smtp:
+        await smtp.ehlo()
+
+        async def say(verb: bytes, argument: str) -> SMTPResponse:
+            return await smtp.execute_command(verb, argument.encode())
+
+        await say(b"MAIL", "FROM:<blocked@example.com>")
+        blocked = await say(b"RCPT", "TO:<a@example.com>")
+        await smtp.rset()
+        await say(b"MAIL", f"FROM:<{SENDER}>")
+        await say(b"RCPT", "TO:<a@example.com>")
+        too_many = await say(b"RCPT", "TO:<b@example.com>")
+        await smtp.rset()
+        rate = await say(b"MAIL", f"FROM:<{SENDER}>")
+    assert blocked.code == 554 and names_sender(blocked, "blocked@example.com")
+    assert (too_many.code, scope_of(too_many, Stage.RCPT)) == (452, Scope.RECIPIENT)
+    # 450 4.7.1 "too much mail" (not a 421): the sender, for now: the run pauses, no try.
+    assert rate.code == 450 and scope_of(rate, Stage.MAIL) is Scope.SENDER
+
+    busy = await postfix(Limits(connection_count=1))
+    first = aiosmtplib.SMTP(hostname="127.0.0.1", port=busy.port, start_tls=False)
+    async with first:
+        second = aiosmtplib.SMTP(hostname="127.0.0.1", port=busy.port, start_tls=False)
+        with pytest.raises(aiosmtplib.SMTPConnectResponseError) as refused:
+            await second.connect()
+    assert refused.value.code == 421 and "too many connections" in refused.value.message
+    reply = SMTPResponse(refused.value.code, refused.value.message)
+    assert scope_of(reply, Stage.MAIL) is Scope.SESSION
+
+
+async def test_a_sender_refused_by_check_sender_access_stops_the_run(
+    postfix: PostfixFactory, make_campaign: CampaignFactory
+) -> None:
+    relay = await postfix(Limits(blocked_senders=(SENDER,)))
+    report, journal = await send(make_campaign, relay.port, LIST[:4])
+    assert isinstance(report.fatal, RefusedError) and report.fatal.scope == "sender"
+    assert "5.7.1" in str(report.fatal) and "Sender address rejected" in str(report.fatal)
+    assert journal == Counter(pending=4)  # nobody recorded as refused
+    assert relay.sink.messages == []
+
+
+async def test_postfixs_recipient_limit_sends_the_rest_in_the_next_transaction(
+    postfix: PostfixFactory, make_campaign: CampaignFactory
+) -> None:
+    relay = await postfix(Limits(recipient_limit=5))
+    report, journal = await send(make_campaign, relay.port, LIST, group_size=12, retry_attempts=1)
+    assert report.fatal is None and journal == Counter(accepted=12)
+    assert sorted(await relay.sink.wait_for(12)) == LIST
+    assert sorted(len(m.rcpt_tos) for m in relay.sink.messages) == [2, 5, 5]
+    assert all(r.attempts == 1 for r in report.results)  # the splits used up no try
+
+
+async def test_postfixs_message_rate_limit_defers_and_everyone_arrives_once(
+    postfix: PostfixFactory, make_campaign: CampaignFactory
+) -> None:
+    relay = await postfix(Limits(message_rate=3, rate_time_unit=1))
+    report, journal = await send(make_campaign, relay.port, LIST[:8], concurrency=1)
+    assert report.fatal is None and journal == Counter(accepted=8)
+    assert sorted(await relay.sink.wait_for(8)) == LIST[:8]  # each exactly once
+    assert "Message delivery request rate limit exceeded" in relay.log()  # the limit was hit
+    assert all(r.attempts == 1 for r in report.results)  # its refusals were no tries
+
+
+async def test_postfixs_connection_count_limit_means_fewer_connections(
+    postfix: PostfixFactory, make_campaign: CampaignFactory
+) -> None:
+    relay = await postfix(Limits(connection_count=2))
+    report, journal = await send(make_campaign, relay.port, LIST, concurrency=5)
+    assert report.fatal is None and journal == Counter(accepted=12)
+    assert sorted(await relay.sink.wait_for(12)) == LIST
+    assert "Connection concurrency limit exceeded" in relay.log()  # the limit was hit
+
+
+async def test_relay_access_denied_to_everyone_is_the_sessions_not_the_recipients(
+    postfix: PostfixFactory, make_campaign: CampaignFactory
+) -> None:
+    # Postfix wants a login to relay, and the campaign has no password: its 554 5.7.1 names
+    # each recipient, but is about the session. Nobody may be written off for good.
+    relay = await postfix(accounts={SENDER: "secret"})
+    for group_size in (1, 3):
+        report, journal = await send(
+            make_campaign, relay.port, LIST[:3], group_size=group_size, campaign=f"g{group_size}"
+        )
+        assert isinstance(report.fatal, RefusedError) and report.fatal.scope == "session"
+        assert "Relay access denied; it relays only for clients that log in" in str(report.fatal)
+        assert journal == Counter(pending=3)
+    assert relay.sink.messages == []
+
+
+def test_relay_denied_to_one_of_several_is_that_recipients() -> None:
+    denied = SMTPResponse(554, "5.7.1 <b@example.net>: Relay access denied")
+    assert scope_of_rcpts([denied], every=False) is Scope.RECIPIENT
+    assert scope_of_rcpts([denied], every=True) is Scope.SESSION
+    assert scope_of_rcpts([SMTPResponse(550, "5.7.1 Relaying denied")] * 2, every=True) is (
+        Scope.SESSION
+    )
 
 
 @pytest.mark.parametrize(

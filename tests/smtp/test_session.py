@@ -13,8 +13,10 @@ from asyncmailer.config import Secret, Security, ServerSettings
 from asyncmailer.errors import AuthError, ConnectError, TLSRequiredError
 from asyncmailer.results import Status
 from asyncmailer.server import AuthAttempt
+from asyncmailer.transport import Envelope, Transaction
 
 from ..conftest import PASSWORD, USER, Certs, ServerFactory, send, session_for, settings_for
+from ..postfix import PostfixFactory
 
 DATA = (b"Subject: test\r\n\r\nHello\r\n",)  # without the final "."
 B64_PASSWORD = base64.b64encode(PASSWORD.encode()).decode()
@@ -300,3 +302,47 @@ async def test_exhausted_after_max_messages(smtp_server: ServerFactory, certs: C
         assert not session.exhausted
         await send(session, USER, ["a@example.com"], DATA)
         assert session.exhausted
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+async def test_dsn_parameters_only_where_dsn_is_offered(
+    smtp_server: ServerFactory, certs: Certs, pipelining: bool
+) -> None:
+    envid = "20261202T000000Z.176489060312.4711.99"
+    offered = await smtp_server(dsn=True, pipelining=pipelining)
+    plain = await smtp_server(pipelining=pipelining)  # aiosmtpd: 555 to any DSN parameter
+    for running in (offered, plain):
+        async with session_for(settings_for(running, certs)) as session:
+            sent = await session.send(
+                Transaction(Envelope(USER, ["a@example.com", "b@example.com"], envid), DATA)
+            )
+        assert [r.status for r in sent.results] == [Status.ACCEPTED] * 2
+    commands = offered.recorder.commands()
+    [mail] = [c for c in commands if c.startswith("MAIL FROM:")]
+    assert mail.endswith(f" RET=HDRS ENVID={envid}")
+    assert "RCPT TO:<b@example.com> NOTIFY=FAILURE,DELAY" in commands
+    assert not any("ENVID" in c or "NOTIFY" in c for c in plain.recorder.commands())
+
+
+async def test_postfix_takes_the_dsn_parameters_and_passes_them_on(
+    postfix: PostfixFactory, certs: Certs
+) -> None:
+    relay = await postfix()
+    settings = ServerSettings(
+        host="127.0.0.1",
+        port=relay.port,
+        security=Security.STARTTLS,
+        username=None,
+        password=None,
+        tls_ca_file=certs.ca_file,
+        timeout=5,
+    )
+    envid = "20261202T000000Z.176489060312.4711.99"
+    async with session_for(settings) as session:
+        assert session.dsn
+        sent = await session.send(Transaction(Envelope(USER, ["a@example.com"], envid), DATA))
+    assert sent.results[0].status is Status.ACCEPTED
+    await relay.sink.wait_for(1)
+    [arrived] = relay.sink.messages
+    assert f"ENVID={envid}".upper() in arrived.mail_options and "RET=HDRS" in arrived.mail_options
+    assert "NOTIFY=FAILURE,DELAY" in arrived.rcpt_options
