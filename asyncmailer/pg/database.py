@@ -1,0 +1,172 @@
+"""Connections to the PostgreSQL ledger: connect (errors told without the password), bring
+the schema up to date, and the writer task that runs a worker's requests in batches, one
+transaction per batch, reconnecting when the server goes away."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import psycopg
+
+from ..errors import JournalError
+from ..ledger_url import LedgerUrl
+from .schema import MIGRATE, MIGRATIONS, SCHEMA_VERSION, lock_key
+
+__all__ = ["Connection", "Work", "Writer", "connect", "migrate", "translate"]
+
+T = TypeVar("T")
+Connection = psycopg.AsyncConnection[Any]
+Work = Callable[[Connection], Awaitable[Any]]
+_BATCH = 500  # requests in one transaction at the most
+CONNECT_TIMEOUT = 10  # seconds
+
+
+def translate(url: LedgerUrl, err: BaseException, doing: str) -> JournalError:
+    """A driver error as one line naming the ledger, its password masked."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    return JournalError(f"{doing} the ledger {url.masked}: {url.scrub(text)}")
+
+
+async def connect(url: LedgerUrl) -> Connection:
+    """:raises JournalError: the server cannot be reached, or refused the login."""
+    try:
+        return await psycopg.AsyncConnection.connect(
+            url.reveal(),
+            autocommit=True,
+            connect_timeout=CONNECT_TIMEOUT,
+            application_name="asyncmailer",
+        )
+    except psycopg.Error as err:
+        raise translate(url, err, "cannot connect to") from None
+
+
+async def migrate(conn: Connection, url: LedgerUrl) -> None:
+    """Create or update the schema (whoever comes first; the others wait on the lock).
+
+    :raises JournalError: the database's schema is newer than this asyncmailer knows.
+    """
+    try:
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", lock_key(MIGRATE))
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS asyncmailer_schema (version INTEGER NOT NULL)"
+            )
+            row = await (await conn.execute("SELECT version FROM asyncmailer_schema")).fetchone()
+            if row is None:
+                await conn.execute("INSERT INTO asyncmailer_schema VALUES (0)")
+            version = int(row[0]) if row else 0
+            if version > SCHEMA_VERSION:
+                raise JournalError(
+                    f"the ledger {url.masked} has schema version {version}; this asyncmailer "
+                    f"knows up to {SCHEMA_VERSION}: run the newer asyncmailer that made it"
+                )
+            for step in MIGRATIONS[version:]:
+                await conn.execute(step.encode())
+            await conn.execute("UPDATE asyncmailer_schema SET version = %s", (SCHEMA_VERSION,))
+    except psycopg.Error as err:
+        raise translate(url, err, "cannot set up") from None
+
+
+class Writer:
+    """Owns one connection; runs queued requests in the order given, in batches, one
+    transaction per batch. When the connection is lost, it reconnects (for up to `outage`
+    seconds) and runs the same batch again: every request must be safe to repeat (the
+    ledger's writes are fenced by their lease and state, so a repeat changes nothing)."""
+
+    def __init__(self, url: LedgerUrl, *, outage: float) -> None:
+        self.url = url
+        self.outage = outage
+        self.loop = asyncio.get_running_loop()
+        self.requests: asyncio.Queue[tuple[Work, asyncio.Future[Any]] | None] = asyncio.Queue()
+        self.conn: Connection | None = None
+        self.reconnects = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<Writer {self.url.masked} queued={self.requests.qsize()}>"
+
+    async def start(self) -> None:
+        self.conn = await connect(self.url)
+        self._task = asyncio.create_task(self._run())
+
+    def submit(self, work: Work) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = self.loop.create_future()
+        self.requests.put_nowait((work, future))
+        return future
+
+    async def stop(self) -> None:
+        """Run what is queued, then close the connection."""
+        self.requests.put_nowait(None)
+        if self._task is not None:
+            await asyncio.shield(self._task)
+        if self.conn is not None:
+            await self.conn.close()
+
+    async def _run(self) -> None:
+        while True:
+            first = await self.requests.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < _BATCH and not self.requests.empty():
+                item = self.requests.get_nowait()
+                if item is None:
+                    self.requests.put_nowait(None)  # stop after this batch
+                    break
+                batch.append(item)
+            await self._run_batch(batch)
+
+    async def _run_batch(self, batch: list[tuple[Work, asyncio.Future[Any]]]) -> None:
+        deadline: float | None = None
+        answers: list[tuple[asyncio.Future[Any], Any, BaseException | None]]
+        while True:
+            conn = self.conn
+            assert conn is not None
+            try:
+                answers = []
+                async with conn.transaction():
+                    for work, future in batch:
+                        try:
+                            answers.append((future, await work(conn), None))
+                        except psycopg.Error:
+                            raise
+                        except Exception as err:  # a refusal (fenced) or a bug: that one only
+                            answers.append((future, None, err))
+                break
+            except psycopg.Error as err:
+                if not conn.broken and not conn.closed:
+                    answers = [(future, None, err) for _, future in batch]
+                    break
+                if deadline is None:
+                    deadline = self.loop.time() + self.outage
+                if not await self._reconnect(deadline):
+                    answers = [(future, None, err) for _, future in batch]
+                    break
+        for future, value, error in answers:
+            if future.done():
+                continue
+            if error is not None:
+                future.set_exception(error)
+                future.exception()  # retrieved: a request nobody awaits must not warn
+            else:
+                future.set_result(value)
+
+    async def _reconnect(self, deadline: float) -> bool:
+        """A new connection, trying until `deadline`; False if none could be made."""
+        if self.conn is not None:
+            with contextlib.suppress(Exception):
+                await self.conn.close()
+        wait = 0.2
+        while self.loop.time() < deadline:
+            try:
+                self.conn = await connect(self.url)
+            except JournalError:
+                await asyncio.sleep(min(wait, max(deadline - self.loop.time(), 0)))
+                wait = min(wait * 2, 2.0)
+                continue
+            self.reconnects += 1
+            return True
+        return False
