@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import dataclasses
 import difflib
+import functools
 import gc
 import json
 import os
@@ -33,6 +34,7 @@ from .dryrun import ENVELOPES, EmlTransport
 from .errors import (
     InputError,
     JournalError,
+    LeaseLostError,
     MailerError,
     MissingExtraError,
     NothingToSendError,
@@ -40,7 +42,8 @@ from .errors import (
 )
 from .journal import Journal, JournalReader, journal_path, probe_lock
 from .journal.runs import RunCatalog, RunRecord
-from .ledger import JournalState
+from .ledger import JournalState, Ledger
+from .ledger_url import LEDGER_ENV
 from .message import MessageTemplate
 from .progress import ConsoleObserver
 from .report import ReportWriter, format_table
@@ -52,6 +55,7 @@ from .schedule import parse_send_time, zone
 
 if TYPE_CHECKING:
     from .personalize import Personalizer
+    from .pg.runs import PgRuns
 
 __all__ = ["EXIT_CODES", "main", "run"]
 
@@ -71,7 +75,7 @@ EXIT_CODES = {
     EXIT_INTERRUPTED: "interrupted (Ctrl-C, SIGTERM), the daily quota or --limit reached, or the "
     "server kept asking to try later; run the same command again to resume",
 }
-_COMMANDS = ("send", "serve", "status", "runs", "report", "schedule")
+_COMMANDS = ("send", "serve", "status", "runs", "report", "schedule", "worker")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -87,6 +91,16 @@ def _positive(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number of 1 or more, got {text!r}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0.5 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"expected seconds from 0.5 to 3600, got {text!r}")
     return value
 
 
@@ -184,6 +198,54 @@ def parseargs(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     send.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
 
+    worker = commands.add_parser(
+        "worker",
+        help="send a campaign as one of any number of workers sharing a PostgreSQL ledger",
+        description="Send a campaign whose ledger is a shared PostgreSQL database (the "
+        "ledger: key or ASYNCMAILER_LEDGER): start the same command on as many hosts as you "
+        "like; they share the run's recipients, each sent once. SIGTERM or Ctrl-C lets the "
+        "transactions in flight finish, then exits 75; a worker started again joins the run.",
+    )
+    _campaign_arguments(worker, "the campaign file, JSON or YAML")
+    worker.add_argument(
+        "--processes",
+        type=_positive,
+        default=1,
+        metavar="N",
+        help="start N workers on this host, one process each (default 1)",
+    )
+    worker.add_argument(
+        "--lease",
+        type=_seconds,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long a worker's hold on what it claimed lasts without a heartbeat: a "
+        "worker that died is noticed after this (default 30)",
+    )
+    worker.add_argument(
+        "--report", type=Path, help="also write every result to this .csv or .jsonl file"
+    )
+    worker.add_argument(
+        "--resend-unknown",
+        action="store_true",
+        help="also send again to recipients whose outcome is unknown (may duplicate)",
+    )
+    worker.add_argument("-q", "--quiet", action="store_true", help="only the final table")
+    worker.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    worker.set_defaults(
+        state_dir=None,
+        new_run=False,
+        restart=False,
+        keep_changes=False,
+        retry_refused=False,
+        code=[],
+        limit=None,
+        dry_run=None,
+        at=None,
+        tz=None,
+    )
+    send.set_defaults(lease=30.0)
+
     def reader(name: str, help_text: str, description: str) -> argparse.ArgumentParser:
         """A command that reads a campaign's journal: the campaign, --state-dir, --debug."""
         command = commands.add_parser(name, help=help_text, description=description)
@@ -253,7 +315,7 @@ def parseargs(argv: Sequence[str] | None = None) -> argparse.Namespace:
     serve.add_argument("command_line", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
     serve.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     parsed = parser.parse_args(args)
-    if parsed.command in ("send", "status", "runs", "report"):
+    if parsed.command in ("send", "status", "runs", "report", "worker"):
         if parsed.campaign is not None and parsed.config is not None:
             parser.error("name the campaign once: as an argument or with --config, not both")
         parsed.config = parsed.campaign or parsed.config or DEFAULT_CONFIG
@@ -277,9 +339,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return runner.run(schedule_command(args))
             if args.command == "report":
                 return runner.run(report_command(args))
+            if args.command == "worker":
+                return runner.run(worker_command(args))
             return runner.run(send_command(args))
     except KeyboardInterrupt:
         print("asyncmailer: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except LeaseLostError as err:
+        print(f"asyncmailer: {err}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except (InputError, MissingExtraError) as err:
         print(f"asyncmailer: {err}", file=sys.stderr)
@@ -317,7 +384,9 @@ async def send_command(args: argparse.Namespace, *, out: TextIO = sys.stdout) ->
     at = _send_time(args)
     campaign = await _campaign(args)
     # What the message is built from, as it is built (the run records it).
-    built = await asyncio.to_thread(fingerprint, campaign)
+    built = await asyncio.to_thread(
+        functools.partial(fingerprint, campaign, content=campaign.ledger is not None)
+    )
     # Read and check the body, attachments and templates before anything is sent or written.
     with await prepare_message(campaign) as template:
         return await _send(args, campaign, template, out, built, at)
@@ -334,19 +403,15 @@ async def _send(
     personalizer = await prepare_personalizer(campaign)
     if args.dry_run is not None:
         return await _dry_run(args, campaign, template, personalizer, out)
+    if campaign.ledger is not None:
+        return await _shared_send(args, campaign, template, personalizer, out, built, at)
     # A second run of the same campaign is refused before it prints or truncates anything
     # (the run lock and the journal's own lock still guard the run itself).
     await asyncio.to_thread(probe_lock, journal_path(campaign.state_dir, campaign.id))
     for notice in campaign.notices:
         print(f"asyncmailer: {notice}", file=sys.stderr)
     async with Runs(campaign) as runs:
-        if args.code and not args.retry_refused:
-            raise InputError("--code goes with --retry-refused", field="--code")
-        for code in args.code:
-            if not re.fullmatch(r"[245]\d\d|[245]\.\d{1,3}\.\d{1,3}", code):
-                raise InputError(
-                    f"expected a reply code like 550 or 5.7.1, got {code[:20]!r}", field="--code"
-                )
+        _check_codes(args)
         record = await runs.begin(
             new_run=args.new_run or args.restart,
             keep_changes=args.keep_changes,
@@ -364,19 +429,144 @@ async def _send(
         return await _run_once(args, campaign, template, personalizer, runs, record, out)
 
 
+def _check_codes(args: argparse.Namespace) -> None:
+    """:raises InputError: --code without --retry-refused, or not a reply code."""
+    if args.code and not args.retry_refused:
+        raise InputError("--code goes with --retry-refused", field="--code")
+    for code in args.code:
+        if not re.fullmatch(r"[245]\d\d|[245]\.\d{1,3}\.\d{1,3}", code):
+            raise InputError(
+                f"expected a reply code like 550 or 5.7.1, got {code[:20]!r}", field="--code"
+            )
+
+
+async def worker_command(args: argparse.Namespace, *, out: TextIO = sys.stdout) -> int:
+    """`asyncmailer worker`: one worker (or `--processes N` of them) of a campaign whose
+    ledger is shared."""
+    campaign = await _campaign(args)
+    if campaign.ledger is None:
+        raise InputError(
+            f"a worker needs a shared ledger: set ledger: postgresql://... in the campaign, or "
+            f"{LEDGER_ENV}",
+            path=campaign.source,
+            field="ledger",
+        )
+    if args.processes > 1:
+        return await _processes(args)
+    built = await asyncio.to_thread(functools.partial(fingerprint, campaign, content=True))
+    with await prepare_message(campaign) as template:
+        personalizer = await prepare_personalizer(campaign)
+        return await _shared_send(args, campaign, template, personalizer, out, built)
+
+
+async def _processes(args: argparse.Namespace) -> int:
+    """`worker --processes N`: N worker processes of the same campaign on this host (each
+    with its own GIL), stopped together; the exit code is the worst of theirs."""
+    base = [sys.executable, "-m", "asyncmailer", "worker", str(args.config)]
+    base += ["--lease", str(args.lease)]
+    base += [
+        flag for flag, on in (("-q", args.quiet), ("--resend-unknown", args.resend_unknown)) if on
+    ]
+    children = []
+    for number in range(1, args.processes + 1):
+        argv = list(base)
+        if args.report is not None:  # one report file each
+            argv += ["--report", str(args.report.with_stem(f"{args.report.stem}.{number}"))]
+        children.append(await asyncio.create_subprocess_exec(*argv))
+    loop = asyncio.get_running_loop()
+
+    def forward(signum: int) -> None:
+        for child in children:
+            if child.returncode is None:
+                child.send_signal(signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, forward, signum)
+    try:
+        codes = [await child.wait() for child in children]
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+    return _worst(codes)
+
+
+def _worst(codes: Sequence[int]) -> int:
+    """The exit code of several workers: a failure over an interruption over "not every
+    recipient accepted" over "nothing to send" (a worker that came after the end) over 0."""
+    order = [EXIT_INTERNAL, EXIT_USAGE, EXIT_SERVER, EXIT_INTERRUPTED, EXIT_NOT_ALL_ACCEPTED]
+    for code in order:
+        if code in codes:
+            return code
+    unknown = [c for c in codes if c not in (EXIT_OK, EXIT_NOTHING_TO_SEND)]
+    if unknown:
+        return unknown[0]
+    return EXIT_OK if EXIT_OK in codes else EXIT_NOTHING_TO_SEND
+
+
+async def _shared_send(
+    args: argparse.Namespace,
+    campaign: Campaign,
+    template: MessageTemplate,
+    personalizer: Personalizer | None,
+    out: TextIO,
+    built: dict[str, str],
+    at: datetime | None = None,
+) -> int:
+    """A send (or one worker) on the shared PostgreSQL ledger: the run is found or made in
+    the database, then sent like any other, its claims leased to this worker."""
+    from .pg import PgLedger
+    from .pg.runs import PgRuns
+
+    url = campaign.ledger
+    assert url is not None
+    for notice in campaign.notices:
+        print(f"asyncmailer: {notice}", file=sys.stderr)
+    _check_codes(args)
+    async with PgRuns(url, campaign.id) as runs:
+        record = await runs.begin(
+            current=built,
+            new_run=args.new_run or args.restart,
+            keep_changes=args.keep_changes,
+            reopen=args.resend_unknown or args.retry_refused,
+        )
+        if at is not None and not await _wait_until(at, quiet=args.quiet):
+            print("asyncmailer: stopped before the send time; nothing was sent", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        serial = runs.serial(record)
+
+        @contextlib.asynccontextmanager
+        async def ledger() -> AsyncIterator[Ledger]:
+            async with await PgLedger.open(
+                url,
+                campaign=campaign.id,
+                run=serial,
+                msgid_domain=campaign.sender.domain,
+                lease=args.lease,
+            ) as opened:
+                yield opened
+
+        if not args.quiet:
+            print(f"asyncmailer: run {record.id} in the ledger {url.masked}", file=sys.stderr)
+        return await _run_once(
+            args, campaign, template, personalizer, runs, record, out, ledger=ledger
+        )
+
+
 async def _run_once(
     args: argparse.Namespace,
     campaign: Campaign,
     template: MessageTemplate,
     personalizer: Personalizer | None,
-    runs: Runs,
+    runs: Runs | PgRuns,
     record: RunRecord,
     out: TextIO,
     signals: _SignalStop | None = None,
+    ledger: Callable[[], contextlib.AbstractAsyncContextManager[Ledger]] | None = None,
 ) -> int:
     """One run of the campaign with its progress, report file and final table, recorded in
     the campaign's runs as it ends (SIGINT and SIGTERM stop it: `signals`, when a scheduler
-    already watches them). Returns the exit code."""
+    already watches them). `ledger` opens a shared ledger (else the campaign's journal is
+    used). Returns the exit code."""
     writer = ReportWriter(args.report) if args.report else None
     server = campaign.server
     login = f" as {server.username}" if server.username else " without AUTH"
@@ -420,12 +610,14 @@ async def _run_once(
                     await files.enter_async_context(writer)
                 if full is not None:
                     await files.enter_async_context(_replacing(full, args.report))
+                shared = await files.enter_async_context(ledger()) if ledger else None
                 report = await run_campaign(
                     campaign,
                     template=template,
                     personalizer=personalizer,
                     observer=observer,
                     options=options,
+                    ledger=shared,
                 )
     except asyncio.CancelledError:
         observer.finish()

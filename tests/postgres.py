@@ -119,7 +119,9 @@ class PgServer:
 
     def restart(self) -> None:
         """Stop the server (fast: every session is cut) and start it again."""
-        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "restart")
+        self._run(
+            "pg_ctl", "-D", str(self.data), "-l", str(self.log), "-m", "fast", "-w", "restart"
+        )
 
     def stop(self) -> None:
         with contextlib.suppress(subprocess.CalledProcessError, OSError):

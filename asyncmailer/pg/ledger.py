@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from ..addresses import Mailbox, Mailboxes
-from ..errors import JournalError
+from ..errors import JournalError, LeaseLostError
 from ..journal.reader import NOT_YET
 from ..ledger import NEVER, Added, Decision, JournalState, WorkItem
 from ..ledger_url import LedgerUrl
@@ -43,11 +43,6 @@ UNKNOWN_NOTE = (
     "it may or may not have been delivered"
 )
 _R = "asyncmailer_recipients"
-
-
-class LeaseLostError(JournalError):
-    """This worker's lease lapsed (or was reaped): what it held is another worker's now, so
-    it sends no final "." and stops."""
 
 
 _NOT_RUN = f"('{JournalState.PENDING}', '{JournalState.INFLIGHT}')"

@@ -5,7 +5,10 @@ path: every host finds the same run."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,6 +20,7 @@ from ..ledger import JournalState
 from ..ledger_url import LedgerUrl
 from ..results import plural
 from .database import Connection, connect, migrate, translate
+from .ledger import OUTAGE
 from .schema import RUNS, lock_key
 
 __all__ = ["PgRuns"]
@@ -40,6 +44,7 @@ class PgRuns:
         self.campaign = campaign
         self._conn: Connection | None = None
         self._serials: dict[str, int] = {}
+        self._in_transaction = False  # a lost connection cannot be taken up mid-transaction
         self.changed: list[str] = []
 
     def __repr__(self) -> str:
@@ -63,12 +68,21 @@ class PgRuns:
         return self._serials[record.id]
 
     async def _query(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+        """Run one statement; a connection lost since the last (the server restarted while
+        the run went on) is made again, for up to `OUTAGE` seconds."""
         assert self._conn is not None
-        try:
-            cursor = await self._conn.execute(sql, params)
-            return await cursor.fetchall() if cursor.description else []
-        except psycopg.Error as err:
-            raise translate(self.url, err, "cannot use") from None
+        deadline = time.monotonic() + OUTAGE
+        while True:
+            try:
+                cursor = await self._conn.execute(sql, params)
+                return await cursor.fetchall() if cursor.description else []
+            except psycopg.Error as err:
+                lost = self._conn.broken or self._conn.closed
+                if not lost or self._in_transaction or time.monotonic() > deadline:
+                    raise translate(self.url, err, "cannot use") from None
+            await asyncio.sleep(0.5)
+            with contextlib.suppress(JournalError):
+                self._conn = await connect(self.url)
 
     def _record(self, row: tuple[Any, ...]) -> RunRecord:
         serial, run_id, started, ended, fingerprint, counts = row
@@ -109,12 +123,15 @@ class PgRuns:
         assert self._conn is not None
         try:
             async with self._conn.transaction():
+                self._in_transaction = True
                 await self._conn.execute(
                     "SELECT pg_advisory_xact_lock(%s, %s)", lock_key(RUNS, self.campaign)
                 )
                 return await self._begin(current, new_run, keep_changes, reopen)
         except psycopg.Error as err:
             raise translate(self.url, err, "cannot use") from None
+        finally:
+            self._in_transaction = False
 
     async def _begin(
         self, current: dict[str, str], new_run: bool, keep_changes: bool, reopen: bool
