@@ -10,6 +10,7 @@ import asyncio
 import collections
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +18,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from ..conftest import CampaignFactory, plain_list_campaign, start_cli
+from ..conftest import CampaignFactory, plain_list_campaign, run_cli, start_cli
 from ..faulty import Faults, FaultyServer
 from ..postgres import PASSWORD, PgServer
 
@@ -151,3 +152,47 @@ async def test_processes_start_that_many_workers_on_one_run(
         assert late.returncode == 4, err.decode()
     finally:
         await server.stop()
+
+
+async def test_send_with_a_ledger_key_runs_on_the_shared_ledger(
+    make_campaign: CampaignFactory, tmp_path: Path, pg_url: str
+) -> None:
+    server = await FaultyServer(Faults()).start()
+    try:
+        path = plain_list_campaign(
+            make_campaign, server.port, [f"u{i}@example.com" for i in range(30)], ledger=pg_url
+        )
+        code, out, err = await run_cli("send", str(path), cwd=tmp_path)
+        assert code == 0, err
+        assert "run " in err and "********" in err and PASSWORD not in out + err
+        assert sorted(server.delivered) == sorted(f"u{i}@example.com" for i in range(30))
+        assert not (path.parent.parent / ".asyncmailer").exists()  # no SQLite journal
+        code, out, err = await run_cli("send", str(path), cwd=tmp_path)
+        assert code == 4 and "nothing to send" in err, err
+        assert PASSWORD not in out + err
+    finally:
+        await server.stop()
+
+
+async def test_a_worker_needs_a_shared_ledger_and_its_extra(
+    make_campaign: CampaignFactory, tmp_path: Path, pg_url: str
+) -> None:
+    path = plain_list_campaign(make_campaign, 2525, ["a@example.com"])
+    code, _, err = await run_cli("worker", str(path), cwd=tmp_path)
+    assert code == 2 and "a worker needs a shared ledger" in err, err
+    # Without psycopg (the postgresql extra), it says what to install.
+    program = (
+        "import sys; sys.modules['psycopg'] = None; from asyncmailer.cli import main; "
+        f"sys.exit(main(['worker', {str(path)!r}]))"
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        program,
+        cwd=tmp_path,
+        env={**os.environ, "ASYNCMAILER_LEDGER": pg_url},
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, raw = await process.communicate()
+    assert process.returncode == 2, raw.decode()
+    assert "pip install 'asyncmailer[postgresql]'" in raw.decode()
