@@ -22,13 +22,21 @@ import re
 import signal
 import sys
 import tempfile
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from . import __version__
-from .config import DEFAULT_CONFIG, PASSWORD_ENV, Campaign, campaign_identity, load_campaign
+from .config import (
+    DEFAULT_CONFIG,
+    PASSWORD_ENV,
+    Campaign,
+    campaign_identity,
+    campaign_ledger,
+    load_campaign,
+)
 from .display import printable
 from .dryrun import ENVELOPES, EmlTransport
 from .errors import (
@@ -43,7 +51,7 @@ from .errors import (
 from .journal import Journal, JournalReader, journal_path, probe_lock
 from .journal.runs import RunCatalog, RunRecord
 from .ledger import JournalState, Ledger
-from .ledger_url import LEDGER_ENV
+from .ledger_url import LEDGER_ENV, LedgerUrl
 from .message import MessageTemplate
 from .progress import ConsoleObserver
 from .report import ReportWriter, format_table
@@ -949,12 +957,48 @@ async def schedule_command(args: argparse.Namespace, *, out: TextIO = sys.stdout
 async def status_command(args: argparse.Namespace, *, out: TextIO = sys.stdout) -> int:
     """`asyncmailer status`: a campaign's counts from its journal (the current run's)."""
     state_dir, campaign_id = await _identity(args)
+    shared = await campaign_ledger(args.config)
+    if shared is not None:
+        return await _shared_status(args, shared, campaign_id, out)
     path = journal_path(state_dir, campaign_id)
     if not await asyncio.to_thread(path.exists):
         print(f"campaign {args.config} has not run yet (no journal at {path})", file=out)
         return EXIT_OK
     counts = await JournalReader(path).counts()
     print(f"campaign {args.config}: journal {path}", file=out)
+    try:
+        await asyncio.to_thread(probe_lock, path)
+    except JournalError:
+        busy = True
+    else:
+        busy = False
+    _print_counts(counts, busy, out)
+    return EXIT_OK
+
+
+async def _shared_status(
+    args: argparse.Namespace, url: LedgerUrl, campaign_id: str, out: TextIO
+) -> int:
+    """`status` of a campaign on the shared ledger: its latest run's counts, and how many
+    workers hold a lease on it now."""
+    from .pg.runs import PgRuns
+
+    async with PgRuns(url, campaign_id) as runs:
+        records = await runs.runs()
+        if not records:
+            print(f"campaign {args.config} has not run yet (in the ledger {url})", file=out)
+            return EXIT_OK
+        latest = records[-1]
+        counts = Counter({JournalState(k): v for k, v in (await runs.counts(latest)).items()})
+        workers = await runs.live_workers(latest)
+    print(f"campaign {args.config}: run {latest.id} in the ledger {url}", file=out)
+    if workers:
+        print(f"  {plural(workers, 'worker')} at work on it", file=out)
+    _print_counts(counts, bool(workers), out)
+    return EXIT_OK
+
+
+def _print_counts(counts: Counter[JournalState], busy: bool, out: TextIO) -> None:
     for state, word in STATE_WORDS.items():
         if counts[state]:
             print(f"  {counts[state]:>9,}  {word}", file=out)
@@ -962,14 +1006,10 @@ async def status_command(args: argparse.Namespace, *, out: TextIO = sys.stdout) 
     left = sum(
         counts[s] for s in (JournalState.PENDING, JournalState.DEFERRED, JournalState.INFLIGHT)
     )
-    try:
-        await asyncio.to_thread(probe_lock, path)
-    except JournalError:
+    if busy:
         print("a run of this campaign is in progress", file=out)
-    else:
-        if left:
-            print(f"{plural(left, 'recipient')} still to send: run the campaign again", file=out)
-    return EXIT_OK
+    elif left:
+        print(f"{plural(left, 'recipient')} still to send: run the campaign again", file=out)
 
 
 _RUN_COLUMNS = (JournalState.ACCEPTED, JournalState.REFUSED, JournalState.DEFERRED)
@@ -978,19 +1018,30 @@ _RUN_COLUMNS = (JournalState.ACCEPTED, JournalState.REFUSED, JournalState.DEFERR
 async def runs_command(args: argparse.Namespace, *, out: TextIO = sys.stdout) -> int:
     """`asyncmailer runs`: every run of a campaign, oldest first, with its counts."""
     state_dir, campaign_id = await _identity(args)
-    catalog = RunCatalog(state_dir, campaign_id)
-    _, records = await asyncio.to_thread(catalog.load)
+    shared = await campaign_ledger(args.config)
+    if shared is not None:
+        from .pg.runs import PgRuns
+
+        async with PgRuns(shared, campaign_id) as book:
+            records = await book.runs()
+            counted = [r.counts or await book.counts(r) for r in records]
+    else:
+        catalog = RunCatalog(state_dir, campaign_id)
+        _, records = await asyncio.to_thread(catalog.load)
+        counted = []
+        for record in records:
+            counts = record.counts
+            if counts is None:  # still going, or stopped before it could say: read its journal
+                path = catalog.journal_of(record)
+                counts = {}
+                if await asyncio.to_thread(path.exists):  # none yet: stopped before it began
+                    counts = {str(k): v for k, v in (await JournalReader(path).counts()).items()}
+            counted.append(counts)
     if not records:
         print(f"campaign {campaign_id} has no runs yet", file=out)
         return EXIT_OK
     rows = []
-    for record in records:
-        counts = record.counts
-        if counts is None:  # still going, or stopped before it could say: read its journal
-            path = catalog.journal_of(record)
-            counts = {}
-            if await asyncio.to_thread(path.exists):  # none yet: stopped before it began
-                counts = {str(k): v for k, v in (await JournalReader(path).counts()).items()}
+    for record, counts in zip(records, counted, strict=True):
         left = sum(
             counts.get(str(state), 0)
             for state in (JournalState.PENDING, JournalState.INFLIGHT, JournalState.DATA)
@@ -1019,8 +1070,25 @@ async def report_command(args: argparse.Namespace, *, out: TextIO = sys.stdout) 
     """`asyncmailer report`: a run's summary (text, or JSON with --format json), and every
     recipient's result from its journal in a report file (.csv or .jsonl)."""
     state_dir, campaign_id = await _identity(args)
+    shared = await campaign_ledger(args.config)
+    if shared is not None:
+        from .pg.runs import PgRuns
+
+        async with PgRuns(shared, campaign_id) as book:
+            return await _report(args, campaign_id, await book.runs(), out, book)
     catalog = RunCatalog(state_dir, campaign_id)
     _, records = await asyncio.to_thread(catalog.load)
+    return await _report(args, campaign_id, records, out, catalog)
+
+
+async def _report(
+    args: argparse.Namespace,
+    campaign_id: str,
+    records: list[RunRecord],
+    out: TextIO,
+    source: RunCatalog | PgRuns,
+) -> int:
+    """The report of one run (--run, or the latest), from its journal or the shared ledger."""
     if args.run is not None:
         found = [r for r in records if r.id == args.run]
         if not found:
@@ -1029,15 +1097,21 @@ async def report_command(args: argparse.Namespace, *, out: TextIO = sys.stdout) 
         record: RunRecord | None = found[0]
     else:
         record = records[-1] if records else None
-    journal = catalog.journal_of(record) if record is not None else catalog.journal
     run_id = record.id if record is not None else "current"
     suffix = "jsonl" if args.format == "jsonl" else "csv"
     target = args.output or Path(f"{campaign_id}.{run_id}.report.{suffix}")
-    if not await asyncio.to_thread(journal.exists):
-        raise JournalError("no journal: this campaign has not run yet", path=journal)
+    if isinstance(source, RunCatalog):
+        journal = source.journal_of(record) if record is not None else source.journal
+        if not await asyncio.to_thread(journal.exists):
+            raise JournalError("no journal: this campaign has not run yet", path=journal)
+        pages = JournalReader(journal).pages()
+    elif record is None:
+        raise JournalError(f"campaign {campaign_id} has not run yet (in the ledger {source.url})")
+    else:
+        pages = source.pages(record)
     summary = CampaignReport(keep=0)
     async with ReportWriter(target) as writer:
-        async for page in JournalReader(journal).pages():
+        async for page in pages:
             summary.add(page)
             await writer.write(page)
     if args.format == "json":

@@ -729,6 +729,21 @@ async def campaign_identity(path: str | Path) -> tuple[Path, str]:
     return state_dir, fields.get_id("campaign") or path.name
 
 
+async def campaign_ledger(
+    path: str | Path, *, env: Mapping[str, str] | None = None
+) -> LedgerUrl | None:
+    """A campaign's shared ledger, from its file (or the environment) alone, for `status`,
+    `runs` and `report`.
+
+    :raises ConfigError: the file cannot be read or parsed, or the URL is wrong.
+    """
+    path = Path(path)
+    text = await read_text(path, "config file")
+    return _ledger(
+        _Fields(parse_document(text, path), text, path), os.environ if env is None else env
+    )
+
+
 async def load_campaign(
     path: str | Path = DEFAULT_CONFIG, *, env: Mapping[str, str] | None = None
 ) -> Campaign:

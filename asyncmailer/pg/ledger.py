@@ -46,7 +46,7 @@ _R = "asyncmailer_recipients"
 
 
 _NOT_RUN = f"('{JournalState.PENDING}', '{JournalState.INFLIGHT}')"
-_RESULTS = (
+RESULTS = (
     "SELECT id, addr,"
     f" CASE WHEN state = '{JournalState.DATA}' THEN '{Status.UNKNOWN}'"
     f" WHEN state IN {_NOT_RUN} THEN '{Status.SKIPPED}' ELSE state END,"
@@ -738,7 +738,7 @@ class PgLedger:
     async def results(self, after: int = 0, limit: int = 5000) -> ResultPage:
         async def read(conn: Connection) -> ResultPage:
             cursor = await conn.execute(
-                _RESULTS, {"run": self.run, "after": after, "limit": limit, "not_yet": NOT_YET}
+                RESULTS, {"run": self.run, "after": after, "limit": limit, "not_yet": NOT_YET}
             )
             return ResultPage(await cursor.fetchall())
 

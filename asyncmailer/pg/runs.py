@@ -9,18 +9,20 @@ import asyncio
 import contextlib
 import json
 import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 
 from ..errors import InputError, JournalError, NothingToSendError
+from ..journal.reader import NOT_YET
 from ..journal.runs import RunRecord
 from ..ledger import JournalState
 from ..ledger_url import LedgerUrl
-from ..results import plural
+from ..results import ResultPage
 from .database import Connection, connect, migrate, translate
-from .ledger import OUTAGE
+from .ledger import OUTAGE, RESULTS
 from .schema import RUNS, lock_key
 
 __all__ = ["PgRuns"]
@@ -205,6 +207,28 @@ class PgRuns:
         )
         return {str(state): int(count) for state, count in sorted(rows)}
 
+    async def live_workers(self, record: RunRecord) -> int:
+        """Workers holding a live lease on the run now."""
+        rows = await self._query(
+            "SELECT count(*) FROM asyncmailer_leases WHERE run = %s AND expires > now()",
+            (self.serial(record),),
+        )
+        return int(rows[0][0])
+
+    async def pages(self, record: RunRecord, limit: int = 5000) -> AsyncIterator[ResultPage]:
+        """Every recipient's latest result in the run, in order, a page at a time."""
+        after = 0
+        while True:
+            rows = await self._query(
+                RESULTS,
+                {"run": self.serial(record), "after": after, "limit": limit, "not_yet": NOT_YET},
+            )
+            if not rows:
+                return
+            page = ResultPage(rows)
+            yield page
+            after = page.last_id
+
     async def end(self, record: RunRecord, *, stopped: bool) -> RunRecord:
         """Record the run's counts; finished when nobody is left to send (by any worker)
         and this worker was not stopped early."""
@@ -219,10 +243,3 @@ class PgRuns:
         if not rows:
             raise JournalError(f"run {record.id} is not in the ledger {self.url.masked}")
         return self._record(rows[0])
-
-    def describe(self, record: RunRecord) -> str:
-        counts = record.counts or {}
-        return (
-            f"run {record.id}: {counts.get(JournalState.ACCEPTED, 0):,} of "
-            f"{plural(sum(counts.values()), 'recipient')} accepted"
-        )

@@ -170,6 +170,20 @@ async def test_send_with_a_ledger_key_runs_on_the_shared_ledger(
         code, out, err = await run_cli("send", str(path), cwd=tmp_path)
         assert code == 4 and "nothing to send" in err, err
         assert PASSWORD not in out + err
+        # status, runs and report read the shared ledger, from any host: no files needed.
+        code, out, err = await run_cli("status", str(path), cwd=tmp_path)
+        assert code == 0, err
+        assert "in the ledger postgresql://postgres:********@" in out
+        assert "30  accepted" in out and PASSWORD not in out
+        code, out, err = await run_cli("runs", str(path), cwd=tmp_path)
+        assert code == 0 and out.splitlines()[0].startswith("RUN"), err
+        (row,) = out.splitlines()[1:]
+        assert "unfinished" not in row and " 30 " in row
+        report = tmp_path / "report.csv"
+        code, out, err = await run_cli("report", str(path), "-o", str(report), cwd=tmp_path)
+        assert code == 0, err
+        assert "30 recipients: 30 accepted" in out
+        assert report.read_text().count("accepted") == 30
     finally:
         await server.stop()
 
