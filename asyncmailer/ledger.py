@@ -13,12 +13,12 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, runtime_checkable
 
 from .addresses import Mailbox
 from .results import ResultPage
 
-__all__ = ["Added", "Decision", "JournalState", "Ledger", "WorkItem"]
+__all__ = ["Added", "Decision", "JournalState", "Ledger", "Pacer", "WorkItem"]
 
 
 class JournalState(StrEnum):
@@ -112,3 +112,14 @@ class Ledger(Protocol):
     # reading back
     async def counts(self) -> Counter[JournalState]: ...
     async def results(self, after: int = 0, limit: int = 5000) -> ResultPage: ...
+
+
+@runtime_checkable
+class Pacer(Protocol):
+    """A ledger shared by workers (on any number of hosts) that paces them together: the
+    campaign's `rate` is handed out as slots, reserved in batches."""
+
+    async def reserve_slots(self, count: int, interval: float) -> float:
+        """Reserve `count` message slots `interval` seconds apart, after every slot reserved
+        before by any worker; returns the seconds from now to the first (0 or less: due)."""
+        ...

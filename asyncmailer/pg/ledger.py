@@ -701,6 +701,28 @@ class PgLedger:
 
         self._watch(self._writer.submit(add))
 
+    async def reserve_slots(self, count: int, interval: float) -> float:
+        """`Pacer`: the campaign's next `count` slots, on the database's clock."""
+        params = {"campaign": self.campaign, "span": count * interval}
+
+        async def reserve(conn: Connection) -> float:
+            await conn.execute(
+                "INSERT INTO asyncmailer_pace VALUES (%(campaign)s, 0) ON CONFLICT DO NOTHING",
+                params,
+            )
+            cursor = await conn.execute(
+                "UPDATE asyncmailer_pace SET next ="
+                " GREATEST(next, extract(epoch FROM clock_timestamp())) + %(span)s"
+                " WHERE campaign = %(campaign)s"
+                " RETURNING next - %(span)s - extract(epoch FROM clock_timestamp())",
+                params,
+            )
+            row = await cursor.fetchone()
+            assert row is not None
+            return float(row[0])
+
+        return await self._call(reserve)  # type: ignore[no-any-return]
+
     async def next_due(self) -> float | None:
         """When the next deferred recipient is due; while other workers hold rows (which
         may come back, should a worker die), soon, to look again."""

@@ -77,6 +77,14 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX asyncmailer_recipients_claim ON asyncmailer_recipients (claim)
         WHERE claim IS NOT NULL;
     """,
+    # 2: the campaign's rate, shared by its workers: the next free slot (epoch seconds on
+    # the database's clock).
+    """
+    CREATE TABLE asyncmailer_pace (
+        campaign TEXT PRIMARY KEY,
+        next DOUBLE PRECISION NOT NULL
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

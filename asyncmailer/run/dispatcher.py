@@ -14,13 +14,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from ..config import Campaign
 from ..errors import AuthError, ConnectError, DeliveryError, RefusedError, TLSRequiredError
-from ..ledger import Ledger, WorkItem
+from ..ledger import Ledger, Pacer, WorkItem
 from ..message import MessageTemplate
 from ..observer import Observer
 from ..results import CampaignReport, RecipientResult, Status
 from ..schedule import local_due
 from ..transport import Connection, Envelope, Transaction, Transport
-from .limits import DailyQuota, MessageLimit, Pause, RateLimiter
+from .limits import DailyQuota, MessageLimit, Pause, RateLimiter, SharedRateLimiter
 from .policy import MAX_RETRY_DELAY, Retry, decide, later, stops_the_run, unsent
 from .scheduler import LoadState, Scheduler
 
@@ -65,7 +65,13 @@ class Dispatcher:
         self.report = report
         self.stop = stop
         self.retry = Retry(campaign)
-        self.limiter = RateLimiter(campaign.rate) if campaign.rate else None
+        self.limiter: RateLimiter | SharedRateLimiter | None = None
+        if campaign.rate:  # a ledger shared by workers paces them all together
+            self.limiter = (
+                SharedRateLimiter(campaign.rate, ledger)
+                if isinstance(ledger, Pacer)
+                else RateLimiter(campaign.rate)
+            )
         self.quota = DailyQuota(campaign.daily_quota, ledger, elsewhere=quota_used)
         self.limit = MessageLimit(limit)
         # Claim well ahead: a worker pipelines the next item only if one is at hand.
