@@ -165,7 +165,7 @@ class Writer:
                 self.conn = await connect(self.url)
             except JournalError:
                 await asyncio.sleep(min(wait, max(deadline - self.loop.time(), 0)))
-                wait = min(wait * 2, 2.0)
+                wait = min(wait * 2, 1.0)
                 continue
             self.reconnects += 1
             return True

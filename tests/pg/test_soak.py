@@ -50,7 +50,7 @@ async def test_four_workers_two_killed_one_restarted_and_the_database_restarted(
         )
         messages = -(-count // GROUP)
         expected = messages / RATE
-        workers = await _workers(path, tmp_path, pg_url, 4, "--lease", "3")
+        workers = await _workers(path, tmp_path, pg_url, 4, "--lease", "10")
         events = sorted(rng.uniform(0.15, 0.7) * expected for _ in range(3))
         started = time.monotonic()
         done: set[str] = set()
@@ -63,20 +63,22 @@ async def test_four_workers_two_killed_one_restarted_and_the_database_restarted(
                 killed.append(workers[0])
                 os.kill(workers[0].pid, signal.SIGKILL)
                 # The first killed worker is started again: it joins the same run.
-                workers += await _workers(path, tmp_path, pg_url, 1, "--lease", "3")
+                workers += await _workers(path, tmp_path, pg_url, 1, "--lease", "10")
             elif now > events[1] and "pg" not in done:
                 done.add("pg")
                 await asyncio.to_thread(pg_server.restart)
             elif now > events[2] and "kill2" not in done:
                 done.add("kill2")
                 killed.append(workers[1])
+                assert workers[1].returncode is None, "the second worker ended before its kill"
                 os.kill(workers[1].pid, signal.SIGKILL)
             assert now < expected * 3 + 120, "the run did not end"
             await asyncio.sleep(0.1)
         assert done == {"kill1", "pg", "kill2"}
         for worker in workers:
+            _, err = await worker.communicate()
             if worker not in killed:
-                assert worker.returncode in (0, 1), worker.returncode
+                assert worker.returncode in (0, 1), err.decode()
         states = _states(pg_url)
         _check_once(server, states, count)
         unknown = sum(1 for s in states.values() if s == "unknown")
