@@ -22,6 +22,8 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
+import psycopg
+
 from ..addresses import Mailbox, Mailboxes
 from ..errors import JournalError, LeaseLostError
 from ..journal.reader import NOT_YET
@@ -29,7 +31,7 @@ from ..ledger import NEVER, Added, Decision, JournalState, WorkItem
 from ..ledger_url import LedgerUrl
 from ..message import message_ids
 from ..results import ResultPage, Status
-from .database import Connection, Writer, translate
+from .database import Connection, Writer, connect, translate
 from .schema import LOAD, TO_SEND, lock_key
 
 __all__ = ["LEASE", "LeaseLostError", "PgLedger"]
@@ -214,7 +216,9 @@ class PgLedger:
     def _fail(self, error: BaseException) -> None:
         if self._failure is None:
             self._failure = (
-                error if isinstance(error, JournalError) else translate(self.url, error, "")
+                error
+                if isinstance(error, JournalError)
+                else translate(self.url, error, "cannot write")
             )
             if self._failure is not error:
                 self._failure.__cause__ = error
@@ -275,33 +279,54 @@ class PgLedger:
     # -- the lease ---------------------------------------------------------------------------
 
     async def _beat(self) -> None:
-        """Renew the lease every third of it, and reap the expired leases of others; a lease
-        found lapsed is latched (the run stops)."""
+        """Renew the lease every third of it, and reap the expired leases of others, on a
+        connection of its own (a backed-up writer must not let the lease lapse). A lease
+        found lapsed, or a database out of reach for a whole lease, is latched (the run
+        stops)."""
         params = {"me": self.lease_id, "secs": self.lease}
+        loop = asyncio.get_running_loop()
+        conn: Connection | None = None
 
         async def renew(conn: Connection) -> None:
-            cursor = await conn.execute(
-                "UPDATE asyncmailer_leases SET expires = now() + make_interval(secs => %(secs)s)"
-                " WHERE id = %(me)s AND expires > now() RETURNING id",
-                params,
-            )
-            if await cursor.fetchone() is None:
-                raise self._lost()
-            await self._reap(conn)
+            async with conn.transaction():
+                cursor = await conn.execute(
+                    "UPDATE asyncmailer_leases"
+                    " SET expires = now() + make_interval(secs => %(secs)s)"
+                    " WHERE id = %(me)s AND expires > now() RETURNING id",
+                    params,
+                )
+                if await cursor.fetchone() is None:
+                    raise self._lost("at its heartbeat")
+                await self._reap(conn)
 
-        while True:
-            await asyncio.sleep(self.lease / 3)
-            try:
-                await self._writer.submit(renew)
-            except Exception as err:
-                self._fail(err)
-                return
+        try:
+            while True:
+                await asyncio.sleep(self.lease / 3)
+                deadline = loop.time() + self.lease
+                while True:
+                    try:
+                        if conn is None or conn.broken or conn.closed:
+                            conn = await connect(self.url)
+                        await renew(conn)
+                        break
+                    except LeaseLostError as err:
+                        self._fail(err)
+                        return
+                    except (JournalError, psycopg.Error) as err:
+                        if loop.time() > deadline:
+                            self._fail(err)
+                            return
+                        await asyncio.sleep(min(0.5, self.lease / 6))
+        finally:
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await conn.close()
 
-    def _lost(self) -> LeaseLostError:
+    def _lost(self, where: str) -> LeaseLostError:
         return LeaseLostError(
             f"this worker's lease on the ledger {self.url.masked} lapsed (the database was "
-            f"out of reach, or the worker stalled, for over {self.lease:g} s): what it held "
-            "goes to the other workers; run it again to go on"
+            f"out of reach, or the worker stalled, for over {self.lease:g} s; found {where}): "
+            "what it held goes to the other workers; run it again to go on"
         )
 
     # -- loading -----------------------------------------------------------------------------
@@ -354,7 +379,7 @@ class PgLedger:
         await conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", lock_key(LOAD, self.run))
         meta = await self._meta(conn)
         if meta.get("load:owner") != self.lease_id:
-            raise self._lost()
+            raise self._lost("while loading the list")
         return meta
 
     async def add_config_group(self, mailboxes: Sequence[Mailbox]) -> Added:
@@ -553,7 +578,7 @@ class PgLedger:
             cursor = await conn.execute(f"SELECT {_ALIVE}", due)
             row = await cursor.fetchone()
             if row is None or not row[0]:
-                raise self._lost()
+                raise self._lost("at a claim")
             meta = await self._meta(conn)
             low, high = 0, _NO_GROUP
             if meta.get("load:reading"):
@@ -614,7 +639,7 @@ class PgLedger:
                 raise
             raise translate(self.url, err, "cannot write") from None
         if not marked.issuperset(ids):
-            raise self._lost()
+            raise self._lost("before a final '.'")
 
     def unmark_data(self, ids: Sequence[int]) -> None:
         params = {"me": self.lease_id}

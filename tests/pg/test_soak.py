@@ -60,21 +60,26 @@ async def test_four_workers_two_killed_one_restarted_and_the_database_restarted(
             samples.append((time.monotonic(), len(server.messages)))
             if now > events[0] and "kill1" not in done:
                 done.add("kill1")
+                print(f"soak: kill at {now:.1f} s, {len(server.delivered):,} delivered")
                 killed.append(workers[0])
                 os.kill(workers[0].pid, signal.SIGKILL)
                 # The first killed worker is started again: it joins the same run.
                 workers += await _workers(path, tmp_path, pg_url, 1, "--lease", "10")
             elif now > events[1] and "pg" not in done:
                 done.add("pg")
+                before = time.monotonic()
                 await asyncio.to_thread(pg_server.restart)
+                print(f"soak: the database restarted in {time.monotonic() - before:.1f} s")
             elif now > events[2] and "kill2" not in done:
                 done.add("kill2")
+                print(f"soak: kill at {now:.1f} s, {len(server.delivered):,} delivered")
                 killed.append(workers[1])
                 assert workers[1].returncode is None, "the second worker ended before its kill"
                 os.kill(workers[1].pid, signal.SIGKILL)
             assert now < expected * 3 + 120, "the run did not end"
             await asyncio.sleep(0.1)
         assert done == {"kill1", "pg", "kill2"}
+        print(f"soak: the workers ended after {time.monotonic() - started:.1f} s")
         for worker in workers:
             _, err = await worker.communicate()
             if worker not in killed:
