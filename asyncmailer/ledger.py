@@ -18,7 +18,7 @@ from typing import NamedTuple, Protocol, runtime_checkable
 from .addresses import Mailbox
 from .results import ResultPage
 
-__all__ = ["Added", "Decision", "JournalState", "Ledger", "Pacer", "WorkItem"]
+__all__ = ["Added", "Decision", "JournalState", "Ledger", "Pacer", "QuotaBank", "WorkItem"]
 
 
 class JournalState(StrEnum):
@@ -122,4 +122,16 @@ class Pacer(Protocol):
     async def reserve_slots(self, count: int, interval: float) -> float:
         """Reserve `count` message slots `interval` seconds apart, after every slot reserved
         before by any worker; returns the seconds from now to the first (0 or less: due)."""
+        ...
+
+
+@runtime_checkable
+class QuotaBank(Protocol):
+    """A ledger shared by workers that hands out the campaign's daily quota in parts, so
+    that all of them together stay within it."""
+
+    async def reserve_quota(self, day: str, count: int, limit: int) -> int:
+        """Count up to `count` more recipients tried on `day` (YYYY-MM-DD), as long as the
+        day's total stays within `limit`; returns how many were granted (0: none left).
+        Unused ones go back with `Ledger.count_sent(day, -n)`."""
         ...

@@ -726,6 +726,31 @@ class PgLedger:
 
         self._watch(self._writer.submit(add))
 
+    async def reserve_quota(self, day: str, count: int, limit: int) -> int:
+        """`QuotaBank`: up to `count` of the day's quota, for the campaign (all workers)."""
+        params = {"campaign": self.campaign, "day": day, "want": count, "limit": limit}
+
+        async def reserve(conn: Connection) -> int:
+            await conn.execute(
+                "INSERT INTO asyncmailer_quota VALUES (%(campaign)s, %(day)s, 0)"
+                " ON CONFLICT DO NOTHING",
+                params,
+            )
+            cursor = await conn.execute(
+                "WITH old AS (SELECT count FROM asyncmailer_quota"
+                " WHERE campaign = %(campaign)s AND day = %(day)s FOR UPDATE)"
+                " UPDATE asyncmailer_quota AS q"
+                " SET count = q.count + LEAST(%(want)s, GREATEST(%(limit)s - q.count, 0))"
+                " FROM old WHERE q.campaign = %(campaign)s AND q.day = %(day)s"
+                " RETURNING q.count - old.count",
+                params,
+            )
+            row = await cursor.fetchone()
+            assert row is not None
+            return int(row[0])
+
+        return await self._call(reserve)  # type: ignore[no-any-return]
+
     async def reserve_slots(self, count: int, interval: float) -> float:
         """`Pacer`: the campaign's next `count` slots, on the database's clock."""
         params = {"campaign": self.campaign, "span": count * interval}

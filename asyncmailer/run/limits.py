@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import time
 
-from ..ledger import Ledger, Pacer
+from ..ledger import Ledger, Pacer, QuotaBank
 
 __all__ = ["DailyQuota", "MessageLimit", "Pause", "RateLimiter", "SharedRateLimiter"]
 
@@ -79,7 +79,11 @@ class SharedRateLimiter:
 
 class DailyQuota:
     """`daily_quota` recipients per calendar day (local time), counted in the ledger so it
-    holds across runs. Checked and counted in one step, so workers cannot overshoot it."""
+    holds across runs. Checked and counted in one step, so workers cannot overshoot it.
+
+    With a ledger shared by workers in several processes (a `QuotaBank`), the quota is
+    reserved from it in parts (`batch`), each worker spending its own part: all of them
+    together stay within the quota; parts not spent go back at the end (`release()`)."""
 
     def __init__(self, limit: int, ledger: Ledger, *, elsewhere: int = 0) -> None:
         self.limit = limit
@@ -87,33 +91,61 @@ class DailyQuota:
         self.elsewhere = elsewhere  # tried today by the campaign's earlier runs
         self.day = ""
         self.used = 0
+        self.bank = ledger if isinstance(ledger, QuotaBank) else None
+        self.batch = max(1, min(limit // 20, 1000))  # reserved from the bank at a time
+        self.allowance = 0  # reserved from the bank, not spent yet
+        self._lock = asyncio.Lock()
 
     def __repr__(self) -> str:
         return f"<DailyQuota {self.used}/{self.limit or 'unlimited'} on {self.day}>"
 
     async def load(self) -> None:
         self.day = time.strftime("%Y-%m-%d")
+        if self.bank is not None:
+            self.used = 0  # what this worker spent: the bank keeps the campaign's count
+            return
         self.used = await self.ledger.sent_on(self.day) + self.elsewhere if self.limit else 0
 
-    def take(self, count: int) -> bool:
+    async def take(self, count: int) -> bool:
         """Count `count` recipients against today's quota; False (nothing counted) when they
         would go over it."""
         if not self.limit:
             return True
         today = time.strftime("%Y-%m-%d")
         if today != self.day:  # midnight passed: a new day's quota
+            self.release()
             self.day, self.used = today, 0
-        if self.used + count > self.limit:
-            return False
-        self.used += count
-        self.ledger.count_sent(self.day, count)
-        return True
+        if self.bank is None:
+            if self.used + count > self.limit:
+                return False
+            self.used += count
+            self.ledger.count_sent(self.day, count)
+            return True
+        async with self._lock:  # one reservation at a time: workers of this process wait
+            if self.allowance < count:
+                want = max(count - self.allowance, self.batch)
+                self.allowance += await self.bank.reserve_quota(self.day, want, self.limit)
+            if self.allowance < count:
+                return False
+            self.allowance -= count
+            self.used += count
+            return True
 
     def give_back(self, count: int) -> None:
         """Recipients counted by `take()` that were not sent after all."""
-        if self.limit and count:
-            self.used -= count
+        if not (self.limit and count):
+            return
+        self.used -= count
+        if self.bank is not None:
+            self.allowance += count  # still reserved: spent by this worker, or released
+        else:
             self.ledger.count_sent(self.day, -count)
+
+    def release(self) -> None:
+        """Give the bank back what this worker reserved and did not spend."""
+        if self.bank is not None and self.allowance:
+            self.ledger.count_sent(self.day, -self.allowance)
+            self.allowance = 0
 
 
 class MessageLimit:
