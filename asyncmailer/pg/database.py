@@ -5,9 +5,10 @@ transaction per batch, reconnecting when the server goes away."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import psycopg
 
@@ -21,6 +22,17 @@ T = TypeVar("T")
 Connection = psycopg.AsyncConnection[Any]
 Work = Callable[[Connection], Awaitable[Any]]
 _BATCH = 500  # requests in one transaction at the most
+# The server aborted the transaction to break a deadlock, or for a serialisation failure:
+# nothing of it happened, so it is run again.
+_TRANSIENT = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
+
+
+class _Request(NamedTuple):
+    work: Work
+    future: asyncio.Future[Any]
+    solo: bool
+
+
 CONNECT_TIMEOUT = 10  # seconds
 
 
@@ -73,53 +85,66 @@ async def migrate(conn: Connection, url: LedgerUrl) -> None:
 class Writer:
     """Owns one connection; runs queued requests in the order given, in batches, one
     transaction per batch. When the connection is lost, it reconnects (for up to `outage`
-    seconds) and runs the same batch again: every request must be safe to repeat (the
-    ledger's writes are fenced by their lease and state, so a repeat changes nothing)."""
+    seconds) and runs the same batch again; a batch the server aborted as a deadlock or a
+    serialisation failure is run again too. So every request must be safe to repeat (the
+    ledger's writes are fenced by their lease and state: a repeat changes nothing).
+
+    A `solo` request runs in a transaction of its own: one that waits on what other workers
+    hold too (the load's lock, the campaign's pace and quota rows). Kept out of batches,
+    it never holds this worker's rows while it waits, so workers cannot deadlock."""
 
     def __init__(self, url: LedgerUrl, *, outage: float) -> None:
         self.url = url
         self.outage = outage
         self.loop = asyncio.get_running_loop()
-        self.requests: asyncio.Queue[tuple[Work, asyncio.Future[Any]] | None] = asyncio.Queue()
+        self._queue: collections.deque[_Request | None] = collections.deque()
+        self._wake = asyncio.Event()
         self.conn: Connection | None = None
         self.reconnects = 0
+        self.retries = 0  # batches run again after a deadlock or serialisation failure
         self._task: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
-        return f"<Writer {self.url.masked} queued={self.requests.qsize()}>"
+        return f"<Writer {self.url.masked} queued={len(self._queue)}>"
 
     async def start(self) -> None:
         self.conn = await connect(self.url)
         self._task = asyncio.create_task(self._run())
 
-    def submit(self, work: Work) -> asyncio.Future[Any]:
+    def submit(self, work: Work, *, solo: bool = False) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = self.loop.create_future()
-        self.requests.put_nowait((work, future))
+        self._queue.append(_Request(work, future, solo))
+        self._wake.set()
         return future
 
     async def stop(self) -> None:
         """Run what is queued, then close the connection."""
-        self.requests.put_nowait(None)
+        self._queue.append(None)
+        self._wake.set()
         if self._task is not None:
             await asyncio.shield(self._task)
         if self.conn is not None:
             await self.conn.close()
 
     async def _run(self) -> None:
+        queue = self._queue
         while True:
-            first = await self.requests.get()
+            while not queue:
+                self._wake.clear()
+                await self._wake.wait()
+            first = queue.popleft()
             if first is None:
                 return
             batch = [first]
-            while len(batch) < _BATCH and not self.requests.empty():
-                item = self.requests.get_nowait()
-                if item is None:
-                    self.requests.put_nowait(None)  # stop after this batch
-                    break
+            while not first.solo and len(batch) < _BATCH and queue:
+                item = queue[0]
+                if item is None or item.solo:
+                    break  # after this batch
                 batch.append(item)
+                queue.popleft()
             await self._run_batch(batch)
 
-    async def _run_batch(self, batch: list[tuple[Work, asyncio.Future[Any]]]) -> None:
+    async def _run_batch(self, batch: list[_Request]) -> None:
         deadline: float | None = None
         answers: list[tuple[asyncio.Future[Any], Any, BaseException | None]]
         while True:
@@ -128,22 +153,25 @@ class Writer:
             try:
                 answers = []
                 async with conn.transaction():
-                    for work, future in batch:
+                    for request in batch:
                         try:
-                            answers.append((future, await work(conn), None))
+                            answers.append((request.future, await request.work(conn), None))
                         except psycopg.Error:
                             raise
                         except Exception as err:  # a refusal (fenced) or a bug: that one only
-                            answers.append((future, None, err))
+                            answers.append((request.future, None, err))
                 break
+            except _TRANSIENT:
+                self.retries += 1
+                continue
             except psycopg.Error as err:
                 if not conn.broken and not conn.closed:
-                    answers = [(future, None, err) for _, future in batch]
+                    answers = [(request.future, None, err) for request in batch]
                     break
                 if deadline is None:
                     deadline = self.loop.time() + self.outage
                 if not await self._reconnect(deadline):
-                    answers = [(future, None, err) for _, future in batch]
+                    answers = [(request.future, None, err) for request in batch]
                     break
         for future, value, error in answers:
             if future.done():

@@ -227,9 +227,11 @@ class PgLedger:
 
     # -- requests ----------------------------------------------------------------------------
 
-    async def _call(self, work: Callable[[Connection], Awaitable[Any]]) -> Any:
+    async def _call(
+        self, work: Callable[[Connection], Awaitable[Any]], *, solo: bool = False
+    ) -> Any:
         try:
-            return await asyncio.shield(self._writer.submit(work))
+            return await asyncio.shield(self._writer.submit(work, solo=solo))
         except JournalError:
             raise
         except Exception as err:
@@ -336,6 +338,8 @@ class PgLedger:
         it (then False). A load whose worker's lease lapsed is taken over."""
 
         async def begin(conn: Connection) -> bool:
+            if (await self._meta(conn)).get("load:done"):
+                return False  # loaded: nothing to wait for
             await conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", lock_key(LOAD, self.run))
             meta = await self._meta(conn)
             if meta.get("load:done"):
@@ -359,7 +363,7 @@ class PgLedger:
             )
             return True
 
-        return bool(await self._call(begin))
+        return bool(await self._call(begin, solo=True))
 
     async def loading(self) -> bool:
         """The list is not all in the ledger yet."""
@@ -371,7 +375,8 @@ class PgLedger:
 
     async def end_load(self) -> None:
         await self._call(
-            lambda conn: self._set_meta(conn, load_reading=0, load_done=1, load_owner=0)
+            lambda conn: self._set_meta(conn, load_reading=0, load_done=1, load_owner=0),
+            solo=True,
         )
 
     async def _owning(self, conn: Connection) -> dict[str, int]:
@@ -404,7 +409,7 @@ class PgLedger:
                 await self._set_meta(conn, **values)
             return await self._insert(conn, meta, mailboxes, None, _fixed(group))
 
-        return await self._call(add)  # type: ignore[no-any-return]
+        return await self._call(add, solo=True)  # type: ignore[no-any-return]
 
     async def add_list(
         self,
@@ -450,7 +455,7 @@ class PgLedger:
 
             return await self._insert(conn, meta, mailboxes, rows, groups)
 
-        return await self._call(add)  # type: ignore[no-any-return]
+        return await self._call(add, solo=True)  # type: ignore[no-any-return]
 
     async def _insert(
         self,
@@ -551,7 +556,7 @@ class PgLedger:
                 )
             return changed
 
-        return await self._call(start)  # type: ignore[no-any-return]
+        return await self._call(start, solo=True)  # type: ignore[no-any-return]
 
     # -- sending -----------------------------------------------------------------------------
 
@@ -703,7 +708,7 @@ class PgLedger:
             cursor = await conn.execute(sql, params)
             return cursor.rowcount
 
-        return await self._call(requeue)  # type: ignore[no-any-return]
+        return await self._call(requeue, solo=True)  # type: ignore[no-any-return]
 
     async def sent_on(self, day: str) -> int:
         async def read(conn: Connection) -> int:
@@ -724,7 +729,7 @@ class PgLedger:
                 (self.campaign, day, count),
             )
 
-        self._watch(self._writer.submit(add))
+        self._watch(self._writer.submit(add, solo=True))
 
     async def reserve_quota(self, day: str, count: int, limit: int) -> int:
         """`QuotaBank`: up to `count` of the day's quota, for the campaign (all workers)."""
@@ -749,7 +754,7 @@ class PgLedger:
             assert row is not None
             return int(row[0])
 
-        return await self._call(reserve)  # type: ignore[no-any-return]
+        return await self._call(reserve, solo=True)  # type: ignore[no-any-return]
 
     async def reserve_slots(self, count: int, interval: float) -> float:
         """`Pacer`: the campaign's next `count` slots, on the database's clock."""
@@ -771,7 +776,7 @@ class PgLedger:
             assert row is not None
             return float(row[0])
 
-        return await self._call(reserve)  # type: ignore[no-any-return]
+        return await self._call(reserve, solo=True)  # type: ignore[no-any-return]
 
     async def next_due(self) -> float | None:
         """When the next deferred recipient is due; while other workers hold rows (which
