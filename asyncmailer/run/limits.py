@@ -43,8 +43,9 @@ class SharedRateLimiter:
     batch at a time (about `ahead` seconds' worth), so the database is not asked per message.
 
     Over a run, messages started by all workers <= rate x elapsed + one batch per worker. A
-    slot that has passed unused (this worker had nothing to send then) is dropped, not
-    spent later in a burst."""
+    slot this worker reaches late (its connections were busy) is still used: every slot was
+    reserved at the campaign's pace, so the run's total holds; dropping it would leave the
+    workers below the rate whenever one of them is slower than its share."""
 
     def __init__(self, per_second: float, pacer: Pacer, *, ahead: float = 0.25) -> None:
         if per_second <= 0:
@@ -63,9 +64,6 @@ class SharedRateLimiter:
         """Return when the caller may start its next message."""
         loop = asyncio.get_running_loop()
         async with self._lock:
-            while self._left and self._next < loop.time() - self.interval:
-                self._next += self.interval  # passed unused
-                self._left -= 1
             if not self._left:
                 offset = await self.pacer.reserve_slots(self.batch, self.interval)
                 self._next, self._left = loop.time() + offset, self.batch
