@@ -917,6 +917,14 @@ async def _identity(args: argparse.Namespace) -> tuple[Path, str]:
 async def schedule_command(args: argparse.Namespace, *, out: TextIO = sys.stdout) -> int:
     """`asyncmailer schedule`: the campaigns' recurring runs, until stopped (exit 75)."""
     campaigns = [await _campaign(args, path) for path in args.campaigns]
+    for campaign in campaigns:
+        if campaign.ledger is not None:  # its runs are in the database, not in state_dir
+            raise InputError(
+                "schedule does not run campaigns on a shared ledger yet: start `asyncmailer "
+                "worker` at each occurrence instead (a timer)",
+                path=campaign.source,
+                field="ledger",
+            )
     run_args = argparse.Namespace(
         report=None,
         quiet=args.quiet,

@@ -210,3 +210,18 @@ async def test_a_worker_needs_a_shared_ledger_and_its_extra(
     _, raw = await process.communicate()
     assert process.returncode == 2, raw.decode()
     assert "pip install 'asyncmailer[postgresql]'" in raw.decode()
+
+
+async def test_schedule_refuses_a_campaign_on_a_shared_ledger(
+    make_campaign: CampaignFactory, tmp_path: Path
+) -> None:
+    path = plain_list_campaign(
+        make_campaign,
+        2525,
+        ["a@example.com"],
+        ledger="postgresql://m:pw@127.0.0.1:1/mail",
+        schedule={"every": "15m"},
+    )
+    code, _, err = await run_cli("schedule", str(path), cwd=tmp_path)
+    assert code == 2 and "schedule does not run campaigns on a shared ledger" in err, err
+    assert "pw@" not in err
