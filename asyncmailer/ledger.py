@@ -18,7 +18,16 @@ from typing import NamedTuple, Protocol, runtime_checkable
 from .addresses import Mailbox
 from .results import ResultPage
 
-__all__ = ["Added", "Decision", "JournalState", "Ledger", "Pacer", "QuotaBank", "WorkItem"]
+__all__ = [
+    "Added",
+    "ConnectionBank",
+    "Decision",
+    "JournalState",
+    "Ledger",
+    "Pacer",
+    "QuotaBank",
+    "WorkItem",
+]
 
 
 class JournalState(StrEnum):
@@ -134,4 +143,14 @@ class QuotaBank(Protocol):
         """Count up to `count` more recipients tried on `day` (YYYY-MM-DD), as long as the
         day's total stays within `limit`; returns how many were granted (0: none left).
         Unused ones go back with `Ledger.count_sent(day, -n)`."""
+        ...
+
+
+@runtime_checkable
+class ConnectionBank(Protocol):
+    """A ledger shared by workers that shares out the campaign's `max_connections`."""
+
+    async def reserve_connections(self, count: int, limit: int) -> int:
+        """Hold up to `count` of the campaign's `limit` connections for this worker (until
+        it ends); returns how many (0: all are held by other workers)."""
         ...

@@ -32,7 +32,7 @@ from ..ledger_url import LedgerUrl
 from ..message import message_ids
 from ..results import ResultPage, Status
 from .database import Connection, Writer, connect, translate
-from .schema import LOAD, TO_SEND, lock_key
+from .schema import CONNECTIONS, LOAD, TO_SEND, lock_key
 
 __all__ = ["LEASE", "LeaseLostError", "PgLedger"]
 
@@ -730,6 +730,31 @@ class PgLedger:
             )
 
         self._watch(self._writer.submit(add, solo=True))
+
+    async def reserve_connections(self, count: int, limit: int) -> int:
+        """`ConnectionBank`: up to `count` of the campaign's `limit` connections, held by
+        this lease (freed with it: a worker that died frees them once its lease expires)."""
+        params = {"campaign": self.campaign, "want": count, "limit": limit, "me": self.lease_id}
+
+        async def reserve(conn: Connection) -> int:
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(%s, %s)", lock_key(CONNECTIONS, self.campaign)
+            )
+            await conn.execute(
+                "DELETE FROM asyncmailer_connections AS c USING asyncmailer_leases AS l"
+                " WHERE c.campaign = %(campaign)s AND c.lease = l.id AND l.expires <= now()",
+                params,
+            )
+            cursor = await conn.execute(
+                "INSERT INTO asyncmailer_connections (campaign, slot, lease)"
+                " SELECT %(campaign)s, s, %(me)s FROM generate_series(0, %(limit)s - 1) AS s"
+                " WHERE s NOT IN (SELECT slot FROM asyncmailer_connections"
+                " WHERE campaign = %(campaign)s) ORDER BY s LIMIT %(want)s RETURNING slot",
+                params,
+            )
+            return len(await cursor.fetchall())
+
+        return await self._call(reserve, solo=True)  # type: ignore[no-any-return]
 
     async def reserve_quota(self, day: str, count: int, limit: int) -> int:
         """`QuotaBank`: up to `count` of the day's quota, for the campaign (all workers)."""

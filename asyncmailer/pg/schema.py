@@ -85,12 +85,21 @@ MIGRATIONS: tuple[str, ...] = (
         next DOUBLE PRECISION NOT NULL
     );
     """,
+    # 3: the campaign's max_connections, shared by its workers: who holds which of them.
+    """
+    CREATE TABLE asyncmailer_connections (
+        campaign TEXT NOT NULL,
+        slot INTEGER NOT NULL,
+        lease BIGINT NOT NULL REFERENCES asyncmailer_leases ON DELETE CASCADE,
+        PRIMARY KEY (campaign, slot)
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # Advisory lock keys: one namespace (the first int), then what is locked.
 _NAMESPACE = 0x616D6C  # "aml"
-MIGRATE, RUNS, LOAD = 1, 2, 3
+MIGRATE, RUNS, LOAD, CONNECTIONS = 1, 2, 3, 4
 
 
 def lock_key(kind: int, subject: Any = 0) -> tuple[int, int]:

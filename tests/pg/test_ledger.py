@@ -172,3 +172,19 @@ async def test_runs_are_found_by_the_campaigns_id_not_by_a_path(
             await there.begin(current={"list": "x"})
         fresh = await there.begin(current={"list": "x"}, new_run=True)
         assert fresh.id != first.id and [r.id for r in await here.runs()][-1] == fresh.id
+
+
+async def test_max_connections_are_shared_out_and_freed_with_the_lease(
+    pg_url: str, run: int
+) -> None:
+    url = LedgerUrl(pg_url)
+    async with (
+        await PgLedger.open(url, campaign="fencing", run=run) as a,
+        await PgLedger.open(url, campaign="fencing", run=run) as b,
+    ):
+        assert await a.reserve_connections(3, 4) == 3
+        assert await b.reserve_connections(3, 4) == 1  # what is left of the 4
+        async with await PgLedger.open(url, campaign="fencing", run=run) as c:
+            assert await c.reserve_connections(3, 4) == 0
+            _expire(pg_url, a.lease_id)  # a died: its connections are free once it expired
+            assert await c.reserve_connections(3, 4) == 3

@@ -225,3 +225,30 @@ async def test_schedule_refuses_a_campaign_on_a_shared_ledger(
     code, _, err = await run_cli("schedule", str(path), cwd=tmp_path)
     assert code == 2 and "schedule does not run campaigns on a shared ledger" in err, err
     assert "pw@" not in err
+
+
+async def test_max_connections_hold_for_all_workers_together(
+    make_campaign: CampaignFactory, tmp_path: Path, pg_url: str
+) -> None:
+    # A server that resets every connection beyond 3 at once; 2 workers of concurrency 4.
+    server = await FaultyServer(
+        Faults(max_connections=3, final_delay=0.01, final_delay_times=None)
+    ).start()
+    try:
+        path = plain_list_campaign(
+            make_campaign,
+            server.port,
+            [f"u{i}@example.com" for i in range(1200)],
+            group_size=2,
+            concurrency=4,
+            max_connections=3,
+            campaign="capped",
+        )
+        workers = await _workers(path, tmp_path, pg_url, 2)
+        for worker in workers:
+            _, err = await asyncio.wait_for(worker.communicate(), 120)
+            assert worker.returncode == 0, err.decode()
+        assert server.refused_connections == 0  # never more than 3 open at once
+        _check_once(server, _states(pg_url), 1200)
+    finally:
+        await server.stop()
