@@ -59,6 +59,7 @@ class PgServer:
         self.data = self.root / "data"
         self.log = self.root / "server.log"
         self._as_postgres = os.geteuid() == 0
+        self.options = ""
 
     def __repr__(self) -> str:
         return f"<PgServer 127.0.0.1:{self.port} {self.data}>"
@@ -101,7 +102,7 @@ class PgServer:
             detail = getattr(err, "stderr", "") or str(err)
             raise PgUnavailable(f"initdb failed: {detail.strip()[-400:]}") from err
         password_file.unlink()
-        options = (
+        self.options = options = (
             f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
             "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
             "-c max_connections=200"
@@ -121,6 +122,15 @@ class PgServer:
         """Stop the server (fast: every session is cut) and start it again."""
         self._run(
             "pg_ctl", "-D", str(self.data), "-l", str(self.log), "-m", "fast", "-w", "restart"
+        )
+
+    def halt(self) -> None:
+        """Stop the server (fast: every session is cut), to start it again with `resume()`."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def resume(self) -> None:
+        self._run(
+            "pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", self.options, "-w", "start"
         )
 
     def stop(self) -> None:

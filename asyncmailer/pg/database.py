@@ -102,6 +102,9 @@ class Writer:
         self.conn: Connection | None = None
         self.reconnects = 0
         self.retries = 0  # batches run again after a deadlock or serialisation failure
+        # The database stayed away for a whole `outage`: later batches try once, not again
+        # for a whole outage each, until a connection is made.
+        self.down = False
         self._task: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
@@ -169,8 +172,9 @@ class Writer:
                     answers = [(request.future, None, err) for request in batch]
                     break
                 if deadline is None:
-                    deadline = self.loop.time() + self.outage
+                    deadline = self.loop.time() + (0.0 if self.down else self.outage)
                 if not await self._reconnect(deadline):
+                    self.down = True
                     answers = [(request.future, None, err) for request in batch]
                     break
         for future, value, error in answers:
@@ -188,13 +192,15 @@ class Writer:
             with contextlib.suppress(Exception):
                 await self.conn.close()
         wait = 0.2
-        while self.loop.time() < deadline:
+        while True:  # at least one try, even past the deadline
             try:
                 self.conn = await connect(self.url)
             except JournalError:
+                if self.loop.time() >= deadline:
+                    return False
                 await asyncio.sleep(min(wait, max(deadline - self.loop.time(), 0)))
                 wait = min(wait * 2, 1.0)
                 continue
             self.reconnects += 1
+            self.down = False
             return True
-        return False

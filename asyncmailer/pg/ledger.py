@@ -191,6 +191,8 @@ class PgLedger:
                 "UPDATE asyncmailer_leases SET expires = now() WHERE id = %(me)s", params
             )
 
+        if self._failure is not None:  # the database may be gone: do not wait long for it
+            self._writer.outage = min(self._writer.outage, 2.0)
         end_future = self._writer.submit(end)
         await self._writer.stop()
         if end_future.done() and not end_future.cancelled():

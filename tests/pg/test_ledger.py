@@ -6,6 +6,7 @@ DATA -> unknown); the schema is versioned; the password never shows."""
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from asyncmailer.run.campaign import RunOptions, run_campaign
 
 from ..conftest import CampaignFactory, plain_list_campaign
 from ..faulty import Faults, FaultyServer
-from ..postgres import PASSWORD
+from ..postgres import PASSWORD, PgServer
 
 
 @pytest.fixture
@@ -188,3 +189,45 @@ async def test_max_connections_are_shared_out_and_freed_with_the_lease(
             assert await c.reserve_connections(3, 4) == 0
             _expire(pg_url, a.lease_id)  # a died: its connections are free once it expired
             assert await c.reserve_connections(3, 4) == 3
+
+
+async def test_a_database_gone_for_too_long_stops_the_run_and_the_next_one_resumes(
+    make_campaign: CampaignFactory, pg_url: str, run: int, pg_server: PgServer
+) -> None:
+    count = 300
+    server = await FaultyServer(Faults(final_delay=0.01, final_delay_times=None)).start()
+    url = LedgerUrl(pg_url)
+    try:
+        path = plain_list_campaign(
+            make_campaign,
+            server.port,
+            [f"u{i}@example.com" for i in range(count)],
+            group_size=1,
+            concurrency=2,
+        )
+        campaign = await load_campaign(path, env={})
+        async with await PgLedger.open(
+            url, campaign="fencing", run=run, lease=3.0, outage=1.0
+        ) as ledger:
+            sending = asyncio.create_task(run_campaign(campaign, ledger=ledger))
+            while len(server.delivered) < 50:
+                await asyncio.sleep(0.01)
+            await asyncio.to_thread(pg_server.halt)
+            try:
+                with pytest.raises(JournalError, match="the ledger postgresql://"):
+                    await asyncio.wait_for(sending, 30)  # it stops: it does not hang
+            finally:
+                await asyncio.to_thread(pg_server.resume)
+        stopped_at = len(server.delivered)
+        assert stopped_at < count
+        # Back: the next run reaps what the stopped one held (its lease lapses) and sends
+        # the rest; nobody twice.
+        async with await PgLedger.open(url, campaign="fencing", run=run) as ledger:
+            await asyncio.wait_for(run_campaign(campaign, ledger=ledger), 60)
+            counts = await ledger.counts()
+    finally:
+        await server.stop()
+    received = Counter(server.delivered)
+    assert max(received.values()) == 1
+    assert counts[JournalState.ACCEPTED] + counts[JournalState.UNKNOWN] == count
+    assert counts[JournalState.UNKNOWN] <= 2  # at most one transaction per connection
