@@ -501,6 +501,7 @@ async def _processes(args: argparse.Namespace) -> int:
 def _worst(codes: Sequence[int]) -> int:
     """The exit code of several workers: a failure over an interruption over "not every
     recipient accepted" over "nothing to send" (a worker that came after the end) over 0."""
+    codes = [EXIT_INTERRUPTED if code < 0 else code for code in codes]  # killed by a signal
     order = [EXIT_INTERNAL, EXIT_USAGE, EXIT_SERVER, EXIT_INTERRUPTED, EXIT_NOT_ALL_ACCEPTED]
     for code in order:
         if code in codes:

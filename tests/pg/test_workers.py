@@ -252,3 +252,14 @@ async def test_max_connections_hold_for_all_workers_together(
         _check_once(server, _states(pg_url), 1200)
     finally:
         await server.stop()
+
+
+def test_the_exit_code_of_several_workers_is_the_worst_of_theirs() -> None:
+    from asyncmailer.cli import _worst
+
+    assert _worst([0, 0]) == 0
+    assert _worst([0, 4]) == 0  # one came after the end: the run was done
+    assert _worst([4, 4]) == 4
+    assert _worst([0, 1, 75]) == 75
+    assert _worst([1, -signal.SIGKILL]) == 75  # one was killed: run again
+    assert _worst([75, 2, 1]) == 2
