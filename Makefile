@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help setup demo test lint typecheck pytest fuzz bench clean
+.PHONY: help setup demo test lint typecheck pytest fuzz soak bench clean
 
 help:
 	@echo "make demo   run the shipped reliances/ campaign through the embedded TLS server"
@@ -14,6 +14,8 @@ help:
 	@echo "make bench  measure speed, CPU and memory against Postfix smtp-sink/smtp-source"
 	@echo "            (BENCH_QUICK=1 leaves out the 1,000,000-recipient run)"
 	@echo "make fuzz   the property tests of hostile input, with many more examples"
+	@echo "make soak   4 workers on a shared PostgreSQL ledger, 100,000 recipients, kills and a"
+	@echo "            database restart (SOAK=N recipients)"
 	@echo "make setup  create .venv with everything the above need"
 
 setup: $(STAMP)
@@ -55,6 +57,13 @@ pytest: $(STAMP)
 # (about 40 times as many; several minutes).
 fuzz: $(STAMP)
 	HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest tests/test_properties.py
+
+# Not part of `make test`: the shared ledger's "done when" (tests/pg/test_soak.py): four
+# workers, 100,000 recipients, two killed, one started again, PostgreSQL restarted (about a
+# minute at the soak's rate).
+SOAK ?= 100000
+soak: $(STAMP)
+	ASYNCMAILER_SOAK=$(SOAK) $(BIN)/pytest -q -s tests/pg/test_soak.py
 
 # Not a test: prints a table and the target ratios, writes bench/results.json, exits 0 whatever
 # the numbers. Installs Postfix's smtp-sink/smtp-source (unconfigured), GNU time and stunnel4

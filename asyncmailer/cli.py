@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import dataclasses
 import difflib
+import functools
 import gc
 import json
 import os
@@ -23,18 +24,27 @@ import re
 import signal
 import sys
 import tempfile
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from . import __version__
-from .config import DEFAULT_CONFIG, PASSWORD_ENV, Campaign, campaign_identity, load_campaign
+from .config import (
+    DEFAULT_CONFIG,
+    PASSWORD_ENV,
+    Campaign,
+    campaign_identity,
+    campaign_ledger,
+    load_campaign,
+)
 from .display import printable, shorten
 from .dryrun import ENVELOPES, EmlTransport
 from .errors import (
     InputError,
     JournalError,
+    LeaseLostError,
     MailerError,
     MissingExtraError,
     NothingToSendError,
@@ -43,7 +53,8 @@ from .errors import (
 from .journal import Journal, JournalReader, journal_path, probe_lock
 from .journal.runs import RunCatalog, RunRecord
 from .journal.suppressions import STORE_NAME, Entry, SuppressionStore, campaign_suppression
-from .ledger import JournalState
+from .ledger import JournalState, Ledger
+from .ledger_url import LEDGER_ENV, LedgerUrl
 from .message import MessageTemplate
 from .progress import ConsoleObserver
 from .report import ReportWriter, format_table
@@ -65,6 +76,7 @@ from .unsubscribe import verify
 
 if TYPE_CHECKING:
     from .personalize import Personalizer
+    from .pg.runs import PgRuns
 
 __all__ = ["EXIT_CODES", "main", "run"]
 
@@ -85,7 +97,17 @@ EXIT_CODES = {
     EXIT_INTERRUPTED: "interrupted (Ctrl-C, SIGTERM), the daily quota or --limit reached, or the "
     "server kept asking to try later; run the same command again to resume",
 }
-_COMMANDS = ("send", "check", "serve", "status", "runs", "report", "schedule", "suppress")
+_COMMANDS = (
+    "send",
+    "check",
+    "serve",
+    "status",
+    "runs",
+    "report",
+    "schedule",
+    "suppress",
+    "worker",
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -101,6 +123,16 @@ def _positive(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number of 1 or more, got {text!r}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0.5 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"expected seconds from 0.5 to 3600, got {text!r}")
     return value
 
 
@@ -276,6 +308,53 @@ def parseargs(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     check.add_argument("-q", "--quiet", action="store_true", help="leave out the ok findings")
     check.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    worker = commands.add_parser(
+        "worker",
+        help="send a campaign as one of any number of workers sharing a PostgreSQL ledger",
+        description="Send a campaign whose ledger is a shared PostgreSQL database (the "
+        "ledger: key or ASYNCMAILER_LEDGER): start the same command on as many hosts as you "
+        "like; they share the run's recipients, each sent once. SIGTERM or Ctrl-C lets the "
+        "transactions in flight finish, then exits 75; a worker started again joins the run.",
+    )
+    _campaign_arguments(worker, "the campaign file, JSON or YAML")
+    worker.add_argument(
+        "--processes",
+        type=_positive,
+        default=1,
+        metavar="N",
+        help="start N workers on this host, one process each (default 1)",
+    )
+    worker.add_argument(
+        "--lease",
+        type=_seconds,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long a worker's hold on what it claimed lasts without a heartbeat: a "
+        "worker that died is noticed after this (default 30)",
+    )
+    worker.add_argument(
+        "--report", type=Path, help="also write every result to this .csv or .jsonl file"
+    )
+    worker.add_argument(
+        "--resend-unknown",
+        action="store_true",
+        help="also send again to recipients whose outcome is unknown (may duplicate)",
+    )
+    worker.add_argument("-q", "--quiet", action="store_true", help="only the final table")
+    worker.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    worker.set_defaults(
+        state_dir=None,
+        new_run=False,
+        restart=False,
+        keep_changes=False,
+        retry_refused=False,
+        code=[],
+        limit=None,
+        dry_run=None,
+        at=None,
+        tz=None,
+    )
+    send.set_defaults(lease=30.0)
 
     def reader(name: str, help_text: str, description: str) -> argparse.ArgumentParser:
         """A command that reads a campaign's journal: the campaign, --state-dir, --debug."""
@@ -348,7 +427,7 @@ def parseargs(argv: Sequence[str] | None = None) -> argparse.Namespace:
     serve.add_argument("command_line", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
     serve.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     parsed = parser.parse_args(args)
-    if parsed.command in ("send", "check", "status", "runs", "report"):
+    if parsed.command in ("send", "check", "status", "runs", "report", "worker"):
         if parsed.campaign is not None and parsed.config is not None:
             parser.error("name the campaign once: as an argument or with --config, not both")
         parsed.config = parsed.campaign or parsed.config or DEFAULT_CONFIG
@@ -376,9 +455,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return runner.run(suppress_command(args))
             if args.command == "check":
                 return runner.run(check_command(args))
+            if args.command == "worker":
+                return runner.run(worker_command(args))
             return runner.run(send_command(args))
     except KeyboardInterrupt:
         print("asyncmailer: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except LeaseLostError as err:
+        print(f"asyncmailer: {err}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except (InputError, MissingExtraError) as err:
         print(f"asyncmailer: {err}", file=sys.stderr)
@@ -457,7 +541,9 @@ async def send_command(args: argparse.Namespace, *, out: TextIO = sys.stdout) ->
     at = _send_time(args)
     campaign = await _campaign(args)
     # What the message is built from, as it is built (the run records it).
-    built = await asyncio.to_thread(fingerprint, campaign)
+    built = await asyncio.to_thread(
+        functools.partial(fingerprint, campaign, content=campaign.ledger is not None)
+    )
     # Read and check the body, attachments and templates before anything is sent or written.
     with await prepare_message(campaign) as template:
         return await _send(args, campaign, template, out, built, at)
@@ -477,19 +563,15 @@ async def _send(
     await campaign_suppression(campaign)
     if args.dry_run is not None:
         return await _dry_run(args, campaign, template, personalizer, out)
+    if campaign.ledger is not None:
+        return await _shared_send(args, campaign, template, personalizer, out, built, at)
     # A second run of the same campaign is refused before it prints or truncates anything
     # (the run lock and the journal's own lock still guard the run itself).
     await asyncio.to_thread(probe_lock, journal_path(campaign.state_dir, campaign.id))
     for notice in campaign.notices:
         print(f"asyncmailer: {notice}", file=sys.stderr)
     async with Runs(campaign) as runs:
-        if args.code and not args.retry_refused:
-            raise InputError("--code goes with --retry-refused", field="--code")
-        for code in args.code:
-            if not re.fullmatch(r"[245]\d\d|[245]\.\d{1,3}\.\d{1,3}", code):
-                raise InputError(
-                    f"expected a reply code like 550 or 5.7.1, got {code[:20]!r}", field="--code"
-                )
+        _check_codes(args)
         record = await runs.begin(
             new_run=args.new_run or args.restart,
             keep_changes=args.keep_changes,
@@ -519,19 +601,145 @@ def _own_headers(campaign: Campaign) -> str:
     return " and ".join(own)
 
 
+def _check_codes(args: argparse.Namespace) -> None:
+    """:raises InputError: --code without --retry-refused, or not a reply code."""
+    if args.code and not args.retry_refused:
+        raise InputError("--code goes with --retry-refused", field="--code")
+    for code in args.code:
+        if not re.fullmatch(r"[245]\d\d|[245]\.\d{1,3}\.\d{1,3}", code):
+            raise InputError(
+                f"expected a reply code like 550 or 5.7.1, got {code[:20]!r}", field="--code"
+            )
+
+
+async def worker_command(args: argparse.Namespace, *, out: TextIO = sys.stdout) -> int:
+    """`asyncmailer worker`: one worker (or `--processes N` of them) of a campaign whose
+    ledger is shared."""
+    campaign = await _campaign(args)
+    if campaign.ledger is None:
+        raise InputError(
+            f"a worker needs a shared ledger: set ledger: postgresql://... in the campaign, or "
+            f"{LEDGER_ENV}",
+            path=campaign.source,
+            field="ledger",
+        )
+    if args.processes > 1:
+        return await _processes(args)
+    built = await asyncio.to_thread(functools.partial(fingerprint, campaign, content=True))
+    with await prepare_message(campaign) as template:
+        personalizer = await prepare_personalizer(campaign)
+        return await _shared_send(args, campaign, template, personalizer, out, built)
+
+
+async def _processes(args: argparse.Namespace) -> int:
+    """`worker --processes N`: N worker processes of the same campaign on this host (each
+    with its own GIL), stopped together; the exit code is the worst of theirs."""
+    base = [sys.executable, "-m", "asyncmailer", "worker", str(args.config)]
+    base += ["--lease", str(args.lease)]
+    base += [
+        flag for flag, on in (("-q", args.quiet), ("--resend-unknown", args.resend_unknown)) if on
+    ]
+    children = []
+    for number in range(1, args.processes + 1):
+        argv = list(base)
+        if args.report is not None:  # one report file each
+            argv += ["--report", str(args.report.with_stem(f"{args.report.stem}.{number}"))]
+        children.append(await asyncio.create_subprocess_exec(*argv))
+    loop = asyncio.get_running_loop()
+
+    def forward(signum: int) -> None:
+        for child in children:
+            if child.returncode is None:
+                child.send_signal(signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, forward, signum)
+    try:
+        codes = [await child.wait() for child in children]
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+    return _worst(codes)
+
+
+def _worst(codes: Sequence[int]) -> int:
+    """The exit code of several workers: a failure over an interruption over "not every
+    recipient accepted" over "nothing to send" (a worker that came after the end) over 0."""
+    codes = [EXIT_INTERRUPTED if code < 0 else code for code in codes]  # killed by a signal
+    order = [EXIT_INTERNAL, EXIT_USAGE, EXIT_SERVER, EXIT_INTERRUPTED, EXIT_NOT_ALL_ACCEPTED]
+    for code in order:
+        if code in codes:
+            return code
+    unknown = [c for c in codes if c not in (EXIT_OK, EXIT_NOTHING_TO_SEND)]
+    if unknown:
+        return unknown[0]
+    return EXIT_OK if EXIT_OK in codes else EXIT_NOTHING_TO_SEND
+
+
+async def _shared_send(
+    args: argparse.Namespace,
+    campaign: Campaign,
+    template: MessageTemplate,
+    personalizer: Personalizer | None,
+    out: TextIO,
+    built: dict[str, str],
+    at: datetime | None = None,
+) -> int:
+    """A send (or one worker) on the shared PostgreSQL ledger: the run is found or made in
+    the database, then sent like any other, its claims leased to this worker."""
+    from .pg import PgLedger
+    from .pg.runs import PgRuns
+
+    url = campaign.ledger
+    assert url is not None
+    for notice in campaign.notices:
+        print(f"asyncmailer: {notice}", file=sys.stderr)
+    _check_codes(args)
+    async with PgRuns(url, campaign.id) as runs:
+        record = await runs.begin(
+            current=built,
+            new_run=args.new_run or args.restart,
+            keep_changes=args.keep_changes,
+            reopen=args.resend_unknown or args.retry_refused,
+        )
+        if at is not None and not await _wait_until(at, quiet=args.quiet):
+            print("asyncmailer: stopped before the send time; nothing was sent", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        serial = runs.serial(record)
+
+        @contextlib.asynccontextmanager
+        async def ledger() -> AsyncIterator[Ledger]:
+            async with await PgLedger.open(
+                url,
+                campaign=campaign.id,
+                run=serial,
+                msgid_domain=campaign.sender.domain,
+                lease=args.lease,
+            ) as opened:
+                yield opened
+
+        if not args.quiet:
+            print(f"asyncmailer: run {record.id} in the ledger {url.masked}", file=sys.stderr)
+        return await _run_once(
+            args, campaign, template, personalizer, runs, record, out, ledger=ledger
+        )
+
+
 async def _run_once(
     args: argparse.Namespace,
     campaign: Campaign,
     template: MessageTemplate,
     personalizer: Personalizer | None,
-    runs: Runs,
+    runs: Runs | PgRuns,
     record: RunRecord,
     out: TextIO,
     signals: _SignalStop | None = None,
+    ledger: Callable[[], contextlib.AbstractAsyncContextManager[Ledger]] | None = None,
 ) -> int:
     """One run of the campaign with its progress, report file and final table, recorded in
     the campaign's runs as it ends (SIGINT and SIGTERM stop it: `signals`, when a scheduler
-    already watches them). Returns the exit code."""
+    already watches them). `ledger` opens a shared ledger (else the campaign's journal is
+    used). Returns the exit code."""
     writer = ReportWriter(args.report) if args.report else None
     server = campaign.server
     login = f" as {server.username}" if server.username else " without AUTH"
@@ -577,12 +785,14 @@ async def _run_once(
                     await files.enter_async_context(writer)
                 if full is not None:
                     await files.enter_async_context(_replacing(full, args.report))
+                shared = await files.enter_async_context(ledger()) if ledger else None
                 report = await run_campaign(
                     campaign,
                     template=template,
                     personalizer=personalizer,
                     observer=observer,
                     options=options,
+                    ledger=shared,
                 )
     except asyncio.CancelledError:
         observer.finish()
@@ -901,6 +1111,14 @@ async def _identity(args: argparse.Namespace) -> tuple[Path, str]:
 async def schedule_command(args: argparse.Namespace, *, out: TextIO = sys.stdout) -> int:
     """`asyncmailer schedule`: the campaigns' recurring runs, until stopped (exit 75)."""
     campaigns = [await _campaign(args, path) for path in args.campaigns]
+    for campaign in campaigns:
+        if campaign.ledger is not None:  # its runs are in the database, not in state_dir
+            raise InputError(
+                "schedule does not run campaigns on a shared ledger yet: start `asyncmailer "
+                "worker` at each occurrence instead (a timer)",
+                path=campaign.source,
+                field="ledger",
+            )
     run_args = argparse.Namespace(
         report=None,
         quiet=args.quiet,
@@ -941,12 +1159,48 @@ async def schedule_command(args: argparse.Namespace, *, out: TextIO = sys.stdout
 async def status_command(args: argparse.Namespace, *, out: TextIO = sys.stdout) -> int:
     """`asyncmailer status`: a campaign's counts from its journal (the current run's)."""
     state_dir, campaign_id = await _identity(args)
+    shared = await campaign_ledger(args.config)
+    if shared is not None:
+        return await _shared_status(args, shared, campaign_id, out)
     path = journal_path(state_dir, campaign_id)
     if not await asyncio.to_thread(path.exists):
         print(f"campaign {args.config} has not run yet (no journal at {path})", file=out)
         return EXIT_OK
     counts = await JournalReader(path).counts()
     print(f"campaign {args.config}: journal {path}", file=out)
+    try:
+        await asyncio.to_thread(probe_lock, path)
+    except JournalError:
+        busy = True
+    else:
+        busy = False
+    _print_counts(counts, busy, out)
+    return EXIT_OK
+
+
+async def _shared_status(
+    args: argparse.Namespace, url: LedgerUrl, campaign_id: str, out: TextIO
+) -> int:
+    """`status` of a campaign on the shared ledger: its latest run's counts, and how many
+    workers hold a lease on it now."""
+    from .pg.runs import PgRuns
+
+    async with PgRuns(url, campaign_id) as runs:
+        records = await runs.runs()
+        if not records:
+            print(f"campaign {args.config} has not run yet (in the ledger {url})", file=out)
+            return EXIT_OK
+        latest = records[-1]
+        counts = Counter({JournalState(k): v for k, v in (await runs.counts(latest)).items()})
+        workers = await runs.live_workers(latest)
+    print(f"campaign {args.config}: run {latest.id} in the ledger {url}", file=out)
+    if workers:
+        print(f"  {plural(workers, 'worker')} at work on it", file=out)
+    _print_counts(counts, bool(workers), out)
+    return EXIT_OK
+
+
+def _print_counts(counts: Counter[JournalState], busy: bool, out: TextIO) -> None:
     for state, word in STATE_WORDS.items():
         if counts[state]:
             print(f"  {counts[state]:>9,}  {word}", file=out)
@@ -954,14 +1208,10 @@ async def status_command(args: argparse.Namespace, *, out: TextIO = sys.stdout) 
     left = sum(
         counts[s] for s in (JournalState.PENDING, JournalState.DEFERRED, JournalState.INFLIGHT)
     )
-    try:
-        await asyncio.to_thread(probe_lock, path)
-    except JournalError:
+    if busy:
         print("a run of this campaign is in progress", file=out)
-    else:
-        if left:
-            print(f"{plural(left, 'recipient')} still to send: run the campaign again", file=out)
-    return EXIT_OK
+    elif left:
+        print(f"{plural(left, 'recipient')} still to send: run the campaign again", file=out)
 
 
 _RUN_COLUMNS = (JournalState.ACCEPTED, JournalState.REFUSED, JournalState.DEFERRED)
@@ -971,19 +1221,30 @@ _RUN_AFTER = (JournalState.UNKNOWN, JournalState.SUPPRESSED)
 async def runs_command(args: argparse.Namespace, *, out: TextIO = sys.stdout) -> int:
     """`asyncmailer runs`: every run of a campaign, oldest first, with its counts."""
     state_dir, campaign_id = await _identity(args)
-    catalog = RunCatalog(state_dir, campaign_id)
-    _, records = await asyncio.to_thread(catalog.load)
+    shared = await campaign_ledger(args.config)
+    if shared is not None:
+        from .pg.runs import PgRuns
+
+        async with PgRuns(shared, campaign_id) as book:
+            records = await book.runs()
+            counted = [r.counts or await book.counts(r) for r in records]
+    else:
+        catalog = RunCatalog(state_dir, campaign_id)
+        _, records = await asyncio.to_thread(catalog.load)
+        counted = []
+        for record in records:
+            counts = record.counts
+            if counts is None:  # still going, or stopped before it could say: read its journal
+                path = catalog.journal_of(record)
+                counts = {}
+                if await asyncio.to_thread(path.exists):  # none yet: stopped before it began
+                    counts = {str(k): v for k, v in (await JournalReader(path).counts()).items()}
+            counted.append(counts)
     if not records:
         print(f"campaign {campaign_id} has no runs yet", file=out)
         return EXIT_OK
     rows = []
-    for record in records:
-        counts = record.counts
-        if counts is None:  # still going, or stopped before it could say: read its journal
-            path = catalog.journal_of(record)
-            counts = {}
-            if await asyncio.to_thread(path.exists):  # none yet: stopped before it began
-                counts = {str(k): v for k, v in (await JournalReader(path).counts()).items()}
+    for record, counts in zip(records, counted, strict=True):
         left = sum(
             counts.get(str(state), 0)
             for state in (JournalState.PENDING, JournalState.INFLIGHT, JournalState.DATA)
@@ -1012,8 +1273,25 @@ async def report_command(args: argparse.Namespace, *, out: TextIO = sys.stdout) 
     """`asyncmailer report`: a run's summary (text, or JSON with --format json), and every
     recipient's result from its journal in a report file (.csv or .jsonl)."""
     state_dir, campaign_id = await _identity(args)
+    shared = await campaign_ledger(args.config)
+    if shared is not None:
+        from .pg.runs import PgRuns
+
+        async with PgRuns(shared, campaign_id) as book:
+            return await _report(args, campaign_id, await book.runs(), out, book)
     catalog = RunCatalog(state_dir, campaign_id)
     _, records = await asyncio.to_thread(catalog.load)
+    return await _report(args, campaign_id, records, out, catalog)
+
+
+async def _report(
+    args: argparse.Namespace,
+    campaign_id: str,
+    records: list[RunRecord],
+    out: TextIO,
+    source: RunCatalog | PgRuns,
+) -> int:
+    """The report of one run (--run, or the latest), from its journal or the shared ledger."""
     if args.run is not None:
         found = [r for r in records if r.id == args.run]
         if not found:
@@ -1022,15 +1300,21 @@ async def report_command(args: argparse.Namespace, *, out: TextIO = sys.stdout) 
         record: RunRecord | None = found[0]
     else:
         record = records[-1] if records else None
-    journal = catalog.journal_of(record) if record is not None else catalog.journal
     run_id = record.id if record is not None else "current"
     suffix = "jsonl" if args.format == "jsonl" else "csv"
     target = args.output or Path(f"{campaign_id}.{run_id}.report.{suffix}")
-    if not await asyncio.to_thread(journal.exists):
-        raise JournalError("no journal: this campaign has not run yet", path=journal)
+    if isinstance(source, RunCatalog):
+        journal = source.journal_of(record) if record is not None else source.journal
+        if not await asyncio.to_thread(journal.exists):
+            raise JournalError("no journal: this campaign has not run yet", path=journal)
+        pages = JournalReader(journal).pages()
+    elif record is None:
+        raise JournalError(f"campaign {campaign_id} has not run yet (in the ledger {source.url})")
+    else:
+        pages = source.pages(record)
     summary = CampaignReport(keep=0)
     async with ReportWriter(target) as writer:
-        async for page in JournalReader(journal).pages():
+        async for page in pages:
             summary.add(page)
             await writer.write(page)
     if args.format == "json":

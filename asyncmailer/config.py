@@ -31,6 +31,7 @@ from .addresses import Mailbox, check_header_value, dedupe, parse_address_list, 
 from .dkim import DkimKey, DkimKeyError, DkimSigner, load_key
 from .errors import ConfigError, InputError
 from .html_body import HTML, MARKDOWN
+from .ledger_url import LEDGER_ENV, LedgerUrl
 from .schedule import Schedule, parse_duration, zone
 from .textfiles import read_secret, read_secret_bytes, read_text
 from .unsubscribe import EMAIL, TOKEN, ListUnsubscribe
@@ -205,6 +206,8 @@ class Campaign:
     send_at_local: tuple[int, int, int] | None = None  # hour, minute, second
     timezone_column: str | None = None
     timezone: ZoneInfo | None = None
+    # The shared PostgreSQL ledger (`ledger:` or ASYNCMAILER_LEDGER); None: the SQLite journal.
+    ledger: LedgerUrl | None = None
     notices: tuple[str, ...] = ()
 
     @property
@@ -610,6 +613,8 @@ KNOWN_KEYS: dict[str, str] = {
     "retry_attempts": "tries per recipient in one run on temporary failures (default 5)",
     "retry_delay": "seconds before the first retry; doubles each time, up to 300 (default 10)",
     "retry_max_age": "stop retrying in this run after this many seconds (default 1800)",
+    "ledger": "postgresql://user@host/database: a shared PostgreSQL ledger, for workers on "
+    f"any number of hosts (or set {LEDGER_ENV}; default: the SQLite journal in state_dir)",
     "journal_sync": "full (default): each journal commit is on disk before the final '.'; "
     "normal: faster, survives a crash of asyncmailer but not a power cut",
 }
@@ -822,6 +827,21 @@ async def campaign_identity(path: str | Path) -> tuple[Path, str]:
     return state_dir, fields.get_id("campaign") or path.name
 
 
+async def campaign_ledger(
+    path: str | Path, *, env: Mapping[str, str] | None = None
+) -> LedgerUrl | None:
+    """A campaign's shared ledger, from its file (or the environment) alone, for `status`,
+    `runs` and `report`.
+
+    :raises ConfigError: the file cannot be read or parsed, or the URL is wrong.
+    """
+    path = Path(path)
+    text = await read_text(path, "config file")
+    return _ledger(
+        _Fields(parse_document(text, path), text, path), os.environ if env is None else env
+    )
+
+
 async def load_campaign(
     path: str | Path = DEFAULT_CONFIG, *, env: Mapping[str, str] | None = None
 ) -> Campaign:
@@ -963,6 +983,7 @@ async def load_campaign(
         send_at_local=local_time,
         timezone_column=fields.get_str("timezone_column"),
         timezone=campaign_zone,
+        ledger=_ledger(fields, env),
         notices=tuple(notices + key_notices),
     )
 
@@ -997,6 +1018,22 @@ def _recipients_delimiter(fields: _Fields, recipients_file: Path | None) -> str 
             key, f'expected one character (",", ";", "|") or "tab", got {_quote(value)}'
         )
     return delimiter
+
+
+def _ledger(fields: _Fields, env: Mapping[str, str]) -> LedgerUrl | None:
+    """The shared ledger's URL: the environment's first (a password stays out of the file)."""
+    if env.get(LEDGER_ENV):
+        try:
+            return LedgerUrl(env[LEDGER_ENV])
+        except ValueError as err:
+            raise ConfigError(f"{err}", field=LEDGER_ENV) from None
+    value = fields.get_str("ledger")
+    if value is None:
+        return None
+    try:
+        return LedgerUrl(value)
+    except ValueError as err:
+        raise fields.error("ledger", str(err)) from None
 
 
 async def _server_settings(

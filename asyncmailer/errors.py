@@ -6,7 +6,9 @@
     ├── InputError (ValueError)            bad config, addresses or files; exit code 2
     │   ├── ConfigError                    a config key or the config file itself
     │   └── JournalError                   the campaign journal: locked by another run, or
-    │                                      cannot be created or written
+    │       │                              cannot be created or written
+    │       └── LeaseLostError             a worker of a shared ledger lost its lease: it
+    │                                      stops (exit code 75); run it again
     └── DeliveryError                      the run could not go on; exit code 3
         ├── ConnectError (ConnectionError) server unreachable, TLS handshake or certificate failed
         ├── TLSRequiredError               STARTTLS required but not offered or refused
@@ -32,6 +34,7 @@ __all__ = [
     "DeliveryError",
     "InputError",
     "JournalError",
+    "LeaseLostError",
     "MailerError",
     "MissingExtraError",
     "NothingToSendError",
@@ -104,6 +107,12 @@ class ConfigError(InputError):
 class JournalError(InputError):
     """The campaign journal cannot be used: another run holds it, or it cannot be created or
     written (read-only folder, full disk)."""
+
+
+class LeaseLostError(JournalError):
+    """A worker's lease on the shared ledger lapsed or was reaped (the database was out of
+    reach, or the worker stalled, for longer than the lease): what it held belongs to the
+    other workers now, so it writes no final "." and stops."""
 
 
 class DeliveryError(MailerError):

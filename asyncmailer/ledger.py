@@ -15,12 +15,21 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, runtime_checkable
 
 from .addresses import Mailbox
 from .results import ResultPage
 
-__all__ = ["Added", "Decision", "JournalState", "Ledger", "WorkItem"]
+__all__ = [
+    "Added",
+    "ConnectionBank",
+    "Decision",
+    "JournalState",
+    "Ledger",
+    "Pacer",
+    "QuotaBank",
+    "WorkItem",
+]
 
 
 class JournalState(StrEnum):
@@ -85,8 +94,10 @@ class Ledger(Protocol):
 
     def on_failure(self, callback: Callable[[BaseException], object]) -> None: ...
 
-    # loading
-    async def begin_load(self) -> None: ...
+    # loading: `begin_load()` is False when another process of a shared ledger loads the
+    # list (or loaded it already): then `loading()` says whether it is still being read.
+    async def begin_load(self) -> bool: ...
+    async def loading(self) -> bool: ...
     async def add_config_group(self, mailboxes: Sequence[Mailbox]) -> Added: ...
     async def add_list(
         self,
@@ -113,3 +124,36 @@ class Ledger(Protocol):
     # reading back
     async def counts(self) -> Counter[JournalState]: ...
     async def results(self, after: int = 0, limit: int = 5000) -> ResultPage: ...
+
+
+@runtime_checkable
+class Pacer(Protocol):
+    """A ledger shared by workers (on any number of hosts) that paces them together: the
+    campaign's `rate` is handed out as slots, reserved in batches."""
+
+    async def reserve_slots(self, count: int, interval: float) -> float:
+        """Reserve `count` message slots `interval` seconds apart, after every slot reserved
+        before by any worker; returns the seconds from now to the first (0 or less: due)."""
+        ...
+
+
+@runtime_checkable
+class QuotaBank(Protocol):
+    """A ledger shared by workers that hands out the campaign's daily quota in parts, so
+    that all of them together stay within it."""
+
+    async def reserve_quota(self, day: str, count: int, limit: int) -> int:
+        """Count up to `count` more recipients tried on `day` (YYYY-MM-DD), as long as the
+        day's total stays within `limit`; returns how many were granted (0: none left).
+        Unused ones go back with `Ledger.count_sent(day, -n)`."""
+        ...
+
+
+@runtime_checkable
+class ConnectionBank(Protocol):
+    """A ledger shared by workers that shares out the campaign's `max_connections`."""
+
+    async def reserve_connections(self, count: int, limit: int) -> int:
+        """Hold up to `count` of the campaign's `limit` connections for this worker (until
+        it ends); returns how many (0: all are held by other workers)."""
+        ...

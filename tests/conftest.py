@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import json
 import os
 import ssl
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from asyncmailer.smtp.session import Session, build_tls_context
 from asyncmailer.transport import Envelope, Transaction
 
 from .postfix import postfix  # noqa: F401  (the fixture, for every test folder)
+from .postgres import PgServer, PgUnavailable
 from .smtpd import DsnStore, Recorder, RecordingDsnSMTP, RecordingSMTP
 
 PASSWORD = "пароль-Secret-42"  # non-ASCII on purpose: stdlib smtplib cannot send it
@@ -111,6 +113,36 @@ async def smtp_server(certs: Certs, tmp_path: Path) -> AsyncIterator[ServerFacto
     for server in started:
         await server.stop()
 
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """One private PostgreSQL server for the session (tests/postgres.py); the tests that need
+    it skip, saying why, only where it cannot be started."""
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        pytest.skip("psycopg is not installed: pip install -e '.[postgresql]'")
+    try:
+        server = PgServer()
+        server.start()
+    except PgUnavailable as err:
+        pytest.skip(f"no PostgreSQL server: {err}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_url(pg_server: PgServer) -> str:
+    """A fresh database of its own for each test: its URL (with the password)."""
+    import psycopg
+
+    name = f"t{next(_DATABASES)}"
+    with psycopg.connect(pg_server.url(), autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    return pg_server.url(name)
+
+
+_DATABASES = itertools.count(1)
 
 CampaignFactory = Callable[..., Path]
 

@@ -21,6 +21,7 @@ from asyncmailer.config import (
     load_campaign,
 )
 from asyncmailer.errors import ConfigError, InputError
+from asyncmailer.ledger_url import LEDGER_ENV
 
 from .conftest import PASSWORD, SUBJECT, CampaignFactory
 from .dkimkeys import Kind, key_text, pem, record, write_key
@@ -101,6 +102,20 @@ async def test_password_from_environment_wins(make_campaign: CampaignFactory) ->
     assert campaign.server.password == Secret("from-env")
 
 
+async def test_the_ledger_from_the_environment_wins_and_its_password_is_masked(
+    make_campaign: CampaignFactory,
+) -> None:
+    keyed = await load_campaign(make_campaign(ledger="postgresql://m:pw1@db/mail"), env={})
+    assert keyed.ledger is not None and "pw1" not in repr(keyed)
+    env = {LEDGER_ENV: "postgresql://m:pw2@other/mail"}
+    campaign = await load_campaign(make_campaign(ledger="postgresql://m:pw1@db/mail"), env=env)
+    assert campaign.ledger is not None and campaign.ledger.reveal().endswith("@other/mail")
+    assert "pw2" not in repr(campaign) and "pw2" not in str(campaign.ledger)
+    assert (await load_campaign(make_campaign(), env={})).ledger is None
+    with pytest.raises(ConfigError, match=f"^{LEDGER_ENV}: expected a postgresql://"):
+        await load_campaign(make_campaign(), env={LEDGER_ENV: "sqlite:///x"})
+
+
 async def test_password_file_readable_by_others_warns(make_campaign: CampaignFactory) -> None:
     path = make_campaign()
     (path.parent / "your_pswd.txt").chmod(0o644)
@@ -161,6 +176,8 @@ def line_of(path: Path, text: str) -> int:
         ({"max_connections": 0}, "max_connections", "expected a whole number from 1"),
         ({"journal_sync": "off"}, "journal_sync", "expected one of full, normal, got 'off'"),
         ({"journal_sync": False}, "journal_sync", "expected one of full, normal, got false"),
+        ({"ledger": "mysql://db/mail"}, "ledger", "expected a postgresql://user@host"),
+        ({"ledger": 5}, "ledger", "expected a string, got a number"),
         ({"rate": float("nan")}, "rate", "expected messages per second, or"),
         ({"rate": float("inf")}, "rate", "got inf"),
         ({"timeout": float("nan")}, "timeout", "expected a number of seconds"),

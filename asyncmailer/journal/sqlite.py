@@ -212,10 +212,11 @@ class Journal:
 
     # -- loading -----------------------------------------------------------------------------
 
-    async def begin_load(self) -> None:
+    async def begin_load(self) -> bool:
         """Start reading the campaign's recipients (once per run): an address read twice in
         one load is a duplicate; one known from an earlier run is not. Until `end_load()`,
-        claims take only whole groups this load made (the fence, kept in `meta`)."""
+        claims take only whole groups this load made (the fence, kept in `meta`). Always True:
+        the journal is this process's alone, so this process loads."""
 
         def begin(db: sqlite3.Connection) -> None:
             _set_meta(
@@ -228,6 +229,11 @@ class Journal:
             )
 
         await self._call(begin)
+        return True
+
+    async def loading(self) -> bool:
+        """Never read by another process: the journal is locked to this one."""
+        return False
 
     async def end_load(self) -> None:
         """The list is read: claims take every group again."""

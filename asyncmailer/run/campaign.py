@@ -26,7 +26,7 @@ from ..html_text import html_to_text
 from ..journal.files import journal_path
 from ..journal.sqlite import Journal
 from ..journal.suppressions import Entry, SuppressionStore, campaign_suppression
-from ..ledger import JournalState, Ledger
+from ..ledger import ConnectionBank, JournalState, Ledger
 from ..message import UNRECORDED_RUN, MessageTemplate, load_body
 from ..observer import Observer
 from ..results import CampaignReport, RecipientResult, Status
@@ -38,6 +38,7 @@ from ..suppression import Reason, Suppression
 from ..transport import Transport
 from .dispatcher import Dispatcher
 from .loader import FIRST_BATCH, LOAD_BATCH, Loader
+from .scheduler import wait_first
 
 if TYPE_CHECKING:  # jinja2 is imported only by campaigns that personalise (start-up time)
     from ..personalize import Personalizer
@@ -218,6 +219,8 @@ async def run_campaign(
                     path, msgid_domain=campaign.sender.domain, sync=campaign.journal_sync.value
                 )
             )
+        if campaign.max_connections is not None and isinstance(ledger, ConnectionBank):
+            campaign = await _share_connections(campaign, ledger, ledger, options.stop)
         if transport is None:
             transport = await smtp_transport(campaign, options)
         loader = Loader(
@@ -271,6 +274,28 @@ async def run_campaign(
         )
     report.ended = time.time()
     return report
+
+
+CONNECTION_POLL = 2.0  # seconds between asks while other workers hold every connection
+_LEFT = (JournalState.PENDING, JournalState.DEFERRED, JournalState.INFLIGHT, JournalState.DATA)
+
+
+async def _share_connections(
+    campaign: Campaign, bank: ConnectionBank, ledger: Ledger, stop: asyncio.Event
+) -> Campaign:
+    """The campaign with this worker's share of `max_connections`, held in a ledger shared
+    by workers: waits while others hold them all (until the run stops, or nothing is left
+    to send, when no connection will be opened anyway)."""
+    assert campaign.max_connections is not None
+    while True:
+        granted = await bank.reserve_connections(campaign.connections, campaign.max_connections)
+        if granted:
+            return dataclasses.replace(campaign, max_connections=granted)
+        left = await ledger.counts()
+        done = not sum(left[state] for state in _LEFT) and not await ledger.loading()
+        if stop.is_set() or done:
+            return dataclasses.replace(campaign, max_connections=1)
+        await wait_first((stop,), CONNECTION_POLL)
 
 
 async def _fill_report(

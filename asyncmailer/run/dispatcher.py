@@ -15,14 +15,14 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from ..config import Campaign
 from ..errors import AuthError, ConnectError, DeliveryError, RefusedError, TLSRequiredError
-from ..ledger import Ledger, WorkItem
+from ..ledger import Ledger, Pacer, WorkItem
 from ..message import UNRECORDED_RUN, MessageTemplate, envelope_id
 from ..observer import Observer
 from ..results import CampaignReport, RecipientResult, Status
 from ..schedule import local_due
 from ..suppression import Suppression
 from ..transport import Connection, Envelope, Transaction, Transport
-from .limits import DailyQuota, MessageLimit, Pause, RateLimiter
+from .limits import DailyQuota, MessageLimit, Pause, RateLimiter, SharedRateLimiter
 from .policy import MAX_RETRY_DELAY, Retry, decide, later, stops_the_run, suppressed, unsent
 from .scheduler import LoadState, Scheduler
 
@@ -110,7 +110,13 @@ class Dispatcher:
         self.stop = stop
         self.run_id = run_id  # the first part of every message's DSN envelope id
         self.retry = Retry(campaign)
-        self.limiter = RateLimiter(campaign.rate) if campaign.rate else None
+        self.limiter: RateLimiter | SharedRateLimiter | None = None
+        if campaign.rate:  # a ledger shared by workers paces them all together
+            self.limiter = (
+                SharedRateLimiter(campaign.rate, ledger)
+                if isinstance(ledger, Pacer)
+                else RateLimiter(campaign.rate)
+            )
         self.quota = DailyQuota(campaign.daily_quota, ledger, elsewhere=quota_used)
         self.limit = MessageLimit(limit)
         self.suppression = suppression or Suppression()
@@ -152,6 +158,7 @@ class Dispatcher:
             raise failed.exceptions[0] from None
         finally:
             await asyncio.shield(self.scheduler.release_buffered())
+            self.quota.release()
         if self.scheduler.failed is not None:
             raise self.scheduler.failed
         if self.ledger.failure is not None:
@@ -171,7 +178,7 @@ class Dispatcher:
             if not admitted and self._later(item):
                 item = await self.scheduler.next()  # not its local time yet: waits for it
                 continue
-            if not admitted and not self._admit(item):
+            if not admitted and not await self._admit(item):
                 await self._give_back(item, admitted=False)
                 break
             try:
@@ -304,7 +311,7 @@ class Dispatcher:
         self.ledger.record(later(item, note, due.timestamp()))
         return True
 
-    def _admit(self, item: WorkItem) -> bool:
+    async def _admit(self, item: WorkItem) -> bool:
         """May this item go now? Counts it against the quota and the message limit."""
         if self.stop.is_set():  # stopped while it waited for its turn (the rate)
             return False
@@ -312,14 +319,14 @@ class Dispatcher:
             self.report.limit_reached = True
             self.stop.set()
             return False
-        if not self.quota.take(len(item.recipients)):
+        if not await self.quota.take(len(item.recipients)):
             self.limit.started -= 1
             self.report.quota_reached = True
             self.stop.set()
             return False
         return True
 
-    def _follow_up(self, connection: Connection) -> WorkItem | None:
+    async def _follow_up(self, connection: Connection) -> WorkItem | None:
         """The next item, to pipeline after this one's final ".", if one is ready right now
         (never with a rate limit: its envelope would leave before its turn)."""
         if self.limiter is not None or not connection.pipelines or self.stop.is_set():
@@ -327,7 +334,7 @@ class Dispatcher:
         item = self.scheduler.take_ready()
         if item is not None and self._later(item):
             return None
-        if item is not None and not self._admit(item):
+        if item is not None and not await self._admit(item):
             self.scheduler.put_back(item)  # released with the rest at the end
             return None
         return item
@@ -377,7 +384,7 @@ class Dispatcher:
             self.open += 1
             stack.callback(self._closed)
             while True:
-                nxt = self._follow_up(connection)
+                nxt = await self._follow_up(connection)
                 then = await self._prepare(nxt) if nxt is not None else None
                 if then is None:
                     nxt = None

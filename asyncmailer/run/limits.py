@@ -7,9 +7,9 @@ import asyncio
 import contextlib
 import time
 
-from ..ledger import Ledger
+from ..ledger import Ledger, Pacer, QuotaBank
 
-__all__ = ["DailyQuota", "MessageLimit", "Pause", "RateLimiter"]
+__all__ = ["DailyQuota", "MessageLimit", "Pause", "RateLimiter", "SharedRateLimiter"]
 
 
 class RateLimiter:
@@ -38,9 +38,50 @@ class RateLimiter:
             await asyncio.sleep(slot - now)
 
 
+class SharedRateLimiter:
+    """The rate of a campaign sent by several workers: slots reserved in the shared ledger a
+    batch at a time (about `ahead` seconds' worth), so the database is not asked per message.
+
+    Over a run, messages started by all workers <= rate x elapsed + one batch per worker. A
+    slot this worker reaches late (its connections were busy) is still used: every slot was
+    reserved at the campaign's pace, so the run's total holds; dropping it would leave the
+    workers below the rate whenever one of them is slower than its share."""
+
+    def __init__(self, per_second: float, pacer: Pacer, *, ahead: float = 0.25) -> None:
+        if per_second <= 0:
+            raise ValueError("rate must be above 0")
+        self.interval = 1.0 / per_second
+        self.pacer = pacer
+        self.batch = max(1, min(1000, round(per_second * ahead)))
+        self._next = 0.0  # this worker's next slot (loop time)
+        self._left = 0  # slots reserved and not handed out
+        self._lock = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        return f"<SharedRateLimiter {1 / self.interval:g}/s batch={self.batch}>"
+
+    async def wait(self) -> None:
+        """Return when the caller may start its next message."""
+        loop = asyncio.get_running_loop()
+        async with self._lock:
+            if not self._left:
+                offset = await self.pacer.reserve_slots(self.batch, self.interval)
+                self._next, self._left = loop.time() + offset, self.batch
+            slot = self._next
+            self._next += self.interval
+            self._left -= 1
+        now = loop.time()
+        if slot > now:
+            await asyncio.sleep(slot - now)
+
+
 class DailyQuota:
     """`daily_quota` recipients per calendar day (local time), counted in the ledger so it
-    holds across runs. Checked and counted in one step, so workers cannot overshoot it."""
+    holds across runs. Checked and counted in one step, so workers cannot overshoot it.
+
+    With a ledger shared by workers in several processes (a `QuotaBank`), the quota is
+    reserved from it in parts (`batch`), each worker spending its own part: all of them
+    together stay within the quota; parts not spent go back at the end (`release()`)."""
 
     def __init__(self, limit: int, ledger: Ledger, *, elsewhere: int = 0) -> None:
         self.limit = limit
@@ -48,33 +89,61 @@ class DailyQuota:
         self.elsewhere = elsewhere  # tried today by the campaign's earlier runs
         self.day = ""
         self.used = 0
+        self.bank = ledger if isinstance(ledger, QuotaBank) else None
+        self.batch = max(1, min(limit // 20, 1000))  # reserved from the bank at a time
+        self.allowance = 0  # reserved from the bank, not spent yet
+        self._lock = asyncio.Lock()
 
     def __repr__(self) -> str:
         return f"<DailyQuota {self.used}/{self.limit or 'unlimited'} on {self.day}>"
 
     async def load(self) -> None:
         self.day = time.strftime("%Y-%m-%d")
+        if self.bank is not None:
+            self.used = 0  # what this worker spent: the bank keeps the campaign's count
+            return
         self.used = await self.ledger.sent_on(self.day) + self.elsewhere if self.limit else 0
 
-    def take(self, count: int) -> bool:
+    async def take(self, count: int) -> bool:
         """Count `count` recipients against today's quota; False (nothing counted) when they
         would go over it."""
         if not self.limit:
             return True
         today = time.strftime("%Y-%m-%d")
         if today != self.day:  # midnight passed: a new day's quota
+            self.release()
             self.day, self.used = today, 0
-        if self.used + count > self.limit:
-            return False
-        self.used += count
-        self.ledger.count_sent(self.day, count)
-        return True
+        if self.bank is None:
+            if self.used + count > self.limit:
+                return False
+            self.used += count
+            self.ledger.count_sent(self.day, count)
+            return True
+        async with self._lock:  # one reservation at a time: workers of this process wait
+            if self.allowance < count:
+                want = max(count - self.allowance, self.batch)
+                self.allowance += await self.bank.reserve_quota(self.day, want, self.limit)
+            if self.allowance < count:
+                return False
+            self.allowance -= count
+            self.used += count
+            return True
 
     def give_back(self, count: int) -> None:
         """Recipients counted by `take()` that were not sent after all."""
-        if self.limit and count:
-            self.used -= count
+        if not (self.limit and count):
+            return
+        self.used -= count
+        if self.bank is not None:
+            self.allowance += count  # still reserved: spent by this worker, or released
+        else:
             self.ledger.count_sent(self.day, -count)
+
+    def release(self) -> None:
+        """Give the bank back what this worker reserved and did not spend."""
+        if self.bank is not None and self.allowance:
+            self.ledger.count_sent(self.day, -self.allowance)
+            self.allowance = 0
 
 
 class MessageLimit:

@@ -25,6 +25,7 @@ LOAD_BATCH = 5000  # list rows per ledger write
 # Sending starts once this many rows are in the ledger; the rest are read while it goes on
 # (docs/design.md: a run, end to end).
 FIRST_BATCH = 20_000
+FOLLOW_EVERY = 0.5  # seconds between looks at a load another worker of a shared ledger makes
 
 
 def check_row(personalizer: Personalizer, item: Recipient) -> str | None:
@@ -162,7 +163,15 @@ class Loader:
 
     async def _read(self) -> None:
         campaign, ledger, personalizer = self.campaign, self.ledger, self.personalizer
-        await ledger.begin_load()
+        while not await ledger.begin_load():
+            # A shared ledger whose list another worker reads (or has read): wait for it,
+            # taking over should that worker die (its load lease lapses).
+            if not self._first.done():
+                self._first.set_result(None)
+            if self.stop.is_set() or not await ledger.loading():
+                return
+            self.more.set()  # its batches may have come: claims look again
+            await asyncio.sleep(FOLLOW_EVERY)
         if campaign.recipients:
             self.added += (await ledger.add_config_group(campaign.recipients)).new
         if campaign.recipients_file is None:

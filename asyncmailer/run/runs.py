@@ -33,30 +33,38 @@ def _digest(*pieces: object) -> str:
     return hashlib.sha256(repr(pieces).encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
-def _file(path: Path | None) -> tuple[object, ...]:
-    """A file by name, size and modification time (not its content: a list may be large)."""
+def _file(path: Path | None, content: bool = False) -> tuple[object, ...]:
+    """A file by name, size and modification time (not its content: a list may be large);
+    with `content`, by name and a digest of its bytes (the same on every host)."""
     if path is None:
         return ()
     try:
+        if content:
+            with path.open("rb") as handle:
+                return (path.name, hashlib.file_digest(handle, "sha256").hexdigest())
         info = path.stat()
     except OSError:
         return (path.name, None)
     return (path.name, info.st_size, info.st_mtime_ns)
 
 
-def fingerprint(campaign: Campaign) -> dict[str, str]:
-    """A digest of each part of the campaign (blocking: it reads the message file)."""
+def fingerprint(campaign: Campaign, *, content: bool = False) -> dict[str, str]:
+    """A digest of each part of the campaign (blocking: it reads the message file). With
+    `content` (a shared ledger, whose workers are on hosts with other paths and times), the
+    list and attachments count by their bytes, not their modification times."""
     attachments: list[tuple[object, ...]] = []
     if campaign.attachments_dir is not None and campaign.attachments_dir.is_dir():
-        attachments = [_file(p) for p in sorted(campaign.attachments_dir.iterdir())]
+        attachments = [_file(p, content) for p in sorted(campaign.attachments_dir.iterdir())]
     return {
         "subject": _digest(campaign.subject, str(campaign.sender)),
         "message": _digest(
-            campaign.message_file.read_bytes(), _file(campaign.text_file), campaign.personalize
+            campaign.message_file.read_bytes(),
+            _file(campaign.text_file, content),
+            campaign.personalize,
         ),
         "attachments": _digest(attachments),
         "recipients": _digest([str(m) for m in (*campaign.to, *campaign.cc, *campaign.bcc)]),
-        "list": _digest(_file(campaign.recipients_file), campaign.group_size),
+        "list": _digest(_file(campaign.recipients_file, content), campaign.group_size),
     }
 
 

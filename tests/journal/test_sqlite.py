@@ -1,9 +1,9 @@
-"""The journal: loading lists (each address once, groups without gaps), and a recipient's
-states through claim, "past DATA" and the result, as a resumed run sees them."""
+"""The journal: what is the SQLite ledger's own (a list read again by each run, its lock,
+its file, its bulk statements). What every ledger must do is in tests/test_ledger.py, run on
+both ledgers."""
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 from pathlib import Path
 
@@ -25,28 +25,6 @@ def boxes(*numbers: int, host: str = "example.com") -> list[Mailbox]:
 async def groups(journal: Journal) -> list[list[str]]:
     items = await journal.claim(1000, now=0.0)
     return [[m.addr for m in item.recipients] for item in items]
-
-
-async def test_a_load_sends_each_address_once_and_fills_groups_without_gaps(
-    tmp_path: Path,
-) -> None:
-    async with await Journal.open(tmp_path / "j.sqlite") as journal:
-        await journal.begin_load()
-        # Duplicates inside one batch, across batches, and by case only.
-        first = await journal.add_list([*boxes(1, 2, 3, 2), Mailbox("USER1@example.com")], 2)
-        second = await journal.add_list([*boxes(3, 4), *boxes(5)], 2)
-        assert (first.duplicates, second.duplicates) == (2, 1)
-        assert first.new + second.new == 5
-        # While the list is read, the group still being filled is not handed out...
-        assert await groups(journal) == [
-            ["user1@example.com", "user2@example.com"],
-            ["user3@example.com", "user4@example.com"],
-        ]
-        # ...so a transaction never goes out half-full while its other rows are on the way.
-        await journal.add_list(boxes(6, 7), 2)
-        assert await groups(journal) == [["user5@example.com", "user6@example.com"]]
-        await journal.end_load()
-        assert await groups(journal) == [["user7@example.com"]]  # the list is read
 
 
 async def test_while_a_resumed_list_is_read_only_its_new_groups_go(tmp_path: Path) -> None:
@@ -93,50 +71,6 @@ async def test_an_address_from_an_earlier_load_is_not_a_duplicate_nor_sent_again
         await journal.start_run(resend_unknown=False)
         assert await groups(journal) == [["user3@example.com"]]
         assert (await journal.counts())[JournalState.ACCEPTED] == 2
-
-
-async def test_past_data_without_a_reply_is_unknown_after_a_stop(tmp_path: Path) -> None:
-    path = tmp_path / "j.sqlite"
-    async with await Journal.open(path) as journal:
-        await journal.begin_load()
-        await journal.add_list(boxes(1, 2, 3), 1)
-        await journal.end_load()
-        first, second, _third = await journal.claim(3, now=0.0)
-        await journal.mark_data(first.ids)  # the final "." went out; no reply came
-        await journal.release(second)  # claimed, never sent: given back
-    # The run died here; the next one settles what it left.
-    async with await Journal.open(path) as journal:
-        changed = await journal.start_run(resend_unknown=False)
-        assert changed == {"inflight": 1, "data": 1}  # the third was still claimed
-        assert dict(await journal.counts()) == {"unknown": 1, "pending": 2}
-        assert await groups(journal) == [["user2@example.com"], ["user3@example.com"]]
-    results = [r async for page in JournalReader(path).pages() for r in page]
-    assert [r.status for r in results] == [
-        Status.UNKNOWN,
-        Status.NOT_ATTEMPTED,
-        Status.NOT_ATTEMPTED,
-    ]
-    assert "may or may not have been delivered" in results[0].message
-
-
-async def test_a_caller_cancelled_while_its_mark_commits_leaves_the_others_theirs(
-    tmp_path: Path,
-) -> None:
-    async with await Journal.open(tmp_path / "j.sqlite") as journal:
-        await journal.begin_load()
-        await journal.add_list(boxes(1, 2), 1)
-        await journal.end_load()
-        first, second = await journal.claim(2, now=0.0)
-        # Both marks join one statement and one commit; one caller is cancelled meanwhile.
-        cancelled = asyncio.ensure_future(journal.mark_data(first.ids))
-        waiting = asyncio.ensure_future(journal.mark_data(second.ids))
-        await asyncio.sleep(0)
-        cancelled.cancel()
-        await waiting
-        with pytest.raises(asyncio.CancelledError):
-            await cancelled
-        # The commit went on for both: the caller's own rows are put back by the caller.
-        assert (await journal.counts())[JournalState.DATA] == 2
 
 
 async def test_a_second_open_of_the_same_journal_is_refused(tmp_path: Path) -> None:

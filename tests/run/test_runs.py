@@ -129,3 +129,28 @@ async def test_the_daily_quota_is_the_campaigns_not_each_runs(
     code, _, err = await run_cli("send", str(path), "--new-run", "-q", cwd=tmp_path)
     assert code == 75, err  # today's quota was spent by the first run
     assert len(running.messages) == 2
+
+
+async def test_a_content_fingerprint_ignores_times_and_sees_bytes(
+    make_campaign: CampaignFactory,
+) -> None:
+    # A shared ledger's workers are on hosts with their own copies: the list and the
+    # attachments count by their bytes, not by when each copy was written.
+    import os
+
+    from asyncmailer.config import load_campaign
+    from asyncmailer.run.runs import fingerprint
+
+    path = make_campaign(files={"a.txt": b"one"}, recipients_file="list.txt")
+    listing = path.parent.parent / "list.txt"
+    listing.write_text("a@example.com\n")
+    campaign = await load_campaign(path, env={})
+    before = fingerprint(campaign, content=True)
+    plain = fingerprint(campaign)
+    for file in (listing, path.parent.parent / "files" / "a.txt"):
+        os.utime(file, (1, 1))  # another host's copy: other times
+    assert fingerprint(campaign, content=True) == before
+    assert fingerprint(campaign) != plain  # the journal's own fingerprint sees times
+    listing.write_text("b@example.com\n")
+    changed = fingerprint(campaign, content=True)
+    assert [p for p in before if before[p] != changed[p]] == ["list"]

@@ -1,0 +1,233 @@
+"""The PostgreSQL ledger's own guarantees, on a real server: workers claiming at once never
+share a group; a worker whose lease lapsed is fenced out (no "past DATA" commit, so no final
+".", and no result over another worker's); what it held is reaped (in flight -> pending, past
+DATA -> unknown); the schema is versioned; the password never shows."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from asyncmailer.addresses import Mailbox
+from asyncmailer.config import load_campaign
+from asyncmailer.errors import JournalError, LeaseLostError
+from asyncmailer.ledger import Decision, JournalState
+from asyncmailer.ledger_url import LedgerUrl
+from asyncmailer.pg import PgLedger
+from asyncmailer.pg.database import connect, migrate
+from asyncmailer.pg.runs import PgRuns
+from asyncmailer.pg.schema import SCHEMA_VERSION
+from asyncmailer.run.campaign import RunOptions, run_campaign
+
+from ..conftest import CampaignFactory, plain_list_campaign
+from ..faulty import Faults, FaultyServer
+from ..postgres import PASSWORD, PgServer
+
+
+@pytest.fixture
+async def run(pg_url: str) -> int:
+    async with PgRuns(LedgerUrl(pg_url), "fencing") as runs:
+        return runs.serial(await runs.begin(current={}))
+
+
+@pytest.fixture
+async def two(pg_url: str, run: int) -> AsyncIterator[tuple[PgLedger, PgLedger]]:
+    """Two workers of one run, the list (20 groups of 2) loaded by the first."""
+    url = LedgerUrl(pg_url)
+    async with (
+        await PgLedger.open(url, campaign="fencing", run=run) as a,
+        await PgLedger.open(url, campaign="fencing", run=run) as b,
+    ):
+        assert await a.begin_load()
+        assert not await b.begin_load()  # the first has it, and is alive
+        assert await b.loading()
+        await a.add_list([Mailbox(f"u{n}@example.com") for n in range(40)], 2)
+        await a.end_load()
+        assert not await b.loading() and not await b.begin_load()  # loaded once
+        yield a, b
+
+
+def _expire(url: str, lease: int) -> None:
+    with psycopg.connect(url) as db:
+        db.execute(
+            "UPDATE asyncmailer_leases SET expires = now() - interval '1 s' WHERE id = %s", (lease,)
+        )
+
+
+async def test_workers_claiming_at_once_never_share_a_group(
+    two: tuple[PgLedger, PgLedger],
+) -> None:
+    a, b = two
+    claims = await asyncio.gather(*(w.claim(3, now=0.0) for _ in range(4) for w in (a, b)))
+    groups = [item.group for batch in claims for item in batch]
+    assert len(groups) == len(set(groups)) == 20
+    assert sorted(groups) == list(range(1, 21))
+
+
+async def test_a_lapsed_lease_is_fenced_out_and_what_it_held_is_reaped(
+    two: tuple[PgLedger, PgLedger], pg_url: str
+) -> None:
+    a, b = two
+    sent, claimed = await a.claim(2, now=0.0)
+    await a.mark_data(sent.ids)  # its final "." went out; then the worker stalled
+    _expire(pg_url, a.lease_id)
+    with pytest.raises(LeaseLostError, match="lease on the ledger"):
+        await a.mark_data(claimed.ids)  # so this one's "." is never written
+    a.unmark_data(claimed.ids)
+    assert await b.start_run(resend_unknown=False) == {"inflight": 2, "data": 2}
+    # The stalled worker's results land nowhere: the rows are no longer its.
+    a.record([Decision(JournalState.ACCEPTED, 250, "ok", 1, 0.0, 0.0, i) for i in sent.ids])
+    with pytest.raises(LeaseLostError):
+        await a.claim(1, now=0.0)
+    counts = await b.counts()
+    assert counts[JournalState.UNKNOWN] == 2 and counts[JournalState.ACCEPTED] == 0
+    again = await b.claim(100, now=0.0)
+    assert claimed.group in {item.group for item in again}
+    assert sent.group not in {item.group for item in again}  # unknown: never sent again
+
+
+async def test_the_heartbeat_notices_a_lapsed_lease_and_stops_the_run(
+    pg_url: str, run: int
+) -> None:
+    async with await PgLedger.open(
+        LedgerUrl(pg_url), campaign="fencing", run=run, lease=0.6
+    ) as ledger:
+        stopped = asyncio.Event()
+        ledger.on_failure(lambda _: stopped.set())
+        _expire(pg_url, ledger.lease_id)
+        await asyncio.wait_for(stopped.wait(), 5)
+        assert isinstance(ledger.failure, LeaseLostError)
+
+
+async def test_a_fenced_out_worker_never_writes_the_final_dot(
+    make_campaign: CampaignFactory, pg_url: str, run: int
+) -> None:
+    # The server greets late: the worker has claimed, and its lease lapses before it
+    # commits "past DATA". The commit fails, so the message is never completed.
+    server = await FaultyServer(Faults(greeting_delay=0.5)).start()
+    try:
+        path = plain_list_campaign(
+            make_campaign, server.port, ["a@example.com", "b@example.com"], concurrency=1
+        )
+        campaign = await load_campaign(path, env={})
+        async with await PgLedger.open(LedgerUrl(pg_url), campaign="fencing", run=run) as ledger:
+
+            async def lapse() -> None:
+                while not server.connections:
+                    await asyncio.sleep(0.01)
+                await asyncio.to_thread(_expire, pg_url, ledger.lease_id)
+
+            lapsing = asyncio.create_task(lapse())
+            with pytest.raises(LeaseLostError):
+                await run_campaign(campaign, ledger=ledger, options=RunOptions())
+            await lapsing
+        assert server.mails == 1  # the transaction began...
+        assert server.messages == []  # ...and its message was never completed
+    finally:
+        await server.stop()
+
+
+async def test_the_schema_is_versioned_and_a_newer_one_refused(pg_url: str) -> None:
+    url = LedgerUrl(pg_url)
+    conn = await connect(url)
+    try:
+        await migrate(conn, url)
+        await migrate(conn, url)  # idempotent
+        cursor = await conn.execute("SELECT version FROM asyncmailer_schema")
+        assert await cursor.fetchone() == (SCHEMA_VERSION,)
+        await conn.execute("UPDATE asyncmailer_schema SET version = version + 1")
+        with pytest.raises(JournalError, match="schema version") as caught:
+            await migrate(conn, url)
+    finally:
+        await conn.close()
+    assert PASSWORD not in str(caught.value)
+
+
+async def test_a_refused_login_is_told_without_the_password(pg_url: str) -> None:
+    wrong = pg_url.replace(PASSWORD, "not-the-" + PASSWORD)
+    with pytest.raises(JournalError) as caught:
+        await connect(LedgerUrl(wrong))
+    text = str(caught.value)
+    assert "password authentication failed" in text
+    assert PASSWORD not in text and "********" in text
+
+
+async def test_runs_are_found_by_the_campaigns_id_not_by_a_path(
+    pg_url: str, tmp_path: Path
+) -> None:
+    url = LedgerUrl(pg_url)
+    async with PgRuns(url, "same") as here, PgRuns(url, "same") as there:
+        first = await here.begin(current={"list": "x"})
+        joined = await there.begin(current={"list": "x"})
+        assert (joined.id, there.serial(joined)) == (first.id, here.serial(first))
+        with pytest.raises(Exception, match="changed since it began"):
+            await there.begin(current={"list": "x", "subject": "edited"})
+        ended = await here.end(first, stopped=False)
+        assert ended.finished
+        with pytest.raises(Exception, match="nothing to send"):
+            await there.begin(current={"list": "x"})
+        fresh = await there.begin(current={"list": "x"}, new_run=True)
+        assert fresh.id != first.id and [r.id for r in await here.runs()][-1] == fresh.id
+
+
+async def test_max_connections_are_shared_out_and_freed_with_the_lease(
+    pg_url: str, run: int
+) -> None:
+    url = LedgerUrl(pg_url)
+    async with (
+        await PgLedger.open(url, campaign="fencing", run=run) as a,
+        await PgLedger.open(url, campaign="fencing", run=run) as b,
+    ):
+        assert await a.reserve_connections(3, 4) == 3
+        assert await b.reserve_connections(3, 4) == 1  # what is left of the 4
+        async with await PgLedger.open(url, campaign="fencing", run=run) as c:
+            assert await c.reserve_connections(3, 4) == 0
+            _expire(pg_url, a.lease_id)  # a died: its connections are free once it expired
+            assert await c.reserve_connections(3, 4) == 3
+
+
+async def test_a_database_gone_for_too_long_stops_the_run_and_the_next_one_resumes(
+    make_campaign: CampaignFactory, pg_url: str, run: int, pg_server: PgServer
+) -> None:
+    count = 300
+    server = await FaultyServer(Faults(final_delay=0.01, final_delay_times=None)).start()
+    url = LedgerUrl(pg_url)
+    try:
+        path = plain_list_campaign(
+            make_campaign,
+            server.port,
+            [f"u{i}@example.com" for i in range(count)],
+            group_size=1,
+            concurrency=2,
+        )
+        campaign = await load_campaign(path, env={})
+        async with await PgLedger.open(
+            url, campaign="fencing", run=run, lease=3.0, outage=1.0
+        ) as ledger:
+            sending = asyncio.create_task(run_campaign(campaign, ledger=ledger))
+            while len(server.delivered) < 50:
+                await asyncio.sleep(0.01)
+            await asyncio.to_thread(pg_server.halt)
+            try:
+                with pytest.raises(JournalError, match="the ledger postgresql://"):
+                    await asyncio.wait_for(sending, 30)  # it stops: it does not hang
+            finally:
+                await asyncio.to_thread(pg_server.resume)
+        stopped_at = len(server.delivered)
+        assert stopped_at < count
+        # Back: the next run reaps what the stopped one held (its lease lapses) and sends
+        # the rest; nobody twice.
+        async with await PgLedger.open(url, campaign="fencing", run=run) as ledger:
+            await asyncio.wait_for(run_campaign(campaign, ledger=ledger), 60)
+            counts = await ledger.counts()
+    finally:
+        await server.stop()
+    received = Counter(server.delivered)
+    assert max(received.values()) == 1
+    assert counts[JournalState.ACCEPTED] + counts[JournalState.UNKNOWN] == count
+    assert counts[JournalState.UNKNOWN] <= 2  # at most one transaction per connection
