@@ -43,6 +43,7 @@ class RecipientResult:
     # Skipped because the run never got to it (it stopped early, or was not sent yet), not
     # for a reason of its own like a bad list row.
     untried: bool = False
+    relay: str = ""  # the relay that answered (read back from the ledger; "": none)
 
     def __str__(self) -> str:
         """One line, safe to print: control characters escaped, long texts shortened."""
@@ -56,14 +57,15 @@ class RecipientResult:
             "status": self.status.value,
             "code": self.code,
             "message": self.message,
+            "relay": self.relay,
         }
 
 
 # A row of a `ResultPage`: what a ledger reads back for one recipient.
-ResultRow = tuple[int, str, str, int | None, str, int, int]  # id, recipient, status, code,
-# message, attempts, untried (0 or 1)
+ResultRow = tuple[int, str, str, int | None, str, int, int, str]  # id, recipient, status,
+# code, message, attempts, untried (0 or 1), relay
 _STATUSES = {status.value: status for status in Status}
-_REPORT_COLUMNS = operator.itemgetter(1, 2, 3, 4)  # recipient, status, code, message
+_REPORT_COLUMNS = operator.itemgetter(1, 2, 3, 4, 7)  # recipient, status, code, message, relay
 _STATUS_COLUMN = operator.itemgetter(2)
 
 
@@ -113,14 +115,16 @@ class ResultPage(Sequence[RecipientResult]):
         accepted = Status.ACCEPTED.value
         return (_result(row) for row in self.rows if row[2] != accepted)
 
-    def report_rows(self) -> Iterator[tuple[str, str, int | None, str]]:
+    def report_rows(self) -> Iterator[tuple[str, str, int | None, str, str]]:
         """Each row as the report file's columns (`report.REPORT_FIELDS`)."""
         return map(_REPORT_COLUMNS, self.rows)
 
 
 def _result(row: ResultRow) -> RecipientResult:
-    _, recipient, status, code, message, attempts, untried = row
-    return RecipientResult(recipient, _STATUSES[status], code, message, attempts, bool(untried))
+    _, recipient, status, code, message, attempts, untried, relay = row
+    return RecipientResult(
+        recipient, _STATUSES[status], code, message, attempts, bool(untried), relay
+    )
 
 
 @dataclass(slots=True)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..attachments import Attachment, load_attachments
-from ..config import Campaign, Security
+from ..config import Campaign, RelaySettings, Security
 from ..html_body import MARKDOWN, inline_images, render_markdown
 from ..html_text import html_to_text
 from ..journal.files import journal_path
@@ -29,6 +29,8 @@ from ..smtp.session import Session, build_tls_context
 from ..transport import Transport
 from .dispatcher import Dispatcher
 from .loader import FIRST_BATCH, LOAD_BATCH, Loader
+from .policy import Retry
+from .relays import GIVEN, Relay, Relays
 
 if TYPE_CHECKING:  # jinja2 is imported only by campaigns that personalise (start-up time)
     from ..personalize import Personalizer
@@ -124,9 +126,9 @@ async def prepare_personalizer(campaign: Campaign) -> Personalizer | None:
     )
 
 
-async def smtp_transport(campaign: Campaign, options: RunOptions) -> SessionPool:
-    """The campaign's SMTP server as a transport: a pool of `concurrency` sessions."""
-    server = campaign.server
+async def smtp_transport(relay: RelaySettings, options: RunOptions) -> SessionPool:
+    """One relay's SMTP server as a transport: a pool of its `connections` sessions."""
+    server = relay.server
     tls_context = (
         await asyncio.to_thread(build_tls_context, server)  # reads files
         if server.security is not Security.NONE
@@ -134,9 +136,45 @@ async def smtp_transport(campaign: Campaign, options: RunOptions) -> SessionPool
     )
 
     def new_session() -> Session:
-        return Session(server, tls_context=tls_context, local_hostname=options.local_hostname)
+        return Session(
+            server,
+            tls_context=tls_context,
+            local_hostname=options.local_hostname,
+            relay=relay.name,
+        )
 
-    return SessionPool(new_session, size=campaign.connections)
+    return SessionPool(new_session, size=relay.connections)
+
+
+async def _relays(
+    campaign: Campaign,
+    options: RunOptions,
+    ledger: Ledger,
+    transport: Transport | None,
+    stack: contextlib.AsyncExitStack,
+) -> Relays:
+    """The campaign's relays, each with its transport (closed with `stack`); a `transport`
+    given (a dry run) is the one relay, named ``dry run``, without limits of its own."""
+    retry = Retry(campaign)
+    if transport is not None:
+        settings = [
+            RelaySettings(name=GIVEN, server=campaign.server, concurrency=campaign.connections)
+        ]
+        transports = [transport]
+    else:
+        settings = list(campaign.relays)
+        transports = []
+        for relay in settings:
+            pool = await smtp_transport(relay, options)
+            stack.push_async_callback(pool.close)
+            transports.append(pool)
+    return Relays(
+        [
+            Relay(s, t, campaign=campaign, ledger=ledger, deadline=retry.deadline)
+            for s, t in zip(settings, transports, strict=True)
+        ],
+        options.stop,
+    )
 
 
 async def run_campaign(
@@ -177,8 +215,6 @@ async def run_campaign(
                     path, msgid_domain=campaign.sender.domain, sync=campaign.journal_sync.value
                 )
             )
-        if transport is None:
-            transport = await smtp_transport(campaign, options)
         loader = Loader(
             campaign,
             ledger,
@@ -198,24 +234,21 @@ async def run_campaign(
             if loader.bad:
                 await observer.results(list(loader.bad))  # a copy: the list grows
             loader.go_on(observer, expected)
-            dispatcher = Dispatcher(
-                campaign=campaign,
-                template=template,
-                personalizer=personalizer,
-                ledger=ledger,
-                transport=transport,
-                workers=campaign.connections,
-                observer=observer,
-                report=report,
-                loader=loader,
-                stop=options.stop,
-                limit=options.limit,
-                quota_used=options.quota_used,
-            )
-            try:
-                await dispatcher.run()
-            finally:
-                await transport.close()
+            async with contextlib.AsyncExitStack() as transports:
+                relays = await _relays(campaign, options, ledger, transport, transports)
+                if transport is not None:
+                    transports.push_async_callback(transport.close)
+                await _dispatch(
+                    campaign,
+                    template=template,
+                    personalizer=personalizer,
+                    ledger=ledger,
+                    relays=relays,
+                    observer=observer,
+                    report=report,
+                    loader=loader,
+                    options=options,
+                )
             await loader.finish()
         finally:
             await loader.cancel()
@@ -223,6 +256,36 @@ async def run_campaign(
         report.list_read_to = loader.read_to
         await _fill_report(ledger, report, observer)
     return report
+
+
+async def _dispatch(
+    campaign: Campaign,
+    *,
+    template: MessageTemplate,
+    personalizer: Personalizer | None,
+    ledger: Ledger,
+    relays: Relays,
+    observer: Observer,
+    report: CampaignReport,
+    loader: Loader,
+    options: RunOptions,
+) -> None:
+    """Run the dispatcher over the relays."""
+    dispatcher = Dispatcher(
+        campaign=campaign,
+        template=template,
+        personalizer=personalizer,
+        ledger=ledger,
+        relays=relays,
+        workers=sum(r.settings.connections for r in relays.relays),
+        observer=observer,
+        report=report,
+        loader=loader,
+        stop=options.stop,
+        limit=options.limit,
+        quota_used=options.quota_used,
+    )
+    await dispatcher.run()
 
 
 async def _fill_report(ledger: Ledger, report: CampaignReport, observer: Observer) -> None:

@@ -42,10 +42,11 @@ class DailyQuota:
     """`daily_quota` recipients per calendar day (local time), counted in the ledger so it
     holds across runs. Checked and counted in one step, so workers cannot overshoot it."""
 
-    def __init__(self, limit: int, ledger: Ledger, *, elsewhere: int = 0) -> None:
+    def __init__(self, limit: int, ledger: Ledger, *, elsewhere: int = 0, key: str = "") -> None:
         self.limit = limit
         self.ledger = ledger
         self.elsewhere = elsewhere  # tried today by the campaign's earlier runs
+        self.key = key  # after the day in the ledger's count: a relay's own (``@name``)
         self.day = ""
         self.used = 0
 
@@ -54,7 +55,9 @@ class DailyQuota:
 
     async def load(self) -> None:
         self.day = time.strftime("%Y-%m-%d")
-        self.used = await self.ledger.sent_on(self.day) + self.elsewhere if self.limit else 0
+        self.used = (
+            await self.ledger.sent_on(self.day + self.key) + self.elsewhere if self.limit else 0
+        )
 
     def take(self, count: int) -> bool:
         """Count `count` recipients against today's quota; False (nothing counted) when they
@@ -67,14 +70,14 @@ class DailyQuota:
         if self.used + count > self.limit:
             return False
         self.used += count
-        self.ledger.count_sent(self.day, count)
+        self.ledger.count_sent(self.day + self.key, count)
         return True
 
     def give_back(self, count: int) -> None:
         """Recipients counted by `take()` that were not sent after all."""
         if self.limit and count:
             self.used -= count
-            self.ledger.count_sent(self.day, -count)
+            self.ledger.count_sent(self.day + self.key, -count)
 
 
 class MessageLimit:

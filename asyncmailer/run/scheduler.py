@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from ..ledger import Ledger, WorkItem
@@ -46,8 +46,18 @@ class Scheduler:
     The buffer is topped up ahead, once it is down to half a batch: a claim is a commit, and
     every connection that ran dry meanwhile would stand idle (docs/design.md: claim ahead)."""
 
-    def __init__(self, ledger: Ledger, batch: int, stop: asyncio.Event, loader: LoadState) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        batch: int,
+        stop: asyncio.Event,
+        loader: LoadState,
+        split: Callable[[WorkItem], list[WorkItem]] | None = None,
+    ) -> None:
         self.ledger = ledger
+        # A claimed group as the transactions it makes: one per relay its recipients are
+        # routed to (`relays.Relays.split`); None: each group is one.
+        self.split = split
         self.loader = loader
         self.batch = batch
         self.stop = stop
@@ -74,6 +84,8 @@ class Scheduler:
     async def _claim(self, limit: int) -> list[WorkItem]:
         claimed = await self.ledger.claim(limit, time.time())
         self._full = len(claimed) >= limit
+        if self.split is not None:
+            return [part for item in claimed for part in self.split(item)]
         return claimed
 
     async def _claim_ahead(self) -> None:

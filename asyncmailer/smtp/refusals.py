@@ -13,7 +13,15 @@ from enum import StrEnum
 
 from aiosmtplib import SMTPResponse, SMTPStatus
 
-__all__ = ["Scope", "Stage", "enhanced_code", "names_sender", "scope_of", "scope_of_rcpts"]
+__all__ = [
+    "Scope",
+    "Stage",
+    "enhanced_code",
+    "is_throttling",
+    "names_sender",
+    "scope_of",
+    "scope_of_rcpts",
+]
 
 # "Sender address rejected", "sender blocked", "sender domain refused": not "known senders".
 _SENDER_REFUSED = re.compile(
@@ -116,3 +124,16 @@ def names_sender(reply: SMTPResponse, sender: str) -> bool:
         return False
     text = reply.message.lower()
     return sender.lower() in text or _SENDER_REFUSED.search(text) is not None
+
+
+def is_throttling(code: int | None, text: str) -> bool:
+    """A reply that says "slower" rather than "no": 421 (closing, a server's own limits), 451
+    (try again later: rate limits, greylisting) and any temporary policy code (4.7.x, such
+    as Gmail's 421 4.7.28 or Postfix's 450 4.7.1 rate limit). What adaptive throttling
+    (`run.throttle`) cuts the rate on."""
+    if code is None or not 400 <= code < 500:
+        return False
+    if code in (SMTPStatus.domain_unavailable, 451):
+        return True
+    detail = enhanced_code(text)
+    return detail is not None and detail[:2] == (4, 7)

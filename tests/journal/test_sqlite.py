@@ -83,7 +83,7 @@ async def test_an_address_from_an_earlier_load_is_not_a_duplicate_nor_sent_again
         await journal.end_load()
         (item,) = await journal.claim(10, now=0.0)
         journal.record(
-            [Decision(JournalState.ACCEPTED, 250, "ok", 1, 0.0, 0.0, i) for i in item.ids]
+            [Decision(JournalState.ACCEPTED, 250, "ok", 1, 0.0, 0.0, "", i) for i in item.ids]
         )
     async with await Journal.open(path) as journal:
         await journal.begin_load()
@@ -243,7 +243,7 @@ async def test_results_go_as_runs_and_each_row_gets_its_own(tmp_path: Path) -> N
     # A transaction's decisions are mostly alike but for the id: they are written as runs
     # (the fields once, then the ids), and every row still ends up with its own decision.
     def decision(state: JournalState, code: int, tried: int, next_try: float, i: int) -> Decision:
-        return Decision(state, code, f"text {code}", tried, 100.0 + code, next_try, i)
+        return Decision(state, code, f"text {code}", tried, 100.0 + code, next_try, "", i)
 
     async with await Journal.open(tmp_path / "j.sqlite") as journal:
         await journal.begin_load()
@@ -290,9 +290,9 @@ async def test_a_claim_gives_a_groups_recipients_in_the_lists_order(tmp_path: Pa
         due = {item.ids[0]: 5.0, item.ids[1]: 3.0, item.ids[2]: 4.0, item.ids[4]: 3.5}
         journal.record(
             [
-                Decision(JournalState.DEFERRED, 451, "later", 1, 1.0, due[i], i)
+                Decision(JournalState.DEFERRED, 451, "later", 1, 1.0, due[i], "", i)
                 if i in due
-                else Decision(JournalState.ACCEPTED, 250, "ok", 1, 1.0, 0.0, i)
+                else Decision(JournalState.ACCEPTED, 250, "ok", 1, 1.0, 0.0, "", i)
                 for i in item.ids
             ]
         )
