@@ -65,6 +65,7 @@ class Relay:
         self.gone: DeliveryError | None = None  # out for what would stop a one-relay run
         self.spent = False  # its own daily quota is reached: out until tomorrow
         self.sent = 0  # messages accepted through it in this run
+        self.started = 0  # messages begun through it in this run
         self.current = 0.0  # smooth weighted round robin's running weight
 
     def __repr__(self) -> str:
@@ -86,7 +87,8 @@ class Relays:
     to the relays without `domains`, by `weight` (smooth weighted round robin: deterministic,
     and every relay gets its share within a few messages). When every relay a transaction
     may use is out of rotation, its work goes to their `fallback` relays in order, then to
-    any relay in rotation. `acquire` waits while every relay is out for a while or busy.
+    any relay in rotation. `acquire` waits while the relay chosen is busy, or every relay
+    is out for a while.
     """
 
     def __init__(self, relays: Sequence[Relay], stop: asyncio.Event) -> None:
@@ -151,31 +153,34 @@ class Relays:
         return list(dict.fromkeys(order))
 
     def pick(self, item: WorkItem) -> Relay | None:
-        """A relay in rotation with a free connection slot for `item`, or None.
+        """The relay in rotation that `item` goes through, or None: none is.
 
-        Among the preferred group (its domain's relay, or the default ones), by weight; past
-        it, the first in fallback order. A relay in rotation without a free slot holds the
-        item back rather than passing it on (it is only busy)."""
+        Among the preferred ones (its domain's relay, or the default ones), by weight; when
+        every one of them is out, the first in rotation in fallback order."""
         now = time.time()
         home = self.route(item.recipients[0].addr) if item.recipients else None
         first = [home] if home is not None else self.default
         up = [r for r in first if r.in_rotation(now)]
         if up:
-            free = [r for r in up if r.has_slot]
-            return _weighted(free) if free else None
+            return _weighted(up)
         for relay in self.candidates(item):
             if relay.in_rotation(now):
-                return relay if relay.has_slot else None
+                return relay
         return None
 
     async def acquire(self, item: WorkItem) -> Relay | None:
-        """Wait for a relay that can carry `item` now and take one of its connection slots
-        (give it back with `release`). None when the run stops, or when no relay is left."""
+        """Wait for a connection slot on the relay `item` goes through, and take it (give it
+        back with `release`). The relay is chosen once and waited for while it is busy (so
+        the weights hold whatever the relays' speeds), chosen again if it goes out of
+        rotation meanwhile. None when the run stops, or when no relay is left."""
+        chosen: Relay | None = None
         while not self.stop.is_set():
-            relay = self.pick(item)
-            if relay is not None:
-                relay.busy += 1
-                return relay
+            if chosen is None or not chosen.in_rotation():
+                chosen = self.pick(item)
+            if chosen is not None and chosen.has_slot:
+                chosen.busy += 1
+                chosen.started += 1
+                return chosen
             if all(r.gone is not None or r.spent for r in self.relays):
                 return None
             now = time.time()
@@ -186,17 +191,24 @@ class Relays:
 
     def may_follow(self, relay: Relay, item: WorkItem) -> bool:
         """May `item` be pipelined on a connection of `relay`? When it goes there: its
-        domain's relay, or one of the default ones whose turn it is (so that long pipelined
-        chains keep to the weights)."""
+        domain's relay, or a default one that has not had more than its weight's share of
+        the messages begun (so that long pipelined chains keep to the weights)."""
         home = self.route(item.recipients[0].addr) if item.recipients else None
         if home is not None:
             return home is relay
         if relay not in self.default:
             return False
         up = [r for r in self.default if r.in_rotation()]
-        if len(up) < 2 or len({r.settings.weight for r in up}) == 1:
-            return True  # alike: chains on every relay's connections share the work evenly
-        return _weighted(up) is relay
+        if relay not in up:
+            return False
+        if len(up) < 2:
+            return True
+        weights = sum(r.settings.weight for r in up)
+        started = sum(r.started for r in up)
+        if relay.started * weights <= (started + 1) * relay.settings.weight:
+            relay.started += 1
+            return True
+        return False
 
     def release(self, relay: Relay) -> None:
         relay.busy -= 1

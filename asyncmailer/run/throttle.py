@@ -21,6 +21,7 @@ RATE_STEP = 1.0  # messages/s added per second of accepted messages at the curre
 FLOOR = 0.5  # messages/s: never slower (a relay that throttles everything still gets tries)
 CONNECTION_EVERY = 20  # accepted messages per connection added back, after a refusal
 _WINDOW = 1.0  # seconds over which the rate actually sent is seen, before any throttling
+_SPAN = 0.05  # seconds: the shortest time a rate is taken over (the first messages of a run)
 
 
 class Throttle:
@@ -98,7 +99,10 @@ class Throttle:
         self._accepted = 0
 
     def _sent_rate(self) -> float:
-        """Messages started over the last `_WINDOW` seconds, per second."""
+        """Messages started per second over the last `_WINDOW` seconds (or since the first
+        of them, early in a run, but over at least `_SPAN`)."""
         now = asyncio.get_running_loop().time()
         recent = [t for t in self._started if t >= now - _WINDOW]
-        return max(len(recent) / _WINDOW, FLOOR)
+        if not recent:
+            return FLOOR
+        return max(len(recent) / max(now - recent[0], _SPAN), FLOOR)
