@@ -529,8 +529,10 @@ class _EntryFields(_Fields):
         self.before = before  # the earlier entries
 
     def error(self, key: str, reason: str) -> ConfigError:
-        lines = [n for n in _key_lines(self.text, key) if n > self.anchor]
-        earlier = sum(1 for entry in self.before if isinstance(entry, dict) and key in entry)
+        # A key the entry lacks (a required one): the line of its first key.
+        written = key if key in self.data or not self.data else str(next(iter(self.data)))
+        lines = [n for n in _key_lines(self.text, written) if n > self.anchor]
+        earlier = sum(1 for entry in self.before if isinstance(entry, dict) and written in entry)
         line = lines[earlier] if earlier < len(lines) else self.anchor or None
         return ConfigError(reason, path=self.path, line=line, field=f"{self.prefix}.{key}")
 
