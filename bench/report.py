@@ -32,6 +32,9 @@ class Row:
     tls_server_cpu_seconds: float | None = None
     tls_client_cpu_seconds: float | None = None  # smtp-source's client leg
     tls_session: str | None = None
+    # The adaptive-throttling row: the sink's 421 replies, and the rate it settled at.
+    throttled: int | None = None
+    settled_per_s: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -182,7 +185,11 @@ def _row(
             conc,
             tls,
         )
-        return same and (sender != ASYNCMAILER or case.pipelining is True)
+        return (
+            same
+            and not case.throttle  # adaptive throttling's row measures something else
+            and (sender != ASYNCMAILER or case.pipelining is True)
+        )
 
     return _find(rows, match)
 

@@ -134,6 +134,7 @@ class CampaignSpec:
     pipelining: bool
     group_size: int
     tls_ca_file: Path | None = None  # given: implicit TLS (security: ssl), verified against it
+    rate: float | None = None  # the campaign's `rate`, messages/s
 
 
 def write_campaign(folder: Path, name: str, body_file: Path, spec: CampaignSpec) -> Path:
@@ -155,6 +156,8 @@ def write_campaign(folder: Path, name: str, body_file: Path, spec: CampaignSpec)
     }
     if spec.tls_ca_file:
         campaign["tls_ca_file"] = str(spec.tls_ca_file)  # tls_verify stays at its default, true
+    if spec.rate:
+        campaign["rate"] = spec.rate
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(campaign, sort_keys=False), encoding="utf-8")
     return path
