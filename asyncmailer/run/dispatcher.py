@@ -25,7 +25,6 @@ from .limits import DailyQuota, MessageLimit, RateLimiter
 from .policy import MAX_RETRY_DELAY, Retry, decide, later, stops_the_run, unsent
 from .relays import Relay, Relays
 from .scheduler import LoadState, Scheduler
-from .throttle import FLOOR
 
 if TYPE_CHECKING:  # jinja2 is imported only by campaigns that personalise (start-up time)
     from ..personalize import Personalizer
@@ -217,28 +216,21 @@ class Dispatcher:
             return
         self.relays.take_out(relay, time.time() + delay)
 
-    def _slow_down(self, relay: Relay, epoch: int) -> bool:
-        """A throttling reply (421, 451, 4.7.x) to a transaction begun in `epoch`: the relay's
-        rate is cut (once per epoch). True while the rate is above its floor: the throttle
-        answers it, not the pause."""
-        relay.throttle.throttled(epoch)
-        rate = relay.throttle.rate
-        return rate is not None and rate > FLOOR
-
     async def _refused(
-        self, item: WorkItem, refusal: RefusedError, relay: Relay, *, slowed: bool = False
+        self, item: WorkItem, refusal: RefusedError, relay: Relay, *, echo: bool = False
     ) -> None:
         """The server refused the sender or the session: the recipients go back to pending,
         untried (also past DATA: the server answered the final "." with the refusal, so the
         message was not taken). A permanent refusal takes the relay out (the run stops when
-        it was the last); temporary ones may pause it (`Pause`): out of rotation a while,
-        unless `slowed`: a throttling reply the relay's rate was cut for."""
+        it was the last); temporary ones may pause it (`Pause`): out of rotation a while.
+        An `echo` (a throttling reply to a transaction begun before the relay's rate was
+        last cut: the overshoot already answered) is not counted."""
         self._uncount(item, relay=relay)
         self.ledger.record(unsent(item, f"not sent: {refusal}"))
         if not refusal.temporary:
             self._lost(relay, refusal)
             return
-        if slowed:
+        if echo:
             return
         wait = relay.pause.hit()
         if wait is None:  # it went on for longer than retry_max_age
@@ -413,12 +405,11 @@ class Dispatcher:
                 if sent.refusal is not None:
                     # The server's own text is at the end of the refusal's: "... 421 4.7.0 ...".
                     text = str(sent.refusal).rpartition(f": {sent.refusal.code} ")[2]
-                    slowed = is_throttling(sent.refusal.code, text) and self._slow_down(
-                        relay, epoch
-                    )
-                    if slowed:
+                    echo = False
+                    if is_throttling(sent.refusal.code, text):
+                        echo = not relay.throttle.throttled(epoch)
                         await self._tell(relay)
-                    await self._refused(item, sent.refusal, relay, slowed=slowed)
+                    await self._refused(item, sent.refusal, relay, echo=echo)
                     if nxt is not None:
                         # Begun on this connection or not, unsent.
                         relay.quota.give_back(len(nxt.recipients))

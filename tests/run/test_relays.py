@@ -220,3 +220,19 @@ async def test_a_permanent_sender_refusal_of_one_relay_moves_its_work(
     report, journal = await send(path)
     assert report.fatal is None and journal == Counter(accepted=len(LIST))
     assert sorted(quota.delivered + b.delivered) == LIST and len(quota.delivered) == 3
+
+
+async def test_a_relay_that_keeps_saying_later_is_slowed_then_paused_and_the_other_carries(
+    relays: StartRelay, make_campaign: CampaignFactory
+) -> None:
+    # A temporary refusal of every MAIL FROM: not a stop even with one relay; with two, the
+    # relay slows (a throttling reply), then pauses out of rotation, and its work moves.
+    later = await relays(mail_reply="451 4.7.1 Try again later", mail_reply_times=None)
+    b = await relays()
+    path = relay_campaign(make_campaign, [entry("later", later), entry("b", b)], LIST)
+    started = asyncio.get_running_loop().time()
+    report, journal = await send(path)
+    assert report.fatal is None and journal == Counter(accepted=len(LIST))
+    assert later.messages == [] and sorted(b.delivered) == LIST
+    assert all(r.attempts == 1 for r in report.results)  # the refusals were no tries
+    assert asyncio.get_running_loop().time() - started < 20
