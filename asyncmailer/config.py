@@ -659,7 +659,7 @@ RELAY_KEYS = frozenset(
         "fallback",
     }
 )
-_NOT_WITH_SERVERS = (SERVER_KEYS | {"concurrency", "max_connections"}) - {"allow_plaintext"}
+_NOT_WITH_SERVERS = SERVER_KEYS | {"concurrency", "max_connections"}
 
 
 def _unknown_key(key: object) -> str:
@@ -985,7 +985,7 @@ async def _relays(
     entries = fields.data["servers"]
     if not isinstance(entries, list) or not entries:
         raise fields.error("servers", "expected a list of servers, each a mapping of keys")
-    for key in _NOT_WITH_SERVERS:
+    for key in sorted(_NOT_WITH_SERVERS):
         if fields.present(key):
             raise fields.error(key, "goes in each entry of servers: (it is per relay)")
     notices: list[str] = []
