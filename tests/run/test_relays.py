@@ -236,3 +236,21 @@ async def test_a_relay_that_keeps_saying_later_is_slowed_then_paused_and_the_oth
     assert later.messages == [] and sorted(b.delivered) == LIST
     assert all(r.attempts == 1 for r in report.results)  # the refusals were no tries
     assert asyncio.get_running_loop().time() - started < 20
+
+
+async def test_a_relay_without_starttls_is_out_and_nothing_goes_to_it_in_clear(
+    relays: StartRelay, make_campaign: CampaignFactory, tmp_path: Path
+) -> None:
+    stripped = await relays()  # offers no STARTTLS
+    b = await relays()
+    secret = {"password_file": "reliances/your_pswd.txt"}
+    servers = [entry("stripped", stripped, security="starttls", **secret), entry("b", b)]
+    path = relay_campaign(make_campaign, servers, LIST[:10])
+    code, _, err = await run_cli("-c", str(path), "--report", "r.csv", cwd=tmp_path)
+    assert code == 0, err
+    assert "via stripped (127.0.0.1:" in err and ", b (127.0.0.1:" in err
+    assert stripped.auth_lines == [] and stripped.messages == []
+    assert PASSWORD.encode() not in bytes(stripped.plaintext)
+    rows = (tmp_path / "r.csv").read_text().splitlines()
+    assert rows[0] == "recipient,status,code,message,relay"
+    assert sorted(rows[1:]) == [f"{r},accepted,250,2.0.0 queued,b" for r in LIST[:10]]
