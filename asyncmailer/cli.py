@@ -35,6 +35,7 @@ from .config import (
     DEFAULT_CONFIG,
     PASSWORD_ENV,
     Campaign,
+    ServerSettings,
     campaign_identity,
     campaign_ledger,
     load_campaign,
@@ -741,19 +742,13 @@ async def _run_once(
     already watches them). `ledger` opens a shared ledger (else the campaign's journal is
     used). Returns the exit code."""
     writer = ReportWriter(args.report) if args.report else None
-    server = campaign.server
-    login = f" as {server.username}" if server.username else " without AUTH"
     target = plural(len(campaign.recipients), "recipient")
     if campaign.recipients_file is not None:
         target = f"the list {campaign.recipients_file}" + (
             f" and {target}" if campaign.recipients else ""
         )
     if not args.quiet:
-        print(
-            f"asyncmailer: sending to {target} via {server.address} "
-            f"({server.security.value}{login})",
-            file=sys.stderr,
-        )
+        print(f"asyncmailer: sending to {target} via {_relays(campaign)}", file=sys.stderr)
         if own := _own_headers(campaign):
             print(
                 f"asyncmailer: one recipient per message: each carries its own {own}",
@@ -824,9 +819,13 @@ async def _run_once(
                 return EXIT_INTERRUPTED
         return EXIT_SERVER
     if report.quota_reached:
+        quota = (
+            f"daily quota of {campaign.daily_quota} recipients"
+            if campaign.daily_quota
+            else "daily quota of every relay"
+        )
         print(
-            f"asyncmailer: daily quota of {campaign.daily_quota} recipients reached; run the "
-            "same command again tomorrow to go on",
+            f"asyncmailer: {quota} reached; run the same command again tomorrow to go on",
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
@@ -1020,6 +1019,21 @@ async def _summarise(
         )
     else:
         print(f"summary written to {path}", file=out)
+
+
+def _relays(campaign: Campaign) -> str:
+    """``127.0.0.1:465 (ssl as me@example.com)``; with several relays, each by its name."""
+
+    def one(server: ServerSettings) -> str:
+        login = f" as {server.username}" if server.username else " without AUTH"
+        return f"({server.security.value}{login})"
+
+    if len(campaign.relays) <= 1:
+        return f"{campaign.server.address} {one(campaign.server)}"
+    return ", ".join(
+        f"{relay.name} ({relay.server.address}, {one(relay.server)[1:-1]})"
+        for relay in campaign.relays
+    )
 
 
 def _partial(path: Path) -> Path:

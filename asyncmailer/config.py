@@ -40,10 +40,12 @@ __all__ = [
     "DEFAULT_CONFIG",
     "DKIM_BY_RELAY",
     "PASSWORD_ENV",
+    "SERVER_KEYS",
     "AuthMethod",
     "Campaign",
     "DkimSettings",
     "JournalSync",
+    "RelaySettings",
     "Secret",
     "Security",
     "ServerSettings",
@@ -139,6 +141,29 @@ class ServerSettings:
         return f"{self.host}:{self.port}"
 
 
+@dataclass(frozen=True, kw_only=True)
+class RelaySettings:
+    """One relay of the campaign: its server and its own limits and routing (an entry of
+    `servers:`, or the single-server keys as the one relay)."""
+
+    name: str  # for reports and the progress line (default host:port)
+    server: ServerSettings
+    concurrency: int = 4
+    max_connections: int | None = None
+    rate: float | None = None  # this relay's ceiling, messages per second (None: none)
+    daily_quota: int = 0  # recipients a day through this relay (0: no limit)
+    weight: int = 1  # share of the work not routed by domain
+    domains: tuple[str, ...] = ()  # recipient domains routed to this relay (lower case)
+    fallback: tuple[str, ...] = ()  # relays that take its work when it is out, in order
+
+    @property
+    def connections(self) -> int:
+        """How many connections to this relay may be open at once."""
+        if self.max_connections is None:
+            return self.concurrency
+        return min(self.concurrency, self.max_connections)
+
+
 DKIM_BY_RELAY: Literal["relay"] = "relay"  # `dkim: relay`: the relay signs, not asyncmailer
 
 
@@ -177,7 +202,8 @@ class Campaign:
     message_file: Path
     attachments_dir: Path | None
     text_file: Path | None = None
-    server: ServerSettings
+    server: ServerSettings  # the first relay's (the only one without `servers:`)
+    relays: tuple[RelaySettings, ...] = ()
     follow_symlinks: bool = False
     concurrency: int = 4
     recipients_file: Path | None = None
@@ -223,7 +249,9 @@ class Campaign:
 
     @property
     def connections(self) -> int:
-        """How many connections (and so transactions) may be open at once."""
+        """How many connections (and so transactions) may be open at once, over every relay."""
+        if self.relays:
+            return sum(relay.connections for relay in self.relays)
         if self.max_connections is None:
             return self.concurrency
         return min(self.concurrency, self.max_connections)
@@ -523,6 +551,32 @@ class _Fields:
 _ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
+class _EntryFields(_Fields):
+    """The keys of one entry of a list of mappings (`servers[2]`): errors name the key as
+    ``servers[2].port`` and the line where that entry writes it.
+
+    The line is found without a parser that keeps positions: the key's occurrences after the
+    list's own key, counted past the earlier entries that also write it (an entry's keys are
+    written in order, in JSON and in YAML)."""
+
+    def __init__(
+        self, data: Mapping[str, Any], parent: _Fields, key: str, index: int, before: list[Any]
+    ) -> None:
+        super().__init__(data, parent.text, parent.path)
+        self.parent = parent
+        self.prefix = f"{key}[{index}]"
+        self.anchor = _key_line(parent.text, key) or 0
+        self.before = before  # the earlier entries
+
+    def error(self, key: str, reason: str) -> ConfigError:
+        # A key the entry lacks (a required one): the line of its first key.
+        written = key if key in self.data or not self.data else str(next(iter(self.data)))
+        lines = [n for n in _key_lines(self.text, written) if n > self.anchor]
+        earlier = sum(1 for entry in self.before if isinstance(entry, dict) and written in entry)
+        line = lines[earlier] if earlier < len(lines) else self.anchor or None
+        return ConfigError(reason, path=self.path, line=line, field=f"{self.prefix}.{key}")
+
+
 def _until(text: str, timezone: ZoneInfo) -> datetime:
     try:
         when = datetime.fromisoformat(text)
@@ -590,6 +644,9 @@ KNOWN_KEYS: dict[str, str] = {
     "max_connections": "cap on simultaneous connections (default: concurrency)",
     "daily_quota": "at most this many recipients a day, across runs (default 0: no limit)",
     "connect_timeout": "seconds to connect, greet, secure and log in (default 30)",
+    "servers": "several relays: a list of {name, host, port, security, username, "
+    "password_file, ..., concurrency, max_connections, rate, daily_quota, weight, domains, "
+    "fallback} (instead of the single-server keys)",
     "data_timeout": "seconds to wait for the reply to the final '.' (default 600, RFC 5321), "
     "plus one per 64 KiB of message",
     "state_dir": "folder for the campaign journal (default .asyncmailer beside reliances/)",
@@ -618,6 +675,44 @@ KNOWN_KEYS: dict[str, str] = {
     "journal_sync": "full (default): each journal commit is on disk before the final '.'; "
     "normal: faster, survives a crash of asyncmailer but not a power cut",
 }
+
+
+# The keys of one server: read by `_server_settings`, at the top level of a one-relay
+# campaign or in each entry of `servers:`.
+SERVER_KEYS = frozenset(
+    {
+        "host",
+        "port",
+        "security",
+        "allow_plaintext",
+        "username",
+        "password_file",
+        "tls_ca_file",
+        "tls_verify",
+        "timeout",
+        "pipelining",
+        "max_messages_per_connection",
+        "connect_timeout",
+        "data_timeout",
+        "auth",
+        "token_file",
+        "token_command",
+    }
+)
+# A relay's own limits and routing, besides its server's keys (an entry of `servers:`).
+RELAY_KEYS = frozenset(
+    {
+        "name",
+        "concurrency",
+        "max_connections",
+        "rate",
+        "daily_quota",
+        "weight",
+        "domains",
+        "fallback",
+    }
+)
+_NOT_WITH_SERVERS = SERVER_KEYS | {"concurrency", "max_connections"}
 
 
 def _unknown_key(key: object) -> str:
@@ -931,7 +1026,21 @@ async def load_campaign(
     if attachments_dir is not None and not await aiofiles.os.path.isdir(attachments_dir):
         raise fields.error("attachments", f"folder not found: {attachments_dir}")
 
-    server, notices = await _server_settings(fields, root, sender, env)
+    if fields.present("servers"):
+        relays, notices = await _relays(fields, root, sender)
+        server = relays[0].server
+    else:
+        server, notices = await _server_settings(fields, root, sender, env)
+        relays = (
+            RelaySettings(
+                name=server.address,
+                server=server,
+                concurrency=fields.get_int("concurrency", 4, 1, 1000),
+                max_connections=fields.get_int("max_connections", 0, 1, 1000)
+                if fields.present("max_connections")
+                else None,
+            ),
+        )
     dkim = await _dkim(fields, root, key_notices)
     suppression_file = fields.get_path("suppression_file", root)
     if suppression_file is not None:
@@ -950,6 +1059,7 @@ async def load_campaign(
         text_file=text_file,
         follow_symlinks=fields.get_bool("follow_symlinks", False),
         server=server,
+        relays=relays,
         concurrency=fields.get_int("concurrency", 4, 1, 1000),
         recipients_file=recipients_file,
         recipients_column=fields.get_str("recipients_column", "email") or "email",
@@ -1036,9 +1146,115 @@ def _ledger(fields: _Fields, env: Mapping[str, str]) -> LedgerUrl | None:
         raise fields.error("ledger", str(err)) from None
 
 
+async def _relays(
+    fields: _Fields, root: Path, sender: Mailbox
+) -> tuple[tuple[RelaySettings, ...], list[str]]:
+    """`servers:`: each entry's server read by `_server_settings` (the same keys and checks
+    as a one-relay campaign's), plus its limits and routing.
+
+    :raises ConfigError: naming ``servers[N].key`` and its line.
+    """
+    entries = fields.data["servers"]
+    if not isinstance(entries, list) or not entries:
+        raise fields.error("servers", "expected a list of servers, each a mapping of keys")
+    for key in sorted(_NOT_WITH_SERVERS):
+        if fields.present(key):
+            raise fields.error(key, "goes in each entry of servers: (it is per relay)")
+    notices: list[str] = []
+    relays: list[RelaySettings] = []
+    seen_domains: dict[str, str] = {}
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise fields.error("servers", f"servers[{index}]: expected a mapping of keys")
+        part = _EntryFields(entry, fields, "servers", index, entries[:index])
+        for key in entry:
+            if key not in SERVER_KEYS | RELAY_KEYS:
+                known = ", ".join(sorted(SERVER_KEYS | RELAY_KEYS))
+                raise part.error(str(key), f"unknown key in a server (known: {known})")
+        if not part.present("host"):
+            raise part.error("host", "required in each server: its host name or address")
+        # No environment password here: one variable cannot hold several relays' passwords.
+        server, more = await _server_settings(part, root, sender, {}, legacy_password=False)
+        notices.extend(more)
+        name = part.get_str("name", server.address, header=True) or server.address
+        if any(relay.name == name for relay in relays):
+            raise part.error("name", f"another server is already named {_quote(name)}")
+        domains = _domains(part)
+        for domain in domains:
+            if domain in seen_domains:
+                raise part.error(
+                    "domains", f"{domain} is already routed to {_quote(seen_domains[domain])}"
+                )
+            seen_domains[domain] = name
+        relays.append(
+            RelaySettings(
+                name=name,
+                server=server,
+                concurrency=part.get_int("concurrency", 4, 1, 1000),
+                max_connections=part.get_int("max_connections", 0, 1, 1000)
+                if part.present("max_connections")
+                else None,
+                rate=part.get_rate("rate"),
+                daily_quota=part.get_int("daily_quota", 0, 0, 100_000_000),
+                weight=part.get_int("weight", 1, 0, 1000),
+                domains=domains,
+                fallback=_names(part, "fallback"),
+            )
+        )
+    names = {relay.name for relay in relays}
+    for index, relay in enumerate(relays):
+        part = _EntryFields(entries[index], fields, "servers", index, entries[:index])
+        for other in relay.fallback:
+            if other not in names or other == relay.name:
+                raise part.error(
+                    "fallback", f"{_quote(other)} names no other server (names: {', '.join(names)})"
+                )
+    if not any(relay.weight for relay in relays if not relay.domains) and not all(
+        relay.domains for relay in relays
+    ):
+        raise fields.error(
+            "servers", "every server without domains has weight 0: none takes the rest"
+        )
+    return tuple(relays), notices
+
+
+def _domains(fields: _Fields) -> tuple[str, ...]:
+    """`domains: [gmail.com, googlemail.com]`: lower-cased, IDNA for non-ASCII ones."""
+    found = []
+    for value in _names(fields, "domains"):
+        # IDNA 2008, as the recipients' own domains are read (their keys are compared).
+        try:
+            domain = parse_mailbox(f"postmaster@{value.strip().rstrip('.')}").domain.lower()
+        except ValueError:
+            raise fields.error("domains", f"not a domain: {_quote(value)}") from None
+        if "." not in domain:
+            raise fields.error("domains", f"not a domain: {_quote(value)}")
+        found.append(domain)
+    return tuple(found)
+
+
+def _names(fields: _Fields, key: str) -> tuple[str, ...]:
+    """A list of strings, or one string."""
+    value = fields.data.get(key)
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise fields.error(key, "expected a list of names")
+    return tuple(value)
+
+
 async def _server_settings(
-    fields: _Fields, root: Path, sender: Mailbox, env: Mapping[str, str]
+    fields: _Fields,
+    root: Path,
+    sender: Mailbox,
+    env: Mapping[str, str],
+    *,
+    legacy_password: bool = True,
 ) -> tuple[ServerSettings, list[str]]:
+    """The server keys (`SERVER_KEYS`) of `fields`: the campaign's top level, or one entry
+    of `servers:` (then without the legacy reliances/your_pswd.txt default)."""
     notices: list[str] = []
     host = fields.get_str("host")
     if host is not None and (not host.strip() or check_header_value(host)):
@@ -1096,9 +1312,12 @@ async def _server_settings(
         more = []
     else:
         explicit = fields.present("password_file")
-        password_file = fields.get_path("password_file", root, f"{_LEGACY_FOLDER}/your_pswd.txt")
-        assert password_file is not None
-        if explicit or await aiofiles.os.path.exists(password_file):
+        default = f"{_LEGACY_FOLDER}/your_pswd.txt" if legacy_password else None
+        password_file = fields.get_path("password_file", root, default)
+        more = []
+        if password_file is None:
+            password = None  # a server of servers: without one: no AUTH
+        elif explicit or await aiofiles.os.path.exists(password_file):
             if not await aiofiles.os.path.exists(password_file):
                 raise fields.error("password_file", f"file not found: {password_file}")
             secret, more = await read_secret(password_file, "password file")

@@ -70,6 +70,7 @@ class Decision(NamedTuple):
     tried: int  # 1: counts as a try (in all and in this run), 0: not
     at: float  # when (the first try's time is kept)
     next_try: float  # when it is due again (0: now; `NEVER`: not in this run)
+    relay: str  # the relay that answered ("": none did, the stored one stays)
     id: int
 
 

@@ -19,6 +19,11 @@ class Observer:
     async def counted(self, expected: int) -> None:
         """The list is read: `expected` recipients in all for this run (after `started()`)."""
 
+    async def relay(self, name: str, rate: float | None, connections: int) -> None:
+        """A relay's adaptive limits as they are now (at the start, and each time they are
+        cut or grow by a whole step): messages per second (None: not paced) and
+        connections at once."""
+
     async def results(self, results: Sequence[RecipientResult]) -> None:
         """Results of one transaction (or skipped or suppressed recipients), as they come."""
 

@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, TextIO
 
+from .display import printable
 from .observer import Observer
 from .report import ReportWriter
 from .results import RecipientResult, Status
@@ -48,6 +49,8 @@ class ConsoleObserver(Observer):
         self._last_line = self._started
         self._bar: Progress | None = None
         self._task: TaskID | None = None
+        # Each relay's adaptive limits as last told: (messages/s or None, connections).
+        self.relays: dict[str, tuple[float | None, int]] = {}
 
     async def started(self, expected: int | None) -> None:
         self.expected = expected
@@ -96,6 +99,19 @@ class ConsoleObserver(Observer):
                 file=self.stream,
             )
 
+    async def relay(self, name: str, rate: float | None, connections: int) -> None:
+        self.relays[name] = (rate, connections)
+
+    def describe_relays(self) -> str:
+        """``via gmail 48/s x3, isp 120/s x4``: each relay's current rate and connections,
+        when there are several or one is paced (adaptive throttling, docs/design.md)."""
+        if len(self.relays) < 2 and all(rate is None for rate, _ in self.relays.values()):
+            return ""
+        return "via " + ", ".join(
+            f"{printable(name)} {'unpaced' if rate is None else f'{rate:,.0f}/s'} x{conns}"
+            for name, (rate, conns) in self.relays.items()
+        )
+
     async def results(self, results: Sequence[RecipientResult]) -> None:
         if self.writer is not None:
             self.writer.append(results)  # written in the background: sending goes on
@@ -109,8 +125,12 @@ class ConsoleObserver(Observer):
             for result in results:
                 print(f"  {result}", file=self.stream)
         elif self._bar is not None and self._task is not None:
+            relays = self.describe_relays()
             self._bar.update(
-                self._task, completed=self.done, counts=self.describe(), rate=self.rate()
+                self._task,
+                completed=self.done,
+                counts=self.describe(),
+                rate=f"{self.rate()} {relays}" if relays else self.rate(),
             )
         elif time.monotonic() - self._last_line >= self.interval:
             self._last_line = time.monotonic()
@@ -140,13 +160,17 @@ class ConsoleObserver(Observer):
         return f"{self.done / elapsed:,.0f} recipients/s"
 
     def line(self, *, final: bool = False) -> str:
-        """``1,234/10,000 recipients (1,200 accepted, 34 refused), 456 recipients/s, ETA 19s``"""
+        """``1,234/10,000 recipients (1,200 accepted, 34 refused), 456 recipients/s, ETA 19s;
+        via gmail 48/s x3, isp unpaced x4``"""
         total = f"/{self.expected:,}" if self.expected else ""
         text = f"{self.done:,}{total} recipients ({self.describe() or 'none yet'}), {self.rate()}"
         elapsed = time.monotonic() - self._started
         if not final and self.expected and self.done and self.expected > self.done:
             remaining = elapsed / self.done * (self.expected - self.done)
             text += f", ETA {_duration(remaining)}"
+        relays = self.describe_relays()
+        if relays and not final:
+            text += f"; {relays}"
         return text
 
 

@@ -20,7 +20,7 @@ from .results import RecipientResult, ResultPage
 
 __all__ = ["REPORT_FIELDS", "ReportWriter", "format_table"]
 
-REPORT_FIELDS = ("recipient", "status", "code", "message")
+REPORT_FIELDS = ("recipient", "status", "code", "message", "relay")
 _FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 
 
@@ -28,7 +28,7 @@ class ReportWriter:
     """Append results to a report file as they arrive, so a run that stops half-way leaves
     every finished recipient in the file.
 
-    The format follows the suffix: ``.csv`` (header ``recipient,status,code,message``), or
+    The format follows the suffix: ``.csv`` (header ``recipient,status,code,message,relay``), or
     ``.jsonl``/``.ndjson`` (one JSON object per line).
 
     `append()` never waits: results go on a queue, and a thread of the writer's own turns
@@ -144,17 +144,20 @@ class ReportWriter:
             with contextlib.suppress(queue.Empty):
                 while True:
                     requests.append(self._queue.get_nowait())
-            rows: list[tuple[str, str, int | None, str]] = []
+            rows: list[tuple[str, str, int | None, str, str]] = []
             waiting: list[asyncio.Future[None]] = []
             stop = False
+            pages = []
             for request in requests:
                 if request is None:
                     stop = True
                 elif isinstance(request, asyncio.Future):
                     waiting.append(request)
                 else:
-                    rows.extend(_columns(request))
+                    pages.append(request)
             try:
+                for page in pages:  # in the try: a bug here must not kill the thread silently
+                    rows.extend(_columns(page))
                 if rows and self._error is None:
                     self._store_rows(rows)
             except OSError as err:
@@ -169,7 +172,7 @@ class ReportWriter:
             if not waiting:
                 time.sleep(self.linger)  # let the next rows gather: fewer, larger writes
 
-    def _store_rows(self, rows: list[tuple[str, str, int | None, str]]) -> None:
+    def _store_rows(self, rows: list[tuple[str, str, int | None, str, str]]) -> None:
         if self.kind == "csv":  # tuples through the C writer: no dict per row
             self._store(rows)
         else:
@@ -196,13 +199,15 @@ class ReportWriter:
 _Request = Sequence[RecipientResult] | asyncio.Future[None] | None
 
 
-def _columns(results: Sequence[RecipientResult]) -> Iterable[tuple[str, str, int | None, str]]:
+def _columns(
+    results: Sequence[RecipientResult],
+) -> Iterable[tuple[str, str, int | None, str, str]]:
     """The results as the report's columns (`REPORT_FIELDS`): a page the journal read back
     goes as its rows are, without an object each."""
     if isinstance(results, ResultPage):
         return results.report_rows()
     # A Status is a str (StrEnum): written as its value, without the slow `.value`.
-    return [(r.recipient, r.status, r.code, r.message) for r in results]
+    return [(r.recipient, r.status, r.code, r.message, r.relay) for r in results]
 
 
 def _done(future: asyncio.Future[None]) -> None:

@@ -56,6 +56,7 @@ class RecipientResult:
     code: int | None = None
     message: str = ""
     attempts: int = 1
+    relay: str = ""  # the relay that answered (read back from the ledger; "": none)
 
     def __str__(self) -> str:
         """One line, safe to print: control characters escaped, long texts shortened."""
@@ -69,14 +70,15 @@ class RecipientResult:
             "status": self.status.value,
             "code": self.code,
             "message": self.message,
+            "relay": self.relay,
         }
 
 
 # A row of a `ResultPage`: what a ledger reads back for one recipient.
-ResultRow = tuple[int, str, str, int | None, str, int]  # id, recipient, status, code,
-# message, attempts
+ResultRow = tuple[int, str, str, int | None, str, int, str]  # id, recipient, status, code,
+# message, attempts, relay
 _STATUSES = {status.value: status for status in Status}
-_REPORT_COLUMNS = operator.itemgetter(1, 2, 3, 4)  # recipient, status, code, message
+_REPORT_COLUMNS = operator.itemgetter(1, 2, 3, 4, 6)  # recipient, status, code, message, relay
 _STATUS_COLUMN = operator.itemgetter(2)
 
 
@@ -126,14 +128,14 @@ class ResultPage(Sequence[RecipientResult]):
         accepted = Status.ACCEPTED.value
         return (_result(row) for row in self.rows if row[2] != accepted)
 
-    def report_rows(self) -> Iterator[tuple[str, str, int | None, str]]:
+    def report_rows(self) -> Iterator[tuple[str, str, int | None, str, str]]:
         """Each row as the report file's columns (`report.REPORT_FIELDS`)."""
         return map(_REPORT_COLUMNS, self.rows)
 
 
 def _result(row: ResultRow) -> RecipientResult:
-    _, recipient, status, code, message, attempts = row
-    return RecipientResult(recipient, _STATUSES[status], code, message, attempts)
+    _, recipient, status, code, message, attempts, relay = row
+    return RecipientResult(recipient, _STATUSES[status], code, message, attempts, relay)
 
 
 # Not problems to show in the final table: the run never got to them, or they are not to be

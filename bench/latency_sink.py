@@ -7,9 +7,15 @@ answered together, one delay later. The reply to the end of DATA is due one dela
 final ``.`` arrives.
 
     python bench/latency_sink.py --delay-ms 50 [--port 0] [--max-seconds 900]
+                                 [--throttle-rate 50 [--throttle-burst 10]]
+
+With --throttle-rate it is a relay that throttles: a token bucket over MAIL FROM of every
+session, and above that rate ``421 4.7.0`` and the connection closed (as Postfix's
+smtpd_client_message_rate_limit does).
 
 It prints ``listening 127.0.0.1:PORT`` once ready. On SIGTERM/SIGINT (or after --max-seconds)
-it prints ``sessions=N messages=N recipients=N data_bytes=N`` and exits.
+it prints ``sessions=N messages=N recipients=N data_bytes=N throttled=N settled=X`` and exits
+(`settled`: messages a second accepted over the second half of them).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import asyncio
 import signal
 import sys
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 HOST = "127.0.0.1"
 MAX_SIZE = 64 * 1024 * 1024
@@ -35,12 +41,43 @@ class Totals:
     messages: int = 0
     recipients: int = 0
     data_bytes: int = 0
+    throttled: int = 0  # MAIL FROM answered 421 by the token bucket
+    accepted_at: list[float] = field(default_factory=list)  # with a throttle: when, each
+
+    def settled(self) -> float:
+        """Messages a second over the second half of those accepted (0: too few)."""
+        later = self.accepted_at[len(self.accepted_at) // 2 :]
+        if len(later) < 2 or later[-1] <= later[0]:
+            return 0.0
+        return (len(later) - 1) / (later[-1] - later[0])
 
     def line(self) -> str:
         return (
             f"sessions={self.sessions} messages={self.messages} "
-            f"recipients={self.recipients} data_bytes={self.data_bytes}"
+            f"recipients={self.recipients} data_bytes={self.data_bytes} "
+            f"throttled={self.throttled} settled={self.settled():.1f}"
         )
+
+
+class Bucket:
+    """A token bucket: `rate` a second, `burst` at once; rate 0: no limit."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self.tokens = float(burst)
+        self.filled: float | None = None
+
+    def take(self, now: float) -> bool:
+        if not self.rate:
+            return True
+        if self.filled is not None:
+            self.tokens = min(self.burst, self.tokens + (now - self.filled) * self.rate)
+        self.filled = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
 
 
 def _ehlo_reply(argument: str) -> bytes:
@@ -62,6 +99,7 @@ _SIMPLE_REPLIES: dict[str, bytes] = {
 _UNKNOWN = b"502 5.5.2 Error: command not recognized\r\n"
 _TOO_LONG = b"500 5.5.2 Error: line too long\r\n"
 _QUEUED = b"250 2.0.0 Ok: queued\r\n"
+_THROTTLED = b"421 4.7.0 Error: too many messages from 127.0.0.1, slow down\r\n"
 
 
 class DelayedReplies:
@@ -104,9 +142,10 @@ class DelayedReplies:
 class SinkProtocol(asyncio.Protocol):
     """One SMTP session: parse command lines; in DATA, scan for CRLF.CRLF without keeping data."""
 
-    def __init__(self, delay: float, totals: Totals) -> None:
+    def __init__(self, delay: float, totals: Totals, bucket: Bucket) -> None:
         self._delay = delay
         self._totals = totals
+        self._bucket = bucket
         self._buffer = bytearray()
         self._in_data = False
         self._tail = b""
@@ -143,6 +182,8 @@ class SinkProtocol(asyncio.Protocol):
         self._totals.data_bytes += consumed
         self._in_data = False
         self._totals.messages += 1
+        if self._bucket.rate:
+            self._totals.accepted_at.append(arrival)
         self._totals.recipients += self._recipients
         self._recipients = 0
         self._reply(arrival, _QUEUED)
@@ -169,6 +210,11 @@ class SinkProtocol(asyncio.Protocol):
         if verb == "EHLO":
             self._reply(arrival, _ehlo_reply(argument.strip()))
             return
+        if verb == "MAIL" and not self._bucket.take(arrival):
+            self._totals.throttled += 1
+            self._reply(arrival, _THROTTLED, close=True)
+            self._buffer.clear()  # the pipelined RCPT and DATA are never answered
+            return
         if verb == "RCPT":
             self._recipients += 1
         elif verb in ("MAIL", "RSET"):
@@ -183,11 +229,14 @@ class SinkProtocol(asyncio.Protocol):
         self._replies.add(arrival, reply, close=close)
 
 
-async def serve(delay_ms: float, port: int, max_seconds: float) -> Totals:
+async def serve(
+    delay_ms: float, port: int, max_seconds: float, bucket: Bucket | None = None
+) -> Totals:
     loop = asyncio.get_running_loop()
     totals = Totals()
+    shared = bucket or Bucket(0.0, 0)  # one bucket for every session: the client's rate
     server = await loop.create_server(
-        lambda: SinkProtocol(delay_ms / 1000, totals), HOST, port, backlog=1024
+        lambda: SinkProtocol(delay_ms / 1000, totals, shared), HOST, port, backlog=1024
     )
     bound = server.sockets[0].getsockname()[1]
     print(f"listening {HOST}:{bound}", flush=True)
@@ -207,8 +256,11 @@ def main() -> None:
     parser.add_argument("--delay-ms", type=float, default=50.0, help="per-reply delay")
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: any free)")
     parser.add_argument("--max-seconds", type=float, default=900.0, help="stop after this long")
+    parser.add_argument("--throttle-rate", type=float, default=0.0, help="messages/s, then 421")
+    parser.add_argument("--throttle-burst", type=int, default=10, help="messages at once")
     args = parser.parse_args()
-    totals = asyncio.run(serve(args.delay_ms, args.port, args.max_seconds))
+    bucket = Bucket(args.throttle_rate, args.throttle_burst)
+    totals = asyncio.run(serve(args.delay_ms, args.port, args.max_seconds, bucket))
     print(totals.line(), flush=True)
 
 

@@ -43,6 +43,9 @@ class Row:
     tls_server_cpu_seconds: float | None = None
     tls_client_cpu_seconds: float | None = None  # smtp-source's client leg
     tls_session: str | None = None
+    # The adaptive-throttling row: the sink's 421 replies, and the rate it settled at.
+    throttled: int | None = None
+    settled_per_s: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -194,7 +197,8 @@ def _row(
             tls,
         )
         mine = sender != ASYNCMAILER or (case.pipelining is True and case.dkim is None)
-        return same and mine and not case.personal
+        # adaptive throttling's and the personalised rows measure something else
+        return same and mine and not case.personal and not case.throttle
 
     return _find(rows, match)
 

@@ -86,6 +86,8 @@ def _last_line(text: str) -> str:
 
 
 def _sink_for(case: Case, ctx: Context, output: Path) -> sinks.Sink:
+    if case.throttle:
+        return sinks.latency_sink(case.latency_ms, output, case.timeout + 60, case.throttle)
     if case.latency_ms == 0 and ctx.tools.sink is not None:
         return sinks.smtp_sink(ctx.tools.sink, output)
     return sinks.latency_sink(case.latency_ms, output, case.timeout + 60)
@@ -138,6 +140,7 @@ def _argv(case: Case, ctx: Context, port: int, name: str) -> list[str]:
         tls_ca_file=ctx.certs.ca_file if case.tls and ctx.certs else None,
         personal=personal,
         dkim_key=ctx.work.dkim_keys.get(case.dkim or ""),
+        rate=case.throttle * cases.THROTTLE_ASK if case.throttle else None,
     )
     campaign = workload.write_campaign(ctx.folder, name, ctx.work.body_file, spec)
     # Reports on, as a user runs it: every recipient's result goes to a CSV file as it comes.
@@ -189,7 +192,10 @@ def _judge(case: Case, outcome: Outcome) -> tuple[str, str]:
 
 def run_case(case: Case, ctx: Context, name: str) -> Row:
     sink = _sink_label(
-        case, "smtp-sink" if case.latency_ms == 0 and ctx.tools.sink else "latency_sink"
+        case,
+        "smtp-sink"
+        if case.latency_ms == 0 and ctx.tools.sink and not case.throttle
+        else "latency_sink",
     )
     if case.sender == SMTP_SOURCE and not ctx.tools.postfix:
         return Row(case, sink, "skipped", "smtp-source not installed (see notes)")
@@ -206,6 +212,11 @@ def run_case(case: Case, ctx: Context, name: str) -> Row:
     status, detail = _judge(case, outcome)
     stats, data_bytes, legs = outcome.stats, outcome.sink.data_bytes, outcome.tunnel
     ok = status == report.OK
+    if ok and case.throttle:  # what the row measures: the settled rate and the refusals
+        detail = (
+            f"settled at {outcome.sink.settled or 0:.1f} msgs/s, "
+            f"{outcome.sink.throttled or 0:,} x 421 4.7.0"
+        )
     return Row(
         case,
         sink,
@@ -220,6 +231,8 @@ def run_case(case: Case, ctx: Context, name: str) -> Row:
         tls_server_cpu_seconds=legs.server_cpu_seconds,
         tls_client_cpu_seconds=legs.client_cpu_seconds,
         tls_session=legs.session,
+        throttled=outcome.sink.throttled if case.throttle else None,
+        settled_per_s=outcome.sink.settled if case.throttle else None,
     )
 
 
@@ -271,15 +284,20 @@ def _describe(case: Case) -> str:
     on_off = report.pipelining_label(case.pipelining)
     pipelining = "" if case.pipelining is None else f" pipelining {on_off}"
     over_tls = ", implicit TLS" if case.tls else ""
+    throttled = (
+        f", throttled above {case.throttle}/s, rate {case.throttle * cases.THROTTLE_ASK}/s"
+        if case.throttle
+        else ""
+    )
     return (
         f"{case.label}, {case.latency_ms} ms, {case.size}, c={case.concurrency}{pipelining}"
-        f"{over_tls}, {case.messages:,} messages"
+        f"{over_tls}{throttled}, {case.messages:,} messages"
     )
 
 
 def _progress(number: int, total: int, row: Row) -> None:
     speed = f"{row.msgs_per_s:,.0f} msgs/s" if row.msgs_per_s else row.status
-    detail = f" ({row.detail})" if row.detail and not row.ok else ""
+    detail = f" ({row.detail})" if row.detail and (not row.ok or row.case.throttle) else ""
     print(f"[{number}/{total}] {_describe(row.case)}: {speed}{detail}", file=sys.stderr, flush=True)
 
 

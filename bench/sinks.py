@@ -30,6 +30,8 @@ _POLL = 0.02
 _SMTP_SINK_COUNT = re.compile(rb"mesg=(\d+)")
 _LATENCY_SINK_COUNT = re.compile(rb"messages=(\d+)")
 _LATENCY_SINK_BYTES = re.compile(rb"data_bytes=(\d+)")
+_THROTTLED = re.compile(rb"throttled=(\d+)")
+_SETTLED = re.compile(rb"settled=([\d.]+)")
 _LISTENING = re.compile(rb"listening [\d.]+:(\d+)")
 # smtp-sink -c rewrites its counters after each event: the first message makes it "mesg=1".
 _SMTP_SINK_FIRST = re.compile(rb"mesg=[1-9]")
@@ -47,6 +49,8 @@ class SinkTotals:
     # Seconds from `watch_first(start)` until the sink had accepted its first message (None:
     # not watched, or this sink cannot tell).
     first_message_s: float | None = None
+    throttled: int | None = None  # a throttling sink's 421 replies
+    settled: float | None = None  # and the rate it accepted over the second half, msgs/s
 
 
 def _last_int(pattern: re.Pattern[bytes], text: bytes) -> int | None:
@@ -168,7 +172,15 @@ class Sink:
             cpu = cpu_seconds(reap(proc, _STOP_TIMEOUT).usage)
         output = self._output.read_bytes()
         messages = _last_int(self._counter, output) if self._counter else None
-        return SinkTotals(messages, _last_int(_LATENCY_SINK_BYTES, output), cpu, self._first_at)
+        settled = _SETTLED.findall(output)
+        return SinkTotals(
+            messages,
+            _last_int(_LATENCY_SINK_BYTES, output),
+            cpu,
+            self._first_at,
+            _last_int(_THROTTLED, output),
+            float(settled[-1]) if settled else None,
+        )
 
 
 def smtp_sink(binary: Path, output: Path) -> Sink:
@@ -181,7 +193,8 @@ def smtp_sink(binary: Path, output: Path) -> Sink:
     )
 
 
-def latency_sink(delay_ms: int, output: Path, max_seconds: float) -> Sink:
+def latency_sink(delay_ms: int, output: Path, max_seconds: float, throttle: int = 0) -> Sink:
+    """`throttle`: messages a second it takes, answering 421 4.7.0 above (0: all)."""
     argv = [
         sys.executable,
         str(LATENCY_SINK),
@@ -189,5 +202,6 @@ def latency_sink(delay_ms: int, output: Path, max_seconds: float) -> Sink:
         str(delay_ms),
         "--max-seconds",
         str(max_seconds),
+        *(("--throttle-rate", str(throttle)) if throttle else ()),
     ]
     return Sink("latency_sink", argv, output, port=0, counter=_LATENCY_SINK_COUNT)

@@ -205,6 +205,7 @@ class CampaignSpec:
     tls_ca_file: Path | None = None  # given: implicit TLS (security: ssl), verified against it
     personal: Path | None = None  # given: personalize, with this template as the message
     dkim_key: Path | None = None  # given: every message signed with this key (dkim:)
+    rate: float | None = None  # the campaign's `rate`, messages/s
 
 
 def write_campaign(folder: Path, name: str, body_file: Path, spec: CampaignSpec) -> Path:
@@ -237,6 +238,8 @@ def write_campaign(folder: Path, name: str, body_file: Path, spec: CampaignSpec)
             "selector": "bench",
             "key_file": str(spec.dkim_key),
         }
+    if spec.rate:
+        campaign["rate"] = spec.rate
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(campaign, sort_keys=False), encoding="utf-8")
     return path

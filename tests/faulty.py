@@ -44,6 +44,16 @@ class Faults:
     max_connections: int = 0  # connections beyond this many at once are reset at once
     echo: str = ""  # appended to every reply after DATA (a server that echoes a secret)
     size: int = 100_000_000  # the SIZE it advertises
+    # A token bucket over MAIL FROM of every session: above `rate_limit` messages a second
+    # (with `rate_burst` at once), `rate_reply` and the connection closed (Postfix's
+    # smtpd_client_message_rate_limit); 0: no limit.
+    rate_limit: float = 0.0
+    rate_burst: int = 10
+    rate_reply: str = "421 4.7.0 Error: too many messages from 127.0.0.1, slow down"
+    # After this many messages stored in all, the server stops: it listens no more, and
+    # every session is closed at its next command, without a reply (a relay shut down
+    # between two transactions); None: never.
+    halt_after: int | None = None
 
 
 @dataclass
@@ -67,6 +77,11 @@ class FaultyServer:
         self._server: asyncio.Server | None = None
         self._counters: dict[str, int] = {}
         self.port = 0
+        self.throttled = 0  # rate_reply answers given
+        self.halted = False
+        self.accepted_at: list[float] = []  # when each message was taken (loop time)
+        self._tokens = 0.0
+        self._filled = 0.0
 
     def _fire(self, name: str, times: int | None) -> bool:
         if times is None:
@@ -87,6 +102,27 @@ class FaultyServer:
             self._server.close()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._server.wait_closed(), 2)
+
+    async def halt(self) -> None:
+        """Stop listening; every open session ends at its next command."""
+        self.halted = True
+        if self._server is not None:
+            self._server.close()
+
+    def _take_token(self) -> bool:
+        """The token bucket of `rate_limit`: True when a message may go now."""
+        now = asyncio.get_running_loop().time()
+        if not self._filled:
+            self._tokens, self._filled = float(self.faults.rate_burst), now
+        self._tokens = min(
+            float(self.faults.rate_burst),
+            self._tokens + (now - self._filled) * self.faults.rate_limit,
+        )
+        self._filled = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
 
     @property
     def delivered(self) -> list[str]:
@@ -122,6 +158,8 @@ class FaultyServer:
         messages = rcpt_count = 0
 
         while line := await reader.readline():
+            if self.halted:
+                return
             if not tls:
                 self.plaintext.extend(line)
             command = line.rstrip(b"\r\n")
@@ -154,6 +192,12 @@ class FaultyServer:
                     await self._say(writer, "421 4.7.0 too many messages, closing")
                     return
                 mail_from, rcpts = None, []
+                if f.rate_limit and not self._take_token():
+                    self.throttled += 1
+                    await self._say(writer, f.rate_reply)
+                    if f.rate_reply.startswith("421"):
+                        return
+                    continue
                 if f.quota_after is not None and self.mails >= f.quota_after:
                     await self._say(writer, f.quota_reply)
                     continue
@@ -196,6 +240,7 @@ class FaultyServer:
                     await asyncio.sleep(3600)  # cancelled when the server stops
                 body = await reader.readuntil(b"\r\n.\r\n")
                 self.messages.append(Stored(mail_from or "", tuple(rcpts), body))
+                self.accepted_at.append(asyncio.get_running_loop().time())
                 messages += 1
                 if self._fire("drop_after_dot", f.drop_after_dot):
                     return
@@ -203,6 +248,8 @@ class FaultyServer:
                     await asyncio.sleep(f.final_delay)
                 await self._say(writer, f.data_reply + f.echo)
                 rcpts = []
+                if f.halt_after is not None and len(self.messages) >= f.halt_after:
+                    await self.halt()
             elif verb == b"RSET":
                 rcpts = []
                 await self._say(writer, "250 2.0.0 OK")

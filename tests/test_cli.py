@@ -138,6 +138,7 @@ async def test_refused_recipient_exit_1_and_jsonl_report(
         "status": "refused",
         "code": 550,
         "message": "5.1.1 User unknown",
+        "relay": f"127.0.0.1:{running.server.ssl_port}",  # named by host:port by default
     }
     assert "3 recipients: 2 accepted, 1 refused" in out
     assert err == ""  # --quiet

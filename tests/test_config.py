@@ -498,3 +498,93 @@ async def test_auth_keys(make_campaign: CampaignFactory, tmp_path: Path) -> None
     assert server.token_file == tmp_path / "token.txt" and server.token_command is None
     default = (await load_campaign(make_campaign(), env={})).server
     assert default.auth is AuthMethod.LOGIN and default.token_file is None
+
+
+SERVERS_YAML = """\
+from: sender@example.com
+subject: relays
+file_with_message: msg.txt
+to: alice@example.com
+rate: 100
+servers:
+  - name: gmail
+    host: smtp.gmail.com
+    port: 587
+    username: me@gmail.com
+    password_file: gmail.txt
+    concurrency: 3
+    max_connections: 2
+    rate: 600/minute
+    daily_quota: 2000
+    max_messages_per_connection: 100
+    domains: [gmail.com, GoogleMail.com]
+    fallback: [isp]
+  - host: 127.0.0.1
+    port: 2525
+    security: none
+    weight: 3
+  - name: isp
+    host: mail.example.net
+    security: ssl
+    weight: 1
+"""
+
+
+async def test_servers_each_read_as_a_server_with_its_own_limits(tmp_path: Path) -> None:
+    (tmp_path / "msg.txt").write_text("Hello\n")
+    (tmp_path / "gmail.txt").write_text(f"{PASSWORD}\n")
+    (tmp_path / "gmail.txt").chmod(0o600)
+    path = tmp_path / "c.yaml"
+    path.write_text(SERVERS_YAML)
+    campaign = await load_campaign(path, env={PASSWORD_ENV: "not for servers"})
+    gmail, local, isp = campaign.relays
+    assert campaign.server is gmail.server and campaign.rate == 100  # the campaign's own
+    assert (gmail.name, gmail.server.port, gmail.server.security) == (
+        "gmail",
+        587,
+        Security.STARTTLS,
+    )
+    assert gmail.server.username == "me@gmail.com" and gmail.server.password == Secret(PASSWORD)
+    assert (gmail.concurrency, gmail.connections, gmail.rate, gmail.daily_quota) == (3, 2, 10, 2000)
+    assert gmail.server.max_messages_per_connection == 100
+    assert gmail.domains == ("gmail.com", "googlemail.com") and gmail.fallback == ("isp",)
+    assert local.name == "127.0.0.1:2525" and local.weight == 3  # named host:port by default
+    assert local.server.password is None  # no password_file: no login (no legacy default)
+    assert (isp.server.port, isp.weight, isp.rate) == (465, 1, None)
+    assert campaign.connections == 2 + 4 + 4  # every relay's
+
+
+async def test_without_servers_the_single_server_keys_are_the_one_relay(
+    make_campaign: CampaignFactory,
+) -> None:
+    campaign = await load_campaign(make_campaign(concurrency=3, max_connections=2), env={})
+    (relay,) = campaign.relays
+    assert relay.server is campaign.server and relay.name == campaign.server.address
+    assert (relay.connections, relay.rate, relay.daily_quota) == (2, None, 0)
+    assert campaign.connections == 2
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (("port: 2525", "port: 99999"), r"c\.yaml:20: servers\[1\]\.port: expected a whole"),
+        (("    weight: 3", "    wieght: 3"), r"c\.yaml:22: servers\[1\]\.wieght: unknown key"),
+        (("fallback: [isp]", "fallback: [nope]"), r":18: servers\[0\]\.fallback: 'nope' names"),
+        (("- name: isp", "- name: gmail"), r":23: servers\[2\]\.name: another server is"),
+        (("GoogleMail.com]", "GoogleMail.com, gmail.com]"), r":17: servers\[0\]\.domains: "),
+        (("  - host: 127.0.0.1\n", "  - port: 1\n"), r":19: servers\[1\].host: required"),
+        (("rate: 100\n", "rate: 100\nhost: x.example\n"), r":6: host: goes in each entry"),
+        (("rate: 100\n", "rate: 100\nconcurrency: 2\n"), r":6: concurrency: goes in each"),
+    ],
+)
+async def test_a_bad_server_entry_names_its_line_and_key(
+    tmp_path: Path, change: tuple[str, str], expected: str
+) -> None:
+    (tmp_path / "msg.txt").write_text("Hello\n")
+    (tmp_path / "gmail.txt").write_text(f"{PASSWORD}\n")
+    (tmp_path / "gmail.txt").chmod(0o600)
+    path = tmp_path / "c.yaml"
+    path.write_text(SERVERS_YAML.replace(*change))
+    with pytest.raises(ConfigError, match=expected) as caught:
+        await load_campaign(path, env={})
+    assert "\n" not in str(caught.value) and PASSWORD not in str(caught.value)

@@ -106,9 +106,9 @@ async def test_results_are_stored_and_deferred_ones_come_due(open_ledger: Opener
         due = {item.ids[0]: 5.0, item.ids[1]: 3.0, item.ids[2]: 4.0, item.ids[4]: 3.5}
         ledger.record(
             [
-                Decision(JournalState.DEFERRED, 451, "later", 1, 1.0, due[i], i)
+                Decision(JournalState.DEFERRED, 451, "later", 1, 1.0, due[i], "", i)
                 if i in due
-                else Decision(JournalState.ACCEPTED, 250, "ok", 1, 1.0, 0.0, i)
+                else Decision(JournalState.ACCEPTED, 250, "ok", 1, 1.0, 0.0, "relay-a", i)
                 for i in item.ids
             ]
         )
@@ -118,11 +118,16 @@ async def test_results_are_stored_and_deferred_ones_come_due(open_ledger: Opener
         assert again.ids == tuple(i for i in item.ids if i in due)
         assert again.recipients[-1] == Mailbox("five@example.com", "Five")
         assert again.attempts == 1 and again.message_id == item.message_id
-        ledger.record([Decision(JournalState.REFUSED, 550, "no", 1, 2.0, 0.0, again.ids[0])])
+        ledger.record(
+            [Decision(JournalState.REFUSED, 550, "no", 1, 2.0, 0.0, "relay-b", again.ids[0])]
+        )
         for i in again.ids[1:]:
-            ledger.record([Decision(JournalState.ACCEPTED, 250, "ok", 1, 2.0, 0.0, i)])
+            ledger.record([Decision(JournalState.ACCEPTED, 250, "ok", 1, 2.0, 0.0, "", i)])
         counts = await ledger.counts()
         assert counts == {"accepted": 4, "refused": 1}
+        # The relay that answered is kept; a decision naming none keeps the one stored.
+        relays = {r.recipient: r.relay for r in await ledger.results()}
+        assert sorted(relays.values()) == ["", "", "", "relay-a", "relay-b"]
         assert await ledger.requeue_refused(["551"]) == 0
         assert await ledger.requeue_refused(["550"]) == 1
         assert (await ledger.counts())[JournalState.PENDING] == 1

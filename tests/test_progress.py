@@ -69,3 +69,26 @@ async def test_a_long_list_gets_its_total_once_read() -> None:
     nothing = io.StringIO()
     await ConsoleObserver(per_recipient=False, stream=nothing).counted(0)
     assert "nothing left to send" in nothing.getvalue()
+
+
+async def test_the_progress_line_shows_each_relays_current_rate() -> None:
+    stream = io.StringIO()
+    observer = ConsoleObserver(per_recipient=False, stream=stream, interval=0)
+    await observer.started(3)
+    await observer.relay("gmail", 48.4, 3)
+    await observer.relay("isp", None, 4)
+    await observer.results(RESULTS)
+    await observer.relay("gmail", 38.7, 2)  # cut by a throttling reply
+    await observer.results(RESULTS[:1])
+    lines = stream.getvalue().splitlines()
+    assert lines[0].endswith("; via gmail 48/s x3, isp unpaced x4")
+    assert lines[1].endswith("; via gmail 39/s x2, isp unpaced x4")
+
+
+async def test_one_unpaced_relay_adds_nothing_to_the_line() -> None:
+    stream = io.StringIO()
+    observer = ConsoleObserver(per_recipient=False, stream=stream, interval=0)
+    await observer.started(3)
+    await observer.relay("127.0.0.1:25", None, 4)
+    await observer.results(RESULTS)
+    assert "via" not in stream.getvalue()

@@ -14,7 +14,7 @@ from asyncmailer.report import ReportWriter, format_table
 from asyncmailer.results import CampaignReport, RecipientResult, ResultPage, Status
 
 RESULTS = [
-    RecipientResult("alice@example.com", Status.ACCEPTED, 250, "2.0.0 OK"),
+    RecipientResult("alice@example.com", Status.ACCEPTED, 250, "2.0.0 OK", relay="gmail"),
     RecipientResult("bob@example.org", Status.REFUSED, 550, "5.1.1 User unknown, sorry"),
     RecipientResult("carol@example.net", Status.NOT_ATTEMPTED, None, "not attempted: x", 0),
 ]
@@ -26,8 +26,8 @@ async def test_csv_report_is_written_incrementally(tmp_path: Path) -> None:
         await writer.write(RESULTS[:1])
         # Flushed already: a crash now would leave alice in the file.
         assert path.read_text().splitlines() == [
-            "recipient,status,code,message",
-            "alice@example.com,accepted,250,2.0.0 OK",
+            "recipient,status,code,message,relay",
+            "alice@example.com,accepted,250,2.0.0 OK,gmail",
         ]
         await writer.write(RESULTS[1:])
     with open(path, newline="") as handle:
@@ -37,6 +37,7 @@ async def test_csv_report_is_written_incrementally(tmp_path: Path) -> None:
         "status": "refused",
         "code": "550",
         "message": "5.1.1 User unknown, sorry",
+        "relay": "",
     }
     assert rows[2]["code"] == ""
 
@@ -109,8 +110,8 @@ async def test_appended_rows_reach_the_file_without_a_flush(tmp_path: Path) -> N
                 break
             await asyncio.sleep(0.01)
         assert lines[1:] == [
-            "alice@example.com,accepted,250,2.0.0 OK",
-            'bob@example.org,refused,550,"5.1.1 User unknown, sorry"',
+            "alice@example.com,accepted,250,2.0.0 OK,gmail",
+            'bob@example.org,refused,550,"5.1.1 User unknown, sorry",',
         ]
 
 
@@ -129,7 +130,7 @@ async def test_a_row_that_cannot_be_encoded_fails_flush_instead_of_hanging(tmp_p
     undecodable = RecipientResult("x", Status.SKIPPED, None, "/lists/\udcff.csv:2: bad", 0)
     async with ReportWriter(path) as writer:
         await asyncio.wait_for(writer.write([undecodable]), 10)
-    assert path.read_bytes().splitlines()[1] == b"x,skipped,,/lists/\xff.csv:2: bad"
+    assert path.read_bytes().splitlines()[1] == b"x,skipped,,/lists/\xff.csv:2: bad,"
     # Anything else the writer thread cannot handle reaches flush(), not a wait for ever.
     with pytest.raises(UnicodeEncodeError):
         async with ReportWriter(tmp_path / "other.csv") as writer:
@@ -141,7 +142,7 @@ def page_of(results: list[RecipientResult]) -> ResultPage:
     """The rows a ledger reads back for these results."""
     return ResultPage(
         [
-            (n, r.recipient, r.status.value, r.code, r.message, r.attempts)
+            (n, r.recipient, r.status.value, r.code, r.message, r.attempts, r.relay)
             for n, r in enumerate(results, 1)
         ]
     )
@@ -150,7 +151,7 @@ def page_of(results: list[RecipientResult]) -> ResultPage:
 MIXED = [
     *(RecipientResult(f"a{n}@example.com", Status.ACCEPTED, 250, "ok") for n in range(5)),
     *RESULTS,
-    RecipientResult("d@example.com", Status.DEFERRED, 451, "later", 2),
+    RecipientResult("d@example.com", Status.DEFERRED, 451, "later", 2, "relay-b"),
     RecipientResult("u@example.com", Status.UNKNOWN, None, "cut", 1),
     *(RecipientResult(f"b{n}@example.com", Status.ACCEPTED, 250, "ok") for n in range(5)),
 ]

@@ -34,14 +34,23 @@ _QUERY = (
     f" WHEN state IN {_NOT_RUN} THEN '{Status.DEFERRED}' ELSE state END,"
     f" CASE WHEN state = '{JournalState.DATA}' OR {_UNTRIED} THEN NULL ELSE code END,"
     f" CASE WHEN {_UNTRIED} THEN ? ELSE message END,"
-    " attempts"
+    " attempts,"
+    " {relay}"
     " FROM recipients WHERE id > ? ORDER BY id LIMIT ?"
 )
+_PAGE = _QUERY.format(relay="relay")
+_PAGE_V1 = _QUERY.format(relay="''")  # a journal of format 1, read as it is: no relay
 
 
 def page(db: sqlite3.Connection, after: int, limit: int) -> ResultPage:
     """Up to `limit` recipients after row id `after`, in order."""
-    return ResultPage(db.execute(_QUERY, (NOT_YET, after, limit)).fetchall())
+    try:
+        return ResultPage(db.execute(_PAGE, (NOT_YET, after, limit)).fetchall())
+    except sqlite3.OperationalError as err:
+        if "relay" not in str(err):
+            raise
+        # Read-only (status, report) on a journal no run of this version has opened yet.
+        return ResultPage(db.execute(_PAGE_V1, (NOT_YET, after, limit)).fetchall())
 
 
 def counts(db: sqlite3.Connection) -> Counter[JournalState]:

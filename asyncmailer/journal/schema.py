@@ -19,6 +19,7 @@ __all__ = [
     "INSERT_PLAIN",
     "LOOKUP",
     "MARK_DATA",
+    "MIGRATIONS",
     "MIN_SQLITE",
     "RECORD",
     "SCHEMA",
@@ -32,7 +33,9 @@ __all__ = [
 # RETURNING (claims) came in 3.35; UPDATE ... FROM (results) in 3.33. JSON is read with
 # json_extract and json_each, not the ->> operator of 3.38: Ubuntu 22.04 ships 3.37.2.
 MIN_SQLITE = (3, 35, 0)
-SCHEMA_VERSION = 1
+# 2: `recipients.relay`, the relay that answered last (a journal of format 1 gets the column
+# when a run opens it: `MIGRATIONS`).
+SCHEMA_VERSION = 2
 
 TO_SEND = f"('{JournalState.PENDING}', '{JournalState.DEFERRED}')"
 
@@ -57,7 +60,8 @@ CREATE TABLE IF NOT EXISTS recipients (
     first_try REAL,
     next_try REAL NOT NULL DEFAULT 0,
     loaded INTEGER NOT NULL DEFAULT 0, -- the load (run) that last read it from the list
-    fields TEXT                        -- its list row as JSON, for personalised messages
+    fields TEXT,                       -- its list row as JSON, for personalised messages
+    relay TEXT NOT NULL DEFAULT ''     -- the relay that answered last ('': none yet)
 );
 -- Only the recipients still to send, in group order: what claim() scans.
 CREATE INDEX IF NOT EXISTS recipients_due ON recipients (grp, next_try)
@@ -91,7 +95,8 @@ RECORD = (
     " FROM json_each(?) AS r) "
     "UPDATE recipients SET state = d.state, code = d.code, message = d.message,"
     " attempts = attempts + d.tried, run_attempts = run_attempts + d.tried,"
-    " first_try = COALESCE(first_try, d.at), next_try = d.next_try"
+    " first_try = COALESCE(first_try, d.at), next_try = d.next_try,"
+    " relay = CASE d.relay WHEN '' THEN recipients.relay ELSE d.relay END"
     " FROM d, json_each(d.ids) AS i WHERE recipients.id = i.value"
 )
 _decided = operator.itemgetter(*range(len(_DECIDED)))
@@ -151,6 +156,13 @@ INSERT_PLAIN = (
     " ORDER BY r.key"
 )
 assert Decision._fields[-1] == "id"
+
+# From each older format to the next, run in order when a run opens an older journal (one
+# transaction with the new version's stamp). Readers (status, report) read old ones as they
+# are (`journal.reader`).
+MIGRATIONS: dict[int, str] = {
+    1: "ALTER TABLE recipients ADD COLUMN relay TEXT NOT NULL DEFAULT ''",
+}
 del _d, _n
 
 

@@ -35,6 +35,7 @@ from .schema import (
     INSERT_PLAIN,
     LOOKUP,
     MARK_DATA,
+    MIGRATIONS,
     RECORD,
     SCHEMA_VERSION,
     TO_SEND,
@@ -85,14 +86,30 @@ def _setup(db: sqlite3.Connection) -> None:
     was loading has ended."""
     (groups,) = db.execute("SELECT COUNT(*) FROM groups").fetchone()
     version = _meta(db, "schema", 0)
-    if version == 0 and groups == 0:
-        db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-    elif version not in (0, SCHEMA_VERSION):
+    columns = {row[1] for row in db.execute("PRAGMA table_info(recipients)")}
+    if version == 0:  # a new journal, or one from before the stamp: format 1 or this one
+        version = SCHEMA_VERSION if groups == 0 or "relay" in columns else 1
+    if version > SCHEMA_VERSION:
         raise JournalError(
-            f"the journal is of format {version}; this asyncmailer reads format "
+            f"the journal is of format {version}; this asyncmailer reads formats up to "
             f"{SCHEMA_VERSION} (use the version that wrote it, or --restart to set it aside)"
         )
+    if version < SCHEMA_VERSION or _meta(db, "schema", 0) == 0:
+        _migrate(db, version)
     _set_meta(db, load_reading=0)
+
+
+def _migrate(db: sqlite3.Connection, version: int) -> None:
+    """Bring a journal of an older format up to this one, in one transaction."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for step in range(version, SCHEMA_VERSION):
+            db.execute(MIGRATIONS[step])
+        db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 
 class Journal:

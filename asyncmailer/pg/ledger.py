@@ -59,7 +59,7 @@ RESULTS = (
     f" WHEN state IN {_NOT_RUN} THEN '{Status.DEFERRED}' ELSE state END,"
     f" CASE WHEN state = '{JournalState.DATA}' OR {_UNTRIED} THEN NULL ELSE code END,"
     f" CASE WHEN {_UNTRIED} THEN %(not_yet)s ELSE message END,"
-    " attempts"
+    " attempts, relay"
     f" FROM {_R} WHERE run = %(run)s AND id > %(after)s ORDER BY id LIMIT %(limit)s"
 )
 _ALIVE = "EXISTS (SELECT 1 FROM asyncmailer_leases WHERE id = %(me)s AND expires > now())"
@@ -84,14 +84,24 @@ _MARK = (
 _RECORD = (
     f"UPDATE {_R} AS r SET state = d.state, code = d.code, message = d.message,"
     " attempts = r.attempts + d.tried, run_attempts = r.run_attempts + d.tried,"
-    " first_try = COALESCE(r.first_try, d.at), next_try = d.next_try, claim = NULL, batch = NULL"
+    " first_try = COALESCE(r.first_try, d.at), next_try = d.next_try, claim = NULL, batch = NULL,"
+    " relay = CASE WHEN d.relay = '' THEN r.relay ELSE d.relay END"
     " FROM unnest(%(state)s::text[], %(code)s::int[], %(message)s::text[], %(tried)s::int[],"
-    " %(at)s::float8[], %(next_try)s::float8[], %(id)s::bigint[])"
-    " AS d(state, code, message, tried, at, next_try, id)"
+    " %(at)s::float8[], %(next_try)s::float8[], %(relay)s::text[], %(id)s::bigint[])"
+    " AS d(state, code, message, tried, at, next_try, relay, id)"
     f" WHERE r.id = d.id AND r.claim = %(me)s AND r.state IN ('{JournalState.INFLIGHT}',"
     f" '{JournalState.DATA}')"
 )
-assert Decision._fields == ("state", "code", "message", "tried", "at", "next_try", "id")
+assert Decision._fields == (
+    "state",
+    "code",
+    "message",
+    "tried",
+    "at",
+    "next_try",
+    "relay",
+    "id",
+)
 
 
 def _owner() -> str:

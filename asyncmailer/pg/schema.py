@@ -94,6 +94,10 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (campaign, slot)
     );
     """,
+    # 4: which relay answered for each recipient (several relays: `servers:`).
+    """
+    ALTER TABLE asyncmailer_recipients ADD COLUMN relay TEXT NOT NULL DEFAULT '';
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..attachments import Attachment, load_attachments
-from ..config import AuthMethod, Campaign, DkimSettings, Security
+from ..config import AuthMethod, Campaign, DkimSettings, RelaySettings, Security
 from ..html_body import MARKDOWN, inline_images, render_markdown
 from ..html_text import html_to_text
 from ..journal.files import journal_path
@@ -38,6 +38,8 @@ from ..suppression import Reason, Suppression
 from ..transport import Transport
 from .dispatcher import Dispatcher
 from .loader import FIRST_BATCH, LOAD_BATCH, Loader
+from .policy import Retry
+from .relays import GIVEN, Relay, Relays
 from .scheduler import wait_first
 
 if TYPE_CHECKING:  # jinja2 is imported only by campaigns that personalise (start-up time)
@@ -155,9 +157,9 @@ async def prepare_personalizer(campaign: Campaign) -> Personalizer | None:
     )
 
 
-async def smtp_transport(campaign: Campaign, options: RunOptions) -> SessionPool:
-    """The campaign's SMTP server as a transport: a pool of `concurrency` sessions."""
-    server = campaign.server
+async def smtp_transport(relay: RelaySettings, options: RunOptions) -> SessionPool:
+    """One relay's SMTP server as a transport: a pool of its `connections` sessions."""
+    server = relay.server
     tls_context = (
         await asyncio.to_thread(build_tls_context, server)  # reads files
         if server.security is not Security.NONE
@@ -168,10 +170,45 @@ async def smtp_transport(campaign: Campaign, options: RunOptions) -> SessionPool
 
     def new_session() -> Session:
         return Session(
-            server, tls_context=tls_context, local_hostname=options.local_hostname, tokens=tokens
+            server,
+            tls_context=tls_context,
+            local_hostname=options.local_hostname,
+            tokens=tokens,
+            relay=relay.name,
         )
 
-    return SessionPool(new_session, size=campaign.connections)
+    return SessionPool(new_session, size=relay.connections)
+
+
+async def _relays(
+    campaign: Campaign,
+    options: RunOptions,
+    ledger: Ledger,
+    transport: Transport | None,
+    stack: contextlib.AsyncExitStack,
+) -> Relays:
+    """The campaign's relays, each with its transport (closed with `stack`); a `transport`
+    given (a dry run) is the one relay, named ``dry run``, without limits of its own."""
+    retry = Retry(campaign)
+    if transport is not None:
+        settings = [
+            RelaySettings(name=GIVEN, server=campaign.server, concurrency=campaign.connections)
+        ]
+        transports = [transport]
+    else:
+        settings = list(campaign.relays)
+        transports = []
+        for relay in settings:
+            pool = await smtp_transport(relay, options)
+            stack.push_async_callback(pool.close)
+            transports.append(pool)
+    return Relays(
+        [
+            Relay(s, t, campaign=campaign, ledger=ledger, deadline=retry.deadline)
+            for s, t in zip(settings, transports, strict=True)
+        ],
+        options.stop,
+    )
 
 
 async def run_campaign(
@@ -221,8 +258,6 @@ async def run_campaign(
             )
         if campaign.max_connections is not None and isinstance(ledger, ConnectionBank):
             campaign = await _share_connections(campaign, ledger, ledger, options.stop)
-        if transport is None:
-            transport = await smtp_transport(campaign, options)
         loader = Loader(
             campaign,
             ledger,
@@ -242,26 +277,22 @@ async def run_campaign(
             if loader.bad:
                 await observer.results(list(loader.bad))  # a copy: the list grows
             loader.go_on(observer, expected)
-            dispatcher = Dispatcher(
-                campaign=campaign,
-                template=template,
-                personalizer=personalizer,
-                ledger=ledger,
-                transport=transport,
-                workers=campaign.connections,
-                observer=observer,
-                report=report,
-                loader=loader,
-                stop=options.stop,
-                limit=options.limit,
-                quota_used=options.quota_used,
-                suppression=suppression,
-                run_id=options.run_id or UNRECORDED_RUN,
-            )
-            try:
-                await dispatcher.run()
-            finally:
-                await transport.close()
+            async with contextlib.AsyncExitStack() as transports:
+                relays = await _relays(campaign, options, ledger, transport, transports)
+                if transport is not None:
+                    transports.push_async_callback(transport.close)
+                await _dispatch(
+                    campaign,
+                    template=template,
+                    personalizer=personalizer,
+                    ledger=ledger,
+                    relays=relays,
+                    observer=observer,
+                    report=report,
+                    loader=loader,
+                    options=options,
+                    suppression=suppression,
+                )
             await loader.finish()
         finally:
             await loader.cancel()
@@ -274,6 +305,39 @@ async def run_campaign(
         )
     report.ended = time.time()
     return report
+
+
+async def _dispatch(
+    campaign: Campaign,
+    *,
+    template: MessageTemplate,
+    personalizer: Personalizer | None,
+    ledger: Ledger,
+    relays: Relays,
+    observer: Observer,
+    report: CampaignReport,
+    loader: Loader,
+    options: RunOptions,
+    suppression: Suppression | None,
+) -> None:
+    """Run the dispatcher over the relays."""
+    dispatcher = Dispatcher(
+        campaign=campaign,
+        template=template,
+        personalizer=personalizer,
+        ledger=ledger,
+        relays=relays,
+        workers=sum(r.settings.connections for r in relays.relays),
+        observer=observer,
+        report=report,
+        loader=loader,
+        stop=options.stop,
+        limit=options.limit,
+        quota_used=options.quota_used,
+        suppression=suppression,
+        run_id=options.run_id or UNRECORDED_RUN,
+    )
+    await dispatcher.run()
 
 
 CONNECTION_POLL = 2.0  # seconds between asks while other workers hold every connection
@@ -290,12 +354,21 @@ async def _share_connections(
     while True:
         granted = await bank.reserve_connections(campaign.connections, campaign.max_connections)
         if granted:
-            return dataclasses.replace(campaign, max_connections=granted)
+            return _with_connections(campaign, granted)
         left = await ledger.counts()
         done = not sum(left[state] for state in _LEFT) and not await ledger.loading()
         if stop.is_set() or done:
-            return dataclasses.replace(campaign, max_connections=1)
+            return _with_connections(campaign, 1)
         await wait_first((stop,), CONNECTION_POLL)
+
+
+def _with_connections(campaign: Campaign, count: int) -> Campaign:
+    """The campaign with `max_connections` of `count`: its one relay's too (the shared
+    ledger's connection bank holds the single-server key; per-relay limits are each relay's)."""
+    relays = campaign.relays
+    if len(relays) == 1:
+        relays = (dataclasses.replace(relays[0], max_connections=count),)
+    return dataclasses.replace(campaign, max_connections=count, relays=relays)
 
 
 async def _fill_report(

@@ -9,7 +9,7 @@ import contextlib
 import dataclasses
 import functools
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -20,10 +20,12 @@ from ..message import UNRECORDED_RUN, MessageTemplate, envelope_id
 from ..observer import Observer
 from ..results import CampaignReport, RecipientResult, Status
 from ..schedule import local_due
+from ..smtp.refusals import is_throttling
 from ..suppression import Suppression
-from ..transport import Connection, Envelope, Transaction, Transport
-from .limits import DailyQuota, MessageLimit, Pause, RateLimiter, SharedRateLimiter
+from ..transport import Connection, Envelope, Transaction
+from .limits import DailyQuota, MessageLimit, RateLimiter, SharedRateLimiter
 from .policy import MAX_RETRY_DELAY, Retry, decide, later, stops_the_run, suppressed, unsent
+from .relays import Relay, Relays
 from .scheduler import LoadState, Scheduler
 
 if TYPE_CHECKING:  # jinja2 is imported only by campaigns that personalise (start-up time)
@@ -76,9 +78,10 @@ class Dispatcher:
     """Runs a campaign's transactions: `await Dispatcher(...).run()`.
 
     Stops taking work when `stop` is set (transactions in flight finish), when the daily
-    quota or the message limit is reached, when no connection can be opened at all, when the
-    server refuses TLS, the login, the sender or the session for good (`report.fatal`), or
-    when the ledger fails.
+    quota or the message limit is reached, when no relay is left: none can be reached at
+    all, or every one refused TLS, the login, the sender or the session for good
+    (`report.fatal`, the last one's error), or when the ledger fails. With several relays, what
+    would stop a one-relay run takes that relay out of rotation instead (docs/failures.md).
     """
 
     def __init__(
@@ -88,7 +91,7 @@ class Dispatcher:
         template: MessageTemplate,
         personalizer: Personalizer | None,
         ledger: Ledger,
-        transport: Transport,
+        relays: Relays,
         workers: int,
         observer: Observer,
         report: CampaignReport,
@@ -103,15 +106,17 @@ class Dispatcher:
         self.template = template
         self.personalizer = personalizer
         self.ledger = ledger
-        self.transport = transport
+        self.relays = relays
         self.workers = workers
         self.observer = observer
         self.report = report
         self.stop = stop
         self.run_id = run_id  # the first part of every message's DSN envelope id
         self.retry = Retry(campaign)
+        # The campaign's own rate over every relay: with one relay, its `rate` key; a ledger
+        # shared by workers paces them all together.
         self.limiter: RateLimiter | SharedRateLimiter | None = None
-        if campaign.rate:  # a ledger shared by workers paces them all together
+        if campaign.rate:
             self.limiter = (
                 SharedRateLimiter(campaign.rate, ledger)
                 if isinstance(ledger, Pacer)
@@ -121,20 +126,20 @@ class Dispatcher:
         self.limit = MessageLimit(limit)
         self.suppression = suppression or Suppression()
         # Claim well ahead: a worker pipelines the next item only if one is at hand.
+        split = relays.split if relays.routed else None
         self.scheduler = Scheduler(
-            ledger, max(8 * workers, 64), stop, loader, self._screen if self.suppression else None
+            ledger,
+            max(8 * workers, 64),
+            stop,
+            loader,
+            self._screen if self.suppression else None,
+            split,
         )
         self.connected = False  # a connection has worked in this run
         self.connecting = 0  # workers opening a connection now
         self.open = 0  # workers holding an open connection
         self.ended = asyncio.Event()  # a worker found no more work
         self.started = datetime.now(UTC)  # send_at_local: each recipient's day begins here
-        self.pause = Pause(
-            delay=campaign.retry_delay,
-            ceiling=MAX_RETRY_DELAY,
-            threshold=workers,
-            deadline=self.retry.deadline,
-        )
         ledger.on_failure(lambda _: stop.set())
 
     def __repr__(self) -> str:
@@ -149,6 +154,9 @@ class Dispatcher:
         :raises JournalError: the ledger could not store a result or a claim.
         """
         await self.quota.load()
+        for relay in self.relays.relays:
+            await relay.quota.load()
+            await self._tell(relay)
         try:
             async with asyncio.TaskGroup() as workers:
                 for _ in range(self.workers):
@@ -167,13 +175,11 @@ class Dispatcher:
     async def _worker(self) -> None:
         item: WorkItem | None = await self.scheduler.next()
         admitted = False
-        failures = 0  # this worker's connections that failed in a row
         while item is not None:
             if admitted and self.stop.is_set():  # admitted before the stop, not yet sent
                 await self._give_back(item)
                 break
-            await self.pause.wait(self.stop)
-            if self.limiter is not None:
+            if not admitted and self.limiter is not None:
                 await self.limiter.wait()
             if not admitted and self._later(item):
                 item = await self.scheduler.next()  # not its local time yet: waits for it
@@ -181,78 +187,125 @@ class Dispatcher:
             if not admitted and not await self._admit(item):
                 await self._give_back(item, admitted=False)
                 break
-            try:
-                pending = await self._send_chain(item)
-            except (AuthError, TLSRequiredError) as err:
+            admitted = True
+            relay = await self.relays.acquire(item)
+            if relay is None:  # stopped, or no relay is left (the stop is set)
                 await self._give_back(item)
-                self._fatal(err)
                 break
-            except ConnectError as err:
-                await self._give_back(item)
-                failures += 1
-                if not await self._rest(err, failures):
-                    break
-                item, admitted = await self.scheduler.next(), False
+            try:
+                pending = await self._through(relay, item)
+            finally:
+                self.relays.release(relay)
+            if pending is _AGAIN:  # not sent: the same item, through a relay still left
                 continue
-            failures = 0
             item, admitted = (pending, True) if pending else (await self.scheduler.next(), False)
-        self.ended.set()  # workers resting after a failed connection need not wait any longer
+
+    async def _through(self, relay: Relay, item: WorkItem) -> WorkItem | None:
+        """Send `item` (and what is pipelined after it) through `relay`. Returns an item
+        admitted and not sent, `_AGAIN` when `item` itself was not tried (its relay could
+        not take it), or None."""
+        if not await relay.quota.take(len(item.recipients)):
+            self._spent(relay)
+            return _AGAIN
+        epoch = await relay.throttle.wait()
+        try:
+            return await self._send_chain(item, relay, epoch)
+        except (AuthError, TLSRequiredError) as err:
+            relay.quota.give_back(len(item.recipients))
+            self._lost(relay, err)
+        except ConnectError as err:
+            relay.quota.give_back(len(item.recipients))
+            await self._connect_failed(relay, err)
+        return _AGAIN
 
     def _fatal(self, err: DeliveryError) -> None:
         self.report.fatal = self.report.fatal or err
         self.stop.set()
+
+    def _lost(self, relay: Relay, err: DeliveryError) -> None:
+        """What would stop a one-relay run: `relay` out of rotation for a back-off while
+        another relay is left; else the run stops with `err`, as with one relay."""
+        if self.relays.left(relay):
+            self.relays.take_out(relay, self.relays.back_off(relay, self.retry.delay), gone=err)
+        else:
+            self._fatal(err)
+
+    def _spent(self, relay: Relay) -> None:
+        """`relay`'s own daily quota is reached: out until tomorrow; the run stops at the
+        quota only when no relay with some left remains."""
+        relay.spent = True
+        tomorrow = datetime.now().astimezone().replace(hour=0, minute=0, second=0) + _DAY
+        self.relays.take_out(relay, tomorrow.timestamp())
+        if not self.relays.left(relay):
+            self.report.quota_reached = True
+            self.stop.set()
 
     async def _give_back(self, item: WorkItem, *, admitted: bool = True) -> None:
         """An item taken and not sent: back to pending, untried, and uncounted."""
         self._uncount(item, admitted=admitted)
         await self.ledger.release(item)
 
-    def _uncount(self, item: WorkItem, *, admitted: bool = True) -> None:
+    def _uncount(
+        self, item: WorkItem, *, admitted: bool = True, relay: Relay | None = None
+    ) -> None:
         """The item is done with, not sent: its message and recipients no longer count."""
         self.scheduler.done()
         if admitted:
             self.limit.started -= 1
             self.quota.give_back(len(item.recipients))
+        if relay is not None:
+            relay.quota.give_back(len(item.recipients))
 
-    async def _rest(self, err: ConnectError, failures: int) -> bool:
-        """A connection could not be opened: the pool is one smaller for a while (a server
-        limiting connections closes the surplus ones), unless no connection can be made at
-        all. Returns False when the run stops."""
-        alone = self.connecting == 0 and self.open == 0  # nobody else has or makes one
+    async def _connect_failed(self, relay: Relay, err: ConnectError) -> None:
+        """A connection to `relay` could not be opened. While others to it are open or
+        opening, it takes one connection fewer at once (a relay limiting connections resets
+        the surplus ones). Alone, the relay is out of rotation for a while (its work goes to
+        the others; with one relay, every worker waits), `retry_delay` doubling with each
+        failure in a row; what would stop a one-relay run (nothing has worked and it did not
+        say it is busy, `retry_attempts` failures in a row, or a wait past `retry_max_age`)
+        takes it out until no relay is left."""
+        relay.connect_failures += 1
+        if relay.connecting or relay.open:
+            relay.throttle.refused_connection()
+            await self._tell(relay)
+            return
         busy = err.code is not None and 400 <= err.code < 500  # a 4xx greeting
-        if alone and (
-            (stops_the_run(err, connected=self.connected) and not busy)
-            or failures >= self.retry.attempts
-        ):
-            self._fatal(err)
-            return False
+        failures = relay.connect_failures
         delay = min(self.retry.delay * 2 ** (failures - 1), MAX_RETRY_DELAY)
-        if alone and time.time() + delay > self.retry.deadline:
-            self._fatal(err)
-            return False
-        waiters = [
-            asyncio.ensure_future(self.stop.wait()),
-            asyncio.ensure_future(self.ended.wait()),
-        ]
-        try:
-            await asyncio.wait(waiters, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in waiters:
-                waiter.cancel()
-        return not self.stop.is_set()
+        if (
+            (stops_the_run(err, connected=relay.connected) and not busy)
+            or failures >= self.retry.attempts
+            or time.time() + delay > self.retry.deadline
+        ):
+            self._lost(relay, err)
+            return
+        self.relays.take_out(relay, time.time() + delay)
 
-    async def _refused(self, item: WorkItem, refusal: RefusedError) -> None:
+    async def _refused(
+        self, item: WorkItem, refusal: RefusedError, relay: Relay, *, echo: bool = False
+    ) -> None:
         """The server refused the sender or the session: the recipients go back to pending,
         untried (also past DATA: the server answered the final "." with the refusal, so the
-        message was not taken). A permanent refusal stops the run; a temporary one may pause
-        it (`Pause`)."""
-        self._uncount(item)
+        message was not taken). A permanent refusal takes the relay out (the run stops when
+        it was the last); temporary ones may pause it (`Pause`): out of rotation a while.
+        An `echo` (a throttling reply to a transaction begun before the relay's rate was
+        last cut: the overshoot already answered) is not counted."""
+        self._uncount(item, relay=relay)
         self.ledger.record(unsent(item, f"not sent: {refusal}"))
         if not refusal.temporary:
-            self._fatal(refusal)
+            self._lost(relay, refusal)
             return
-        if self.pause.hit() is None:  # it went on for longer than retry_max_age
-            self._fatal(refusal)
+        if echo:
+            return
+        wait = relay.pause.hit()
+        if wait is None:  # it went on for longer than retry_max_age
+            self._lost(relay, refusal)
+        elif wait:
+            self.relays.take_out(relay, relay.pause.until)
+
+    async def _tell(self, relay: Relay) -> None:
+        throttle = relay.throttle
+        await self.observer.relay(relay.name, throttle.rate, throttle.connections)
 
     async def _screen(self, items: list[WorkItem]) -> list[WorkItem]:
         """Claimed work less its suppressed recipients, who are recorded as such and never
@@ -326,16 +379,32 @@ class Dispatcher:
             return False
         return True
 
-    async def _follow_up(self, connection: Connection) -> WorkItem | None:
+    async def _follow_up(self, connection: Connection, relay: Relay) -> WorkItem | None:
         """The next item, to pipeline after this one's final ".", if one is ready right now
-        (never with a rate limit: its envelope would leave before its turn)."""
-        if self.limiter is not None or not connection.pipelines or self.stop.is_set():
+        and goes through the same relay (never with a rate: its envelope would leave before
+        its turn)."""
+        if (
+            self.limiter is not None
+            or relay.throttle.paced
+            or not connection.pipelines
+            or self.stop.is_set()
+        ):
             return None
         item = self.scheduler.take_ready()
-        if item is not None and self._later(item):
+        if item is None:
             return None
-        if item is not None and not await self._admit(item):
+        if not self.relays.may_follow(relay, item):
+            self.scheduler.put_back(item)  # for a worker of its own relay
+            return None
+        if self._later(item):
+            return None
+        if not await self._admit(item):
             self.scheduler.put_back(item)  # released with the rest at the end
+            return None
+        if not await relay.quota.take(len(item.recipients)):
+            self.limit.started -= 1
+            self.quota.give_back(len(item.recipients))
+            self.scheduler.put_back(item)
             return None
         return item
 
@@ -356,61 +425,88 @@ class Dispatcher:
             )
             return None
 
-    async def _finish(self, item: WorkItem, results: list[RecipientResult]) -> None:
-        """Store what the policy decides of a transaction's results, and tell them."""
-        if self.pause.hits and any(r.status is Status.ACCEPTED for r in results):
-            self.pause.progress()
+    async def _finish(
+        self,
+        item: WorkItem,
+        results: list[RecipientResult],
+        relay: Relay | None = None,
+        epoch: int = 0,
+    ) -> None:
+        """Store what the policy decides of a transaction's results through `relay` (None:
+        not sent), tell them, and let the relay's throttle learn from them."""
         self.scheduler.done()
-        self.ledger.record(decide(item, results, self.retry))
+        self.ledger.record(decide(item, results, self.retry, relay.name if relay else ""))
         self.report.this_run.update(r.status for r in results)
         await self.observer.results(results)
+        if relay is None:
+            return
+        throttle = relay.throttle
+        before = (throttle.rate, throttle.connections)
+        if any(r.status is Status.ACCEPTED for r in results):
+            relay.pause.progress()
+            self.relays.carried(relay)
+            throttle.accepted()
+        elif any(r.status is Status.DEFERRED and is_throttling(r.code, r.message) for r in results):
+            throttle.throttled(epoch)
+        if _step(before[0], throttle.rate) or before[1] != throttle.connections:
+            await self._tell(relay)
 
-    async def _send_chain(self, item: WorkItem) -> WorkItem | None:
-        """Send `item` and, on the same connection, every item pipelined after it. Returns
-        an item already admitted but not sent (its connection failed first), if any.
+    async def _send_chain(self, item: WorkItem, relay: Relay, epoch: int) -> WorkItem | None:
+        """Send `item` through `relay` and, on the same connection, every item pipelined
+        after it. Returns an item already admitted but not sent (its connection failed
+        first), if any.
 
         :raises ConnectError: the connection could not be opened (`item` was not tried).
         """
         transaction = await self._prepare(item)
         if transaction is None:
+            relay.quota.give_back(len(item.recipients))
             return None
         async with contextlib.AsyncExitStack() as stack:
-            self.connecting += 1
+            relay.connecting += 1
             try:
-                connection = await stack.enter_async_context(self.transport.connection())
+                connection = await stack.enter_async_context(relay.transport.connection())
             finally:
-                self.connecting -= 1
-            self.connected = True
-            self.open += 1
-            stack.callback(self._closed)
+                relay.connecting -= 1
+            relay.connected = True
+            relay.connect_failures = 0
+            relay.open += 1
+            stack.callback(_closed, relay)
             while True:
-                nxt = await self._follow_up(connection)
+                nxt = await self._follow_up(connection, relay)
                 then = await self._prepare(nxt) if nxt is not None else None
-                if then is None:
+                if then is None and nxt is not None:  # skipped: its row cannot make it
+                    relay.quota.give_back(len(nxt.recipients))
                     nxt = None
                 sent = await connection.send(
                     transaction, commit=functools.partial(self._mark_data, item.ids), then=then
                 )
                 if sent.refusal is not None:
-                    await self._refused(item, sent.refusal)
+                    # The server's own text is at the end of the refusal's: "... 421 4.7.0 ...".
+                    text = str(sent.refusal).rpartition(f": {sent.refusal.code} ")[2]
+                    echo = False
+                    if is_throttling(sent.refusal.code, text):
+                        echo = not relay.throttle.throttled(epoch)
+                        await self._tell(relay)
+                    await self._refused(item, sent.refusal, relay, echo=echo)
                     if nxt is not None:
-                        await self._give_back(nxt)  # begun on this connection or not, unsent
+                        # Begun on this connection or not, unsent.
+                        relay.quota.give_back(len(nxt.recipients))
+                        await self._give_back(nxt)
                     return None
                 if any(r.status is Status.ACCEPTED for r in sent.results):
                     self.report.messages += 1  # the server took the message
-                await self._finish(item, sent.results)
+                await self._finish(item, sent.results, relay, epoch)
                 if nxt is None:
                     return None
                 if not sent.then_sent:
                     # Its envelope never went out, or its connection died before its
                     # message: not tried, so it goes again afresh.
+                    relay.quota.give_back(len(nxt.recipients))
                     return nxt
                 assert then is not None
                 item, transaction = nxt, then
         raise AssertionError("unreachable")  # pragma: no cover (the loop returns)
-
-    def _closed(self) -> None:
-        self.open -= 1
 
     async def _mark_data(self, ids: tuple[int, ...]) -> None:
         """Commit "past DATA" before the final "."; if the commit fails or the run is cancelled
@@ -420,3 +516,19 @@ class Dispatcher:
         except BaseException:
             self.ledger.unmark_data(ids)
             raise
+
+
+# `Dispatcher._through`: the item was not tried; the worker takes it again.
+_AGAIN: WorkItem = WorkItem(0, "", False, (), (), 0)
+_DAY = timedelta(days=1)
+
+
+def _closed(relay: Relay) -> None:
+    relay.open -= 1
+
+
+def _step(before: float | None, after: float | None) -> bool:
+    """A change of a relay's rate worth telling: paced or not, or by a whole message/s."""
+    if before is None or after is None:
+        return before is not after
+    return int(before) != int(after)

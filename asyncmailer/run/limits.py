@@ -83,10 +83,11 @@ class DailyQuota:
     reserved from it in parts (`batch`), each worker spending its own part: all of them
     together stay within the quota; parts not spent go back at the end (`release()`)."""
 
-    def __init__(self, limit: int, ledger: Ledger, *, elsewhere: int = 0) -> None:
+    def __init__(self, limit: int, ledger: Ledger, *, elsewhere: int = 0, key: str = "") -> None:
         self.limit = limit
         self.ledger = ledger
         self.elsewhere = elsewhere  # tried today by the campaign's earlier runs
+        self.key = key  # after the day in the ledger's count: a relay's own (``@name``)
         self.day = ""
         self.used = 0
         self.bank = ledger if isinstance(ledger, QuotaBank) else None
@@ -102,7 +103,9 @@ class DailyQuota:
         if self.bank is not None:
             self.used = 0  # what this worker spent: the bank keeps the campaign's count
             return
-        self.used = await self.ledger.sent_on(self.day) + self.elsewhere if self.limit else 0
+        self.used = (
+            await self.ledger.sent_on(self.day + self.key) + self.elsewhere if self.limit else 0
+        )
 
     async def take(self, count: int) -> bool:
         """Count `count` recipients against today's quota; False (nothing counted) when they
@@ -117,7 +120,7 @@ class DailyQuota:
             if self.used + count > self.limit:
                 return False
             self.used += count
-            self.ledger.count_sent(self.day, count)
+            self.ledger.count_sent(self.day + self.key, count)
             return True
         async with self._lock:  # one reservation at a time: workers of this process wait
             if self.allowance < count:
@@ -137,7 +140,7 @@ class DailyQuota:
         if self.bank is not None:
             self.allowance += count  # still reserved: spent by this worker, or released
         else:
-            self.ledger.count_sent(self.day, -count)
+            self.ledger.count_sent(self.day + self.key, -count)
 
     def release(self) -> None:
         """Give the bank back what this worker reserved and did not spend."""

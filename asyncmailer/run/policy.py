@@ -52,15 +52,20 @@ class Retry:
         return when if when <= self.deadline else None
 
 
-def decide(item: WorkItem, results: Sequence[RecipientResult], retry: Retry) -> list[Decision]:
-    """Each recipient's row after a transaction: its state, whether it counts as a try, and
-    when a deferred one is due again (never again in this run once the tries are used up)."""
+def decide(
+    item: WorkItem, results: Sequence[RecipientResult], retry: Retry, relay: str = ""
+) -> list[Decision]:
+    """Each recipient's row after a transaction through `relay`: its state, whether it counts
+    as a try, and when a deferred one is due again (never again in this run once the tries
+    are used up)."""
     now = time.time()
     decisions = []
     progress: bool | None = None  # someone in the transaction was accepted (asked once)
     for row_id, result in zip(item.ids, results, strict=True):
         if result.status is Status.ACCEPTED:  # most of them: one tuple, no questions
-            decisions.append(Decision(_ACCEPTED, result.code, result.message, 1, now, 0.0, row_id))
+            decisions.append(
+                Decision(_ACCEPTED, result.code, result.message, 1, now, 0.0, relay, row_id)
+            )
             continue
         state = _STATE[result.status]
         next_try = 0.0
@@ -79,7 +84,9 @@ def decide(item: WorkItem, results: Sequence[RecipientResult], retry: Retry) -> 
             else:
                 when = retry.at(item.attempts + 1)
                 next_try = NEVER if when is None else when
-        decisions.append(Decision(state, result.code, result.message, tried, now, next_try, row_id))
+        decisions.append(
+            Decision(state, result.code, result.message, tried, now, next_try, relay, row_id)
+        )
     return decisions
 
 
@@ -87,20 +94,24 @@ def unsent(item: WorkItem, note: str) -> list[Decision]:
     """The item's rows back to pending, no try counted: the transaction did not happen as
     far as its recipients are concerned (the sender or the session was refused)."""
     now = time.time()
-    return [Decision(JournalState.PENDING, None, note, 0, now, 0.0, row_id) for row_id in item.ids]
+    return [
+        Decision(JournalState.PENDING, None, note, 0, now, 0.0, "", row_id) for row_id in item.ids
+    ]
 
 
 def later(item: WorkItem, note: str, when: float) -> list[Decision]:
     """The item's rows pending until `when` (a timestamp), no try counted."""
     now = time.time()
-    return [Decision(JournalState.PENDING, None, note, 0, now, when, row_id) for row_id in item.ids]
+    return [
+        Decision(JournalState.PENDING, None, note, 0, now, when, "", row_id) for row_id in item.ids
+    ]
 
 
 def suppressed(ids: Sequence[int], notes: Sequence[str]) -> list[Decision]:
     """Claimed rows found suppressed: never sent, for good in this journal, no try counted."""
     now = time.time()
     return [
-        Decision(JournalState.SUPPRESSED, None, note, 0, now, NEVER, row_id)
+        Decision(JournalState.SUPPRESSED, None, note, 0, now, NEVER, "", row_id)
         for row_id, note in zip(ids, notes, strict=True)
     ]
 

@@ -57,9 +57,13 @@ class Scheduler:
         stop: asyncio.Event,
         loader: LoadState,
         screen: Screen | None = None,
+        split: Callable[[WorkItem], list[WorkItem]] | None = None,
     ) -> None:
         self.ledger = ledger
         self.screen = screen
+        # A claimed group as the transactions it makes: one per relay its recipients are
+        # routed to (`relays.Relays.split`); None: each group is one.
+        self.split = split
         self.loader = loader
         self.batch = batch
         self.stop = stop
@@ -87,7 +91,9 @@ class Scheduler:
         claimed = await self.ledger.claim(limit, time.time())
         self._full = len(claimed) >= limit
         if self.screen is not None and claimed:
-            return await self.screen(claimed)
+            claimed = await self.screen(claimed)
+        if self.split is not None:
+            return [part for item in claimed for part in self.split(item)]
         return claimed
 
     async def _claim_ahead(self) -> None:

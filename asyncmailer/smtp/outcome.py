@@ -31,9 +31,11 @@ def _clean(text: str) -> str:
 
 
 def _result(
-    recipient: str, status: Status, reply: SMTPResponse, prefix: str = ""
+    recipient: str, status: Status, reply: SMTPResponse, relay: str, prefix: str = ""
 ) -> RecipientResult:
-    return RecipientResult(recipient, status, reply.code, prefix + _clean(reply.message))
+    return RecipientResult(
+        recipient, status, reply.code, prefix + _clean(reply.message), relay=relay
+    )
 
 
 class Transaction:
@@ -51,12 +53,14 @@ class Transaction:
         "recipients",
         "refusal",
         "refused",
+        "relay",
         "sender",
     )
 
-    def __init__(self, recipients: Sequence[str], sender: str = "") -> None:
+    def __init__(self, recipients: Sequence[str], sender: str = "", relay: str = "") -> None:
         self.recipients = recipients
         self.sender = sender
+        self.relay = relay  # the relay's name, in every result (the report's column)
         self.accepted: list[str] = []
         self.refused: list[SMTPResponse] = []  # the failed RCPT replies
         self.outcome: dict[str, RecipientResult] = {}
@@ -78,13 +82,15 @@ class Transaction:
     def rcpt(self, recipient: str, reply: SMTPResponse, mail: SMTPResponse) -> None:
         if mail.code != SMTPStatus.completed:
             # With PIPELINING the RCPT replies then only echo the refused MAIL FROM.
-            self.outcome[recipient] = _result(recipient, classify(mail.code), mail, "sender: ")
+            self.outcome[recipient] = _result(
+                recipient, classify(mail.code), mail, self.relay, "sender: "
+            )
             self.failed = True
             self._refuse(mail, Stage.MAIL)
         elif reply.code in _ACCEPTED_RCPT:
             self.accepted.append(recipient)
         else:
-            self.outcome[recipient] = _result(recipient, classify(reply.code), reply)
+            self.outcome[recipient] = _result(recipient, classify(reply.code), reply, self.relay)
             self.refused.append(reply)
             if self.sender and names_sender(reply, self.sender):
                 self._refuse(reply, Stage.RCPT, Scope.SENDER)
@@ -103,7 +109,9 @@ class Transaction:
         self.failed = True
         self._refuse(start, Stage.DATA)
         for recipient in self.accepted:
-            self.outcome.setdefault(recipient, _result(recipient, classify(start.code), start))
+            self.outcome.setdefault(
+                recipient, _result(recipient, classify(start.code), start, self.relay)
+            )
         return False
 
     def finish(self, end: SMTPResponse) -> None:
@@ -112,7 +120,9 @@ class Transaction:
         status = Status.ACCEPTED if accepted else classify(end.code)
         text = _clean(end.message)
         for recipient in self.accepted:
-            self.outcome[recipient] = RecipientResult(recipient, status, end.code, text)
+            self.outcome[recipient] = RecipientResult(
+                recipient, status, end.code, text, relay=self.relay
+            )
         if not accepted:
             self.failed = True
             self._refuse(end, Stage.END)
@@ -128,7 +138,9 @@ class Transaction:
         )
         for recipient in self.recipients:
             if recipient not in self.outcome:
-                self.outcome[recipient] = RecipientResult(recipient, status, None, note)
+                self.outcome[recipient] = RecipientResult(
+                    recipient, status, None, note, relay=self.relay
+                )
 
     def results(self) -> list[RecipientResult]:
         return [self.outcome[r] for r in self.recipients]

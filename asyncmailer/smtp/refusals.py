@@ -18,6 +18,7 @@ __all__ = [
     "Stage",
     "address_gone",
     "enhanced_code",
+    "is_throttling",
     "names_sender",
     "relay_denied",
     "scope_of",
@@ -176,3 +177,16 @@ def address_gone(code: int | None, message: str) -> str | None:
     if code == 550 and _GONE_TEXT.search(message.lower()):
         return "550"
     return None
+
+
+def is_throttling(code: int | None, text: str) -> bool:
+    """A reply that says "slower" rather than "no": 421 (closing, a server's own limits), 451
+    (try again later: rate limits, greylisting) and any temporary policy code (4.7.x, such
+    as Gmail's 421 4.7.28 or Postfix's 450 4.7.1 rate limit). What adaptive throttling
+    (`run.throttle`) cuts the rate on."""
+    if code is None or not 400 <= code < 500:
+        return False
+    if code in (SMTPStatus.domain_unavailable, 451):
+        return True
+    detail = enhanced_code(text)
+    return detail is not None and detail[:2] == (4, 7)

@@ -76,8 +76,10 @@ class Session:
         tls_context: ssl.SSLContext | None,
         local_hostname: str | None = None,
         tokens: TokenSource | None = None,
+        relay: str = "",
     ) -> None:
         self.settings = settings
+        self.relay = relay  # the relay's name, for the results
         self._tls_context = tls_context
         self._tokens = tokens  # auth: xoauth2: the access token, shared by the pool
         self._smtp = aiosmtplib.SMTP(
@@ -374,7 +376,7 @@ class Session:
         envid = envelope.envid if self.dsn else None
         size = message_size(parts)
         preloaded, self._preloaded = self._preloaded, None
-        tx = Bookkeeping(recipients, sender)
+        tx = Bookkeeping(recipients, sender, self.relay)
         if preloaded is not None and preloaded != (sender, tuple(recipients)):
             # The server is inside another transaction: only closing ends it safely.
             self.abort()
@@ -385,7 +387,9 @@ class Session:
             # The same for every recipient: the message's, not theirs. Nothing was written.
             note = f"the message is {size} bytes; the server accepts at most {limit} (SIZE)"
             refusal = RefusedError(note, code=None, scope="message", temporary=False, **self._where)
-            results = [RecipientResult(r, Status.REFUSED, None, note) for r in recipients]
+            results = [
+                RecipientResult(r, Status.REFUSED, None, note, relay=self.relay) for r in recipients
+            ]
             return Sent(results, refusal=refusal)
         # Built (and checked for CR/LF/NUL) before anything of the transaction is written.
         group = (

@@ -61,7 +61,7 @@ async def test_an_address_from_an_earlier_load_is_not_a_duplicate_nor_sent_again
         await journal.end_load()
         (item,) = await journal.claim(10, now=0.0)
         journal.record(
-            [Decision(JournalState.ACCEPTED, 250, "ok", 1, 0.0, 0.0, i) for i in item.ids]
+            [Decision(JournalState.ACCEPTED, 250, "ok", 1, 0.0, 0.0, "", i) for i in item.ids]
         )
     async with await Journal.open(path) as journal:
         await journal.begin_load()
@@ -184,7 +184,7 @@ async def test_results_go_as_runs_and_each_row_gets_its_own(tmp_path: Path) -> N
     # A transaction's decisions are mostly alike but for the id: they are written as runs
     # (the fields once, then the ids), and every row still ends up with its own decision.
     def decision(state: JournalState, code: int, tried: int, next_try: float, i: int) -> Decision:
-        return Decision(state, code, f"text {code}", tried, 100.0 + code, next_try, i)
+        return Decision(state, code, f"text {code}", tried, 100.0 + code, next_try, "", i)
 
     async with await Journal.open(tmp_path / "j.sqlite") as journal:
         await journal.begin_load()
@@ -231,9 +231,9 @@ async def test_a_claim_gives_a_groups_recipients_in_the_lists_order(tmp_path: Pa
         due = {item.ids[0]: 5.0, item.ids[1]: 3.0, item.ids[2]: 4.0, item.ids[4]: 3.5}
         journal.record(
             [
-                Decision(JournalState.DEFERRED, 451, "later", 1, 1.0, due[i], i)
+                Decision(JournalState.DEFERRED, 451, "later", 1, 1.0, due[i], "", i)
                 if i in due
-                else Decision(JournalState.ACCEPTED, 250, "ok", 1, 1.0, 0.0, i)
+                else Decision(JournalState.ACCEPTED, 250, "ok", 1, 1.0, 0.0, "", i)
                 for i in item.ids
             ]
         )
@@ -267,3 +267,99 @@ async def test_an_empty_or_foreign_journal_is_refused_not_taken_as_new(tmp_path:
         await Journal.open(garbage)
     with pytest.raises(JournalError, match="cannot read the journal"):
         await JournalReader(garbage).counts()
+
+
+async def test_the_relay_of_each_result_is_kept_and_a_later_untried_row_keeps_it(
+    tmp_path: Path,
+) -> None:
+    async with await Journal.open(tmp_path / "j.sqlite") as journal:
+        await journal.begin_load()
+        await journal.add_list(boxes(1, 2), 10)
+        await journal.end_load()
+        (item,) = await journal.claim(10, now=0.0)
+        accepted, deferred = item.ids
+        journal.record(
+            [
+                Decision(JournalState.ACCEPTED, 250, "ok", 1, 1.0, 0.0, "gmail", accepted),
+                Decision(JournalState.DEFERRED, 451, "later", 1, 1.0, 0.0, "isp", deferred),
+            ]
+        )
+        await journal.counts()  # stored: the next decision of the row comes after
+        # Given back untried later ("": no relay answered): the last relay that did stays.
+        journal.record(
+            [Decision(JournalState.PENDING, None, "not sent", 0, 2.0, 0.0, "", deferred)]
+        )
+        page = await journal.results()
+    assert [(r.recipient, r.relay) for r in page] == [
+        ("user1@example.com", "gmail"),
+        ("user2@example.com", "isp"),
+    ]
+
+
+# The recipients table as format 1 wrote it (comments and all: SQLite keeps the text).
+_FORMAT_1 = """CREATE TABLE recipients_1 (
+    id INTEGER PRIMARY KEY,
+    key TEXT NOT NULL UNIQUE,         -- the address, lower-cased: each address once
+    addr TEXT NOT NULL,
+    name TEXT NOT NULL DEFAULT '',
+    grp INTEGER NOT NULL REFERENCES groups(id),
+    state TEXT NOT NULL DEFAULT 'pending',
+    code INTEGER,
+    message TEXT NOT NULL DEFAULT '',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    run_attempts INTEGER NOT NULL DEFAULT 0,
+    first_try REAL,
+    next_try REAL NOT NULL DEFAULT 0,
+    loaded INTEGER NOT NULL DEFAULT 0, -- the load (run) that last read it from the list
+    fields TEXT                        -- its list row as JSON, for personalised messages
+)"""
+_COLUMNS_1 = (
+    "id, key, addr, name, grp, state, code, message, attempts, run_attempts, first_try,"
+    " next_try, loaded, fields"
+)
+
+
+def _as_format_1(path: Path) -> None:
+    """Make a journal what asyncmailer wrote before the relay column (format 1)."""
+    with sqlite3.connect(path) as db:
+        db.execute(_FORMAT_1)
+        db.execute(f"INSERT INTO recipients_1 SELECT {_COLUMNS_1} FROM recipients")
+        db.execute("DROP TABLE recipients")
+        db.execute("ALTER TABLE recipients_1 RENAME TO recipients")
+        db.execute("UPDATE meta SET value = '1' WHERE key = 'schema'")
+    db.close()
+
+
+async def test_a_format_1_journal_is_read_as_it_is_and_migrated_by_a_run(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    async with await Journal.open(path) as journal:
+        await journal.begin_load()
+        await journal.add_list(boxes(1, 2), 10)
+        await journal.end_load()
+        (item,) = await journal.claim(10, now=0.0)
+        journal.record(
+            [Decision(JournalState.ACCEPTED, 250, "ok", 1, 1.0, 0.0, "", i) for i in item.ids]
+        )
+    _as_format_1(path)
+    # status and report read it read-only, as it is: no relay known.
+    (page,) = [p async for p in JournalReader(path).pages()]
+    assert [(r.status, r.relay) for r in page] == [(Status.ACCEPTED, "")] * 2
+    # A run brings it to this format: the column added, the rows kept.
+    async with await Journal.open(path) as journal:
+        assert [r.status for r in await journal.results()] == [Status.ACCEPTED] * 2
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == ("2",)
+        columns = [row[1] for row in db.execute("PRAGMA table_info(recipients)")]
+    db.close()
+    assert "relay" in columns
+
+
+async def test_a_journal_of_a_newer_format_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    async with await Journal.open(path) as journal:
+        await journal.begin_load()
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE meta SET value = '99' WHERE key = 'schema'")
+    db.close()
+    with pytest.raises(JournalError, match="of format 99; this asyncmailer reads formats up to 2"):
+        await Journal.open(path)

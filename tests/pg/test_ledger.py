@@ -81,7 +81,7 @@ async def test_a_lapsed_lease_is_fenced_out_and_what_it_held_is_reaped(
     a.unmark_data(claimed.ids)
     assert await b.start_run(resend_unknown=False) == {"inflight": 2, "data": 2}
     # The stalled worker's results land nowhere: the rows are no longer its.
-    a.record([Decision(JournalState.ACCEPTED, 250, "ok", 1, 0.0, 0.0, i) for i in sent.ids])
+    a.record([Decision(JournalState.ACCEPTED, 250, "ok", 1, 0.0, 0.0, "", i) for i in sent.ids])
     with pytest.raises(LeaseLostError):
         await a.claim(1, now=0.0)
     counts = await b.counts()
