@@ -11,11 +11,12 @@ other decision: a ledger stores the state, the run decides it).
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import NamedTuple, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from .addresses import Mailbox
 from .results import ResultPage
@@ -79,6 +80,38 @@ class Added(NamedTuple):
 
     new: int
     duplicates: int
+
+
+class FailureLatch:
+    """The first failure of a ledger's queued writes, kept (`Ledger.failure`) and told once to
+    each callback (`Ledger.on_failure`): what both ledgers share. `wrap` makes the ledger's
+    own error of a driver's (the driver's stays its ``__cause__``)."""
+
+    def __init__(self, wrap: Callable[[BaseException], BaseException]) -> None:
+        self.failure: BaseException | None = None
+        self._wrap = wrap
+        self._callbacks: list[Callable[[BaseException], object]] = []
+
+    def on_failure(self, callback: Callable[[BaseException], object]) -> None:
+        self._callbacks.append(callback)
+
+    def watch(self, future: asyncio.Future[Any]) -> None:
+        """Latch the failure of a queued write nobody awaits."""
+        future.add_done_callback(self._done)
+
+    def _done(self, future: asyncio.Future[Any]) -> None:
+        if not future.cancelled() and (error := future.exception()) is not None:
+            self.fail(error)
+
+    def fail(self, error: BaseException) -> None:
+        if self.failure is not None:
+            return
+        failure = self._wrap(error)
+        if failure is not error:
+            failure.__cause__ = error
+        self.failure = failure
+        for callback in self._callbacks:
+            callback(failure)
 
 
 NEVER = 1e18  # `Decision.next_try` of a recipient given up on for this run

@@ -23,7 +23,7 @@ from typing import Any, NamedTuple, TypeVar
 
 from ..addresses import Mailbox, Mailboxes
 from ..errors import JournalError
-from ..ledger import NEVER, Added, Decision, JournalState, WorkItem
+from ..ledger import NEVER, Added, Decision, FailureLatch, JournalState, WorkItem
 from ..message import message_ids
 from ..results import ResultPage
 from . import reader
@@ -123,8 +123,9 @@ class Journal:
         # Rows waiting for the writer, by statement (see _add).
         self._pending: dict[str, tuple[list[Any], asyncio.Future[None]]] = {}
         self._pending_lock = threading.Lock()
-        self._failure: BaseException | None = None
-        self._failure_callbacks: list[Callable[[BaseException], object]] = []
+        self._latch = FailureLatch(
+            lambda error: JournalError(f"cannot write the journal: {error}", path=self.path)
+        )
 
     def __repr__(self) -> str:
         return f"<Journal {self.path}>"
@@ -183,22 +184,10 @@ class Journal:
     @property
     def failure(self) -> BaseException | None:
         """The first failure of a queued write (`record`, `count_sent`, `unmark_data`)."""
-        return self._failure
+        return self._latch.failure
 
     def on_failure(self, callback: Callable[[BaseException], object]) -> None:
-        self._failure_callbacks.append(callback)
-
-    def _watch(self, future: asyncio.Future[Any]) -> None:
-        future.add_done_callback(self._latch)
-
-    def _latch(self, future: asyncio.Future[Any]) -> None:
-        if future.cancelled() or (error := future.exception()) is None:
-            return
-        if self._failure is None:
-            self._failure = JournalError(f"cannot write the journal: {error}", path=self.path)
-            self._failure.__cause__ = error
-            for callback in self._failure_callbacks:
-                callback(self._failure)
+        self._latch.on_failure(callback)
 
     # -- requests ----------------------------------------------------------------------------
 
@@ -469,7 +458,7 @@ class Journal:
                 [(JournalState.INFLIGHT, i, JournalState.DATA) for i in ids],
             )
 
-        self._watch(self._writer.submit(unmark))
+        self._latch.watch(self._writer.submit(unmark))
 
     def record(self, decisions: Sequence[Decision]) -> None:
         """Queue a transaction's decided rows (the caller need not wait for the commit:
@@ -479,7 +468,7 @@ class Journal:
         # A transaction's rows as runs (schema.RECORD); one recipient's decision is its own.
         future = self._add(RECORD, decisions if len(decisions) == 1 else decision_runs(decisions))
         if new:  # one watch per shared statement, not per transaction
-            self._watch(future)
+            self._latch.watch(future)
 
     async def release(self, item: WorkItem) -> None:
         """Give claimed recipients back, untried (e.g. the run is stopping)."""
@@ -526,7 +515,7 @@ class Journal:
                 (f"sent:{day}", count),
             )
 
-        self._watch(self._writer.submit(add))
+        self._latch.watch(self._writer.submit(add))
 
     async def next_due(self) -> float | None:
         """When the next deferred recipient is due in this run, if any is."""

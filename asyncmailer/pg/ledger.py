@@ -27,7 +27,7 @@ import psycopg
 from ..addresses import Mailbox, Mailboxes
 from ..errors import JournalError, LeaseLostError
 from ..journal.reader import NOT_YET
-from ..ledger import NEVER, Added, Decision, JournalState, WorkItem
+from ..ledger import NEVER, Added, Decision, FailureLatch, JournalState, WorkItem
 from ..ledger_url import LedgerUrl
 from ..message import message_ids
 from ..results import ResultPage, Status
@@ -131,8 +131,13 @@ class PgLedger:
         self.lease = lease
         self.msgid_domain = msgid_domain
         self._pending: dict[str, tuple[list[Any], asyncio.Future[Any]]] = {}
-        self._failure: BaseException | None = None
-        self._failure_callbacks: list[Callable[[BaseException], object]] = []
+        self._latch = FailureLatch(
+            lambda error: (
+                error
+                if isinstance(error, JournalError)
+                else translate(self.url, error, "cannot write")
+            )
+        )
         self._tokens = itertools.count(1)
         self._heartbeat: asyncio.Task[None] | None = None
         self.reaped: Counter[JournalState] = Counter()  # what this worker reaped of others'
@@ -205,7 +210,7 @@ class PgLedger:
                 "UPDATE asyncmailer_leases SET expires = now() WHERE id = %(me)s", params
             )
 
-        if self._failure is not None:  # the database may be gone: do not wait long for it
+        if self._latch.failure is not None:  # the database may be gone: do not wait long for it
             self._writer.outage = min(self._writer.outage, 2.0)
         end_future = self._writer.submit(end)
         await self._writer.stop()
@@ -216,30 +221,10 @@ class PgLedger:
 
     @property
     def failure(self) -> BaseException | None:
-        return self._failure
+        return self._latch.failure
 
     def on_failure(self, callback: Callable[[BaseException], object]) -> None:
-        self._failure_callbacks.append(callback)
-
-    def _watch(self, future: asyncio.Future[Any]) -> None:
-        future.add_done_callback(self._latch)
-
-    def _latch(self, future: asyncio.Future[Any]) -> None:
-        if future.cancelled() or (error := future.exception()) is None:
-            return
-        self._fail(error)
-
-    def _fail(self, error: BaseException) -> None:
-        if self._failure is None:
-            self._failure = (
-                error
-                if isinstance(error, JournalError)
-                else translate(self.url, error, "cannot write")
-            )
-            if self._failure is not error:
-                self._failure.__cause__ = error
-            for callback in self._failure_callbacks:
-                callback(self._failure)
+        self._latch.on_failure(callback)
 
     # -- requests ----------------------------------------------------------------------------
 
@@ -328,11 +313,11 @@ class PgLedger:
                         await renew(conn)
                         break
                     except LeaseLostError as err:
-                        self._fail(err)
+                        self._latch.fail(err)
                         return
                     except (JournalError, psycopg.Error) as err:
                         if loop.time() > deadline:
-                            self._fail(err)
+                            self._latch.fail(err)
                             return
                         await asyncio.sleep(min(0.5, self.lease / 6))
         finally:
@@ -676,7 +661,7 @@ class PgLedger:
         new = "unmark" not in self._pending
         future = self._add("unmark", ids, unmark)
         if new:
-            self._watch(future)
+            self._latch.watch(future)
 
     def record(self, decisions: Sequence[Decision]) -> None:
         """Queue a transaction's decided rows; only rows this lease still holds take them."""
@@ -690,7 +675,7 @@ class PgLedger:
         new = "record" not in self._pending
         future = self._add("record", decisions, write)
         if new:
-            self._watch(future)
+            self._latch.watch(future)
 
     async def release(self, item: WorkItem) -> None:
         async def release(conn: Connection) -> None:
@@ -745,7 +730,7 @@ class PgLedger:
                 (self.campaign, day, count),
             )
 
-        self._watch(self._writer.submit(add, solo=True))
+        self._latch.watch(self._writer.submit(add, solo=True))
 
     async def reserve_connections(self, count: int, limit: int) -> int:
         """`ConnectionBank`: up to `count` of the campaign's `limit` connections, held by
