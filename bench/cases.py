@@ -43,10 +43,10 @@ THROTTLE_MESSAGES = 1_500  # ~30 s at the relay's rate
 # until a 1,000,000-recipient .txt list is all loaded into the ledger.
 PG_WORKERS = 4
 PG_WORKERS_RATIO = 3.5  # target: 4 workers deliver at least 3.5x one worker
-PG_WORKER_MESSAGES = 1_500  # one worker at 50 ms, c=32: ~8 s; 4 workers get 4x as many
+PG_WORKER_MESSAGES = 5_000  # one worker at 50 ms, c=32: ~12 s; 4 workers get 4x as many
 PG_PROCESSES = 2
 PG_PROCESSES_RATIO = 1.3  # target: --processes 2 at least 1.3x one process on 2 cores
-PG_PROCESS_MESSAGES = 6_000  # one process at 0 ms: ~10 s; 2 processes get 2x as many
+PG_PROCESS_MESSAGES = 20_000  # one process at 0 ms: ~11 s; 2 processes get 2x as many
 PG_LOAD_RECIPIENTS = 1_000_000
 PG_LOAD_SECONDS = 20.0  # target: loaded in at most 20 s
 
