@@ -37,6 +37,19 @@ THROTTLE_RATE = 50
 THROTTLE_ASK = 10
 THROTTLE_MESSAGES = 1_500  # ~30 s at the relay's rate
 
+# The shared PostgreSQL ledger (`asyncmailer worker --processes N`), each row on a private
+# server started by the bench (bench/postgres.py): 4 workers against 1 at 50 ms, c=32 each;
+# --processes 2 against 1 at 0 ms into smtp-sink (one recipient per message); and the time
+# until a 1,000,000-recipient .txt list is all loaded into the ledger.
+PG_WORKERS = 4
+PG_WORKERS_RATIO = 3.5  # target: 4 workers deliver at least 3.5x one worker
+PG_WORKER_MESSAGES = 5_000  # one worker at 50 ms, c=32: ~12 s; 4 workers get 4x as many
+PG_PROCESSES = 2
+PG_PROCESSES_RATIO = 1.3  # target: --processes 2 at least 1.3x one process on 2 cores
+PG_PROCESS_MESSAGES = 20_000  # one process at 0 ms: ~11 s; 2 processes get 2x as many
+PG_LOAD_RECIPIENTS = 1_000_000
+PG_LOAD_SECONDS = 20.0  # target: loaded in at most 20 s
+
 # Messages per run. At 0 ms: per size; at 50 ms: for concurrency 32, proportionally fewer below.
 _COUNT_0MS = {"2.4KB": 10_000, "143KB": 2_000}
 _ORIGINAL_0MS = 2_000
@@ -62,6 +75,10 @@ class Case:
     # A relay that throttles above this many messages/s (421 4.7.0), the campaign asking
     # for THROTTLE_ASK times as many: adaptive throttling's row (0: no throttle).
     throttle: int = 0
+    # The PostgreSQL ledger: `asyncmailer worker --processes N` (0: `send` on the SQLite
+    # journal); `until_loaded` measures only until the list is all in the ledger.
+    processes: int = 0
+    until_loaded: bool = False
 
     @property
     def label(self) -> str:
@@ -69,6 +86,10 @@ class Case:
         with which message; signed or not in the DKIM rows."""
         if self.personal:
             return f"{self.sender} (personalised {self.personal})"
+        if self.until_loaded:
+            return f"{self.sender} PostgreSQL load"
+        if self.processes:
+            return f"{self.sender} PostgreSQL x{self.processes}"
         if self.dkim is not None:
             return f"{self.sender}, DKIM {self.dkim}"
         if not self.tls:
@@ -83,6 +104,8 @@ class Case:
     @property
     def timeout(self) -> float:
         """Seconds before the run is killed."""
+        if self.until_loaded:
+            return 120.0
         return 420.0 if self.recipients >= 1_000_000 else 180.0
 
 
@@ -139,6 +162,48 @@ def _signing(scale: float) -> list[Case]:
     ]
 
 
+def postgresql(scale: float) -> list[Case]:
+    """The PostgreSQL ledger's rows, each pair one worker (process) then several."""
+    one = _scaled(PG_WORKER_MESSAGES, scale)
+    process = _scaled(PG_PROCESS_MESSAGES, scale)
+    load = max(1_000, round(PG_LOAD_RECIPIENTS * scale))
+    return [
+        Case(ASYNCMAILER, 50, "2.4KB", 32, True, one, one, processes=1),
+        Case(
+            ASYNCMAILER,
+            50,
+            "2.4KB",
+            32,
+            True,
+            one * PG_WORKERS,
+            one * PG_WORKERS,
+            processes=PG_WORKERS,
+        ),
+        Case(ASYNCMAILER, 0, "2.4KB", 32, True, process, process, processes=1),
+        Case(
+            ASYNCMAILER,
+            0,
+            "2.4KB",
+            32,
+            True,
+            process * PG_PROCESSES,
+            process * PG_PROCESSES,
+            processes=PG_PROCESSES,
+        ),
+        Case(
+            ASYNCMAILER,
+            0,
+            "2.4KB",
+            32,
+            True,
+            load // MEMORY_GROUP_SIZE,
+            load,
+            processes=1,
+            until_loaded=True,
+        ),
+    ]
+
+
 def matrix(*, quick: bool, scale: float = 1.0) -> list[Case]:
     """Every run: throughput at each latency and size (the implicit-TLS, personalised and
     DKIM rows after the plain 0 ms rows of their size), then memory with big lists.
@@ -158,6 +223,7 @@ def matrix(*, quick: bool, scale: float = 1.0) -> list[Case]:
                 cases += _personalised(scale)
             if (latency_ms, size) == (0, DKIM_SIZE):
                 cases += _signing(scale)
+    cases += postgresql(scale)
     cases.append(Case(MEMORY, 0, BIG_SIZE, 1, True, 1, 1))
     for count in MEMORY_LISTS:
         if quick and count >= 1_000_000:

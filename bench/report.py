@@ -15,6 +15,11 @@ from cases import (
     PERSONAL_CPU_RATIO,
     PERSONAL_HTML,
     PERSONAL_TEXT,
+    PG_LOAD_SECONDS,
+    PG_PROCESSES,
+    PG_PROCESSES_RATIO,
+    PG_WORKERS,
+    PG_WORKERS_RATIO,
     SMTP_SOURCE,
     TLS_CONCURRENCIES,
     TLS_SIZE,
@@ -46,6 +51,8 @@ class Row:
     # The adaptive-throttling row: the sink's 421 replies, and the rate it settled at.
     throttled: int | None = None
     settled_per_s: float | None = None
+    # The PostgreSQL ledger rows: the server's CPU time during the run.
+    pg_cpu_seconds: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -198,7 +205,7 @@ def _row(
         )
         mine = sender != ASYNCMAILER or (case.pipelining is True and case.dkim is None)
         # adaptive throttling's and the personalised rows measure something else
-        return same and mine and not case.personal and not case.throttle
+        return same and mine and not (case.personal or case.throttle or case.processes)
 
     return _find(rows, match)
 
@@ -245,7 +252,68 @@ def ratios(rows: Sequence[Row]) -> list[Ratio]:
         )
     result.append(_personal_cpu(rows))
     result.extend(_long_list(rows))
+    result.extend(_postgresql(rows))
     return result
+
+
+def _pg_row(rows: Sequence[Row], latency: int, processes: int) -> Row | None:
+    return _find(
+        rows,
+        lambda c: c.processes == processes and c.latency_ms == latency and not c.until_loaded,
+    )
+
+
+def _postgresql(rows: Sequence[Row]) -> list[Ratio]:
+    """The shared ledger's targets: several workers (processes) against one, and the time
+    until 1,000,000 recipients are loaded."""
+    result = [
+        _speed_ratio(
+            f"PostgreSQL, 50 ms, 2.4KB, c=32 each: {PG_WORKERS} workers / 1 worker msgs/s",
+            _pg_row(rows, 50, PG_WORKERS),
+            _pg_row(rows, 50, 1),
+            PG_WORKERS_RATIO,
+        ),
+        _speed_ratio(
+            f"PostgreSQL, 0 ms, 2.4KB, c=32, 1 rcpt/msg: --processes {PG_PROCESSES} / 1 msgs/s",
+            _pg_row(rows, 0, PG_PROCESSES),
+            _pg_row(rows, 0, 1),
+            PG_PROCESSES_RATIO,
+        ),
+    ]
+    load = _find(rows, lambda c: c.until_loaded)
+    name = "PostgreSQL: seconds until the list is loaded"
+    if load is not None:
+        name = f"PostgreSQL: seconds until {load.case.recipients:,} recipients are loaded"
+    if load is not None and load.ok and load.seconds is not None:
+        result.append(Ratio(name, load.seconds, PG_LOAD_SECONDS, False))
+    else:
+        result.append(Ratio(name, None, PG_LOAD_SECONDS, False, _why(load, "load run")))
+    return result
+
+
+def postgresql_cpu(rows: Sequence[Row]) -> list[str]:
+    """Where the CPU went in each PostgreSQL sending row: asyncmailer's processes, the sink,
+    the database server; per 1,000 messages, and as cores busy over the run."""
+    lines = []
+    for row in rows:
+        case = row.case
+        if not case.processes or case.until_loaded or not row.ok or not row.seconds:
+            continue
+        parts = (
+            ("asyncmailer", row.cpu_seconds),
+            (row.sink, row.sink_cpu_seconds),
+            ("postgres", row.pg_cpu_seconds),
+        )
+        split = ", ".join(
+            f"{who} {_num(None if cpu is None else cpu * 1000 / case.messages, 3)}"
+            for who, cpu in parts
+        )
+        busy = sum(cpu or 0.0 for _, cpu in parts) / row.seconds
+        lines.append(
+            f"CPU s/1k msgs, PostgreSQL x{case.processes}, {case.latency_ms} ms: {split} "
+            f"({busy:.2f} cores busy, {row.msgs_per_s or 0:,.0f} msgs/s)"
+        )
+    return lines
 
 
 def _personal_cpu(rows: Sequence[Row]) -> Ratio:

@@ -28,12 +28,13 @@ from pathlib import Path
 from typing import Any
 
 import cases
+import postgres
 import report
 import sinks
 import tls
 import workload
 from cases import ASYNCMAILER, MEMORY, ORIGINAL, SMTP_SOURCE, Case
-from measure import ProcessStats, run_measured
+from measure import ProcessStats, cpu_seconds, reap, run_measured
 from report import Row
 from tools import Tools, ensure_tools
 
@@ -61,6 +62,8 @@ class Context:
     mailer_missing: str = ""
     certs: tls.Certificates | None = None
     tls_missing: str = ""
+    pg: Any = None  # the private PostgreSQL server (tests/postgres.py's PgServer)
+    pg_missing: str = ""  # why the PostgreSQL ledger rows cannot run
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +75,7 @@ class Outcome:
     stderr: str
     sink: sinks.SinkTotals
     tunnel: tls.TunnelTotals
+    pg_cpu_seconds: float | None = None  # the PostgreSQL server's, during the run
 
 
 def _tail(path: Path) -> str:
@@ -105,7 +109,7 @@ def _tunnel_for(case: Case, ctx: Context, name: str, backend_port: int) -> tls.T
     return tls.Tunnel(ctx.tools.stunnel, ctx.certs, stem, backend_port, client_leg=client_leg)
 
 
-def _argv(case: Case, ctx: Context, port: int, name: str) -> list[str]:
+def _argv(case: Case, ctx: Context, port: int, name: str, ledger: str = "") -> list[str]:
     size = ctx.work.sizes[case.size]
     if case.sender == ORIGINAL:
         return [
@@ -141,8 +145,17 @@ def _argv(case: Case, ctx: Context, port: int, name: str) -> list[str]:
         personal=personal,
         dkim_key=ctx.work.dkim_keys.get(case.dkim or ""),
         rate=case.throttle * cases.THROTTLE_ASK if case.throttle else None,
+        ledger=ledger or None,
     )
     campaign = workload.write_campaign(ctx.folder, name, ctx.work.body_file, spec)
+    if case.processes:
+        # No --report: with N processes each writes every recipient of the run at its end,
+        # which would measure N reports, not the sending.
+        processes = ("--processes", str(case.processes)) if case.processes > 1 else ()
+        return [
+            *(sys.executable, "-m", "asyncmailer", "worker", str(campaign), "-q"),
+            *processes,
+        ]
     # Reports on, as a user runs it: every recipient's result goes to a CSV file as it comes.
     report_file = ctx.folder / f"{name}.report.csv"
     return [
@@ -160,14 +173,51 @@ def _execute(case: Case, ctx: Context, name: str) -> tuple[str, Outcome]:
         tunnel = None
         if case.tls:
             tunnel = stack.enter_context(_tunnel_for(case, ctx, name, sink.port))
-        argv = _argv(case, ctx, tunnel.port if tunnel else sink.port, name)
+        ledger = postgres.new_database(ctx.pg) if case.processes else ""
+        argv = _argv(case, ctx, tunnel.port if tunnel else sink.port, name, ledger)
+        pg_before = postgres.cpu_seconds(ctx.pg) if ledger else 0.0
         sink.watch_first(time.perf_counter())  # the sender starts now
-        stats = run_measured(
-            argv, stdout=out, stderr=err, timeout=timeout, env=ctx.env, gnu_time=ctx.tools.gnu_time
-        )
+        if case.until_loaded:
+            stats = run_until_loaded(argv, ledger, out, err, timeout, ctx.env)
+        else:
+            stats = run_measured(
+                argv,
+                stdout=out,
+                stderr=err,
+                timeout=timeout,
+                env=ctx.env,
+                gnu_time=ctx.tools.gnu_time,
+            )
+        pg_cpu = None
+        if ledger:
+            time.sleep(0.3)  # the backends of the closed sessions exit and are reaped
+            pg_cpu = postgres.cpu_seconds(ctx.pg) - pg_before
         legs = tunnel.stop() if tunnel else tls.TunnelTotals()
         totals = sink.stop()
-    return _sink_label(case, sink.name), Outcome(stats, _tail(out), _tail(err), totals, legs)
+    outcome = Outcome(stats, _tail(out), _tail(err), totals, legs, pg_cpu)
+    return _sink_label(case, sink.name), outcome
+
+
+def run_until_loaded(
+    argv: list[str], ledger: str, stdout: Path, stderr: Path, timeout: float, env: dict[str, str]
+) -> ProcessStats:
+    """Start the worker and stop it (SIGKILL to its group) once its list is all in the
+    ledger: the seconds until then, and its CPU time until then."""
+    with stdout.open("wb") as out, stderr.open("wb") as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(
+            argv, stdout=out, stderr=err, env=env, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+        loaded = postgres.wait_loaded(ledger, timeout)
+        seconds = time.perf_counter() - start
+        done = reap(proc, 0.0, group=True)
+    return ProcessStats(
+        returncode=0 if loaded else done.returncode,
+        seconds=seconds,
+        cpu_seconds=cpu_seconds(done.usage),
+        max_rss_kb=done.usage.ru_maxrss,
+        timed_out=not loaded,
+    )
 
 
 def _judge(case: Case, outcome: Outcome) -> tuple[str, str]:
@@ -175,7 +225,10 @@ def _judge(case: Case, outcome: Outcome) -> tuple[str, str]:
     stats, delivered = outcome.stats, outcome.sink.messages
     if stats.timed_out:
         return "timeout", f"killed after {stats.seconds:.0f} s"
-    if case.sender in (ASYNCMAILER, MEMORY):
+    if case.until_loaded:
+        return report.OK, ""  # loaded before the timeout: what the row measures
+    if case.sender in (ASYNCMAILER, MEMORY) and not case.processes:
+        # (workers print a summary each, of their part: the sink's count is checked below)
         if stats.returncode == 2 and "unknown key" in outcome.stderr:
             return "not available yet", _last_line(outcome.stderr).partition(" (known keys")[0]
         summary = _SUMMARY.findall(outcome.stdout)
@@ -185,7 +238,7 @@ def _judge(case: Case, outcome: Outcome) -> tuple[str, str]:
             return "failed", f"exit {stats.returncode}: {shown}; {_last_line(outcome.stderr)}"
     if stats.returncode != 0:
         return "failed", f"exit {stats.returncode}: {_last_line(outcome.stderr)}"
-    if delivered != case.messages:
+    if delivered != case.messages and not case.until_loaded:
         return "failed", f"sink counted {delivered} messages, expected {case.messages}"
     return report.OK, ""
 
@@ -201,6 +254,8 @@ def run_case(case: Case, ctx: Context, name: str) -> Row:
         return Row(case, sink, "skipped", "smtp-source not installed (see notes)")
     if case.tls and ctx.tls_missing:
         return Row(case, sink, "skipped", ctx.tls_missing)
+    if case.processes and ctx.pg_missing:
+        return Row(case, sink, "skipped", ctx.pg_missing)
     if case.sender in (ASYNCMAILER, MEMORY) and ctx.mailer_missing:
         return Row(case, sink, "not available yet", ctx.mailer_missing)
     if time.monotonic() >= ctx.deadline:
@@ -233,6 +288,7 @@ def run_case(case: Case, ctx: Context, name: str) -> Row:
         tls_session=legs.session,
         throttled=outcome.sink.throttled if case.throttle else None,
         settled_per_s=outcome.sink.settled if case.throttle else None,
+        pg_cpu_seconds=outcome.pg_cpu_seconds,
     )
 
 
@@ -244,6 +300,7 @@ def _compared(case: Case) -> bool:
     asyncmailer with pipelining and smtp-source; and the two personalised rows."""
     return bool(case.personal) or (
         case.latency_ms == 0
+        and not case.processes
         and case.dkim is None
         and (case.concurrency == 32 or case.tls)
         and (case.sender == SMTP_SOURCE or (case.sender == ASYNCMAILER and bool(case.pipelining)))
@@ -415,7 +472,7 @@ def _chosen(case: Case, only: list[str]) -> bool:
 
 
 def run_all(
-    args: argparse.Namespace, folder: Path, notes: list[str]
+    args: argparse.Namespace, folder: Path, notes: list[str], stack: ExitStack
 ) -> tuple[list[Row], dict[str, int]]:
     """Run every case; return the rows and the stdlib message sizes in bytes."""
     found = ensure_tools(notes)
@@ -431,11 +488,19 @@ def run_all(
     certs, tls_missing = _tls_setup(folder, found, notes)
     ctx = replace(ctx, mailer_missing=missing, certs=certs, tls_missing=tls_missing)
     plan = cases.matrix(quick=args.quick, scale=args.scale)
-    if args.quick:
-        notes.append("quick run: the 1,000,000-recipient memory run is left out")
     if args.only:
         plan = [case for case in plan if _chosen(case, args.only)]
         notes.append(f"only the rows matching {' or '.join(map(repr, args.only))} ran")
+    if any(case.processes for case in plan):
+        server, pg_missing = postgres.start()
+        if server is not None:
+            stack.callback(server.stop)
+        else:
+            notes.append(f"PostgreSQL ledger rows skipped: {pg_missing}")
+            print(f"PostgreSQL ledger rows skipped: {pg_missing}", file=sys.stderr, flush=True)
+        ctx = replace(ctx, pg=server, pg_missing=pg_missing)
+    if args.quick:
+        notes.append("quick run: the 1,000,000-recipient memory run is left out")
     names = {case: f"run{number:02d}" for number, case in enumerate(plan, 1)}
     ready: dict[Case, Row] = {}  # compared rows run beside an earlier one
     rows = []
@@ -461,8 +526,8 @@ def main() -> int:
     notes: list[str] = []
     started = time.monotonic()
     git = git_state()  # before the runs: the code they measure
-    with tempfile.TemporaryDirectory(prefix="asyncmailer-bench-") as tmp:
-        rows, sizes = run_all(args, Path(tmp), notes)
+    with tempfile.TemporaryDirectory(prefix="asyncmailer-bench-") as tmp, ExitStack() as stack:
+        rows, sizes = run_all(args, Path(tmp), notes, stack)
     lines = report.ratios(rows)
     print()
     print(report.format_table(rows))
@@ -472,6 +537,9 @@ def main() -> int:
     costs = report.signing_costs(rows)
     for cost in costs:
         print(cost)
+    splits = report.postgresql_cpu(rows)
+    for split in splits:
+        print(split)
     for note in notes:
         print(f"note: {note}")
     meta = {
@@ -484,6 +552,7 @@ def main() -> int:
         "message_bytes_stdlib": sizes,
         "notes": notes,
         "dkim_signing": costs,
+        "postgresql_cpu": splits,
     }
     report.write_json(args.output, meta, rows, lines)
     print(f"results written to {args.output}")

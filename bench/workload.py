@@ -206,6 +206,7 @@ class CampaignSpec:
     personal: Path | None = None  # given: personalize, with this template as the message
     dkim_key: Path | None = None  # given: every message signed with this key (dkim:)
     rate: float | None = None  # the campaign's `rate`, messages/s
+    ledger: str | None = None  # given: this PostgreSQL ledger URL, the campaign's id its name
 
 
 def write_campaign(folder: Path, name: str, body_file: Path, spec: CampaignSpec) -> Path:
@@ -240,6 +241,8 @@ def write_campaign(folder: Path, name: str, body_file: Path, spec: CampaignSpec)
         }
     if spec.rate:
         campaign["rate"] = spec.rate
+    if spec.ledger:
+        campaign.update(campaign=name, ledger=spec.ledger)
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(campaign, sort_keys=False), encoding="utf-8")
     return path
