@@ -192,6 +192,16 @@ def make_campaign(tmp_path: Path, certs: Certs) -> CampaignFactory:
     return make
 
 
+def list_campaign(
+    make_campaign: CampaignFactory, port: int, addresses: Iterable[str], **keys: Any
+) -> Path:
+    """A list campaign to the test server's implicit-TLS `port`: the recipients (or any
+    lines) in list.txt beside reliances/, no to or cc."""
+    path = make_campaign(port=port, to=None, cc=None, recipients_file="list.txt", **keys)
+    (path.parent.parent / "list.txt").write_text("".join(a + "\n" for a in addresses))
+    return path
+
+
 def plain_list_campaign(
     make_campaign: CampaignFactory, port: int, addresses: Iterable[str], **keys: Any
 ) -> Path:

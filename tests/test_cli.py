@@ -25,6 +25,7 @@ from .conftest import (
     USER,
     CampaignFactory,
     ServerFactory,
+    list_campaign,
     plain_list_campaign,
     run_cli,
     start_cli,
@@ -625,13 +626,11 @@ async def test_the_run_summary_counts_what_the_server_received(
     )
     addresses = [f"u{i}@example.com" for i in range(7)]
     addresses += ["gone@example.org", "nouser@example.org", "relay@example.org", "s@example.net"]
-    (tmp_path / "list.txt").write_text("".join(f"{a}\n" for a in addresses) + "bad row\n")
     (tmp_path / "suppressed.txt").write_text("s@example.net\n")
-    path = make_campaign(
-        port=running.server.ssl_port,
-        to=None,
-        cc=None,
-        recipients_file="list.txt",
+    path = list_campaign(
+        make_campaign,
+        running.server.ssl_port,
+        [*addresses, "bad row"],
         suppression_file="suppressed.txt",
         group_size=3,
         campaign="news",

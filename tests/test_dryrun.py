@@ -7,7 +7,6 @@ import email
 import json
 from email import policy
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -15,17 +14,8 @@ from asyncmailer.attachments import SPOOL_ABOVE
 from asyncmailer.cli import main
 from asyncmailer.dryrun import ENVELOPES
 
-from .conftest import CampaignFactory, ServerFactory, run_cli
+from .conftest import CampaignFactory, ServerFactory, list_campaign, run_cli
 from .dkimkeys import DOMAIN, SELECTOR, key_text, verifies, write_key
-
-
-def tls_list_campaign(
-    make_campaign: CampaignFactory, port: int, addresses: list[str], **keys: Any
-) -> Path:
-    """A list campaign to the test server's implicit-TLS `port` (list.txt, no to/cc)."""
-    path = make_campaign(port=port, to=None, cc=None, recipients_file="list.txt", **keys)
-    (path.parent.parent / "list.txt").write_text("".join(a + "\n" for a in addresses))
-    return path
 
 
 def written(folder: Path) -> list[tuple[dict[str, object], email.message.EmailMessage]]:
@@ -49,7 +39,7 @@ async def test_a_dry_run_writes_every_message_and_sends_nothing(
 ) -> None:
     running = await smtp_server()
     addresses = [f"u{i}@example.com" for i in range(25)]
-    path = tls_list_campaign(make_campaign, running.server.ssl_port, addresses, group_size=10)
+    path = list_campaign(make_campaign, running.server.ssl_port, addresses, group_size=10)
     out = tmp_path / "preview"
 
     code, shown, err = await run_cli("send", str(path), "--dry-run", str(out), cwd=tmp_path)
@@ -78,7 +68,7 @@ async def test_limit_stops_a_dry_run_and_a_real_one_after_n_messages(
 ) -> None:
     running = await smtp_server()
     addresses = [f"u{i}@example.com" for i in range(7)]
-    path = tls_list_campaign(make_campaign, running.server.ssl_port, addresses, group_size=1)
+    path = list_campaign(make_campaign, running.server.ssl_port, addresses, group_size=1)
 
     dry = ("--dry-run", str(tmp_path / "d"), "--limit", "2")
     assert (await run_cli("send", str(path), *dry, cwd=tmp_path))[0] == 0
@@ -109,7 +99,7 @@ async def test_a_dry_run_leaves_suppressed_recipients_out_and_writes_no_state(
     running = await smtp_server()
     addresses = ["u0@example.com", "u1@example.com", "gone@blocked.example", "u2@example.com"]
     (tmp_path / "suppressed.txt").write_text("@blocked.example\n")
-    path = tls_list_campaign(
+    path = list_campaign(
         make_campaign, running.server.ssl_port, addresses, suppression_file="suppressed.txt"
     )
     out = tmp_path / "preview"
@@ -144,7 +134,7 @@ async def test_a_signed_dry_run_writes_messages_that_verify(
     (tmp_path / "reliances").mkdir()
     write_key(tmp_path / "reliances", "rsa-2048")
     big = bytes(range(256)) * (SPOOL_ABOVE // 256 + 1024)  # spooled, copied into each file
-    path = tls_list_campaign(
+    path = list_campaign(
         make_campaign,
         2465,  # nothing is sent: no server needed
         [f"u{i}@example.com" for i in range(5)],

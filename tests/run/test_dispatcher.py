@@ -18,7 +18,7 @@ from asyncmailer.results import RecipientResult, Status
 from asyncmailer.run.campaign import RunOptions, run_campaign
 from asyncmailer.suppression import Reason
 
-from ..conftest import CampaignFactory, RunningServer, ServerFactory
+from ..conftest import CampaignFactory, RunningServer, ServerFactory, list_campaign
 
 
 def received(running: RunningServer) -> list[str]:
@@ -33,15 +33,13 @@ async def test_a_suppressed_address_and_domain_receive_nothing(
     addresses = [f"u{i}@example.com" for i in range(6)]
     addresses[1:1] = ["bob@example.org", "x@blocked.example", "Y@Blocked.Example"]
     addresses.append("unsubscribed@example.net")
-    (tmp_path / "list.txt").write_text("".join(f"{a}\n" for a in addresses))
     (tmp_path / "suppressed.txt").write_text(
         "# never to these\nBOB@example.org\n@BLOCKED.example  # the whole domain\n"
     )
-    path = make_campaign(
-        port=running.server.ssl_port,
-        to=None,
-        cc=None,
-        recipients_file="list.txt",
+    path = list_campaign(
+        make_campaign,
+        running.server.ssl_port,
+        addresses,
         suppression_file="suppressed.txt",
         group_size=3,
     )
@@ -160,13 +158,11 @@ async def test_a_claim_all_suppressed_does_not_end_the_run(
     # A claim is up to 64 groups here: the first ones all suppressed, the rest still to send.
     running = await smtp_server()
     rows = [f"u{i}@blocked.example" for i in range(150)] + ["a@example.com", "b@example.com"]
-    (tmp_path / "list.txt").write_text("".join(f"{a}\n" for a in rows))
     (tmp_path / "suppressed.txt").write_text("@blocked.example\n")
-    path = make_campaign(
-        port=running.server.ssl_port,
-        to=None,
-        cc=None,
-        recipients_file="list.txt",
+    path = list_campaign(
+        make_campaign,
+        running.server.ssl_port,
+        rows,
         suppression_file="suppressed.txt",
         group_size=1,
         concurrency=1,
