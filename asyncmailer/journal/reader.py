@@ -17,7 +17,7 @@ from ..results import ResultPage, Status
 
 T = TypeVar("T")
 
-__all__ = ["NOT_YET", "JournalReader", "counts", "page"]
+__all__ = ["NOT_YET", "JournalReader", "counts", "page", "result_columns"]
 
 NOT_YET = "not attempted yet: run the campaign again to send"
 _NOT_RUN = f"('{JournalState.PENDING}', '{JournalState.INFLIGHT}')"  # the run never got to it
@@ -27,17 +27,24 @@ _NOT_RUN = f"('{JournalState.PENDING}', '{JournalState.INFLIGHT}')"  # the run n
 # refusal, or a 452 left over), deferred with what it was told; every other state is the status
 # of the same name. Journals written before `not attempted` was a status read the same way.
 _UNTRIED = f"state IN {_NOT_RUN} AND attempts = 0"
-_QUERY = (
-    "SELECT id, addr,"
-    f" CASE WHEN state = '{JournalState.DATA}' THEN '{Status.UNKNOWN}'"
-    f" WHEN {_UNTRIED} THEN '{Status.NOT_ATTEMPTED}'"
-    f" WHEN state IN {_NOT_RUN} THEN '{Status.DEFERRED}' ELSE state END,"
-    f" CASE WHEN state = '{JournalState.DATA}' OR {_UNTRIED} THEN NULL ELSE code END,"
-    f" CASE WHEN {_UNTRIED} THEN ? ELSE message END,"
-    " attempts,"
-    " {relay}"
-    " FROM recipients WHERE id > ? ORDER BY id LIMIT ?"
-)
+
+
+def result_columns(not_yet: str) -> str:
+    """The SQL columns of a `ResultRow` but its relay, from a table of recipients (this
+    journal's, and the PostgreSQL ledger's: one rule for both); `not_yet` is the placeholder
+    of the message given to the not attempted (`NOT_YET`)."""
+    return (
+        "id, addr,"
+        f" CASE WHEN state = '{JournalState.DATA}' THEN '{Status.UNKNOWN}'"
+        f" WHEN {_UNTRIED} THEN '{Status.NOT_ATTEMPTED}'"
+        f" WHEN state IN {_NOT_RUN} THEN '{Status.DEFERRED}' ELSE state END,"
+        f" CASE WHEN state = '{JournalState.DATA}' OR {_UNTRIED} THEN NULL ELSE code END,"
+        f" CASE WHEN {_UNTRIED} THEN {not_yet} ELSE message END,"
+        " attempts"
+    )
+
+
+_QUERY = f"SELECT {result_columns('?')}, {{relay}} FROM recipients WHERE id > ? ORDER BY id LIMIT ?"
 _PAGE = _QUERY.format(relay="relay")
 _PAGE_V1 = _QUERY.format(relay="''")  # a journal of format 1, read as it is: no relay
 

@@ -26,11 +26,11 @@ import psycopg
 
 from ..addresses import Mailbox, Mailboxes
 from ..errors import JournalError, LeaseLostError
-from ..journal.reader import NOT_YET
+from ..journal.reader import NOT_YET, result_columns
 from ..ledger import NEVER, Added, Decision, FailureLatch, JournalState, WorkItem
 from ..ledger_url import LedgerUrl
 from ..message import message_ids
-from ..results import ResultPage, Status
+from ..results import ResultPage
 from .database import Connection, Writer, connect, translate
 from .schema import CONNECTIONS, LOAD, TO_SEND, lock_key
 
@@ -47,19 +47,9 @@ UNKNOWN_NOTE = (
 _R = "asyncmailer_recipients"
 
 
-_NOT_RUN = f"('{JournalState.PENDING}', '{JournalState.INFLIGHT}')"
-_UNTRIED = f"state IN {_NOT_RUN} AND attempts = 0"
-# The rows as the report shows them, read as `journal.reader` reads SQLite's: past DATA
-# without a reply is unknown; pending or in flight and never tried, not attempted; pending or
-# in flight after a try, deferred with what it was told.
+# The rows as the report shows them, read as `journal.reader` reads SQLite's.
 RESULTS = (
-    "SELECT id, addr,"
-    f" CASE WHEN state = '{JournalState.DATA}' THEN '{Status.UNKNOWN}'"
-    f" WHEN {_UNTRIED} THEN '{Status.NOT_ATTEMPTED}'"
-    f" WHEN state IN {_NOT_RUN} THEN '{Status.DEFERRED}' ELSE state END,"
-    f" CASE WHEN state = '{JournalState.DATA}' OR {_UNTRIED} THEN NULL ELSE code END,"
-    f" CASE WHEN {_UNTRIED} THEN %(not_yet)s ELSE message END,"
-    " attempts, relay"
+    f"SELECT {result_columns('%(not_yet)s')}, relay"
     f" FROM {_R} WHERE run = %(run)s AND id > %(after)s ORDER BY id LIMIT %(limit)s"
 )
 _ALIVE = "EXISTS (SELECT 1 FROM asyncmailer_leases WHERE id = %(me)s AND expires > now())"
