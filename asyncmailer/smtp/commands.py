@@ -32,6 +32,9 @@ DSN_NOTIFY = " NOTIFY=FAILURE,DELAY"
 DSN_RET = "HDRS"
 # xtext (RFC 3461 4): printable ASCII but "+" and "=" as it is, every other byte "+HH".
 _XTEXT_PLAIN = frozenset(range(33, 127)) - {ord("+"), ord("=")}
+# The same set as a pattern: an envelope id is plain ASCII, so `xtext` nearly always returns
+# it as it is after one C-level match, not a Python step per character (once per message).
+_XTEXT_AS_IS = re.compile(r"[!-*,-<>-~]*")
 
 
 class UnsafeArgumentError(InputError):
@@ -48,6 +51,8 @@ def _check(*arguments: str) -> None:
 
 def xtext(text: str) -> str:
     """`text` as RFC 3461 xtext (UTF-8 bytes outside printable ASCII, "+" and "=" as "+HH")."""
+    if _XTEXT_AS_IS.fullmatch(text):
+        return text
     return "".join(chr(b) if b in _XTEXT_PLAIN else f"+{b:02X}" for b in text.encode())
 
 

@@ -43,6 +43,18 @@ def test_xtext_encodes_plus_equals_space_and_beyond_ascii() -> None:
     assert xtext("é") == "+C3+A9"
 
 
+def test_xtext_keeps_exactly_the_printable_ascii_but_plus_and_equals() -> None:
+    # Every character up to U+00FF, alone and inside plain text, against RFC 3461's rule
+    # byte by byte (the fast path that returns plain text as it is must agree with it).
+    for code in range(0x100):
+        char = chr(code)
+        rule = "".join(
+            chr(b) if 33 <= b <= 126 and b not in b"+=" else f"+{b:02X}" for b in char.encode()
+        )
+        assert xtext(char) == rule, code
+        assert xtext(f"a{char}b") == f"a{rule}b", code
+
+
 @pytest.mark.parametrize("bad", ["id\r\nRSET", "id\n", "id\0"])
 def test_an_envelope_id_with_a_line_break_or_nul_is_refused(bad: str) -> None:
     # xtext would encode them; refused all the same: nothing such comes from a journal.
