@@ -121,7 +121,10 @@ class Journal:
         self._lock = lock_fd
         self.msgid_domain = "localhost"
         # Rows waiting for the writer, by statement (see _add).
-        self._pending: dict[str, tuple[list[Any], asyncio.Future[None]]] = {}
+        # A bulk statement's rows, its shared future, and the callers' own futures on it.
+        self._pending: dict[
+            str, tuple[list[Any], asyncio.Future[None], list[asyncio.Future[None]]]
+        ] = {}
         self._pending_lock = threading.Lock()
         self._latch = FailureLatch(
             lambda error: JournalError(f"cannot write the journal: {error}", path=self.path)
@@ -191,23 +194,32 @@ class Journal:
 
     # -- requests ----------------------------------------------------------------------------
 
-    def _add(self, sql: str, rows: Iterable[Any]) -> asyncio.Future[None]:
+    def _add(
+        self, sql: str, rows: Iterable[Any], waiter: asyncio.Future[None] | None = None
+    ) -> asyncio.Future[None]:
         """Queue rows for `sql` (a bulk statement of `schema`): rows added until the writer
         gets to it join the same statement and commit (many transactions' marks and results
-        in one go). Returns the future they share."""
+        in one go). Returns the future they share; `waiter`, one caller's own future, is
+        answered with it: cancelling it, unlike the shared one, touches nobody else. The
+        waiters of a statement are answered by one callback of the shared future, not one
+        each: a done-callback is an event loop turn of its own (asyncio.shield takes two)."""
         with self._pending_lock:
             pending = self._pending.get(sql)
             if pending is None:
                 future: asyncio.Future[None] = self._writer.loop.create_future()
-                pending = self._pending[sql] = ([], future)
+                waiters: list[asyncio.Future[None]] = []
+                future.add_done_callback(functools.partial(_relay, waiters))
+                pending = self._pending[sql] = ([], future, waiters)
                 self._writer.requests.put((functools.partial(self._flush, sql), future))
             pending[0].extend(rows)
+            if waiter is not None:
+                pending[2].append(waiter)
             return pending[1]
 
     def _flush(self, sql: str, db: sqlite3.Connection) -> None:
         """In the writer thread: run every row queued for `sql`, in one statement."""
         with self._pending_lock:
-            rows, _ = self._pending.pop(sql)
+            rows, _, _ = self._pending.pop(sql)
         db.execute(sql, (json.dumps(rows),))
 
     async def _call(self, function: Callable[[sqlite3.Connection], T]) -> T:
@@ -439,11 +451,10 @@ class Journal:
     async def mark_data(self, ids: Sequence[int]) -> None:
         """The final ``.`` is about to be written for these: committed first (the one write
         that is awaited: it is the commit point)."""
-        shared = self._add(MARK_DATA, ids)
         # A waiter of its own: cancelling this caller (the run stopping) must not cancel the
         # statement other transactions share.
         waiter: asyncio.Future[None] = self._writer.loop.create_future()
-        shared.add_done_callback(functools.partial(_relay, waiter))
+        _ = self._add(MARK_DATA, ids, waiter)  # the shared future: this caller waits on its own
         try:
             await waiter
         except sqlite3.Error as err:
@@ -592,13 +603,14 @@ def _empty_file(path: Path) -> bool:
         return False
 
 
-def _relay(waiter: asyncio.Future[None], shared: asyncio.Future[None]) -> None:
-    """Answer one caller's own future as the shared statement was answered."""
-    if waiter.done():
-        return
-    if shared.cancelled():
-        waiter.cancel()
-    elif (error := shared.exception()) is not None:
-        waiter.set_exception(error)
-    else:
-        waiter.set_result(None)
+def _relay(waiters: list[asyncio.Future[None]], shared: asyncio.Future[None]) -> None:
+    """Answer each caller's own future as the shared statement was answered."""
+    for waiter in waiters:
+        if waiter.done():  # its caller was cancelled
+            continue
+        if shared.cancelled():
+            waiter.cancel()
+        elif (error := shared.exception()) is not None:
+            waiter.set_exception(error)
+        else:
+            waiter.set_result(None)
