@@ -372,7 +372,8 @@ class Dispatcher:
             self.report.limit_reached = True
             self.stop.set()
             return False
-        if not await self.quota.take(len(item.recipients)):
+        # Without a daily quota nothing is counted: no coroutine per message to say so.
+        if self.quota.limit and not await self.quota.take(len(item.recipients)):
             self.limit.started -= 1
             self.report.quota_reached = True
             self.stop.set()
@@ -401,7 +402,7 @@ class Dispatcher:
         if not await self._admit(item):
             self.scheduler.put_back(item)  # released with the rest at the end
             return None
-        if not await relay.quota.take(len(item.recipients)):
+        if relay.quota.limit and not await relay.quota.take(len(item.recipients)):
             self.limit.started -= 1
             self.quota.give_back(len(item.recipients))
             self.scheduler.put_back(item)
@@ -431,24 +432,30 @@ class Dispatcher:
         results: list[RecipientResult],
         relay: Relay | None = None,
         epoch: int = 0,
+        accepted: bool = False,
     ) -> None:
         """Store what the policy decides of a transaction's results through `relay` (None:
-        not sent), tell them, and let the relay's throttle learn from them."""
+        not sent), tell them, and let the relay's throttle learn from them. `accepted`: one
+        of `results` is (`_accepted`)."""
         self.scheduler.done()
         self.ledger.record(decide(item, results, self.retry, relay.name if relay else ""))
-        self.report.this_run.update(r.status for r in results)
+        counts = self.report.this_run
+        for result in results:
+            counts[result.status] += 1
         await self.observer.results(results)
         if relay is None:
             return
         throttle = relay.throttle
-        before = (throttle.rate, throttle.connections)
-        if any(r.status is Status.ACCEPTED for r in results):
+        rate, connections = throttle.rate, throttle.connections
+        if accepted:
             relay.pause.progress()
             self.relays.carried(relay)
             throttle.accepted()
         elif any(r.status is Status.DEFERRED and is_throttling(r.code, r.message) for r in results):
             throttle.throttled(epoch)
-        if _step(before[0], throttle.rate) or before[1] != throttle.connections:
+        if connections != throttle.connections or (
+            rate != throttle.rate and _step(rate, throttle.rate)
+        ):
             await self._tell(relay)
 
     async def _send_chain(self, item: WorkItem, relay: Relay, epoch: int) -> WorkItem | None:
@@ -494,9 +501,9 @@ class Dispatcher:
                         relay.quota.give_back(len(nxt.recipients))
                         await self._give_back(nxt)
                     return None
-                if any(r.status is Status.ACCEPTED for r in sent.results):
-                    self.report.messages += 1  # the server took the message
-                await self._finish(item, sent.results, relay, epoch)
+                accepted = _accepted(sent.results)
+                self.report.messages += accepted  # the server took the message
+                await self._finish(item, sent.results, relay, epoch, accepted)
                 if nxt is None:
                     return None
                 if not sent.then_sent:
@@ -525,6 +532,14 @@ _DAY = timedelta(days=1)
 
 def _closed(relay: Relay) -> None:
     relay.open -= 1
+
+
+def _accepted(results: list[RecipientResult]) -> bool:
+    """Some recipient of the transaction was accepted."""
+    for result in results:  # noqa: SIM110 (a loop: no generator object per message)
+        if result.status is Status.ACCEPTED:
+            return True
+    return False
 
 
 def _step(before: float | None, after: float | None) -> bool:

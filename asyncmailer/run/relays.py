@@ -198,6 +198,8 @@ class Relays:
             return home is relay
         if relay not in self.default:
             return False
+        if len(self.default) == 1:  # one relay for all: no share to keep
+            return relay.in_rotation()
         up = [r for r in self.default if r.in_rotation()]
         if relay not in up:
             return False

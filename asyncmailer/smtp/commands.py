@@ -63,12 +63,20 @@ def mail_from(sender: str, size: int | None, envid: str | None = None) -> str:
     :raises UnsafeArgumentError: the address or the envelope id holds CR, LF or NUL.
     """
     _check(sender)
+    return _mail_from(sender, size, envid)
+
+
+def _mail_from(sender: str, size: int | None, envid: str | None) -> str:
+    """`mail_from` without the check of `sender` (the caller's); `envid` is checked here, as
+    its xtext would hide a CR, LF or NUL from a look at the command."""
     command = f"MAIL FROM:<{sender}>"
     if size is not None:
         command += f" SIZE={size}"
     if envid is not None:
-        _check(envid)
-        command += f" RET={DSN_RET} ENVID={xtext(envid)}"
+        if not _XTEXT_AS_IS.fullmatch(envid):  # plain, as nearly always: nothing to check
+            _check(envid)
+            envid = xtext(envid)
+        command += f" RET={DSN_RET} ENVID={envid}"
     return command + "\r\n"
 
 
@@ -89,9 +97,15 @@ def envelope(
 
     :raises UnsafeArgumentError: an address or the envelope id holds CR, LF or NUL.
     """
-    dsn = envid is not None
+    notify = DSN_NOTIFY if envid is not None else ""
     if len(recipients) == 1:
-        rcpt = rcpt_to(recipients[0], dsn=dsn)
+        rcpt = f"RCPT TO:<{recipients[0]}>{notify}\r\n"
     else:
-        rcpt = "".join([rcpt_to(r, dsn=dsn) for r in recipients])
-    return (mail_from(sender, size, envid) + rcpt + "DATA\r\n").encode()
+        rcpt = "".join([f"RCPT TO:<{r}>{notify}\r\n" for r in recipients])
+    text = _mail_from(sender, size, envid) + rcpt + "DATA\r\n"
+    # The addresses checked in one look at the whole group (once per message, not a search
+    # per address): it holds its commands' CRLFs and no more, unless an address brought some.
+    lines = len(recipients) + 2
+    if text.count("\n") != lines or text.count("\r") != lines or "\0" in text:
+        _check(sender, *recipients)  # raises, naming the address
+    return text.encode()

@@ -540,7 +540,7 @@ class Session:
             # next envelope in one send().
             if commit is not None:
                 await commit()
-            reader.write(b"".join((*cast(Sequence[bytes], parts), end)))
+            reader.write(b"".join((*cast("Sequence[bytes]", parts), end)))
         else:
             # A large message goes in chunks, each waiting until the server has taken the
             # last: the send buffer stays small, and a server that stops reading is noticed
