@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from email.utils import formataddr
 from typing import overload
 
-import idna
-
 __all__ = [
     "ATOM",
     "Mailbox",
@@ -169,16 +167,18 @@ def _checked_addr_spec(addr: str) -> str:
                 raise ValueError(
                     f"{addr!r}: the domain holds U+{ord(char):04X}, an invisible character"
                 )
-    try:
-        # IDNA 2008 with UTS 46 mapping, not Python's IDNA 2003 codec: straße.de stays
-        # xn--strae-oqa.de instead of becoming strasse.de (another domain).
-        ascii_domain = (
-            idna.encode(domain.rstrip("."), uts46=True).decode("ascii")
-            if not domain.isascii()
-            else domain
-        )
-    except (idna.IDNAError, UnicodeError) as err:
-        raise ValueError(f"{addr!r}: invalid domain {domain!r}") from err
+    if domain.isascii():
+        ascii_domain = domain
+    else:
+        # Imported for the first domain that needs it: its tables cost every start otherwise.
+        import idna
+
+        try:
+            # IDNA 2008 with UTS 46 mapping, not Python's IDNA 2003 codec: straße.de stays
+            # xn--strae-oqa.de instead of becoming strasse.de (another domain).
+            ascii_domain = idna.encode(domain.rstrip("."), uts46=True).decode("ascii")
+        except (idna.IDNAError, UnicodeError) as err:
+            raise ValueError(f"{addr!r}: invalid domain {domain!r}") from err
     labels = ascii_domain.rstrip(".").split(".") if ascii_domain != "." else []
     if len(labels) < 1 or not all(_LABEL_RE.fullmatch(label) for label in labels):
         raise ValueError(f"{addr!r}: invalid domain {domain!r}")

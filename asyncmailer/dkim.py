@@ -10,12 +10,16 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, padding, rsa
+from typing import TYPE_CHECKING, cast
 
 from .attachments import Spooled
+
+# cryptography is imported by what loads or uses a key, not with this module: a campaign
+# without dkim: does not pay for its import at every start (docs/design.md, start-up).
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+    from cryptography.hazmat.primitives.asymmetric.padding import AsymmetricPadding
+    from cryptography.hazmat.primitives.hashes import HashAlgorithm
 
 __all__ = [
     "MIN_RSA_BITS",
@@ -80,13 +84,19 @@ class DkimKey:
     """A private key that signs DKIM: RSA or Ed25519. Its `repr` says only its kind and size,
     so it cannot leak into a log or a traceback."""
 
-    __slots__ = ("_key", "algorithm", "bits")
+    __slots__ = ("_key", "_rsa", "algorithm", "bits")
 
     def __init__(self, key: rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey) -> None:
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
         self._key = key
+        # RSA's padding and hash, made once (None: Ed25519, which takes neither).
+        self._rsa: tuple[AsymmetricPadding, HashAlgorithm] | None = None
         if isinstance(key, rsa.RSAPrivateKey):
             self.algorithm = Algorithm.RSA_SHA256
             self.bits = key.key_size
+            self._rsa = (padding.PKCS1v15(), hashes.SHA256())
         else:
             self.algorithm = Algorithm.ED25519_SHA256
             self.bits = 256
@@ -104,14 +114,19 @@ class DkimKey:
     def sign(self, data: bytes) -> bytes:
         """The signature of the canonical header data (RFC 6376 3.7; RFC 8463 3: Ed25519
         signs the data's SHA-256 hash)."""
-        if isinstance(self._key, rsa.RSAPrivateKey):
-            return self._key.sign(data, padding.PKCS1v15(), hashes.SHA256())
-        return self._key.sign(hashlib.sha256(data).digest())
+        if self._rsa is not None:
+            padding, algorithm = self._rsa
+            return cast("rsa.RSAPrivateKey", self._key).sign(data, padding, algorithm)
+        ed_key = cast("ed25519.Ed25519PrivateKey", self._key)
+        return ed_key.sign(hashlib.sha256(data).digest())
 
     def public_forms(self) -> tuple[str, frozenset[bytes]]:
         """The ``k=`` of this key's DNS record, and the forms its public key takes in a
         record's ``p=``: for RSA the SubjectPublicKeyInfo (RFC 6376 3.6.1) or the bare
         RSAPublicKey some publish, for Ed25519 the 32 raw bytes (RFC 8463)."""
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
         public = self._key.public_key()
         der = serialization.Encoding.DER
         if isinstance(public, rsa.RSAPublicKey):
@@ -125,6 +140,9 @@ class DkimKey:
 
     def public_record(self) -> str:
         """The TXT record to publish at ``<selector>._domainkey.<domain>``."""
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
         public = self._key.public_key()
         if isinstance(public, rsa.RSAPublicKey):
             der = public.public_bytes(
@@ -135,19 +153,16 @@ class DkimKey:
         return f"v=DKIM1; k=ed25519; p={base64.b64encode(raw).decode('ascii')}"
 
 
-_OTHER_KINDS = (
-    (ec.EllipticCurvePrivateKey, "an EC (ECDSA) key"),
-    (dsa.DSAPrivateKey, "a DSA key"),
-    (ed448.Ed448PrivateKey, "an Ed448 key"),
-)
-
-
 def load_key(pem: bytes) -> DkimKey:
     """The private key of a PEM file (PKCS#8 ``BEGIN PRIVATE KEY`` or ``BEGIN RSA PRIVATE
     KEY``), unencrypted.
 
     :raises DkimKeyError: saying what is wrong, never quoting the file.
     """
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
+
     if b"-----BEGIN" not in pem:
         raise DkimKeyError("not a PEM private key (expected -----BEGIN PRIVATE KEY-----)")
     if b"PRIVATE KEY-----" not in pem and (b"PUBLIC KEY-----" in pem or b"CERTIFICATE" in pem):
@@ -177,7 +192,12 @@ def load_key(pem: bytes) -> DkimKey:
         return DkimKey(key)
     if isinstance(key, ed25519.Ed25519PrivateKey):
         return DkimKey(key)
-    kind = next((name for cls, name in _OTHER_KINDS if isinstance(key, cls)), "another kind")
+    others = (
+        (ec.EllipticCurvePrivateKey, "an EC (ECDSA) key"),
+        (dsa.DSAPrivateKey, "a DSA key"),
+        (ed448.Ed448PrivateKey, "an Ed448 key"),
+    )
+    kind = next((name for cls, name in others if isinstance(key, cls)), "another kind")
     raise DkimKeyError(f"{kind}; DKIM signs with RSA or Ed25519")
 
 

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING
 from ..attachments import Attachment, load_attachments
 from ..config import AuthMethod, Campaign, DkimSettings, RelaySettings, Security
 from ..html_body import MARKDOWN, inline_images, render_markdown
-from ..html_text import html_to_text
 from ..journal.files import journal_path
 from ..journal.sqlite import Journal
 from ..journal.suppressions import Entry, SuppressionStore, campaign_suppression
@@ -133,6 +132,8 @@ async def load_bodies(campaign: Campaign) -> tuple[str, str | None, list[Attachm
     if campaign.text_file is not None:
         text = await load_body(campaign.text_file)
     else:
+        from ..html_text import html_to_text  # html.parser: only for HTML campaigns
+
         text = html_to_text(html)
     return text, html, images
 
