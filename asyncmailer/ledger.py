@@ -22,6 +22,7 @@ from .addresses import Mailbox
 from .results import ResultPage
 
 __all__ = [
+    "LEASE",
     "Added",
     "ConnectionBank",
     "Decision",
@@ -31,6 +32,10 @@ __all__ = [
     "QuotaBank",
     "WorkItem",
 ]
+
+# Seconds a worker's hold on what it claimed from a shared ledger lasts without a heartbeat
+# (`--lease`): a worker that died is noticed after it.
+LEASE = 30.0
 
 
 class JournalState(StrEnum):

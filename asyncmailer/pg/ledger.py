@@ -27,7 +27,7 @@ import psycopg
 from ..addresses import Mailbox, Mailboxes
 from ..errors import JournalError, LeaseLostError
 from ..journal.reader import NOT_YET, result_columns
-from ..ledger import NEVER, Added, Decision, FailureLatch, JournalState, WorkItem
+from ..ledger import LEASE, NEVER, Added, Decision, FailureLatch, JournalState, WorkItem
 from ..ledger_url import LedgerUrl
 from ..message import message_ids
 from ..results import ResultPage
@@ -36,7 +36,6 @@ from .schema import CONNECTIONS, LOAD, TO_SEND, lock_key
 
 __all__ = ["LEASE", "LeaseLostError", "PgLedger"]
 
-LEASE = 30.0  # seconds a worker's lease lasts without a heartbeat
 OUTAGE = 60.0  # seconds a worker waits for the database to come back before it stops
 POLL = 0.5  # seconds between looks while other workers hold work that may come back
 _NO_GROUP = 1 << 62

@@ -98,6 +98,12 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE asyncmailer_recipients ADD COLUMN relay TEXT NOT NULL DEFAULT '';
     """,
+    # 5: scheduled runs (`asyncmailer schedule`): the occurrence a run was begun for, and the
+    # later ones it went on at (they are not run again).
+    """
+    ALTER TABLE asyncmailer_runs ADD COLUMN scheduled TIMESTAMPTZ,
+        ADD COLUMN covers JSONB NOT NULL DEFAULT '[]';
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -25,10 +25,11 @@ async def _starts(limiter: SharedRateLimiter | RateLimiter, count: int) -> list[
 async def test_two_workers_share_one_rate(pg_url: str) -> None:
     from asyncmailer.pg import PgLedger
     from asyncmailer.pg.runs import PgRuns
+    from asyncmailer.run_choice import RunRequest
 
     url = LedgerUrl(pg_url)
     async with PgRuns(url, "paced") as runs:
-        serial = runs.serial(await runs.begin(current={}))
+        serial = runs.serial(await runs.begin(RunRequest(campaign="paced", current={})))
     async with (
         await PgLedger.open(url, campaign="paced", run=serial) as a,
         await PgLedger.open(url, campaign="paced", run=serial) as b,
@@ -57,10 +58,11 @@ async def test_one_process_rate_limiter_is_unchanged() -> None:
 async def test_two_workers_share_one_daily_quota(pg_url: str) -> None:
     from asyncmailer.pg import PgLedger
     from asyncmailer.pg.runs import PgRuns
+    from asyncmailer.run_choice import RunRequest
 
     url = LedgerUrl(pg_url)
     async with PgRuns(url, "quota") as runs:
-        serial = runs.serial(await runs.begin(current={}))
+        serial = runs.serial(await runs.begin(RunRequest(campaign="quota", current={})))
     async with (
         await PgLedger.open(url, campaign="quota", run=serial) as a,
         await PgLedger.open(url, campaign="quota", run=serial) as b,
