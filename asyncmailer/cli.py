@@ -71,7 +71,7 @@ from .run.recurring import Recurring
 from .run.runs import RunBook, Runs, fingerprint
 from .schedule import parse_send_time, zone
 from .summary import summary_document, summary_lines, summary_path, write_summary
-from .suppression import Reason, entry_key, parse_suppression
+from .suppression import Reason, SuppressionStorage, entry_key, parse_suppression
 from .textfiles import read_text
 from .unsubscribe import verify
 
@@ -161,13 +161,17 @@ def _suppress_parser(commands: argparse._SubParsersAction[_Parser]) -> None:
         "suppress",
         help="add, remove, list or import entries of the shared suppression store",
         description="Keep the suppression store shared by the campaigns of a state folder "
-        f"(<state_dir>/{STORE_NAME}): addresses and @domains that no campaign sends to, "
-        "unless it says shared_suppression: false.",
+        f"(<state_dir>/{STORE_NAME}), or of a shared ledger (a campaign with ledger:): "
+        "addresses and @domains that no campaign sends to, unless it says "
+        "shared_suppression: false.",
     )
     where = _Parser(add_help=False)
     where.add_argument("--state-dir", type=Path, help="the folder of the store")
     where.add_argument(
-        "-c", "--config", type=Path, help="a campaign file: the store of its state_dir"
+        "-c",
+        "--config",
+        type=Path,
+        help="a campaign file: the store of its state_dir, or of its shared ledger",
     )
     where.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     verbs = suppress.add_subparsers(dest="verb", required=True, parser_class=_Parser)
@@ -1341,9 +1345,10 @@ async def _report(
     return EXIT_OK
 
 
-async def _store(args: argparse.Namespace) -> SuppressionStore:
+async def _store(args: argparse.Namespace) -> SuppressionStorage:
     """The store `suppress` works on: --state-dir's, else the campaign's (--config, else
-    the default campaign file when there is one).
+    the default campaign file when there is one): its shared ledger's when it has one, else
+    its state folder's.
 
     :raises InputError: neither is given and there is no default campaign file.
     """
@@ -1358,6 +1363,11 @@ async def _store(args: argparse.Namespace) -> SuppressionStore:
             "CAMPAIGN (its state_dir)",
             field="--state-dir",
         )
+    shared = await campaign_ledger(config)
+    if shared is not None:
+        from .pg.suppressions import PgSuppressionStore
+
+        return PgSuppressionStore(shared)
     state_dir, _ = await campaign_identity(config)
     return SuppressionStore.of(state_dir)
 
@@ -1435,7 +1445,7 @@ async def suppress_command(args: argparse.Namespace, *, out: TextIO | None = Non
             for row in [header, *rows]:
                 cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
                 print("  ".join([*cells, row[5]]).rstrip(), file=out)
-        print(f"{_entries(len(rows))} in {store.path}", file=out)
+        print(f"{_entries(len(rows))} in {store.where}", file=out)
         return EXIT_OK
     if args.verb == "remove":
         keys = _keys(args.entries)
@@ -1462,7 +1472,7 @@ async def suppress_command(args: argparse.Namespace, *, out: TextIO | None = Non
         ]
     added = await store.add(entries)
     unique = len({e.key for e in entries})
-    text = f"added {_entries(added)} to {store.path}"
+    text = f"added {_entries(added)} to {store.where}"
     if unique > added:
         text += f"; {unique - added:,} already there (kept as they were)"
     print(text, file=out)

@@ -104,6 +104,22 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE asyncmailer_runs ADD COLUMN scheduled TIMESTAMPTZ,
         ADD COLUMN covers JSONB NOT NULL DEFAULT '[]';
     """,
+    # 6: the suppression store of the campaigns on this database (as a state folder's
+    # suppressions.sqlite: entries, and when an entry was removed by hand).
+    """
+    CREATE TABLE asyncmailer_suppressions (
+        key TEXT PRIMARY KEY,             -- user@example.org (as Mailbox.key) or @example.org
+        reason TEXT NOT NULL,             -- a suppression.Reason
+        code TEXT,                        -- a bounce's reply and enhanced code: 550 5.1.1
+        note TEXT NOT NULL DEFAULT '',
+        campaign TEXT,                    -- the campaign that added it, if one did
+        added DOUBLE PRECISION NOT NULL   -- when (seconds since the epoch)
+    );
+    CREATE TABLE asyncmailer_suppressions_removed (
+        key TEXT PRIMARY KEY,
+        at DOUBLE PRECISION NOT NULL
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

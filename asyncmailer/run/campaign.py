@@ -25,7 +25,7 @@ from ..html_body import MARKDOWN, inline_images, render_markdown
 from ..html_text import html_to_text
 from ..journal.files import journal_path
 from ..journal.sqlite import Journal
-from ..journal.suppressions import Entry, SuppressionStore, campaign_suppression
+from ..journal.suppressions import Entry, campaign_store, campaign_suppression
 from ..ledger import ConnectionBank, JournalState, Ledger
 from ..message import UNRECORDED_RUN, MessageTemplate, load_body
 from ..observer import Observer
@@ -300,9 +300,7 @@ async def run_campaign(
         report.list_read_to = loader.read_to
         bounces = await _fill_report(ledger, report, observer, campaign.id)
     if options.store_bounces and bounces:
-        await SuppressionStore.of(campaign.state_dir).add(
-            bounces, unless_removed_after=options.began or began
-        )
+        await campaign_store(campaign).add(bounces, unless_removed_after=options.began or began)
     report.ended = time.time()
     return report
 
