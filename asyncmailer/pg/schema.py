@@ -120,6 +120,14 @@ MIGRATIONS: tuple[str, ...] = (
         at DOUBLE PRECISION NOT NULL
     );
     """,
+    # 7: the rate and max_connections of each relay (`servers:`), shared by the workers as
+    # the campaign's are: keyed '' (the campaign's) or '@name' (a relay's).
+    """
+    ALTER TABLE asyncmailer_pace ADD COLUMN key TEXT NOT NULL DEFAULT '',
+        DROP CONSTRAINT asyncmailer_pace_pkey, ADD PRIMARY KEY (campaign, key);
+    ALTER TABLE asyncmailer_connections ADD COLUMN key TEXT NOT NULL DEFAULT '',
+        DROP CONSTRAINT asyncmailer_connections_pkey, ADD PRIMARY KEY (campaign, key, slot);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -301,6 +301,54 @@ async def test_max_connections_hold_for_all_workers_together(
         await server.stop()
 
 
+async def test_each_relays_max_connections_hold_for_all_workers_together(
+    make_campaign: CampaignFactory, tmp_path: Path, pg_url: str
+) -> None:
+    # Two relays (`servers:`), each resetting every connection beyond 2 at once; 2 workers
+    # that would each open 3 to each.
+    faults = Faults(max_connections=2, final_delay=0.01, final_delay_times=None)
+    servers = [await FaultyServer(faults).start() for _ in range(2)]
+    try:
+        entries = [
+            {
+                "name": f"relay{n}",
+                "host": "127.0.0.1",
+                "port": server.port,
+                "security": "none",
+                "concurrency": 3,
+                "max_connections": 2,
+            }
+            for n, server in enumerate(servers)
+        ]
+        count = 600
+        path = make_campaign(
+            host=None,
+            tls_ca_file=None,
+            password=None,
+            to=None,
+            cc=None,
+            recipients_file="list.txt",
+            servers=entries,
+            group_size=2,
+            campaign="capped-relays",
+        )
+        (path.parent.parent / "list.txt").write_text(
+            "".join(f"u{i}@example.com\n" for i in range(count))
+        )
+        workers = await _workers(path, tmp_path, pg_url, 2)
+        for worker in workers:
+            _, err = await asyncio.wait_for(worker.communicate(), 120)
+            assert worker.returncode == 0, err.decode()
+        assert [server.refused_connections for server in servers] == [0, 0]
+        delivered = collections.Counter(a for server in servers for a in server.delivered)
+        assert sorted(delivered) == sorted(f"u{i}@example.com" for i in range(count))
+        assert set(delivered.values()) == {1}
+        assert all(server.delivered for server in servers)  # both relays carried mail
+    finally:
+        for server in servers:
+            await server.stop()
+
+
 def test_the_exit_code_of_several_workers_is_the_worst_of_theirs() -> None:
     from asyncmailer.cli import _worst
 
