@@ -24,7 +24,7 @@ from ..ledger import Ledger
 from ..run_choice import LEFT, RunRequest
 from ..schedule import Occurrence
 
-__all__ = ["RunBook", "Runs", "fingerprint"]
+__all__ = ["RunBook", "RunList", "Runs", "fingerprint"]
 
 
 class RunBook(Protocol):
@@ -115,7 +115,22 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-class Runs:
+class RunList:
+    """The runs as a `RunBook` last read them (`_runs`, oldest first): what both kinds
+    keep alike."""
+
+    _runs: list[RunRecord]
+
+    @property
+    def runs(self) -> list[RunRecord]:
+        return list(self._runs)
+
+    @property
+    def latest(self) -> RunRecord | None:
+        return self._runs[-1] if self._runs else None
+
+
+class Runs(RunList):
     """The runs of one campaign, for one send or one scheduler: `begin()` names the run this
     send belongs to (and holds the campaign's run lock until `close()`), `end()` records how
     it ended."""
@@ -203,14 +218,6 @@ class Runs:
         if self._lock is not None:
             os.close(self._lock)
             self._lock = None
-
-    @property
-    def runs(self) -> list[RunRecord]:
-        return list(self._runs)
-
-    @property
-    def latest(self) -> RunRecord | None:
-        return self._runs[-1] if self._runs else None
 
     async def refresh(self) -> None:
         """Nothing to read again: while this holds the run lock, nobody else writes the

@@ -19,14 +19,15 @@ from ..pg import PgLedger
 from ..pg.runs import PgRuns
 from ..run_choice import RunRequest
 from ..schedule import Occurrence
-from .runs import fingerprint
+from .runs import RunList, fingerprint
 
 __all__ = ["SharedRuns"]
 
 
-class SharedRuns:
-    """The runs of `campaign` (which has a `ledger`) in the database. Use as an async context
-    (one connection; the schema is made or updated on entry)."""
+class SharedRuns(RunList):
+    """The runs of `campaign` (which has a `ledger`) in the database, as the last `refresh()`
+    (or `begin()`) read them. Use as an async context (one connection; the schema is made
+    or updated on entry)."""
 
     def __init__(self, campaign: Campaign) -> None:
         assert campaign.ledger is not None
@@ -56,15 +57,6 @@ class SharedRuns:
     @property
     def began(self) -> bool:
         return self.book.began
-
-    @property
-    def runs(self) -> list[RunRecord]:
-        """The runs as the last `refresh()` (or `begin()`) read them, oldest first."""
-        return list(self._runs)
-
-    @property
-    def latest(self) -> RunRecord | None:
-        return self._runs[-1] if self._runs else None
 
     async def refresh(self) -> None:
         """Read the runs again: other workers and schedulers begin and end them too."""

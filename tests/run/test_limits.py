@@ -6,11 +6,34 @@ its daily quota."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from asyncmailer.ledger_url import LedgerUrl
 from asyncmailer.run.limits import DailyQuota, RateLimiter, SharedRateLimiter
 
+if TYPE_CHECKING:  # psycopg is an extra: imported by the tests that use it
+    from asyncmailer.pg import PgLedger
+
 RATE = 200.0  # messages per second, for both workers together
+
+
+@contextlib.asynccontextmanager
+async def _two_workers(url: str, campaign: str) -> AsyncIterator[tuple[PgLedger, PgLedger]]:
+    """Two workers' ledgers of one new run of `campaign`."""
+    from asyncmailer.pg import PgLedger
+    from asyncmailer.pg.runs import PgRuns
+    from asyncmailer.run_choice import RunRequest
+
+    ledger = LedgerUrl(url)
+    async with PgRuns(ledger, campaign) as runs:
+        serial = runs.serial(await runs.begin(RunRequest(campaign=campaign)))
+    async with (
+        await PgLedger.open(ledger, campaign=campaign, run=serial) as a,
+        await PgLedger.open(ledger, campaign=campaign, run=serial) as b,
+    ):
+        yield a, b
 
 
 async def _starts(limiter: SharedRateLimiter | RateLimiter, count: int) -> list[float]:
@@ -23,17 +46,7 @@ async def _starts(limiter: SharedRateLimiter | RateLimiter, count: int) -> list[
 
 
 async def test_two_workers_share_one_rate(pg_url: str) -> None:
-    from asyncmailer.pg import PgLedger
-    from asyncmailer.pg.runs import PgRuns
-    from asyncmailer.run_choice import RunRequest
-
-    url = LedgerUrl(pg_url)
-    async with PgRuns(url, "paced") as runs:
-        serial = runs.serial(await runs.begin(RunRequest(campaign="paced", current={})))
-    async with (
-        await PgLedger.open(url, campaign="paced", run=serial) as a,
-        await PgLedger.open(url, campaign="paced", run=serial) as b,
-    ):
+    async with _two_workers(pg_url, "paced") as (a, b):
         limiters = [SharedRateLimiter(RATE, a), SharedRateLimiter(RATE, b)]
         assert limiters[0].batch == 50  # a quarter of a second's slots per reservation
         # Two coroutines per worker (connections), 100 messages each: 400 in all.
@@ -56,17 +69,7 @@ async def test_one_process_rate_limiter_is_unchanged() -> None:
 
 
 async def test_two_workers_share_one_daily_quota(pg_url: str) -> None:
-    from asyncmailer.pg import PgLedger
-    from asyncmailer.pg.runs import PgRuns
-    from asyncmailer.run_choice import RunRequest
-
-    url = LedgerUrl(pg_url)
-    async with PgRuns(url, "quota") as runs:
-        serial = runs.serial(await runs.begin(RunRequest(campaign="quota", current={})))
-    async with (
-        await PgLedger.open(url, campaign="quota", run=serial) as a,
-        await PgLedger.open(url, campaign="quota", run=serial) as b,
-    ):
+    async with _two_workers(pg_url, "quota") as (a, b):
         quotas = [DailyQuota(100, a), DailyQuota(100, b)]
         for quota in quotas:
             await quota.load()
@@ -96,17 +99,7 @@ async def test_two_workers_share_one_daily_quota(pg_url: str) -> None:
 async def test_a_relays_own_limits_are_kept_apart_from_the_campaigns(pg_url: str) -> None:
     # `servers:` relays have their own rate, daily_quota and max_connections, held by every
     # worker together under the relay's key, and never counted against the campaign's.
-    from asyncmailer.pg import PgLedger
-    from asyncmailer.pg.runs import PgRuns
-    from asyncmailer.run_choice import RunRequest
-
-    url = LedgerUrl(pg_url)
-    async with PgRuns(url, "relays") as runs:
-        serial = runs.serial(await runs.begin(RunRequest(campaign="relays", current={})))
-    async with (
-        await PgLedger.open(url, campaign="relays", run=serial) as a,
-        await PgLedger.open(url, campaign="relays", run=serial) as b,
-    ):
+    async with _two_workers(pg_url, "relays") as (a, b):
         relay = [DailyQuota(40, a, key="@one"), DailyQuota(40, b, key="@one")]
         campaign = DailyQuota(100, a)
         for quota in (*relay, campaign):
