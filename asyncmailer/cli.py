@@ -54,7 +54,7 @@ from .errors import (
 from .journal import Journal, JournalReader, journal_path, probe_lock
 from .journal.runs import RunCatalog, RunRecord
 from .journal.suppressions import STORE_NAME, Entry, SuppressionStore, campaign_suppression
-from .ledger import JournalState, Ledger
+from .ledger import LEASE, JournalState
 from .ledger_url import LEDGER_ENV, LedgerUrl
 from .message import MessageTemplate
 from .progress import ConsoleObserver
@@ -68,10 +68,10 @@ from .run.campaign import (
     run_campaign,
 )
 from .run.recurring import Recurring
-from .run.runs import Runs, fingerprint
+from .run.runs import RunBook, Runs, fingerprint
 from .schedule import parse_send_time, zone
 from .summary import summary_document, summary_lines, summary_path, write_summary
-from .suppression import Reason, entry_key, parse_suppression
+from .suppression import Reason, SuppressionStorage, entry_key, parse_suppression
 from .textfiles import read_text
 from .unsubscribe import verify
 
@@ -144,19 +144,34 @@ def _campaign_arguments(parser: argparse.ArgumentParser, help_text: str) -> None
     parser.add_argument("-c", "--config", type=Path, help="the campaign file, as an option")
 
 
+def _lease_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--lease",
+        type=_seconds,
+        default=LEASE,
+        metavar="SECONDS",
+        help="on a shared ledger: how long a worker's hold on what it claimed lasts without a "
+        "heartbeat; a worker that died is noticed after this (default 30)",
+    )
+
+
 def _suppress_parser(commands: argparse._SubParsersAction[_Parser]) -> None:
     """`asyncmailer suppress add|remove|list|import`."""
     suppress = commands.add_parser(
         "suppress",
         help="add, remove, list or import entries of the shared suppression store",
         description="Keep the suppression store shared by the campaigns of a state folder "
-        f"(<state_dir>/{STORE_NAME}): addresses and @domains that no campaign sends to, "
-        "unless it says shared_suppression: false.",
+        f"(<state_dir>/{STORE_NAME}), or of a shared ledger (a campaign with ledger:): "
+        "addresses and @domains that no campaign sends to, unless it says "
+        "shared_suppression: false.",
     )
     where = _Parser(add_help=False)
     where.add_argument("--state-dir", type=Path, help="the folder of the store")
     where.add_argument(
-        "-c", "--config", type=Path, help="a campaign file: the store of its state_dir"
+        "-c",
+        "--config",
+        type=Path,
+        help="a campaign file: the store of its state_dir, or of its shared ledger",
     )
     where.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     verbs = suppress.add_subparsers(dest="verb", required=True, parser_class=_Parser)
@@ -325,14 +340,7 @@ def parseargs(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="N",
         help="start N workers on this host, one process each (default 1)",
     )
-    worker.add_argument(
-        "--lease",
-        type=_seconds,
-        default=30.0,
-        metavar="SECONDS",
-        help="how long a worker's hold on what it claimed lasts without a heartbeat: a "
-        "worker that died is noticed after this (default 30)",
-    )
+    _lease_argument(worker)
     worker.add_argument(
         "--report", type=Path, help="also write every result to this .csv or .jsonl file"
     )
@@ -355,7 +363,7 @@ def parseargs(argv: Sequence[str] | None = None) -> argparse.Namespace:
         at=None,
         tz=None,
     )
-    send.set_defaults(lease=30.0)
+    send.set_defaults(lease=LEASE)
 
     def reader(name: str, help_text: str, description: str) -> argparse.ArgumentParser:
         """A command that reads a campaign's journal: the campaign, --state-dir, --debug."""
@@ -404,6 +412,7 @@ def parseargs(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     schedule.add_argument("campaigns", nargs="+", type=Path, metavar="CAMPAIGN")
     schedule.add_argument("--state-dir", type=Path, help="folder for the campaigns' journals")
+    _lease_argument(schedule)
     schedule.add_argument("-q", "--quiet", action="store_true", help="only the final lines")
     schedule.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
@@ -688,15 +697,12 @@ async def _shared_send(
 ) -> int:
     """A send (or one worker) on the shared PostgreSQL ledger: the run is found or made in
     the database, then sent like any other, its claims leased to this worker."""
-    from .pg import PgLedger
-    from .pg.runs import PgRuns
+    from .run.shared_runs import SharedRuns
 
-    url = campaign.ledger
-    assert url is not None
     for notice in campaign.notices:
         print(f"asyncmailer: {notice}", file=sys.stderr)
     _check_codes(args)
-    async with PgRuns(url, campaign.id) as runs:
+    async with SharedRuns(campaign) as runs:
         record = await runs.begin(
             current=built,
             new_run=args.new_run or args.restart,
@@ -706,24 +712,13 @@ async def _shared_send(
         if at is not None and not await _wait_until(at, quiet=args.quiet):
             print("asyncmailer: stopped before the send time; nothing was sent", file=sys.stderr)
             return EXIT_INTERRUPTED
-        serial = runs.serial(record)
-
-        @contextlib.asynccontextmanager
-        async def ledger() -> AsyncIterator[Ledger]:
-            async with await PgLedger.open(
-                url,
-                campaign=campaign.id,
-                run=serial,
-                msgid_domain=campaign.sender.domain,
-                lease=args.lease,
-            ) as opened:
-                yield opened
-
         if not args.quiet:
-            print(f"asyncmailer: run {record.id} in the ledger {url.masked}", file=sys.stderr)
-        return await _run_once(
-            args, campaign, template, personalizer, runs, record, out, ledger=ledger
-        )
+            assert campaign.ledger is not None
+            print(
+                f"asyncmailer: run {record.id} in the ledger {campaign.ledger.masked}",
+                file=sys.stderr,
+            )
+        return await _run_once(args, campaign, template, personalizer, runs, record, out)
 
 
 async def _run_once(
@@ -731,16 +726,15 @@ async def _run_once(
     campaign: Campaign,
     template: MessageTemplate,
     personalizer: Personalizer | None,
-    runs: Runs | PgRuns,
+    runs: RunBook,
     record: RunRecord,
     out: TextIO,
     signals: _SignalStop | None = None,
-    ledger: Callable[[], contextlib.AbstractAsyncContextManager[Ledger]] | None = None,
 ) -> int:
     """One run of the campaign with its progress, report file and final table, recorded in
     the campaign's runs as it ends (SIGINT and SIGTERM stop it: `signals`, when a scheduler
-    already watches them). `ledger` opens a shared ledger (else the campaign's journal is
-    used). Returns the exit code."""
+    already watches them). On a shared ledger (`runs` are the database's) this worker's
+    claims are leased; else the campaign's journal is used. Returns the exit code."""
     writer = ReportWriter(args.report) if args.report else None
     target = plural(len(campaign.recipients), "recipient")
     if campaign.recipients_file is not None:
@@ -780,7 +774,8 @@ async def _run_once(
                     await files.enter_async_context(writer)
                 if full is not None:
                     await files.enter_async_context(_replacing(full, args.report))
-                shared = await files.enter_async_context(ledger()) if ledger else None
+                opened = runs.ledger(record, lease=args.lease)
+                shared = await files.enter_async_context(opened) if opened else None
                 report = await run_campaign(
                     campaign,
                     template=template,
@@ -1125,14 +1120,6 @@ async def _identity(args: argparse.Namespace) -> tuple[Path, str]:
 async def schedule_command(args: argparse.Namespace, *, out: TextIO = sys.stdout) -> int:
     """`asyncmailer schedule`: the campaigns' recurring runs, until stopped (exit 75)."""
     campaigns = [await _campaign(args, path) for path in args.campaigns]
-    for campaign in campaigns:
-        if campaign.ledger is not None:  # its runs are in the database, not in state_dir
-            raise InputError(
-                "schedule does not run campaigns on a shared ledger yet: start `asyncmailer "
-                "worker` at each occurrence instead (a timer)",
-                path=campaign.source,
-                field="ledger",
-            )
     run_args = argparse.Namespace(
         report=None,
         quiet=args.quiet,
@@ -1140,6 +1127,7 @@ async def schedule_command(args: argparse.Namespace, *, out: TextIO = sys.stdout
         resend_unknown=False,
         retry_refused=False,
         code=[],
+        lease=args.lease,
     )
     stop = asyncio.Event()
 
@@ -1148,7 +1136,7 @@ async def schedule_command(args: argparse.Namespace, *, out: TextIO = sys.stdout
 
     with _SignalStop(stop) as signals:
 
-        async def run_once(campaign: Campaign, runs: Runs, record: RunRecord) -> int:
+        async def run_once(campaign: Campaign, runs: RunBook, record: RunRecord) -> int:
             with await prepare_message(campaign) as template:
                 personalizer = await prepare_personalizer(campaign)
                 return await _run_once(
@@ -1160,7 +1148,7 @@ async def schedule_command(args: argparse.Namespace, *, out: TextIO = sys.stdout
 
         try:
             code = await Recurring(
-                campaigns, run_once=run_once, stop=stop, tell=tell, reload=reload
+                campaigns, run_once=run_once, stop=stop, tell=tell, reload=reload, open_runs=_runs
             ).run()
         except asyncio.CancelledError:
             tell("stopped at once; the journal knows where every recipient stands")
@@ -1168,6 +1156,15 @@ async def schedule_command(args: argparse.Namespace, *, out: TextIO = sys.stdout
     if code == EXIT_INTERRUPTED:
         tell("stopped; the next start resumes the run in flight")
     return code
+
+
+def _runs(campaign: Campaign) -> contextlib.AbstractAsyncContextManager[RunBook]:
+    """The campaign's runs: in the shared ledger when it has one, else in its state folder."""
+    if campaign.ledger is None:
+        return Runs(campaign)
+    from .run.shared_runs import SharedRuns
+
+    return SharedRuns(campaign)
 
 
 async def status_command(args: argparse.Namespace, *, out: TextIO = sys.stdout) -> int:
@@ -1348,9 +1345,10 @@ async def _report(
     return EXIT_OK
 
 
-async def _store(args: argparse.Namespace) -> SuppressionStore:
+async def _store(args: argparse.Namespace) -> SuppressionStorage:
     """The store `suppress` works on: --state-dir's, else the campaign's (--config, else
-    the default campaign file when there is one).
+    the default campaign file when there is one): its shared ledger's when it has one, else
+    its state folder's.
 
     :raises InputError: neither is given and there is no default campaign file.
     """
@@ -1365,6 +1363,11 @@ async def _store(args: argparse.Namespace) -> SuppressionStore:
             "CAMPAIGN (its state_dir)",
             field="--state-dir",
         )
+    shared = await campaign_ledger(config)
+    if shared is not None:
+        from .pg.suppressions import PgSuppressionStore
+
+        return PgSuppressionStore(shared)
     state_dir, _ = await campaign_identity(config)
     return SuppressionStore.of(state_dir)
 
@@ -1442,7 +1445,7 @@ async def suppress_command(args: argparse.Namespace, *, out: TextIO | None = Non
             for row in [header, *rows]:
                 cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
                 print("  ".join([*cells, row[5]]).rstrip(), file=out)
-        print(f"{_entries(len(rows))} in {store.path}", file=out)
+        print(f"{_entries(len(rows))} in {store.where}", file=out)
         return EXIT_OK
     if args.verb == "remove":
         keys = _keys(args.entries)
@@ -1469,7 +1472,7 @@ async def suppress_command(args: argparse.Namespace, *, out: TextIO | None = Non
         ]
     added = await store.add(entries)
     unique = len({e.key for e in entries})
-    text = f"added {_entries(added)} to {store.path}"
+    text = f"added {_entries(added)} to {store.where}"
     if unique > added:
         text += f"; {unique - added:,} already there (kept as they were)"
     print(text, file=out)

@@ -22,6 +22,7 @@ from .addresses import Mailbox
 from .results import ResultPage
 
 __all__ = [
+    "LEASE",
     "Added",
     "ConnectionBank",
     "Decision",
@@ -31,6 +32,10 @@ __all__ = [
     "QuotaBank",
     "WorkItem",
 ]
+
+# Seconds a worker's hold on what it claimed from a shared ledger lasts without a heartbeat
+# (`--lease`): a worker that died is noticed after it.
+LEASE = 30.0
 
 
 class JournalState(StrEnum):
@@ -165,9 +170,10 @@ class Pacer(Protocol):
     """A ledger shared by workers (on any number of hosts) that paces them together: the
     campaign's `rate` is handed out as slots, reserved in batches."""
 
-    async def reserve_slots(self, count: int, interval: float) -> float:
+    async def reserve_slots(self, count: int, interval: float, key: str = "") -> float:
         """Reserve `count` message slots `interval` seconds apart, after every slot reserved
-        before by any worker; returns the seconds from now to the first (0 or less: due)."""
+        before by any worker; returns the seconds from now to the first (0 or less: due).
+        `key` names whose rate: "" the campaign's, ``@name`` a relay's."""
         ...
 
 
@@ -177,9 +183,10 @@ class QuotaBank(Protocol):
     that all of them together stay within it."""
 
     async def reserve_quota(self, day: str, count: int, limit: int) -> int:
-        """Count up to `count` more recipients tried on `day` (YYYY-MM-DD), as long as the
-        day's total stays within `limit`; returns how many were granted (0: none left).
-        Unused ones go back with `Ledger.count_sent(day, -n)`."""
+        """Count up to `count` more recipients tried on `day` (YYYY-MM-DD, and ``@name`` for
+        a relay's own quota), as long as the day's total stays within `limit`; returns how
+        many were granted (0: none left). Unused ones go back with
+        `Ledger.count_sent(day, -n)`."""
         ...
 
 
@@ -187,7 +194,8 @@ class QuotaBank(Protocol):
 class ConnectionBank(Protocol):
     """A ledger shared by workers that shares out the campaign's `max_connections`."""
 
-    async def reserve_connections(self, count: int, limit: int) -> int:
+    async def reserve_connections(self, count: int, limit: int, key: str = "") -> int:
         """Hold up to `count` of the campaign's `limit` connections for this worker (until
-        it ends); returns how many (0: all are held by other workers)."""
+        it ends); returns how many (0: all are held by other workers). `key` names whose:
+        "" the campaign's, ``@name`` a relay's."""
         ...

@@ -9,15 +9,26 @@ config address and an entry written in any case or in Unicode meet on the same k
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
+from typing import Protocol
 
 from .addresses import Mailbox, parse_mailbox, validate_addr_spec
 from .errors import InputError
 from .textfiles import read_text
 
-__all__ = ["Reason", "Suppression", "entry_key", "parse_suppression", "read_suppression_file"]
+__all__ = [
+    "Entry",
+    "Reason",
+    "Suppression",
+    "SuppressionStorage",
+    "entry_key",
+    "parse_suppression",
+    "read_suppression_file",
+]
 
 _COMMENT = re.compile(r"^\s*#|\s#")  # a comment: at the start, or after a space
 
@@ -29,6 +40,32 @@ class Reason(StrEnum):
     BOUNCE = "bounce"  # a permanent address failure (5.1.1, 5.1.2, 5.1.10, 550 user unknown)
     MANUAL = "manual"  # `asyncmailer suppress add`
     IMPORT = "import"  # `asyncmailer suppress import FILE`
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One suppressed address or domain (`key`, see `suppression.entry_key`), and why."""
+
+    key: str
+    reason: Reason
+    code: str | None = None  # a bounce's: "550 5.1.1"
+    note: str = ""  # the server's text for a bounce; the user's words otherwise
+    campaign: str | None = None
+    added: float = 0.0  # when it was added (0: now, for `add`)
+
+    @property
+    def why(self) -> str:
+        """What a suppressed recipient's result says: ``suppressed: bounce 550 5.1.1 (news)``."""
+        text = f"suppressed: {self.reason.value}"
+        if self.code:
+            text += f" {self.code}"
+        if self.campaign:
+            text += f" ({self.campaign})"
+        return text
+
+    @property
+    def when(self) -> str:
+        return datetime.fromtimestamp(self.added, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def entry_key(text: str) -> str:
@@ -124,3 +161,30 @@ async def read_suppression_file(path: Path) -> Suppression:
     """
     text = await read_text(path, "the suppression file", field="suppression_file")
     return parse_suppression(text, path)
+
+
+class SuppressionStorage(Protocol):
+    """A shared suppression store: a state folder's file (`journal.suppressions`) or a
+    shared ledger's table (`pg.suppressions`). Every writer goes through `add`.
+
+    :raises JournalError: (from every method) the store cannot be reached, read or written.
+    """
+
+    @property
+    def where(self) -> str:
+        """The store, as said to the user (a path, or a URL with its password masked)."""
+
+    async def add(self, entries: Iterable[Entry], *, unless_removed_after: float = 0.0) -> int:
+        """Add entries not there yet (one already there keeps its first reason). With
+        `unless_removed_after` (a time), an entry removed by hand since then is not added
+        back (a run's bounces, read from its ledger again at each end). Returns how many
+        were added."""
+
+    async def remove(self, keys: Sequence[str]) -> list[str]:
+        """Remove entries by key; returns the keys that were there."""
+
+    async def entries(self) -> list[Entry]:
+        """Every entry, by key."""
+
+    async def suppression(self) -> Suppression:
+        """The store as a `Suppression`."""

@@ -44,10 +44,11 @@ async def open_ledger(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIt
         return
     from asyncmailer.pg import PgLedger
     from asyncmailer.pg.runs import PgRuns
+    from asyncmailer.run_choice import RunRequest
 
     url = LedgerUrl(request.getfixturevalue("pg_url"))
     async with PgRuns(url, "contract") as runs:
-        serial = runs.serial(await runs.begin(current={}))
+        serial = runs.serial(await runs.begin(RunRequest(campaign="contract", current={})))
 
     @asynccontextmanager
     async def postgresql() -> AsyncIterator[Ledger]:

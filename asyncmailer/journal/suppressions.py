@@ -16,16 +16,21 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
 from ..config import Campaign
 from ..errors import JournalError
-from ..suppression import Reason, Suppression, read_suppression_file
+from ..suppression import Entry, Reason, Suppression, SuppressionStorage, read_suppression_file
 
-__all__ = ["STORE_NAME", "Entry", "SuppressionStore", "campaign_suppression", "store_path"]
+__all__ = [
+    "STORE_NAME",
+    "Entry",
+    "SuppressionStore",
+    "campaign_store",
+    "campaign_suppression",
+    "store_path",
+]
 
 T = TypeVar("T")
 STORE_NAME = "suppressions.sqlite"
@@ -52,32 +57,6 @@ def store_path(state_dir: Path) -> Path:
     return state_dir / STORE_NAME
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One suppressed address or domain (`key`, see `suppression.entry_key`), and why."""
-
-    key: str
-    reason: Reason
-    code: str | None = None  # a bounce's: "550 5.1.1"
-    note: str = ""  # the server's text for a bounce; the user's words otherwise
-    campaign: str | None = None
-    added: float = 0.0  # when it was added (0: now, for `add`)
-
-    @property
-    def why(self) -> str:
-        """What a suppressed recipient's result says: ``suppressed: bounce 550 5.1.1 (news)``."""
-        text = f"suppressed: {self.reason.value}"
-        if self.code:
-            text += f" {self.code}"
-        if self.campaign:
-            text += f" ({self.campaign})"
-        return text
-
-    @property
-    def when(self) -> str:
-        return datetime.fromtimestamp(self.added, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 class SuppressionStore:
     """The shared store in one file. Every method runs in a worker thread.
 
@@ -90,6 +69,10 @@ class SuppressionStore:
 
     def __repr__(self) -> str:
         return f"<SuppressionStore {self.path}>"
+
+    @property
+    def where(self) -> str:
+        return str(self.path)
 
     @classmethod
     def of(cls, state_dir: Path) -> SuppressionStore:
@@ -230,9 +213,20 @@ class SuppressionStore:
         return db
 
 
+def campaign_store(campaign: Campaign) -> SuppressionStorage:
+    """The shared store `campaign` honours and adds its bounces to: its shared ledger's when
+    it has one (every host's workers see the same), else its state folder's."""
+    if campaign.ledger is not None:
+        from ..pg.suppressions import PgSuppressionStore
+
+        return PgSuppressionStore(campaign.ledger)
+    return SuppressionStore.of(campaign.state_dir)
+
+
 async def campaign_suppression(campaign: Campaign) -> Suppression:
-    """What `campaign` never sends to: its `suppression_file`, and the shared store of its
-    state folder unless it says ``shared_suppression: false`` (a file entry's note wins).
+    """What `campaign` never sends to: its `suppression_file`, and its shared store
+    (`campaign_store`) unless it says ``shared_suppression: false`` (a file entry's note
+    wins).
 
     :raises InputError: the file cannot be read or has a bad line (file and line named).
     :raises JournalError: the store cannot be read.
@@ -241,5 +235,5 @@ async def campaign_suppression(campaign: Campaign) -> Suppression:
     if campaign.suppression_file is not None:
         found = await read_suppression_file(campaign.suppression_file)
     if campaign.shared_suppression:
-        found = found | await SuppressionStore.of(campaign.state_dir).suppression()
+        found = found | await campaign_store(campaign).suppression()
     return found

@@ -27,7 +27,7 @@ import psycopg
 from ..addresses import Mailbox, Mailboxes
 from ..errors import JournalError, LeaseLostError
 from ..journal.reader import NOT_YET, result_columns
-from ..ledger import NEVER, Added, Decision, FailureLatch, JournalState, WorkItem
+from ..ledger import LEASE, NEVER, Added, Decision, FailureLatch, JournalState, WorkItem
 from ..ledger_url import LedgerUrl
 from ..message import message_ids
 from ..results import ResultPage
@@ -36,7 +36,6 @@ from .schema import CONNECTIONS, LOAD, TO_SEND, lock_key
 
 __all__ = ["LEASE", "LeaseLostError", "PgLedger"]
 
-LEASE = 30.0  # seconds a worker's lease lasts without a heartbeat
 OUTAGE = 60.0  # seconds a worker waits for the database to come back before it stops
 POLL = 0.5  # seconds between looks while other workers hold work that may come back
 _NO_GROUP = 1 << 62
@@ -722,25 +721,36 @@ class PgLedger:
 
         self._latch.watch(self._writer.submit(add, solo=True))
 
-    async def reserve_connections(self, count: int, limit: int) -> int:
-        """`ConnectionBank`: up to `count` of the campaign's `limit` connections, held by
-        this lease (freed with it: a worker that died frees them once its lease expires)."""
-        params = {"campaign": self.campaign, "want": count, "limit": limit, "me": self.lease_id}
+    async def reserve_connections(self, count: int, limit: int, key: str = "") -> int:
+        """`ConnectionBank`: up to `count` of the campaign's (or relay's) `limit`
+        connections, held by this lease (freed with it: a worker that died frees them once
+        its lease expires)."""
+        params = {
+            "campaign": self.campaign,
+            "key": key,
+            "want": count,
+            "limit": limit,
+            "me": self.lease_id,
+        }
 
         async def reserve(conn: Connection) -> int:
             await conn.execute(
-                "SELECT pg_advisory_xact_lock(%s, %s)", lock_key(CONNECTIONS, self.campaign)
+                "SELECT pg_advisory_xact_lock(%s, %s)",
+                lock_key(CONNECTIONS, self.campaign + key),
             )
             await conn.execute(
                 "DELETE FROM asyncmailer_connections AS c USING asyncmailer_leases AS l"
-                " WHERE c.campaign = %(campaign)s AND c.lease = l.id AND l.expires <= now()",
+                " WHERE c.campaign = %(campaign)s AND c.key = %(key)s AND c.lease = l.id"
+                " AND l.expires <= now()",
                 params,
             )
             cursor = await conn.execute(
-                "INSERT INTO asyncmailer_connections (campaign, slot, lease)"
-                " SELECT %(campaign)s, s, %(me)s FROM generate_series(0, %(limit)s - 1) AS s"
+                "INSERT INTO asyncmailer_connections (campaign, key, slot, lease)"
+                " SELECT %(campaign)s, %(key)s, s, %(me)s"
+                " FROM generate_series(0, %(limit)s - 1) AS s"
                 " WHERE s NOT IN (SELECT slot FROM asyncmailer_connections"
-                " WHERE campaign = %(campaign)s) ORDER BY s LIMIT %(want)s RETURNING slot",
+                " WHERE campaign = %(campaign)s AND key = %(key)s)"
+                " ORDER BY s LIMIT %(want)s RETURNING slot",
                 params,
             )
             return len(await cursor.fetchall())
@@ -772,19 +782,21 @@ class PgLedger:
 
         return await self._call(reserve, solo=True)  # type: ignore[no-any-return]
 
-    async def reserve_slots(self, count: int, interval: float) -> float:
-        """`Pacer`: the campaign's next `count` slots, on the database's clock."""
-        params = {"campaign": self.campaign, "span": count * interval}
+    async def reserve_slots(self, count: int, interval: float, key: str = "") -> float:
+        """`Pacer`: the campaign's (or relay's) next `count` slots, on the database's
+        clock."""
+        params = {"campaign": self.campaign, "key": key, "span": count * interval}
 
         async def reserve(conn: Connection) -> float:
             await conn.execute(
-                "INSERT INTO asyncmailer_pace VALUES (%(campaign)s, 0) ON CONFLICT DO NOTHING",
+                "INSERT INTO asyncmailer_pace (campaign, key, next)"
+                " VALUES (%(campaign)s, %(key)s, 0) ON CONFLICT DO NOTHING",
                 params,
             )
             cursor = await conn.execute(
                 "UPDATE asyncmailer_pace SET next ="
                 " GREATEST(next, extract(epoch FROM clock_timestamp())) + %(span)s"
-                " WHERE campaign = %(campaign)s"
+                " WHERE campaign = %(campaign)s AND key = %(key)s"
                 " RETURNING next - %(span)s - extract(epoch FROM clock_timestamp())",
                 params,
             )

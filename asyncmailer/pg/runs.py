@@ -15,21 +15,20 @@ from typing import Any
 
 import psycopg
 
-from ..errors import InputError, JournalError, NothingToSendError
+from ..errors import JournalError
 from ..journal.reader import NOT_YET
 from ..journal.runs import RunRecord
-from ..ledger import JournalState
 from ..ledger_url import LedgerUrl
 from ..results import ResultPage
+from ..run_choice import LEFT, RunRequest
 from .database import Connection, connect, migrate, translate
 from .ledger import OUTAGE, RESULTS
 from .schema import RUNS, lock_key
 
 __all__ = ["PgRuns"]
 
-_PARTS = ("subject", "message", "attachments", "recipients", "list")
-_LEFT = (JournalState.PENDING, JournalState.DEFERRED, JournalState.INFLIGHT, JournalState.DATA)
 JOURNAL = "postgresql"  # a RunRecord's `journal` in the shared ledger
+_COLUMNS = "serial, id, started, ended, fingerprint, counts, scheduled, covers"
 
 
 def _stamp(moment: datetime | None) -> str | None:
@@ -47,7 +46,8 @@ class PgRuns:
         self._conn: Connection | None = None
         self._serials: dict[str, int] = {}
         self._in_transaction = False  # a lost connection cannot be taken up mid-transaction
-        self.changed: list[str] = []
+        self.changed: list[str] = []  # what changed since the latest run, as `begin()` saw
+        self.began = False  # `begin()` began a new run (else it joined the latest)
 
     def __repr__(self) -> str:
         return f"<PgRuns {self.campaign} at {self.url.masked}>"
@@ -87,40 +87,35 @@ class PgRuns:
                 self._conn = await connect(self.url)
 
     def _record(self, row: tuple[Any, ...]) -> RunRecord:
-        serial, run_id, started, ended, fingerprint, counts = row
+        serial, run_id, started, ended, fingerprint, counts, scheduled, covers = row
         self._serials[run_id] = int(serial)
         return RunRecord(
             id=run_id,
             started=_stamp(started) or "",
             journal=JOURNAL,
             fingerprint=dict(fingerprint),
+            scheduled=_stamp(scheduled),
             ended=_stamp(ended),
             counts=dict(counts) if counts is not None else None,
+            covers=list(covers),
         )
 
     async def runs(self) -> list[RunRecord]:
         """Every run of the campaign, oldest first."""
         rows = await self._query(
-            "SELECT serial, id, started, ended, fingerprint, counts FROM asyncmailer_runs"
-            " WHERE campaign = %s ORDER BY serial",
+            f"SELECT {_COLUMNS} FROM asyncmailer_runs WHERE campaign = %s ORDER BY serial",
             (self.campaign,),
         )
         return [self._record(row) for row in rows]
 
-    async def begin(
-        self,
-        *,
-        current: dict[str, str],
-        new_run: bool = False,
-        keep_changes: bool = False,
-        reopen: bool = False,
-    ) -> RunRecord:
-        """The run this worker goes to, as `run.runs.Runs.begin()` decides for the journal,
-        made once whoever comes first (the campaign's runs are locked meanwhile).
+    async def begin(self, request: RunRequest) -> RunRecord:
+        """The run this worker goes to, as `request` chooses from the campaign's runs, made
+        once whoever comes first: the campaign's runs are locked meanwhile, so of several
+        workers or schedulers starting together one begins a run and the others join it.
 
         :raises NothingToSendError: the latest run finished and no new one was asked for.
         :raises InputError: the latest run is unfinished and the campaign changed since
-            (unless `keep_changes`).
+            (unless `request.keep_changes`).
         """
         assert self._conn is not None
         try:
@@ -129,71 +124,33 @@ class PgRuns:
                 await self._conn.execute(
                     "SELECT pg_advisory_xact_lock(%s, %s)", lock_key(RUNS, self.campaign)
                 )
-                return await self._begin(current, new_run, keep_changes, reopen)
+                return await self._begin(request)
         except psycopg.Error as err:
             raise translate(self.url, err, "cannot use") from None
         finally:
             self._in_transaction = False
 
-    async def _begin(
-        self, current: dict[str, str], new_run: bool, keep_changes: bool, reopen: bool
-    ) -> RunRecord:
+    async def _begin(self, request: RunRequest) -> RunRecord:
+        choice = request.choose(await self.runs(), journal=JOURNAL)
+        self.changed, self.began = choice.changed, choice.new
+        record = choice.record
+        if choice.new:
+            rows = await self._query(
+                f"INSERT INTO asyncmailer_runs (campaign, id, fingerprint, scheduled)"
+                f" VALUES (%s, %s, %s, %s) RETURNING {_COLUMNS}",
+                (self.campaign, record.id, json.dumps(record.fingerprint), record.scheduled),
+            )
+            return self._record(rows[0])
+        serial = self.serial(record)
         rows = await self._query(
-            "SELECT serial, id, started, ended, fingerprint, counts FROM asyncmailer_runs"
-            " WHERE campaign = %s ORDER BY serial DESC LIMIT 1",
-            (self.campaign,),
+            "UPDATE asyncmailer_runs SET ended = NULL, counts = NULL, fingerprint = %s,"
+            f" covers = %s WHERE serial = %s RETURNING {_COLUMNS}",
+            (json.dumps(record.fingerprint), json.dumps(record.covers), serial),
         )
-        latest = self._record(rows[0]) if rows else None
-        changed = [p for p in _PARTS if latest and latest.fingerprint.get(p) != current.get(p)]
-        self.changed = changed
-        if latest is not None and not new_run:
-            list_only = bool(changed) and set(changed) <= {"list", "recipients"}
-            if latest.finished and list_only:
-                reopen = keep_changes = True
-            if latest.finished and not reopen:
-                raise NothingToSendError(
-                    f"campaign {self.campaign} was sent (run {latest.id}, ended "
-                    f"{latest.ended}): nothing to send; to send it again to everyone: "
-                    "send --new-run"
-                )
-            if changed and not keep_changes:
-                state = "was sent" if latest.finished else "is not finished"
-                raise InputError(
-                    f"run {latest.id} of campaign {self.campaign} {state}, and the campaign "
-                    f"changed since it began ({', '.join(changed)}). To send the rest with the "
-                    "new content: add --continue; to start over: send --new-run"
-                )
-            serial = self.serial(latest)
+        if choice.reload_list:  # read the list again
             await self._query(
-                "UPDATE asyncmailer_runs SET ended = NULL, counts = NULL, fingerprint = %s"
-                " WHERE serial = %s",
-                (json.dumps(current), serial),
+                "DELETE FROM asyncmailer_meta WHERE run = %s AND key = 'load:done'", (serial,)
             )
-            if "list" in changed or "recipients" in changed:  # read the list again
-                await self._query(
-                    "DELETE FROM asyncmailer_meta WHERE run = %s AND key = 'load:done'",
-                    (serial,),
-                )
-            return RunRecord(
-                id=latest.id, started=latest.started, journal=JOURNAL, fingerprint=current
-            )
-        run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        taken = {
-            r[0]
-            for r in await self._query(
-                "SELECT id FROM asyncmailer_runs WHERE campaign = %s", (self.campaign,)
-            )
-        }
-        number = 1
-        base = run_id
-        while run_id in taken:
-            number += 1
-            run_id = f"{base}-{number}"
-        rows = await self._query(
-            "INSERT INTO asyncmailer_runs (campaign, id, fingerprint) VALUES (%s, %s, %s)"
-            " RETURNING serial, id, started, ended, fingerprint, counts",
-            (self.campaign, run_id, json.dumps(current)),
-        )
         return self._record(rows[0])
 
     async def sent_today(self, day: str) -> int:
@@ -233,11 +190,11 @@ class PgRuns:
         """Record the run's counts; finished when nobody is left to send (by any worker)
         and this worker was not stopped early."""
         counts = await self.counts(record)
-        left = sum(counts.get(str(state), 0) for state in _LEFT)
+        left = sum(counts.get(str(state), 0) for state in LEFT)
         rows = await self._query(
             "UPDATE asyncmailer_runs SET counts = %s,"
             " ended = CASE WHEN %s THEN NULL WHEN %s THEN ended ELSE COALESCE(ended, now()) END"
-            " WHERE serial = %s RETURNING serial, id, started, ended, fingerprint, counts",
+            f" WHERE serial = %s RETURNING {_COLUMNS}",
             (json.dumps(counts), bool(left), stopped, self.serial(record)),
         )
         if not rows:

@@ -98,6 +98,36 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE asyncmailer_recipients ADD COLUMN relay TEXT NOT NULL DEFAULT '';
     """,
+    # 5: scheduled runs (`asyncmailer schedule`): the occurrence a run was begun for, and the
+    # later ones it went on at (they are not run again).
+    """
+    ALTER TABLE asyncmailer_runs ADD COLUMN scheduled TIMESTAMPTZ,
+        ADD COLUMN covers JSONB NOT NULL DEFAULT '[]';
+    """,
+    # 6: the suppression store of the campaigns on this database (as a state folder's
+    # suppressions.sqlite: entries, and when an entry was removed by hand).
+    """
+    CREATE TABLE asyncmailer_suppressions (
+        key TEXT PRIMARY KEY,             -- user@example.org (as Mailbox.key) or @example.org
+        reason TEXT NOT NULL,             -- a suppression.Reason
+        code TEXT,                        -- a bounce's reply and enhanced code: 550 5.1.1
+        note TEXT NOT NULL DEFAULT '',
+        campaign TEXT,                    -- the campaign that added it, if one did
+        added DOUBLE PRECISION NOT NULL   -- when (seconds since the epoch)
+    );
+    CREATE TABLE asyncmailer_suppressions_removed (
+        key TEXT PRIMARY KEY,
+        at DOUBLE PRECISION NOT NULL
+    );
+    """,
+    # 7: the rate and max_connections of each relay (`servers:`), shared by the workers as
+    # the campaign's are: keyed '' (the campaign's) or '@name' (a relay's).
+    """
+    ALTER TABLE asyncmailer_pace ADD COLUMN key TEXT NOT NULL DEFAULT '',
+        DROP CONSTRAINT asyncmailer_pace_pkey, ADD PRIMARY KEY (campaign, key);
+    ALTER TABLE asyncmailer_connections ADD COLUMN key TEXT NOT NULL DEFAULT '',
+        DROP CONSTRAINT asyncmailer_connections_pkey, ADD PRIMARY KEY (campaign, key, slot);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

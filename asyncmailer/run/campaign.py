@@ -24,7 +24,7 @@ from ..config import AuthMethod, Campaign, DkimSettings, RelaySettings, Security
 from ..html_body import MARKDOWN, inline_images, render_markdown
 from ..journal.files import journal_path
 from ..journal.sqlite import Journal
-from ..journal.suppressions import Entry, SuppressionStore, campaign_suppression
+from ..journal.suppressions import Entry, campaign_store, campaign_suppression
 from ..ledger import ConnectionBank, JournalState, Ledger
 from ..message import UNRECORDED_RUN, MessageTemplate, load_body
 from ..observer import Observer
@@ -257,7 +257,7 @@ async def run_campaign(
                     path, msgid_domain=campaign.sender.domain, sync=campaign.journal_sync.value
                 )
             )
-        if campaign.max_connections is not None and isinstance(ledger, ConnectionBank):
+        if isinstance(ledger, ConnectionBank) and _connection_limits(campaign):
             campaign = await _share_connections(campaign, ledger, ledger, options.stop)
         loader = Loader(
             campaign,
@@ -301,9 +301,7 @@ async def run_campaign(
         report.list_read_to = loader.read_to
         bounces = await _fill_report(ledger, report, observer, campaign.id)
     if options.store_bounces and bounces:
-        await SuppressionStore.of(campaign.state_dir).add(
-            bounces, unless_removed_after=options.began or began
-        )
+        await campaign_store(campaign).add(bounces, unless_removed_after=options.began or began)
     report.ended = time.time()
     return report
 
@@ -345,31 +343,56 @@ CONNECTION_POLL = 2.0  # seconds between asks while other workers hold every con
 _LEFT = (JournalState.PENDING, JournalState.DEFERRED, JournalState.INFLIGHT, JournalState.DATA)
 
 
+def _connection_limits(campaign: Campaign) -> dict[str, tuple[int, int]]:
+    """The connection limits a ledger shared by workers holds for all of them, by key: the
+    campaign's `max_connections` (""), or with `servers:` each relay's (``@name``); each
+    with how many this worker would open (`connections`) and the limit."""
+    if campaign.max_connections is not None:
+        return {"": (campaign.connections, campaign.max_connections)}
+    return {
+        f"@{relay.name}": (relay.connections, relay.max_connections)
+        for relay in campaign.relays
+        if relay.max_connections is not None
+    }
+
+
 async def _share_connections(
     campaign: Campaign, bank: ConnectionBank, ledger: Ledger, stop: asyncio.Event
 ) -> Campaign:
-    """The campaign with this worker's share of `max_connections`, held in a ledger shared
-    by workers: waits while others hold them all (until the run stops, or nothing is left
-    to send, when no connection will be opened anyway)."""
-    assert campaign.max_connections is not None
+    """The campaign with this worker's share of each connection limit, held in a ledger
+    shared by workers: waits while others hold all of one of them (until the run stops, or
+    nothing is left to send, when no connection will be opened anyway)."""
+    limits = _connection_limits(campaign)
+    granted = dict.fromkeys(limits, 0)
     while True:
-        granted = await bank.reserve_connections(campaign.connections, campaign.max_connections)
-        if granted:
+        for key, (count, limit) in limits.items():
+            if not granted[key]:
+                granted[key] = await bank.reserve_connections(count, limit, key)
+        if all(granted.values()):
             return _with_connections(campaign, granted)
         left = await ledger.counts()
         done = not sum(left[state] for state in _LEFT) and not await ledger.loading()
         if stop.is_set() or done:
-            return _with_connections(campaign, 1)
+            return _with_connections(campaign, {key: n or 1 for key, n in granted.items()})
         await wait_first((stop,), CONNECTION_POLL)
 
 
-def _with_connections(campaign: Campaign, count: int) -> Campaign:
-    """The campaign with `max_connections` of `count`: its one relay's too (the shared
-    ledger's connection bank holds the single-server key; per-relay limits are each relay's)."""
-    relays = campaign.relays
-    if len(relays) == 1:
-        relays = (dataclasses.replace(relays[0], max_connections=count),)
-    return dataclasses.replace(campaign, max_connections=count, relays=relays)
+def _with_connections(campaign: Campaign, granted: dict[str, int]) -> Campaign:
+    """The campaign with the connections granted: `max_connections` ("") is the campaign's
+    and its one relay's; ``@name`` a relay's."""
+    if "" in granted:
+        count = granted[""]
+        relays = campaign.relays
+        if len(relays) == 1:
+            relays = (dataclasses.replace(relays[0], max_connections=count),)
+        return dataclasses.replace(campaign, max_connections=count, relays=relays)
+    relays = tuple(
+        dataclasses.replace(
+            relay, max_connections=granted.get(f"@{relay.name}", relay.max_connections)
+        )
+        for relay in campaign.relays
+    )
+    return dataclasses.replace(campaign, relays=relays)
 
 
 async def _fill_report(

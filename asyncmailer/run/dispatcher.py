@@ -207,6 +207,8 @@ class Dispatcher:
         if not await relay.quota.take(len(item.recipients)):
             self._spent(relay)
             return _AGAIN
+        if relay.shared_rate is not None:
+            await relay.shared_rate.wait()
         epoch = await relay.throttle.wait()
         try:
             return await self._send_chain(item, relay, epoch)

@@ -47,11 +47,14 @@ class SharedRateLimiter:
     reserved at the campaign's pace, so the run's total holds; dropping it would leave the
     workers below the rate whenever one of them is slower than its share."""
 
-    def __init__(self, per_second: float, pacer: Pacer, *, ahead: float = 0.25) -> None:
+    def __init__(
+        self, per_second: float, pacer: Pacer, *, ahead: float = 0.25, key: str = ""
+    ) -> None:
         if per_second <= 0:
             raise ValueError("rate must be above 0")
         self.interval = 1.0 / per_second
         self.pacer = pacer
+        self.key = key  # whose rate: "" the campaign's, "@name" a relay's
         self.batch = max(1, min(1000, round(per_second * ahead)))
         self._next = 0.0  # this worker's next slot (loop time)
         self._left = 0  # slots reserved and not handed out
@@ -65,7 +68,7 @@ class SharedRateLimiter:
         loop = asyncio.get_running_loop()
         async with self._lock:
             if not self._left:
-                offset = await self.pacer.reserve_slots(self.batch, self.interval)
+                offset = await self.pacer.reserve_slots(self.batch, self.interval, self.key)
                 self._next, self._left = loop.time() + offset, self.batch
             slot = self._next
             self._next += self.interval
@@ -125,7 +128,9 @@ class DailyQuota:
         async with self._lock:  # one reservation at a time: workers of this process wait
             if self.allowance < count:
                 want = max(count - self.allowance, self.batch)
-                self.allowance += await self.bank.reserve_quota(self.day, want, self.limit)
+                self.allowance += await self.bank.reserve_quota(
+                    self.day + self.key, want, self.limit
+                )
             if self.allowance < count:
                 return False
             self.allowance -= count
@@ -145,7 +150,7 @@ class DailyQuota:
     def release(self) -> None:
         """Give the bank back what this worker reserved and did not spend."""
         if self.bank is not None and self.allowance:
-            self.ledger.count_sent(self.day, -self.allowance)
+            self.ledger.count_sent(self.day + self.key, -self.allowance)
             self.allowance = 0
 
 

@@ -6,6 +6,10 @@ several days, not a run a day). An occurrence missed by more than the schedule's
 machine was off) is skipped and said so; one still running when the next is due is not
 started twice. While it runs, the scheduler holds each campaign's run lock, so a second
 scheduler, or a `send`, of the same campaign is refused, naming who holds it.
+
+On a shared ledger (`ledger:`) several schedulers, on any hosts, may serve one campaign: the
+database makes each occurrence's run once (whoever comes first), the others join it as
+workers, and one that comes after it ended does not run it again.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -20,12 +25,14 @@ from ..config import Campaign
 from ..errors import InputError, NothingToSendError
 from ..journal.runs import RunRecord
 from ..schedule import Occurrence, Schedule
-from .runs import Runs
+from .runs import RunBook, Runs
 
-__all__ = ["Recurring", "RunOnce"]
+__all__ = ["OpenRuns", "Recurring", "RunOnce"]
 
 # Sends one run of a campaign (its record begun), returns the exit code of that send.
-RunOnce = Callable[[Campaign, Runs, RunRecord], Awaitable[int]]
+RunOnce = Callable[[Campaign, RunBook, RunRecord], Awaitable[int]]
+# The runs of a campaign, opened for as long as the scheduler serves it.
+OpenRuns = Callable[[Campaign], AbstractAsyncContextManager[RunBook]]
 # The longest wait between two looks at the clock: a changed clock is noticed within it.
 _LOOK_EVERY = 60.0
 
@@ -34,7 +41,7 @@ _LOOK_EVERY = 60.0
 class _Entry:
     campaign: Campaign
     schedule: Schedule
-    runs: Runs
+    runs: RunBook
     since: datetime  # the last occurrence that ran (or the start, less the grace)
 
 
@@ -51,6 +58,7 @@ class Recurring:
         tell: Callable[[str], None],
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         reload: Callable[[Campaign], Awaitable[Campaign]] | None = None,
+        open_runs: OpenRuns = Runs,
     ) -> None:
         for campaign in campaigns:
             if campaign.schedule is None:
@@ -65,6 +73,7 @@ class Recurring:
         self.tell = tell
         self.clock = clock
         self.reload = reload  # the campaign as its file is at each occurrence
+        self.open_runs = open_runs
 
     def __repr__(self) -> str:
         return f"<Recurring campaigns={len(self.campaigns)}>"
@@ -79,7 +88,7 @@ class Recurring:
             entries = []
             for campaign in self.campaigns:
                 assert campaign.schedule is not None
-                runs = await stack.enter_async_context(Runs(campaign))
+                runs = await stack.enter_async_context(self.open_runs(campaign))
                 entries.append(_Entry(campaign, campaign.schedule, runs, self._since(runs)))
             while not self.stop.is_set():
                 ran = False
@@ -100,7 +109,7 @@ class Recurring:
                     await asyncio.wait_for(self.stop.wait(), max(0.0, min(wait, _LOOK_EVERY)))
         return 75
 
-    def _since(self, runs: Runs) -> datetime:
+    def _since(self, runs: RunBook) -> datetime:
         """Where to look for occurrences from: the last finished scheduled run's time, else
         now less the grace (an occurrence just missed, or one whose run was cut off, runs)."""
         for record in reversed(runs.runs):
@@ -114,6 +123,7 @@ class Recurring:
 
     async def _serve(self, entry: _Entry) -> int | None:
         """Run the occurrence due now, if any: the exit code of its send, or None."""
+        await entry.runs.refresh()
         now = self.clock()
         done = frozenset(
             [r.id for r in entry.runs.runs if r.finished]
@@ -148,12 +158,12 @@ class Recurring:
             )
             entry.since = max(entry.since, current.at)
             return None
-        if latest is None or record.id != latest.id:
+        if entry.runs.began:
             shown = ""
             if latest is not None and entry.runs.changed:
                 shown = f" (changed since run {latest.id}: {', '.join(entry.runs.changed)})"
             self.tell(f"{entry.campaign.id}: run {record.id} begins{shown}")
-        else:
+        else:  # unfinished, or begun by another scheduler of a shared ledger just now
             self.tell(f"{entry.campaign.id}: run {record.id} goes on")
         code = await self.run_once(entry.campaign, entry.runs, record)
         entry.since = max(entry.since, current.at)

@@ -17,9 +17,9 @@ from dataclasses import replace
 
 from ..config import Campaign, RelaySettings
 from ..errors import DeliveryError
-from ..ledger import Ledger, WorkItem
+from ..ledger import Ledger, Pacer, WorkItem
 from ..transport import Transport
-from .limits import DailyQuota, Pause
+from .limits import DailyQuota, Pause, SharedRateLimiter
 from .policy import MAX_RETRY_DELAY
 from .throttle import Throttle
 
@@ -46,6 +46,13 @@ class Relay:
         ceilings = [r for r in (settings.rate, campaign.rate) if r is not None]
         self.throttle = Throttle(
             ceiling=min(ceilings) if ceilings else None, connections=settings.connections
+        )
+        # Its own rate held by every worker together, on a ledger shared by workers (the
+        # throttle above paces this worker alone).
+        self.shared_rate = (
+            SharedRateLimiter(settings.rate, ledger, key=f"@{settings.name}")
+            if settings.rate and isinstance(ledger, Pacer)
+            else None
         )
         # Its own quota, kept in the ledger under a day key of its own (`DailyQuota`).
         self.quota = DailyQuota(settings.daily_quota, ledger, key=f"@{settings.name}")

@@ -1,6 +1,6 @@
-"""Which run a send belongs to: the unfinished one resumes, a finished one is not sent again
-unasked, an edited campaign is noticed (a fingerprint of each of its parts); and the record
-of each run at its start and end."""
+"""The runs of a campaign in its state folder: which run a send belongs to (the rule is
+`run_choice.RunRequest`; an edited campaign is noticed by a fingerprint of each of its
+parts), the campaign's run lock, and the record of each run at its start and end."""
 
 from __future__ import annotations
 
@@ -9,24 +9,67 @@ import fcntl
 import hashlib
 import os
 import socket
+from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol
 
 from ..config import Campaign
-from ..errors import InputError, JournalError, NothingToSendError
+from ..errors import JournalError
 from ..journal.files import journal_path
 from ..journal.reader import JournalReader
 from ..journal.runs import RunCatalog, RunRecord
-from ..ledger import JournalState
-from ..results import plural
+from ..ledger import Ledger
+from ..run_choice import LEFT, RunRequest
 from ..schedule import Occurrence
 
-__all__ = ["Runs", "fingerprint"]
+__all__ = ["RunBook", "RunList", "Runs", "fingerprint"]
 
-# What makes a campaign "the same" across runs, by part (the names say what changed).
-_PARTS = ("subject", "message", "attachments", "recipients", "list")
-_LEFT = (JournalState.PENDING, JournalState.DEFERRED, JournalState.INFLIGHT, JournalState.DATA)
+
+class RunBook(Protocol):
+    """A campaign's runs as a send or a scheduler uses them: `Runs` (the state folder) or
+    `run.shared_runs.SharedRuns` (the shared ledger)."""
+
+    campaign: Campaign
+
+    @property
+    def changed(self) -> list[str]:
+        """What changed since the latest run, as `begin()` saw."""
+
+    @property
+    def began(self) -> bool:
+        """`begin()` began a new run (else the latest went on, or another worker's)."""
+
+    @property
+    def runs(self) -> list[RunRecord]: ...
+
+    @property
+    def latest(self) -> RunRecord | None: ...
+
+    async def refresh(self) -> None:
+        """Read the runs again (others may have begun or ended one)."""
+
+    async def begin(
+        self,
+        *,
+        new_run: bool = False,
+        keep_changes: bool = False,
+        reopen: bool = False,
+        occurrence: Occurrence | None = None,
+        current: dict[str, str] | None = None,
+    ) -> RunRecord: ...
+
+    async def sent_today(self, day: str) -> int:
+        """Recipients the campaign's earlier runs tried on `day`, not counted by the ledger."""
+
+    async def end(self, record: RunRecord, *, stopped: bool) -> RunRecord: ...
+
+    def ledger(
+        self, record: RunRecord, *, lease: float
+    ) -> AbstractAsyncContextManager[Ledger] | None:
+        """The ledger run `record` is sent from, for this worker (its claims leased for
+        `lease` seconds); None: the campaign's own journal, which the run opens."""
 
 
 def _digest(*pieces: object) -> str:
@@ -68,26 +111,26 @@ def fingerprint(campaign: Campaign, *, content: bool = False) -> dict[str, str]:
     }
 
 
-def _only_deferred(run: RunRecord) -> bool:
-    """The run ended with nothing left to send but recipients still deferred."""
-    counts = run.counts or {}
-    waiting = (JournalState.PENDING, JournalState.INFLIGHT, JournalState.DATA)
-    return run.counts is not None and not any(counts.get(str(s), 0) for s in waiting)
-
-
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _when(stamp: str) -> str:
-    return (
-        datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-        .astimezone()
-        .strftime("%Y-%m-%d %H:%M %Z")
-    )
+class RunList:
+    """The runs as a `RunBook` last read them (`_runs`, oldest first): what both kinds
+    keep alike."""
+
+    _runs: list[RunRecord]
+
+    @property
+    def runs(self) -> list[RunRecord]:
+        return list(self._runs)
+
+    @property
+    def latest(self) -> RunRecord | None:
+        return self._runs[-1] if self._runs else None
 
 
-class Runs:
+class Runs(RunList):
     """The runs of one campaign, for one send or one scheduler: `begin()` names the run this
     send belongs to (and holds the campaign's run lock until `close()`), `end()` records how
     it ended."""
@@ -99,6 +142,7 @@ class Runs:
         self._source: str | None = None
         self._runs: list[RunRecord] = []
         self.changed: list[str] = []  # what changed since the latest run, as `begin()` saw
+        self.began = False  # `begin()` began a new run (else the latest goes on)
 
     def __repr__(self) -> str:
         return f"<Runs {self.campaign.id} runs={len(self._runs)}>"
@@ -175,13 +219,13 @@ class Runs:
             os.close(self._lock)
             self._lock = None
 
-    @property
-    def runs(self) -> list[RunRecord]:
-        return list(self._runs)
+    async def refresh(self) -> None:
+        """Nothing to read again: while this holds the run lock, nobody else writes the
+        catalog."""
 
-    @property
-    def latest(self) -> RunRecord | None:
-        return self._runs[-1] if self._runs else None
+    def ledger(self, record: RunRecord, *, lease: float) -> None:
+        """None: the run opens the campaign's journal itself (there are no leases)."""
+        return None
 
     async def begin(
         self,
@@ -192,75 +236,44 @@ class Runs:
         occurrence: Occurrence | None = None,
         current: dict[str, str] | None = None,
     ) -> RunRecord:
-        """The run this send goes to: the latest, when it is unfinished (or `reopen`: to
-        resend unknown or refused recipients); a new one when asked (`new_run`, or a new
-        `occurrence` of a schedule) or when there is none.
+        """The run this send goes to, as `RunRequest.choose` decides (a new one has a journal
+        of its own: the latest run's is set aside).
 
         :raises NothingToSendError: the latest run finished, and no new one was asked for.
         :raises InputError: the latest run is unfinished and the campaign changed since it
-            began (unless `keep_changes`: then the rest goes with the new content).
+            began (unless `keep_changes`).
 
         `current` is the campaign's fingerprint as its message was built (else read now).
-        A finished run whose list alone changed reopens: the new addresses are sent, the
-        known ones are not.
         """
         if current is None:
             current = await asyncio.to_thread(fingerprint, self.campaign)
-        latest = self.latest
-        if latest is None and await asyncio.to_thread(self.catalog.journal.exists):
-            latest = await self._adopt(current)  # a journal from before runs existed
-        changed = [p for p in _PARTS if latest and latest.fingerprint.get(p) != current[p]]
-        self.changed = changed
-        if occurrence is not None and latest is not None and latest.id == occurrence.run_id:
-            new_run = False  # this occurrence's run: resume it, whatever its state
-            reopen = reopen or not latest.finished
-        elif occurrence is not None and (
-            latest is None or latest.finished or _only_deferred(latest)
-        ):
-            new_run = True  # a run left with only deferred recipients does not hold back the next
-        if latest is not None and not new_run:
-            if latest.finished and changed and set(changed) <= {"list", "recipients"}:
-                reopen = keep_changes = True  # recipients added: the known ones are skipped
-            if latest.finished and not reopen:
-                raise NothingToSendError(self._sent_already(latest, changed))
-            if changed and not keep_changes:
-                state = "was sent" if latest.finished else "is not finished"
-                raise InputError(
-                    f"run {latest.id} of campaign {self.campaign.id} {state}, and the "
-                    f"campaign changed since it began ({', '.join(changed)}). To send the rest "
-                    "with the new content: add --continue; to start over, sending the new "
-                    "version to everyone: add --new-run",
-                    path=self.campaign.source,
-                )
-            covers = list(latest.covers)
-            if occurrence is not None and occurrence.run_id not in (latest.id, *covers):
-                covers.append(occurrence.run_id)
-            record = replace(latest, ended=None, counts=None, fingerprint=current, covers=covers)
-            await self._save([*self._runs[:-1], record])
-            return record
         runs = list(self._runs)
+        if not runs and await asyncio.to_thread(self.catalog.journal.exists):
+            runs = [await self._adopt(current)]  # a journal from before runs existed
+        request = RunRequest(
+            campaign=self.campaign.id,
+            current=current,
+            new_run=new_run,
+            keep_changes=keep_changes,
+            reopen=reopen,
+            occurrence=occurrence,
+            source=self.campaign.source,
+        )
+        choice = request.choose(runs, journal=self.catalog.journal.name)
+        self.changed, self.began = choice.changed, choice.new
+        if not choice.new:
+            await self._save([*runs[:-1], choice.record])
+            return choice.record
+        latest = runs[-1] if runs else None
         moving = latest is not None and await asyncio.to_thread(self.catalog.journal.exists)
         if moving and latest is not None:
             # The catalog names the earlier run's new journal name before the rename: a crash
             # between the two leaves the new run with the old journal (nobody sent twice).
             runs[-1] = replace(latest, journal=self.catalog.set_aside_name(latest))
-        run_id = occurrence.run_id if occurrence else datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        taken = {r.id for r in runs}
-        number = 1
-        while run_id in taken:  # two runs begun in one second
-            number += 1
-            run_id = f"{run_id.split('-')[0]}-{number}"
-        record = RunRecord(
-            id=run_id,
-            started=_now(),
-            journal=self.catalog.journal.name,
-            fingerprint=current,
-            scheduled=occurrence.at.strftime("%Y-%m-%dT%H:%M:%SZ") if occurrence else None,
-        )
-        await self._save([*runs, record])
+        await self._save([*runs, choice.record])
         if moving and latest is not None:
             await asyncio.to_thread(self.catalog.set_aside, latest)
-        return record
+        return choice.record
 
     async def sent_today(self, day: str) -> int:
         """Recipients the campaign's earlier runs tried on `day` (the daily quota is the
@@ -276,7 +289,7 @@ class Runs:
         """Record how the run ended: finished when no recipient is left to send (and it was
         not stopped early); its counts either way."""
         counts = await JournalReader(self.catalog.journal).counts()
-        left = sum(counts[state] for state in _LEFT)
+        left = sum(counts[state] for state in LEFT)
         done = replace(
             record,
             counts={str(state): count for state, count in sorted(counts.items())},
@@ -310,18 +323,3 @@ class Runs:
                 f"cannot write the runs of this campaign: {err.strerror}", path=self.catalog.path
             ) from err
         self._runs = runs
-
-    def _sent_already(self, run: RunRecord, changed: list[str]) -> str:
-        counts = run.counts or {}
-        accepted = counts.get(JournalState.ACCEPTED, 0)
-        total = sum(counts.values())
-        sent = (
-            f"campaign {self.campaign.id} was sent on {_when(run.ended or run.started)} "
-            f"(run {run.id}): {accepted:,} of {plural(total, 'recipient')} accepted"
-        )
-        if changed:
-            return (
-                f"{sent}; it changed since ({', '.join(changed)}). To send the new version "
-                "to everyone: add --new-run"
-            )
-        return f"{sent}. Nothing to send; to send it again to everyone: add --new-run"

@@ -1,4 +1,6 @@
-"""The shared suppression store: entries added once, removed, listed, read as a Suppression."""
+"""The shared suppression store: entries added once, removed, listed, read as a Suppression;
+the contract run against both kinds, a state folder's file and a shared ledger's table (a
+real PostgreSQL server, tests/postgres.py)."""
 
 from __future__ import annotations
 
@@ -17,15 +19,36 @@ from asyncmailer.journal.suppressions import (
     campaign_suppression,
     store_path,
 )
-from asyncmailer.suppression import Reason
+from asyncmailer.ledger_url import LedgerUrl
+from asyncmailer.suppression import Reason, SuppressionStorage
 
 from ..conftest import CampaignFactory
 
 
-async def test_entries_are_added_once_and_keep_their_first_reason(tmp_path: Path) -> None:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> SuppressionStorage:
+    if request.param == "sqlite":
+        return SuppressionStore.of(tmp_path / "state")
+    from asyncmailer.pg.suppressions import PgSuppressionStore
+
+    return PgSuppressionStore(LedgerUrl(request.getfixturevalue("pg_url")))
+
+
+async def test_a_state_folders_store_is_a_file_of_its_owner_made_on_the_first_add(
+    tmp_path: Path,
+) -> None:
     store = SuppressionStore.of(tmp_path / "state")
     assert await store.entries() == []  # no store yet: none, and no file made
     assert not store.path.exists()
+    await store.add([Entry("bob@example.org", Reason.BOUNCE)])
+    assert store.path == store_path(tmp_path / "state")
+    assert store.path.stat().st_mode & 0o077 == 0  # addresses: the owner's only
+
+
+async def test_entries_are_added_once_and_keep_their_first_reason(
+    store: SuppressionStorage,
+) -> None:
+    assert await store.entries() == []
     added = await store.add(
         [
             Entry("bob@example.org", Reason.BOUNCE, "550 5.1.1", "User unknown", "news"),
@@ -33,8 +56,6 @@ async def test_entries_are_added_once_and_keep_their_first_reason(tmp_path: Path
         ]
     )
     assert added == 2
-    assert store.path == store_path(tmp_path / "state")
-    assert store.path.stat().st_mode & 0o077 == 0  # addresses: the owner's only
     again = await store.add([Entry("bob@example.org", Reason.UNSUBSCRIBE)])
     assert again == 0
     entries = await store.entries()
@@ -48,8 +69,9 @@ async def test_entries_are_added_once_and_keep_their_first_reason(tmp_path: Path
     assert suppression.why("x@blocked.example") == "suppressed: manual"
 
 
-async def test_a_removed_entry_is_not_added_back_by_an_older_run(tmp_path: Path) -> None:
-    store = SuppressionStore(tmp_path / "s.sqlite")
+async def test_a_removed_entry_is_not_added_back_by_an_older_run(
+    store: SuppressionStorage,
+) -> None:
     began = time.time() - 10  # a run that began before the removal
     await store.add([Entry("bob@example.org", Reason.BOUNCE, "550 5.1.1")])
     assert await store.remove(["bob@example.org", "nobody@example.org"]) == ["bob@example.org"]
@@ -63,9 +85,8 @@ async def test_a_removed_entry_is_not_added_back_by_an_older_run(tmp_path: Path)
     assert await store.add([Entry("bob@example.org", Reason.MANUAL)]) == 1
 
 
-async def test_concurrent_writers_share_the_store(tmp_path: Path) -> None:
+async def test_concurrent_writers_share_the_store(store: SuppressionStorage) -> None:
     # Two runs ending at once, and the command line: each call is its own transaction.
-    store = SuppressionStore(tmp_path / "s.sqlite")
     batches = [
         [Entry(f"u{n}.{i}@example.org", Reason.BOUNCE) for i in range(200)] for n in range(4)
     ]

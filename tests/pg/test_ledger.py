@@ -23,6 +23,7 @@ from asyncmailer.pg.database import connect, migrate
 from asyncmailer.pg.runs import PgRuns
 from asyncmailer.pg.schema import SCHEMA_VERSION
 from asyncmailer.run.campaign import RunOptions, run_campaign
+from asyncmailer.run_choice import RunRequest
 
 from ..conftest import CampaignFactory, plain_list_campaign
 from ..faulty import Faults, FaultyServer
@@ -32,7 +33,7 @@ from ..postgres import PASSWORD, PgServer
 @pytest.fixture
 async def run(pg_url: str) -> int:
     async with PgRuns(LedgerUrl(pg_url), "fencing") as runs:
-        return runs.serial(await runs.begin(current={}))
+        return runs.serial(await runs.begin(RunRequest(campaign="fencing", current={})))
 
 
 @pytest.fixture
@@ -162,16 +163,18 @@ async def test_runs_are_found_by_the_campaigns_id_not_by_a_path(
 ) -> None:
     url = LedgerUrl(pg_url)
     async with PgRuns(url, "same") as here, PgRuns(url, "same") as there:
-        first = await here.begin(current={"list": "x"})
-        joined = await there.begin(current={"list": "x"})
+        first = await here.begin(RunRequest(campaign="same", current={"list": "x"}))
+        joined = await there.begin(RunRequest(campaign="same", current={"list": "x"}))
         assert (joined.id, there.serial(joined)) == (first.id, here.serial(first))
         with pytest.raises(Exception, match="changed since it began"):
-            await there.begin(current={"list": "x", "subject": "edited"})
+            await there.begin(
+                RunRequest(campaign="same", current={"list": "x", "subject": "edited"})
+            )
         ended = await here.end(first, stopped=False)
         assert ended.finished
-        with pytest.raises(Exception, match="nothing to send"):
-            await there.begin(current={"list": "x"})
-        fresh = await there.begin(current={"list": "x"}, new_run=True)
+        with pytest.raises(Exception, match=r"(?i)nothing to send"):
+            await there.begin(RunRequest(campaign="same", current={"list": "x"}))
+        fresh = await there.begin(RunRequest(campaign="same", current={"list": "x"}, new_run=True))
         assert fresh.id != first.id and [r.id for r in await here.runs()][-1] == fresh.id
 
 

@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -69,7 +70,7 @@ async def _workers(
     ]
 
 
-def _campaign(make_campaign: CampaignFactory, port: int, count: int) -> Path:
+def _campaign(make_campaign: CampaignFactory, port: int, count: int, **keys: Any) -> Path:
     return plain_list_campaign(
         make_campaign,
         port,
@@ -78,6 +79,7 @@ def _campaign(make_campaign: CampaignFactory, port: int, count: int) -> Path:
         concurrency=CONCURRENCY,
         retry_delay=0.01,
         campaign="pg-workers",
+        **keys,
     )
 
 
@@ -169,7 +171,7 @@ async def test_send_with_a_ledger_key_runs_on_the_shared_ledger(
         journals = [p.name for p in (path.parent.parent / ".asyncmailer").glob("*.sqlite*")]
         assert [name for name in journals if not name.startswith("suppressions.")] == []
         code, out, err = await run_cli("send", str(path), cwd=tmp_path)
-        assert code == 4 and "nothing to send" in err, err
+        assert code == 4 and "nothing to send" in err.lower(), err
         assert PASSWORD not in out + err
         # status, runs and report read the shared ledger, from any host: no files needed.
         code, out, err = await run_cli("status", str(path), cwd=tmp_path)
@@ -213,19 +215,63 @@ async def test_a_worker_needs_a_shared_ledger_and_its_extra(
     assert "pip install 'asyncmailer[postgresql]'" in raw.decode()
 
 
-async def test_schedule_refuses_a_campaign_on_a_shared_ledger(
-    make_campaign: CampaignFactory, tmp_path: Path
+def _runs(url: str) -> list[tuple[str, str | None, bool]]:
+    """The campaign's runs: id, scheduled time (UTC, ISO), ended."""
+    with psycopg.connect(url) as db:
+        rows = db.execute(
+            "SELECT id, to_char(scheduled AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS'),"
+            " ended IS NOT NULL FROM asyncmailer_runs ORDER BY serial"
+        ).fetchall()
+    return [(run_id, scheduled, ended) for run_id, scheduled, ended in rows]
+
+
+async def test_two_schedulers_on_a_shared_ledger_run_each_occurrence_once(
+    make_campaign: CampaignFactory, tmp_path: Path, pg_url: str
 ) -> None:
-    path = plain_list_campaign(
-        make_campaign,
-        2525,
-        ["a@example.com"],
-        ledger="postgresql://m:pw@127.0.0.1:1/mail",
-        schedule={"every": "15m"},
-    )
-    code, _, err = await run_cli("schedule", str(path), cwd=tmp_path)
-    assert code == 2 and "schedule does not run campaigns on a shared ledger" in err, err
-    assert "pw@" not in err
+    count = 400
+    server = await FaultyServer(Faults(final_delay=0.002, final_delay_times=None)).start()
+    try:
+        # The occurrence of New Year 2026 is due (within its grace of a year); the next one
+        # is a year away, so both schedulers see exactly one.
+        path = _campaign(
+            make_campaign, server.port, count, schedule={"cron": "0 0 1 1 *", "grace": "366d"}
+        )
+        env = {**os.environ, "ASYNCMAILER_LEDGER": pg_url}
+        schedulers = [
+            await start_cli("schedule", str(path), cwd=tmp_path, env=env) for _ in range(2)
+        ]
+
+        def finished() -> bool:
+            try:
+                return [ended for _, _, ended in _runs(pg_url)] == [True]
+            except psycopg.Error:  # the schema is not there yet
+                return False
+
+        await _until(finished, 60, "the occurrence's run to end")
+        for process in schedulers:
+            process.send_signal(signal.SIGTERM)
+        errs = []
+        for process in schedulers:
+            _, err = await asyncio.wait_for(process.communicate(), 30)
+            assert process.returncode == 75, err.decode()
+            errs.append(err.decode())
+        assert _runs(pg_url) == [("20260101T000000Z", "2026-01-01T00:00:00", True)]
+        # One scheduler began the run; the other joined it, or came after it ended.
+        began = [e for e in errs if "run 20260101T000000Z begins" in e]
+        assert len(began) == 1, errs
+        assert sorted(server.delivered) == sorted(f"user{i}@example.com" for i in range(count))
+        assert set(_states(pg_url).values()) == {"accepted"}
+        # A scheduler started after the run ended does not run the occurrence again.
+        late = await start_cli("schedule", str(path), cwd=tmp_path, env=env)
+        await asyncio.sleep(3)
+        late.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(late.communicate(), 30)
+        assert late.returncode == 75, err.decode()
+        assert "begins" not in err.decode() and "goes on" not in err.decode(), err.decode()
+        assert len(server.delivered) == count
+        assert PASSWORD not in "".join(errs) + err.decode()
+    finally:
+        await server.stop()
 
 
 async def test_max_connections_hold_for_all_workers_together(
@@ -253,6 +299,54 @@ async def test_max_connections_hold_for_all_workers_together(
         _check_once(server, _states(pg_url), 1200)
     finally:
         await server.stop()
+
+
+async def test_each_relays_max_connections_hold_for_all_workers_together(
+    make_campaign: CampaignFactory, tmp_path: Path, pg_url: str
+) -> None:
+    # Two relays (`servers:`), each resetting every connection beyond 2 at once; 2 workers
+    # that would each open 3 to each.
+    faults = Faults(max_connections=2, final_delay=0.01, final_delay_times=None)
+    servers = [await FaultyServer(faults).start() for _ in range(2)]
+    try:
+        entries = [
+            {
+                "name": f"relay{n}",
+                "host": "127.0.0.1",
+                "port": server.port,
+                "security": "none",
+                "concurrency": 3,
+                "max_connections": 2,
+            }
+            for n, server in enumerate(servers)
+        ]
+        count = 600
+        path = make_campaign(
+            host=None,
+            tls_ca_file=None,
+            password=None,
+            to=None,
+            cc=None,
+            recipients_file="list.txt",
+            servers=entries,
+            group_size=2,
+            campaign="capped-relays",
+        )
+        (path.parent.parent / "list.txt").write_text(
+            "".join(f"u{i}@example.com\n" for i in range(count))
+        )
+        workers = await _workers(path, tmp_path, pg_url, 2)
+        for worker in workers:
+            _, err = await asyncio.wait_for(worker.communicate(), 120)
+            assert worker.returncode == 0, err.decode()
+        assert [server.refused_connections for server in servers] == [0, 0]
+        delivered = collections.Counter(a for server in servers for a in server.delivered)
+        assert sorted(delivered) == sorted(f"u{i}@example.com" for i in range(count))
+        assert set(delivered.values()) == {1}
+        assert all(server.delivered for server in servers)  # both relays carried mail
+    finally:
+        for server in servers:
+            await server.stop()
 
 
 def test_the_exit_code_of_several_workers_is_the_worst_of_theirs() -> None:

@@ -6,11 +6,34 @@ its daily quota."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from asyncmailer.ledger_url import LedgerUrl
 from asyncmailer.run.limits import DailyQuota, RateLimiter, SharedRateLimiter
 
+if TYPE_CHECKING:  # psycopg is an extra: imported by the tests that use it
+    from asyncmailer.pg import PgLedger
+
 RATE = 200.0  # messages per second, for both workers together
+
+
+@contextlib.asynccontextmanager
+async def _two_workers(url: str, campaign: str) -> AsyncIterator[tuple[PgLedger, PgLedger]]:
+    """Two workers' ledgers of one new run of `campaign`."""
+    from asyncmailer.pg import PgLedger
+    from asyncmailer.pg.runs import PgRuns
+    from asyncmailer.run_choice import RunRequest
+
+    ledger = LedgerUrl(url)
+    async with PgRuns(ledger, campaign) as runs:
+        serial = runs.serial(await runs.begin(RunRequest(campaign=campaign)))
+    async with (
+        await PgLedger.open(ledger, campaign=campaign, run=serial) as a,
+        await PgLedger.open(ledger, campaign=campaign, run=serial) as b,
+    ):
+        yield a, b
 
 
 async def _starts(limiter: SharedRateLimiter | RateLimiter, count: int) -> list[float]:
@@ -23,16 +46,7 @@ async def _starts(limiter: SharedRateLimiter | RateLimiter, count: int) -> list[
 
 
 async def test_two_workers_share_one_rate(pg_url: str) -> None:
-    from asyncmailer.pg import PgLedger
-    from asyncmailer.pg.runs import PgRuns
-
-    url = LedgerUrl(pg_url)
-    async with PgRuns(url, "paced") as runs:
-        serial = runs.serial(await runs.begin(current={}))
-    async with (
-        await PgLedger.open(url, campaign="paced", run=serial) as a,
-        await PgLedger.open(url, campaign="paced", run=serial) as b,
-    ):
+    async with _two_workers(pg_url, "paced") as (a, b):
         limiters = [SharedRateLimiter(RATE, a), SharedRateLimiter(RATE, b)]
         assert limiters[0].batch == 50  # a quarter of a second's slots per reservation
         # Two coroutines per worker (connections), 100 messages each: 400 in all.
@@ -55,16 +69,7 @@ async def test_one_process_rate_limiter_is_unchanged() -> None:
 
 
 async def test_two_workers_share_one_daily_quota(pg_url: str) -> None:
-    from asyncmailer.pg import PgLedger
-    from asyncmailer.pg.runs import PgRuns
-
-    url = LedgerUrl(pg_url)
-    async with PgRuns(url, "quota") as runs:
-        serial = runs.serial(await runs.begin(current={}))
-    async with (
-        await PgLedger.open(url, campaign="quota", run=serial) as a,
-        await PgLedger.open(url, campaign="quota", run=serial) as b,
-    ):
+    async with _two_workers(pg_url, "quota") as (a, b):
         quotas = [DailyQuota(100, a), DailyQuota(100, b)]
         for quota in quotas:
             await quota.load()
@@ -89,3 +94,41 @@ async def test_two_workers_share_one_daily_quota(pg_url: str) -> None:
         late = DailyQuota(100, b)
         await late.load()
         assert await late.take(100 - granted) and not await late.take(1)
+
+
+async def test_a_relays_own_limits_are_kept_apart_from_the_campaigns(pg_url: str) -> None:
+    # `servers:` relays have their own rate, daily_quota and max_connections, held by every
+    # worker together under the relay's key, and never counted against the campaign's.
+    async with _two_workers(pg_url, "relays") as (a, b):
+        relay = [DailyQuota(40, a, key="@one"), DailyQuota(40, b, key="@one")]
+        campaign = DailyQuota(100, a)
+        for quota in (*relay, campaign):
+            await quota.load()
+        taken = 0
+        while await relay[taken % 2].take(4) or await relay[(taken + 1) % 2].take(4):
+            taken += 1
+        assert 40 - 2 * 4 < taken * 4 <= 40  # the relay's quota, for both workers
+        assert await campaign.take(100)  # the campaign's is all there still
+        for quota in (*relay, campaign):
+            quota.release()
+        day = campaign.day
+        await b.sent_on(day)
+        assert await a.sent_on(day + "@one") == taken * 4
+        assert await a.sent_on(day) == 100
+        # Connections: the relay's 4 shared by the workers, the campaign's apart.
+        assert await a.reserve_connections(3, 4, "@one") == 3
+        assert await b.reserve_connections(3, 4, "@one") == 1
+        assert await b.reserve_connections(3, 4) == 3
+        assert await b.reserve_connections(3, 4, "@two") == 3
+        # Rates: the relay's slots are shared by both workers; the campaign's run apart.
+        shared = [SharedRateLimiter(RATE, a, key="@one"), SharedRateLimiter(RATE, b, key="@one")]
+        own = SharedRateLimiter(RATE, a)
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        both, alone = await asyncio.gather(
+            asyncio.gather(*(_starts(limiter, 100) for limiter in shared)),
+            _starts(own, 100),
+        )
+        together = sorted(t for times in both for t in times)
+        assert together[-1] - began >= (200 - 2 * shared[0].batch) / RATE * 0.98
+        assert alone[-1] - began < (together[-1] - began) * 0.75  # not slowed by the relay's

@@ -15,7 +15,7 @@ from asyncmailer.config import load_campaign
 from asyncmailer.errors import JournalError
 from asyncmailer.journal.runs import RunCatalog, RunRecord
 from asyncmailer.run.recurring import Recurring
-from asyncmailer.run.runs import Runs, fingerprint
+from asyncmailer.run.runs import RunBook, Runs, fingerprint
 from asyncmailer.schedule import Schedule
 
 from ..conftest import CampaignFactory
@@ -42,7 +42,7 @@ async def test_missed_occurrences_are_skipped_and_told_and_the_latest_runs(
     ran: list[str] = []
     stop = asyncio.Event()
 
-    async def run_once(_campaign: object, runs: Runs, record: RunRecord) -> int:
+    async def run_once(_campaign: object, runs: RunBook, record: RunRecord) -> int:
         ran.append(record.id)
         stop.set()
         return 0
@@ -83,7 +83,7 @@ async def test_an_unfinished_run_goes_on_at_the_next_occurrence(
     ran: list[str] = []
     stop = asyncio.Event()
 
-    async def run_once(_campaign: object, runs: Runs, record: RunRecord) -> int:
+    async def run_once(_campaign: object, runs: RunBook, record: RunRecord) -> int:
         ran.append(record.id)
         stop.set()
         return 0
