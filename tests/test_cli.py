@@ -453,6 +453,28 @@ async def test_serve_without_its_extra_is_an_install_hint_and_exit_2(tmp_path: P
     assert "pip install -e '.[server]'" in err.decode()
 
 
+async def test_a_plain_campaign_leaves_dkim_idna_and_html_parsing_unimported(
+    smtp_server: ServerFactory, make_campaign: CampaignFactory, tmp_path: Path
+) -> None:
+    # Start-up time: what only DKIM, a non-ASCII domain or an HTML body needs is imported by
+    # the campaigns that have one, not by every run.
+    running = await smtp_server()
+    path = make_campaign(port=running.server.ssl_port)
+    code = (
+        "import sys; from asyncmailer.cli import main; "
+        f"status = main(['-c', {str(path)!r}, '-q']); "
+        "print(sorted({'cryptography', 'idna', 'html.parser'} & set(sys.modules))); "
+        "sys.exit(status)"
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", code, cwd=tmp_path, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0
+    assert len(running.messages) == 1
+    assert out.decode().splitlines()[-1] == "[]"
+
+
 def test_send_at_a_time_that_has_passed_is_an_error(
     make_campaign: CampaignFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:
