@@ -437,20 +437,31 @@ def test_a_mistyped_command_gets_did_you_mean(
     assert f"unknown command {typed!r}; did you mean {meant!r}?" in capsys.readouterr().err
 
 
+async def _python(code: str, cwd: Path) -> tuple[int | None, str, str]:
+    """Run `python -c CODE` in a fresh interpreter: its exit code, output and errors."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        code,
+        cwd=cwd,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    return process.returncode, out.decode(), err.decode()
+
+
 async def test_serve_without_its_extra_is_an_install_hint_and_exit_2(tmp_path: Path) -> None:
     # A Python where aiosmtpd cannot be imported (None in sys.modules stops the import).
     code = (
         "import sys; sys.modules['aiosmtpd'] = None; "
         "from asyncmailer.cli import main; sys.exit(main(['serve']))"
     )
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", code, cwd=tmp_path, stderr=asyncio.subprocess.PIPE
-    )
-    _, err = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode == 2
-    assert "needs the 'server' extra" in err.decode()
-    assert "pip install 'asyncmailer[server]'" in err.decode()
-    assert "pip install -e '.[server]'" in err.decode()
+    returncode, _, err = await _python(code, tmp_path)
+    assert returncode == 2
+    assert "needs the 'server' extra" in err
+    assert "pip install 'asyncmailer[server]'" in err
+    assert "pip install -e '.[server]'" in err
 
 
 async def test_a_plain_campaign_leaves_dkim_idna_and_html_parsing_unimported(
@@ -466,13 +477,10 @@ async def test_a_plain_campaign_leaves_dkim_idna_and_html_parsing_unimported(
         "print(sorted({'cryptography', 'idna', 'html.parser'} & set(sys.modules))); "
         "sys.exit(status)"
     )
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", code, cwd=tmp_path, stdout=asyncio.subprocess.PIPE
-    )
-    out, _ = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode == 0
+    returncode, out, err = await _python(code, tmp_path)
+    assert returncode == 0, err
     assert len(running.messages) == 1
-    assert out.decode().splitlines()[-1] == "[]"
+    assert out.splitlines()[-1] == "[]"
 
 
 def test_send_at_a_time_that_has_passed_is_an_error(
