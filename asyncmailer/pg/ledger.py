@@ -81,6 +81,32 @@ _RECORD = (
     f" WHERE r.id = d.id AND r.claim = %(me)s AND r.state IN ('{JournalState.INFLIGHT}',"
     f" '{JournalState.DATA}')"
 )
+# Loading: a batch of the list is copied into the transaction's staging table (emptied at
+# each commit), matched against the run's rows there, and its new rows inserted from it.
+_STAGE_TABLE = "asyncmailer_stage"
+_STAGE = (
+    f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGE_TABLE}"
+    " (o INTEGER NOT NULL, key TEXT NOT NULL, addr TEXT NOT NULL, name TEXT NOT NULL,"
+    " fields TEXT) ON COMMIT DELETE ROWS"
+)
+_STAGE_COPY = f"COPY {_STAGE_TABLE} (o, key, addr, name, fields) FROM STDIN"
+# The batch's rows known in the run already, by their number in the batch. The LIMIT keeps
+# it one lookup by the unique key per row (a planner that took the staging table for large,
+# or the run for small, would otherwise hash all of the run's rows for each batch).
+_KNOWN = (
+    f"SELECT s.o, r.id, r.loaded FROM {_STAGE_TABLE} AS s CROSS JOIN LATERAL"
+    f" (SELECT id, loaded FROM {_R} WHERE run = %s AND key = s.key LIMIT 1) AS r"
+)
+# The new rows, in list order: the first `room` to the open group, the rest to new groups.
+_INSERT = (
+    f"INSERT INTO {_R} (run, key, addr, name, grp, loaded, fields)"
+    " SELECT %(run)s, key, addr, name,"
+    " CASE WHEN n - 1 < %(room)s THEN %(group)s"
+    " ELSE %(next)s + (n - 1 - %(room)s) / %(size)s END,"
+    " %(load)s, fields::jsonb"
+    f" FROM (SELECT *, row_number() OVER (ORDER BY o) AS n FROM {_STAGE_TABLE}) AS s"
+    " ORDER BY o"
+)
 assert Decision._fields == (
     "state",
     "code",
@@ -455,55 +481,49 @@ class PgLedger:
         fields: Sequence[str] | None,
         groups: Callable[[int], Awaitable[tuple[int, int, int, int]]],
     ) -> Added:
-        """Insert the addresses not in the run yet; `groups(n)` places the n new ones."""
+        """Insert the addresses not in the run yet; `groups(n)` places the n new ones.
+
+        The batch goes in by COPY (no per-row adaptation on this side) into a staging table
+        of the transaction: first what is known already is looked up there, in SQL (rows of
+        an earlier load are marked as read again), then only the new ones are inserted, in
+        list order. Only the load's owner inserts (`_owning` holds the load's lock), so the
+        lookup is the whole test: no ON CONFLICT (the unique key stays the last word)."""
         load = meta.get("loads", 0)
         boxes = Mailboxes.of(mailboxes)
         keys = [addr.lower() for addr in boxes.addrs]
-        first: dict[str, int] = {}
-        for number, key in enumerate(keys):
-            first.setdefault(key, number)
-        firsts = list(first.values())
+        # Each address's first row in the batch: all of them, unless one is there twice.
+        firsts: Sequence[int] = range(len(keys))
+        if len(set(keys)) < len(keys):
+            first: dict[str, int] = {}
+            for number, key in enumerate(keys):
+                first.setdefault(key, number)
+            firsts = list(first.values())
         duplicates = len(keys) - len(firsts)
-        cursor = await conn.execute(
-            f"SELECT key, id, loaded FROM {_R} WHERE run = %s AND key = ANY(%s::text[])",
-            (self.run, list(first)),
-        )
-        known = {key: (row_id, loaded) for key, row_id, loaded in await cursor.fetchall()}
-        fresh: list[int] = []
+        await conn.execute(_STAGE)
+        async with conn.cursor().copy(_STAGE_COPY) as copy:
+            for number in firsts:
+                await copy.write_row(
+                    (
+                        number,
+                        keys[number],
+                        boxes.addrs[number],
+                        boxes.names[number],
+                        None if fields is None else fields[number],
+                    )
+                )
+        cursor = await conn.execute(_KNOWN, (self.run,))
+        known = await cursor.fetchall()
         again_ids: list[int] = []
         again_fields: list[str | None] = []
-        for number in firsts:
-            found = known.get(keys[number])
-            if found is None:
-                fresh.append(number)
-            elif found[1] == load:
+        for number, row_id, loaded in known:
+            if loaded == load:
                 duplicates += 1
             else:
-                again_ids.append(found[0])
+                again_ids.append(row_id)
                 again_fields.append(fields[number] if fields is not None else None)
-        group, room, nxt, size = await groups(len(fresh))
-        if fresh:
+        if known:
             await conn.execute(
-                f"INSERT INTO {_R} (run, key, addr, name, grp, loaded, fields)"
-                " SELECT %(run)s, t.k, t.a, t.n,"
-                " CASE WHEN t.o - 1 < %(room)s THEN %(group)s"
-                " ELSE %(next)s + (t.o - 1 - %(room)s) / %(size)s END,"
-                " %(load)s, t.f::jsonb"
-                " FROM unnest(%(keys)s::text[], %(addrs)s::text[], %(names)s::text[],"
-                " %(fields)s::text[]) WITH ORDINALITY AS t(k, a, n, f, o) ORDER BY t.o"
-                " ON CONFLICT (run, key) DO NOTHING",
-                {
-                    "run": self.run,
-                    "room": room,
-                    "group": group,
-                    "next": nxt,
-                    "size": size,
-                    "load": load,
-                    "keys": [keys[i] for i in fresh],
-                    "addrs": [boxes.addrs[i] for i in fresh],
-                    "names": [boxes.names[i] for i in fresh],
-                    "fields": [fields[i] if fields is not None else None for i in fresh],
-                },
+                f"DELETE FROM {_STAGE_TABLE} WHERE o = ANY(%s::int[])", ([k[0] for k in known],)
             )
         if again_ids:  # known from an earlier load: the row as read now
             await conn.execute(
@@ -511,7 +531,21 @@ class PgLedger:
                 " FROM unnest(%s::bigint[], %s::text[]) AS t(i, f) WHERE r.id = t.i",
                 (load, again_ids, again_fields),
             )
-        return Added(len(fresh), duplicates)
+        fresh = len(firsts) - len(known)
+        group, room, nxt, size = await groups(fresh)
+        if fresh:
+            await conn.execute(
+                _INSERT,
+                {
+                    "run": self.run,
+                    "room": room,
+                    "group": group,
+                    "next": nxt,
+                    "size": size,
+                    "load": load,
+                },
+            )
+        return Added(fresh, duplicates)
 
     # -- starting a run ----------------------------------------------------------------------
 
