@@ -139,6 +139,10 @@ class PgLedger:
         msgid_domain: str,
     ) -> None:
         self._writer = writer
+        # The list's load has a connection of its own (opened by `begin_load`, closed by
+        # `end_load`): its long batches do not hold up the claims and results queued behind
+        # them, nor they the load.
+        self._loader: Writer | None = None
         self.url = url
         self.campaign = campaign
         self.run = run
@@ -227,6 +231,7 @@ class PgLedger:
 
         if self._latch.failure is not None:  # the database may be gone: do not wait long for it
             self._writer.outage = min(self._writer.outage, 2.0)
+        await self._stop_loader()
         end_future = self._writer.submit(end)
         await self._writer.stop()
         if end_future.done() and not end_future.cancelled():
@@ -244,10 +249,14 @@ class PgLedger:
     # -- requests ----------------------------------------------------------------------------
 
     async def _call(
-        self, work: Callable[[Connection], Awaitable[Any]], *, solo: bool = False
+        self,
+        work: Callable[[Connection], Awaitable[Any]],
+        *,
+        solo: bool = False,
+        writer: Writer | None = None,
     ) -> Any:
         try:
-            return await asyncio.shield(self._writer.submit(work, solo=solo))
+            return await asyncio.shield((writer or self._writer).submit(work, solo=solo))
         except JournalError:
             raise
         except Exception as err:
@@ -379,7 +388,24 @@ class PgLedger:
             )
             return True
 
-        return bool(await self._call(begin, solo=True))
+        if not await self._call(begin, solo=True):
+            return False
+        if self._loader is None:
+            loader = Writer(self.url, outage=self._writer.outage)
+            await loader.start()
+            self._loader = loader
+        return True
+
+    async def _load(self, work: Callable[[Connection], Awaitable[Any]]) -> Any:
+        """Run a step of the load on its own connection (on the worker's, before
+        `begin_load` and after `end_load`)."""
+        return await self._call(work, solo=True, writer=self._loader)
+
+    async def _stop_loader(self) -> None:
+        loader, self._loader = self._loader, None
+        if loader is not None:
+            loader.outage = min(loader.outage, self._writer.outage)
+            await loader.stop()
 
     async def loading(self) -> bool:
         """The list is not all in the ledger yet."""
@@ -390,10 +416,10 @@ class PgLedger:
         return bool(await self._call(read))
 
     async def end_load(self) -> None:
-        await self._call(
-            lambda conn: self._set_meta(conn, load_reading=0, load_done=1, load_owner=0),
-            solo=True,
+        await self._load(
+            lambda conn: self._set_meta(conn, load_reading=0, load_done=1, load_owner=0)
         )
+        await self._stop_loader()
 
     async def _owning(self, conn: Connection) -> dict[str, int]:
         """The run's meta, once this worker is sure it still has the load."""
@@ -425,7 +451,7 @@ class PgLedger:
                 await self._set_meta(conn, **values)
             return await self._insert(conn, meta, mailboxes, None, _fixed(group))
 
-        return await self._call(add, solo=True)  # type: ignore[no-any-return]
+        return await self._load(add)  # type: ignore[no-any-return]
 
     async def add_list(
         self,
@@ -471,7 +497,7 @@ class PgLedger:
 
             return await self._insert(conn, meta, mailboxes, rows, groups)
 
-        return await self._call(add, solo=True)  # type: ignore[no-any-return]
+        return await self._load(add)  # type: ignore[no-any-return]
 
     async def _insert(
         self,
