@@ -537,6 +537,12 @@ class PgLedger:
                         None if fields is None else fields[number],
                     )
                 )
+        if load <= 1:  # the run's first load: the batch is new but for a repeat of a row
+            try:
+                async with conn.transaction():  # a savepoint: undone, groups and all, if not
+                    return await self._insert_new(conn, len(firsts), duplicates, load, groups)
+            except psycopg.errors.UniqueViolation:
+                pass  # an address of an earlier batch (or the config's) again: looked up
         cursor = await conn.execute(_KNOWN, (self.run,))
         known = await cursor.fetchall()
         again_ids: list[int] = []
@@ -557,7 +563,17 @@ class PgLedger:
                 " FROM unnest(%s::bigint[], %s::text[]) AS t(i, f) WHERE r.id = t.i",
                 (load, again_ids, again_fields),
             )
-        fresh = len(firsts) - len(known)
+        return await self._insert_new(conn, len(firsts) - len(known), duplicates, load, groups)
+
+    async def _insert_new(
+        self,
+        conn: Connection,
+        fresh: int,
+        duplicates: int,
+        load: int,
+        groups: Callable[[int], Awaitable[tuple[int, int, int, int]]],
+    ) -> Added:
+        """Insert the staging table's rows (`fresh` of them), placed by `groups`."""
         group, room, nxt, size = await groups(fresh)
         if fresh:
             await conn.execute(
