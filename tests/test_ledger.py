@@ -19,6 +19,8 @@ from asyncmailer.ledger import Decision, JournalState, Ledger
 from asyncmailer.ledger_url import LedgerUrl
 from asyncmailer.results import Status
 
+from .conftest import load_and_accept
+
 
 class Opener(Protocol):
     """Opens the ledger; `reload_list`: as a run that reads its list again (the SQLite
@@ -117,13 +119,7 @@ async def test_an_address_from_an_earlier_load_is_not_a_duplicate_nor_sent_again
     open_ledger: Opener,
 ) -> None:
     async with open_ledger() as ledger:
-        await ledger.begin_load()
-        await ledger.add_list(boxes(1, 2), 10)
-        await ledger.end_load()
-        (item,) = await ledger.claim(10, now=0.0)
-        ledger.record(
-            [Decision(JournalState.ACCEPTED, 250, "ok", 1, 0.0, 0.0, "", i) for i in item.ids]
-        )
+        await load_and_accept(ledger, boxes(1, 2))
         await ledger.counts()  # the results are written
     async with open_ledger(reload_list=True) as ledger:
         await ledger.start_run(resend_unknown=False)

@@ -27,7 +27,16 @@ import psycopg
 from ..addresses import Mailbox, Mailboxes
 from ..errors import JournalError, LeaseLostError
 from ..journal.reader import NOT_YET, result_columns
-from ..ledger import LEASE, NEVER, Added, Decision, FailureLatch, JournalState, WorkItem
+from ..ledger import (
+    LEASE,
+    NEVER,
+    Added,
+    Decision,
+    FailureLatch,
+    JournalState,
+    WorkItem,
+    first_rows,
+)
 from ..ledger_url import LedgerUrl
 from ..message import message_ids
 from ..results import ResultPage
@@ -517,13 +526,7 @@ class PgLedger:
         load = meta.get("loads", 0)
         boxes = Mailboxes.of(mailboxes)
         keys = [addr.lower() for addr in boxes.addrs]
-        # Each address's first row in the batch: all of them, unless one is there twice.
-        firsts: Sequence[int] = range(len(keys))
-        if len(set(keys)) < len(keys):
-            first: dict[str, int] = {}
-            for number, key in enumerate(keys):
-                first.setdefault(key, number)
-            firsts = list(first.values())
+        firsts = first_rows(keys)
         duplicates = len(keys) - len(firsts)
         await conn.execute(_STAGE)
         async with conn.cursor().copy(_STAGE_COPY) as copy:

@@ -17,6 +17,8 @@ from asyncmailer.journal.schema import decision_runs
 from asyncmailer.ledger import Decision, JournalState
 from asyncmailer.results import RecipientResult, Status
 
+from ..conftest import load_and_accept
+
 
 def boxes(*numbers: int, host: str = "example.com") -> list[Mailbox]:
     return [Mailbox(f"user{n}@{host}") for n in numbers]
@@ -269,13 +271,7 @@ def _as_format_1(path: Path) -> None:
 async def test_a_format_1_journal_is_read_as_it_is_and_migrated_by_a_run(tmp_path: Path) -> None:
     path = tmp_path / "j.sqlite"
     async with await Journal.open(path) as journal:
-        await journal.begin_load()
-        await journal.add_list(boxes(1, 2), 10)
-        await journal.end_load()
-        (item,) = await journal.claim(10, now=0.0)
-        journal.record(
-            [Decision(JournalState.ACCEPTED, 250, "ok", 1, 1.0, 0.0, "", i) for i in item.ids]
-        )
+        await load_and_accept(journal, boxes(1, 2), at=1.0)
     _as_format_1(path)
     # status and report read it read-only, as it is: no relay known.
     (page,) = [p async for p in JournalReader(path).pages()]
