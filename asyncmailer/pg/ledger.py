@@ -519,10 +519,12 @@ class PgLedger:
         """Insert the addresses not in the run yet; `groups(n)` places the n new ones.
 
         The batch goes in by COPY (no per-row adaptation on this side) into a staging table
-        of the transaction: first what is known already is looked up there, in SQL (rows of
-        an earlier load are marked as read again), then only the new ones are inserted, in
-        list order. Only the load's owner inserts (`_owning` holds the load's lock), so the
-        lookup is the whole test: no ON CONFLICT (the unique key stays the last word)."""
+        of the transaction. In the run's first load it is inserted from there as it is,
+        unless the unique key finds an address of an earlier batch; otherwise what is known
+        already is looked up, in SQL (rows of an earlier load are marked as read in this
+        one, the rest are duplicates), and only the new ones are inserted, in list order.
+        Only the load's owner inserts (`_owning` holds the load's lock), so the lookup is the
+        whole test: no ON CONFLICT (the unique key stays the last word)."""
         load = meta.get("loads", 0)
         boxes = Mailboxes.of(mailboxes)
         keys = [addr.lower() for addr in boxes.addrs]
