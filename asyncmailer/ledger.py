@@ -31,6 +31,7 @@ __all__ = [
     "Pacer",
     "QuotaBank",
     "WorkItem",
+    "first_rows",
 ]
 
 # Seconds a worker's hold on what it claimed from a shared ledger lasts without a heartbeat
@@ -85,6 +86,17 @@ class Added(NamedTuple):
 
     new: int
     duplicates: int
+
+
+def first_rows(keys: Sequence[str]) -> Sequence[int]:
+    """The number of each key's first row in a load batch: all of them, unless a key is there
+    twice (the later ones are the batch's duplicates)."""
+    if len(set(keys)) == len(keys):
+        return range(len(keys))
+    first: dict[str, int] = {}
+    for number, key in enumerate(keys):
+        first.setdefault(key, number)
+    return list(first.values())
 
 
 class FailureLatch:

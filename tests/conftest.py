@@ -19,8 +19,10 @@ import pytest
 import trustme
 import yaml
 
+from asyncmailer.addresses import Mailbox
 from asyncmailer.attachments import Part
 from asyncmailer.config import Secret, Security, ServerSettings
+from asyncmailer.ledger import Decision, JournalState, Ledger
 from asyncmailer.results import RecipientResult
 from asyncmailer.server import Account, EmbeddedServer, MailStore
 from asyncmailer.smtp.session import Session, build_tls_context
@@ -279,3 +281,12 @@ def in_memory(parts: Sequence[Part]) -> list[bytes]:
     found = [part for part in parts if isinstance(part, bytes)]
     assert len(found) == len(parts), "a spooled part"
     return found
+
+
+async def load_and_accept(ledger: Ledger, mailboxes: Sequence[Mailbox], at: float = 0.0) -> None:
+    """Load `mailboxes` as the whole list, in one group, and record them all accepted."""
+    await ledger.begin_load()
+    await ledger.add_list(mailboxes, len(mailboxes))
+    await ledger.end_load()
+    (item,) = await ledger.claim(10, now=0.0)
+    ledger.record([Decision(JournalState.ACCEPTED, 250, "ok", 1, at, 0.0, "", i) for i in item.ids])

@@ -6,9 +6,10 @@ leaves, as the next one sees them."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 
@@ -18,7 +19,14 @@ from asyncmailer.ledger import Decision, JournalState, Ledger
 from asyncmailer.ledger_url import LedgerUrl
 from asyncmailer.results import Status
 
-Opener = Callable[[], AbstractAsyncContextManager[Ledger]]
+from .conftest import load_and_accept
+
+
+class Opener(Protocol):
+    """Opens the ledger; `reload_list`: as a run that reads its list again (the SQLite
+    journal's every run does; a shared ledger's when the list changed)."""
+
+    def __call__(self, *, reload_list: bool = False) -> AbstractAsyncContextManager[Ledger]: ...
 
 
 def boxes(*numbers: int, host: str = "example.com") -> list[Mailbox]:
@@ -36,12 +44,14 @@ async def open_ledger(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIt
     if request.param == "sqlite":
 
         @asynccontextmanager
-        async def sqlite() -> AsyncIterator[Ledger]:
+        async def sqlite(*, reload_list: bool = False) -> AsyncIterator[Ledger]:
             async with await Journal.open(tmp_path / "j.sqlite") as journal:
                 yield journal
 
         yield sqlite
         return
+    import psycopg
+
     from asyncmailer.pg import PgLedger
     from asyncmailer.pg.runs import PgRuns
     from asyncmailer.run_choice import RunRequest
@@ -51,7 +61,12 @@ async def open_ledger(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIt
         serial = runs.serial(await runs.begin(RunRequest(campaign="contract", current={})))
 
     @asynccontextmanager
-    async def postgresql() -> AsyncIterator[Ledger]:
+    async def postgresql(*, reload_list: bool = False) -> AsyncIterator[Ledger]:
+        if reload_list:  # as `PgRuns.begin` does for a run whose list is read again
+            async with await psycopg.AsyncConnection.connect(url.reveal()) as conn:
+                await conn.execute(
+                    "DELETE FROM asyncmailer_meta WHERE run = %s AND key = 'load:done'", (serial,)
+                )
         async with await PgLedger.open(url, campaign="contract", run=serial) as ledger:
             yield ledger
 
@@ -77,6 +92,65 @@ async def test_a_load_sends_each_address_once_and_fills_groups_without_gaps(
         await ledger.end_load()
         assert not await ledger.loading()
         assert await groups(ledger) == [["user7@example.com"]]
+
+
+async def test_while_a_resumed_list_is_read_only_its_new_groups_go(open_ledger: Opener) -> None:
+    async with open_ledger() as ledger:
+        await ledger.begin_load()
+        await ledger.add_list(boxes(1, 2, 3), 1)  # then the run stopped: all still pending
+    async with open_ledger() as ledger:
+        assert await ledger.begin_load()
+        await ledger.add_list(boxes(4, 5, 6), 1)  # new rows; 1-3 are further down the list
+        # Rows from the earlier load wait until they are read again (personalised messages
+        # use the row as read now); the newest group may still grow.
+        assert await groups(ledger) == [["user4@example.com"], ["user5@example.com"]]
+        again = await ledger.add_list(boxes(1, 2, 3), 1, [{"n": "new"}] * 3)
+        assert again == (0, 0)  # neither new nor duplicates: known from the earlier load
+        await ledger.end_load()
+        assert [item.fields for item in await ledger.claim(10, now=0.0)] == [
+            ({"n": "new"},),
+            ({"n": "new"},),
+            ({"n": "new"},),
+            ({},),
+        ]
+
+
+async def test_an_address_from_an_earlier_load_is_not_a_duplicate_nor_sent_again(
+    open_ledger: Opener,
+) -> None:
+    async with open_ledger() as ledger:
+        await load_and_accept(ledger, boxes(1, 2))
+        await ledger.counts()  # the results are written
+    async with open_ledger(reload_list=True) as ledger:
+        await ledger.start_run(resend_unknown=False)
+        assert await ledger.begin_load()
+        # The list read again, changed: one new address, one gone (user2).
+        assert await ledger.add_list(boxes(1, 3), 10) == (1, 0)
+        await ledger.end_load()
+        assert await groups(ledger) == [["user3@example.com"]]
+        assert (await ledger.counts())[JournalState.ACCEPTED] == 2
+
+
+async def test_a_long_load_counts_duplicates_in_a_batch_and_across_batches(
+    open_ledger: Opener,
+) -> None:
+    # Thousands of addresses a batch, half of them known from an earlier load.
+    async with open_ledger() as ledger:
+        await ledger.begin_load()
+        assert await ledger.add_list(boxes(*range(0, 3000, 2)), 100) == (1500, 0)
+    async with open_ledger() as ledger:
+        assert await ledger.begin_load()
+        upper = [Mailbox(f"USER{n}@EXAMPLE.COM") for n in range(10)]  # the case is no key
+        first = await ledger.add_list(boxes(*range(3000)) + upper, 100)
+        assert first == (1500, 10)
+        second = await ledger.add_list([*boxes(2999, 3000, 3001, 3000), *upper[:2]], 100)
+        assert second == (2, 4)  # 2999 in the batch before, 3000 twice here, two as above
+        await ledger.end_load()
+        assert (await ledger.counts())[JournalState.PENDING] == 3002
+        items = await ledger.claim(1000, now=0.0)
+    # The new rows fill groups of 100 without gaps, in list order, across the batches.
+    assert sorted(len(item.recipients) for item in items) == [2] + [100] * 30
+    assert items[-1].recipients == tuple(boxes(3000, 3001))
 
 
 async def test_past_data_without_a_reply_is_unknown_after_a_stop(open_ledger: Opener) -> None:

@@ -23,7 +23,7 @@ from typing import Any, NamedTuple, TypeVar
 
 from ..addresses import Mailbox, Mailboxes
 from ..errors import JournalError
-from ..ledger import NEVER, Added, Decision, FailureLatch, JournalState, WorkItem
+from ..ledger import NEVER, Added, Decision, FailureLatch, JournalState, WorkItem, first_rows
 from ..message import message_ids
 from ..results import ResultPage
 from . import reader
@@ -332,13 +332,7 @@ class Journal:
         load = _meta(db, "loads")
         boxes = Mailboxes.of(mailboxes)
         keys = [addr.lower() for addr in boxes.addrs]
-        # Each address's first row in the batch: all of them, unless one is there twice.
-        firsts: Sequence[int] = range(len(keys))
-        if len(set(keys)) < len(keys):
-            first: dict[str, int] = {}
-            for number, key in enumerate(keys):
-                first.setdefault(key, number)
-            firsts = list(first.values())
+        firsts = first_rows(keys)
         duplicates = len(keys) - len(firsts)
         unique = keys if len(firsts) == len(keys) else [keys[i] for i in firsts]
         known: dict[str, tuple[int, int]] = {

@@ -27,7 +27,16 @@ import psycopg
 from ..addresses import Mailbox, Mailboxes
 from ..errors import JournalError, LeaseLostError
 from ..journal.reader import NOT_YET, result_columns
-from ..ledger import LEASE, NEVER, Added, Decision, FailureLatch, JournalState, WorkItem
+from ..ledger import (
+    LEASE,
+    NEVER,
+    Added,
+    Decision,
+    FailureLatch,
+    JournalState,
+    WorkItem,
+    first_rows,
+)
 from ..ledger_url import LedgerUrl
 from ..message import message_ids
 from ..results import ResultPage
@@ -81,6 +90,32 @@ _RECORD = (
     f" WHERE r.id = d.id AND r.claim = %(me)s AND r.state IN ('{JournalState.INFLIGHT}',"
     f" '{JournalState.DATA}')"
 )
+# Loading: a batch of the list is copied into the transaction's staging table (emptied at
+# each commit), matched against the run's rows there, and its new rows inserted from it.
+_STAGE_TABLE = "asyncmailer_stage"
+_STAGE = (
+    f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGE_TABLE}"
+    " (o INTEGER NOT NULL, key TEXT NOT NULL, addr TEXT NOT NULL, name TEXT NOT NULL,"
+    " fields TEXT) ON COMMIT DELETE ROWS"
+)
+_STAGE_COPY = f"COPY {_STAGE_TABLE} (o, key, addr, name, fields) FROM STDIN"
+# The batch's rows known in the run already, by their number in the batch. The LIMIT keeps
+# it one lookup by the unique key per row (a planner that took the staging table for large,
+# or the run for small, would otherwise hash all of the run's rows for each batch).
+_KNOWN = (
+    f"SELECT s.o, r.id, r.loaded FROM {_STAGE_TABLE} AS s CROSS JOIN LATERAL"
+    f" (SELECT id, loaded FROM {_R} WHERE run = %s AND key = s.key LIMIT 1) AS r"
+)
+# The new rows, in list order: the first `room` to the open group, the rest to new groups.
+_INSERT = (
+    f"INSERT INTO {_R} (run, key, addr, name, grp, loaded, fields)"
+    " SELECT %(run)s, key, addr, name,"
+    " CASE WHEN n - 1 < %(room)s THEN %(group)s"
+    " ELSE %(next)s + (n - 1 - %(room)s) / %(size)s END,"
+    " %(load)s, fields::jsonb"
+    f" FROM (SELECT *, row_number() OVER (ORDER BY o) AS n FROM {_STAGE_TABLE}) AS s"
+    " ORDER BY o"
+)
 assert Decision._fields == (
     "state",
     "code",
@@ -113,6 +148,10 @@ class PgLedger:
         msgid_domain: str,
     ) -> None:
         self._writer = writer
+        # The list's load has a connection of its own (opened by `begin_load`, closed by
+        # `end_load`): its long batches do not hold up the claims and results queued behind
+        # them, nor they the load.
+        self._loader: Writer | None = None
         self.url = url
         self.campaign = campaign
         self.run = run
@@ -201,6 +240,7 @@ class PgLedger:
 
         if self._latch.failure is not None:  # the database may be gone: do not wait long for it
             self._writer.outage = min(self._writer.outage, 2.0)
+        await self._stop_loader()
         end_future = self._writer.submit(end)
         await self._writer.stop()
         if end_future.done() and not end_future.cancelled():
@@ -218,10 +258,14 @@ class PgLedger:
     # -- requests ----------------------------------------------------------------------------
 
     async def _call(
-        self, work: Callable[[Connection], Awaitable[Any]], *, solo: bool = False
+        self,
+        work: Callable[[Connection], Awaitable[Any]],
+        *,
+        solo: bool = False,
+        writer: Writer | None = None,
     ) -> Any:
         try:
-            return await asyncio.shield(self._writer.submit(work, solo=solo))
+            return await asyncio.shield((writer or self._writer).submit(work, solo=solo))
         except JournalError:
             raise
         except Exception as err:
@@ -353,7 +397,24 @@ class PgLedger:
             )
             return True
 
-        return bool(await self._call(begin, solo=True))
+        if not await self._call(begin, solo=True):
+            return False
+        if self._loader is None:
+            loader = Writer(self.url, outage=self._writer.outage)
+            await loader.start()
+            self._loader = loader
+        return True
+
+    async def _load(self, work: Callable[[Connection], Awaitable[Any]]) -> Any:
+        """Run a step of the load on its own connection (on the worker's, before
+        `begin_load` and after `end_load`)."""
+        return await self._call(work, solo=True, writer=self._loader)
+
+    async def _stop_loader(self) -> None:
+        loader, self._loader = self._loader, None
+        if loader is not None:
+            loader.outage = min(loader.outage, self._writer.outage)
+            await loader.stop()
 
     async def loading(self) -> bool:
         """The list is not all in the ledger yet."""
@@ -364,10 +425,10 @@ class PgLedger:
         return bool(await self._call(read))
 
     async def end_load(self) -> None:
-        await self._call(
-            lambda conn: self._set_meta(conn, load_reading=0, load_done=1, load_owner=0),
-            solo=True,
+        await self._load(
+            lambda conn: self._set_meta(conn, load_reading=0, load_done=1, load_owner=0)
         )
+        await self._stop_loader()
 
     async def _owning(self, conn: Connection) -> dict[str, int]:
         """The run's meta, once this worker is sure it still has the load."""
@@ -399,7 +460,7 @@ class PgLedger:
                 await self._set_meta(conn, **values)
             return await self._insert(conn, meta, mailboxes, None, _fixed(group))
 
-        return await self._call(add, solo=True)  # type: ignore[no-any-return]
+        return await self._load(add)  # type: ignore[no-any-return]
 
     async def add_list(
         self,
@@ -445,7 +506,7 @@ class PgLedger:
 
             return await self._insert(conn, meta, mailboxes, rows, groups)
 
-        return await self._call(add, solo=True)  # type: ignore[no-any-return]
+        return await self._load(add)  # type: ignore[no-any-return]
 
     async def _insert(
         self,
@@ -455,55 +516,51 @@ class PgLedger:
         fields: Sequence[str] | None,
         groups: Callable[[int], Awaitable[tuple[int, int, int, int]]],
     ) -> Added:
-        """Insert the addresses not in the run yet; `groups(n)` places the n new ones."""
+        """Insert the addresses not in the run yet; `groups(n)` places the n new ones.
+
+        The batch goes in by COPY (no per-row adaptation on this side) into a staging table
+        of the transaction. In the run's first load it is inserted from there as it is,
+        unless the unique key finds an address of an earlier batch; otherwise what is known
+        already is looked up, in SQL (rows of an earlier load are marked as read in this
+        one, the rest are duplicates), and only the new ones are inserted, in list order.
+        Only the load's owner inserts (`_owning` holds the load's lock), so the lookup is the
+        whole test: no ON CONFLICT (the unique key stays the last word)."""
         load = meta.get("loads", 0)
         boxes = Mailboxes.of(mailboxes)
         keys = [addr.lower() for addr in boxes.addrs]
-        first: dict[str, int] = {}
-        for number, key in enumerate(keys):
-            first.setdefault(key, number)
-        firsts = list(first.values())
+        firsts = first_rows(keys)
         duplicates = len(keys) - len(firsts)
-        cursor = await conn.execute(
-            f"SELECT key, id, loaded FROM {_R} WHERE run = %s AND key = ANY(%s::text[])",
-            (self.run, list(first)),
-        )
-        known = {key: (row_id, loaded) for key, row_id, loaded in await cursor.fetchall()}
-        fresh: list[int] = []
+        await conn.execute(_STAGE)
+        async with conn.cursor().copy(_STAGE_COPY) as copy:
+            for number in firsts:
+                await copy.write_row(
+                    (
+                        number,
+                        keys[number],
+                        boxes.addrs[number],
+                        boxes.names[number],
+                        None if fields is None else fields[number],
+                    )
+                )
+        if load <= 1:  # the run's first load: the batch is new but for a repeat of a row
+            try:
+                async with conn.transaction():  # a savepoint: undone, groups and all, if not
+                    return await self._insert_new(conn, len(firsts), duplicates, load, groups)
+            except psycopg.errors.UniqueViolation:
+                pass  # an address of an earlier batch (or the config's) again: looked up
+        cursor = await conn.execute(_KNOWN, (self.run,))
+        known = await cursor.fetchall()
         again_ids: list[int] = []
         again_fields: list[str | None] = []
-        for number in firsts:
-            found = known.get(keys[number])
-            if found is None:
-                fresh.append(number)
-            elif found[1] == load:
+        for number, row_id, loaded in known:
+            if loaded == load:
                 duplicates += 1
             else:
-                again_ids.append(found[0])
+                again_ids.append(row_id)
                 again_fields.append(fields[number] if fields is not None else None)
-        group, room, nxt, size = await groups(len(fresh))
-        if fresh:
+        if known:
             await conn.execute(
-                f"INSERT INTO {_R} (run, key, addr, name, grp, loaded, fields)"
-                " SELECT %(run)s, t.k, t.a, t.n,"
-                " CASE WHEN t.o - 1 < %(room)s THEN %(group)s"
-                " ELSE %(next)s + (t.o - 1 - %(room)s) / %(size)s END,"
-                " %(load)s, t.f::jsonb"
-                " FROM unnest(%(keys)s::text[], %(addrs)s::text[], %(names)s::text[],"
-                " %(fields)s::text[]) WITH ORDINALITY AS t(k, a, n, f, o) ORDER BY t.o"
-                " ON CONFLICT (run, key) DO NOTHING",
-                {
-                    "run": self.run,
-                    "room": room,
-                    "group": group,
-                    "next": nxt,
-                    "size": size,
-                    "load": load,
-                    "keys": [keys[i] for i in fresh],
-                    "addrs": [boxes.addrs[i] for i in fresh],
-                    "names": [boxes.names[i] for i in fresh],
-                    "fields": [fields[i] if fields is not None else None for i in fresh],
-                },
+                f"DELETE FROM {_STAGE_TABLE} WHERE o = ANY(%s::int[])", ([k[0] for k in known],)
             )
         if again_ids:  # known from an earlier load: the row as read now
             await conn.execute(
@@ -511,7 +568,31 @@ class PgLedger:
                 " FROM unnest(%s::bigint[], %s::text[]) AS t(i, f) WHERE r.id = t.i",
                 (load, again_ids, again_fields),
             )
-        return Added(len(fresh), duplicates)
+        return await self._insert_new(conn, len(firsts) - len(known), duplicates, load, groups)
+
+    async def _insert_new(
+        self,
+        conn: Connection,
+        fresh: int,
+        duplicates: int,
+        load: int,
+        groups: Callable[[int], Awaitable[tuple[int, int, int, int]]],
+    ) -> Added:
+        """Insert the staging table's rows (`fresh` of them), placed by `groups`."""
+        group, room, nxt, size = await groups(fresh)
+        if fresh:
+            await conn.execute(
+                _INSERT,
+                {
+                    "run": self.run,
+                    "room": room,
+                    "group": group,
+                    "next": nxt,
+                    "size": size,
+                    "load": load,
+                },
+            )
+        return Added(fresh, duplicates)
 
     # -- starting a run ----------------------------------------------------------------------
 

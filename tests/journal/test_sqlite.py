@@ -17,6 +17,8 @@ from asyncmailer.journal.schema import decision_runs
 from asyncmailer.ledger import Decision, JournalState
 from asyncmailer.results import RecipientResult, Status
 
+from ..conftest import load_and_accept
+
 
 def boxes(*numbers: int, host: str = "example.com") -> list[Mailbox]:
     return [Mailbox(f"user{n}@{host}") for n in numbers]
@@ -27,75 +29,11 @@ async def groups(journal: Journal) -> list[list[str]]:
     return [[m.addr for m in item.recipients] for item in items]
 
 
-async def test_while_a_resumed_list_is_read_only_its_new_groups_go(tmp_path: Path) -> None:
-    path = tmp_path / "j.sqlite"
-    async with await Journal.open(path) as journal:
-        await journal.begin_load()
-        await journal.add_list(boxes(1, 2, 3), 1)  # then the run stopped: all still pending
-    async with await Journal.open(path) as journal:
-        await journal.begin_load()
-        await journal.add_list(boxes(4, 5, 6), 1)  # new rows; 1-3 are further down the list
-        # Rows from the earlier run wait until they are read again (personalised messages use
-        # the row as read now); the newest group may still grow.
-        assert await groups(journal) == [
-            ["user4@example.com"],
-            ["user5@example.com"],
-        ]
-        await journal.add_list(boxes(1, 2, 3), 1, [{"n": "new"}] * 3)
-        await journal.end_load()
-        assert [item.fields for item in await journal.claim(10, now=0.0)] == [
-            ({"n": "new"},),
-            ({"n": "new"},),
-            ({"n": "new"},),
-            ({},),
-        ]
-
-
-async def test_an_address_from_an_earlier_load_is_not_a_duplicate_nor_sent_again(
-    tmp_path: Path,
-) -> None:
-    path = tmp_path / "j.sqlite"
-    async with await Journal.open(path) as journal:
-        await journal.begin_load()
-        await journal.add_list(boxes(1, 2), 10)
-        await journal.end_load()
-        (item,) = await journal.claim(10, now=0.0)
-        journal.record(
-            [Decision(JournalState.ACCEPTED, 250, "ok", 1, 0.0, 0.0, "", i) for i in item.ids]
-        )
-    async with await Journal.open(path) as journal:
-        await journal.begin_load()
-        # The list read again, with one new address: only that one is new work.
-        assert (await journal.add_list(boxes(2, 1, 3), 10)).duplicates == 0
-        await journal.end_load()
-        await journal.start_run(resend_unknown=False)
-        assert await groups(journal) == [["user3@example.com"]]
-        assert (await journal.counts())[JournalState.ACCEPTED] == 2
-
-
 async def test_a_second_open_of_the_same_journal_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "j.sqlite"
     async with await Journal.open(path):
         with pytest.raises(JournalError, match="another run of this campaign"):
             await Journal.open(path)
-
-
-async def test_a_long_load_goes_in_one_pass_per_batch(tmp_path: Path) -> None:
-    # Thousands of addresses in one batch, half of them known from an earlier load.
-    path = tmp_path / "j.sqlite"
-    async with await Journal.open(path) as journal:
-        await journal.begin_load()
-        assert (await journal.add_list(boxes(*range(0, 3000, 2)), 100)).duplicates == 0
-    async with await Journal.open(path) as journal:
-        await journal.begin_load()
-        assert (
-            await journal.add_list(boxes(*range(3000)) + boxes(*range(10)), 100)
-        ).duplicates == 10
-        await journal.end_load()
-        counts = await journal.counts()
-        assert counts[JournalState.PENDING] == 3000
-        items = await journal.claim(1000, now=0.0)
-        assert sorted(len(item.recipients) for item in items) == [100] * 30
 
 
 @pytest.mark.parametrize(("sync", "level"), [("full", 2), ("normal", 1)])
@@ -333,13 +271,7 @@ def _as_format_1(path: Path) -> None:
 async def test_a_format_1_journal_is_read_as_it_is_and_migrated_by_a_run(tmp_path: Path) -> None:
     path = tmp_path / "j.sqlite"
     async with await Journal.open(path) as journal:
-        await journal.begin_load()
-        await journal.add_list(boxes(1, 2), 10)
-        await journal.end_load()
-        (item,) = await journal.claim(10, now=0.0)
-        journal.record(
-            [Decision(JournalState.ACCEPTED, 250, "ok", 1, 1.0, 0.0, "", i) for i in item.ids]
-        )
+        await load_and_accept(journal, boxes(1, 2), at=1.0)
     _as_format_1(path)
     # status and report read it read-only, as it is: no relay known.
     (page,) = [p async for p in JournalReader(path).pages()]

@@ -21,7 +21,7 @@ from asyncmailer.ledger_url import LedgerUrl
 from asyncmailer.pg import PgLedger
 from asyncmailer.pg.database import connect, migrate
 from asyncmailer.pg.runs import PgRuns
-from asyncmailer.pg.schema import SCHEMA_VERSION
+from asyncmailer.pg.schema import LOAD, SCHEMA_VERSION, lock_key
 from asyncmailer.run.campaign import RunOptions, run_campaign
 from asyncmailer.run_choice import RunRequest
 
@@ -234,3 +234,49 @@ async def test_a_database_gone_for_too_long_stops_the_run_and_the_next_one_resum
     assert max(received.values()) == 1
     assert counts[JournalState.ACCEPTED] + counts[JournalState.UNKNOWN] == count
     assert counts[JournalState.UNKNOWN] <= 2  # at most one transaction per connection
+
+
+async def test_the_load_has_a_connection_of_its_own_and_a_batch_cut_off_is_run_again(
+    pg_url: str, run: int
+) -> None:
+    url = LedgerUrl(pg_url)
+    async with await PgLedger.open(url, campaign="fencing", run=run) as ledger:
+        assert await ledger.begin_load()
+        await ledger.add_list([Mailbox(f"u{n}@example.com") for n in range(4)], 2)
+        async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as other:
+            # Another session holds the load's lock: the next batch waits for it...
+            await other.execute("SELECT pg_advisory_lock(%s, %s)", lock_key(LOAD, run))
+            batch = [Mailbox(f"u{n}@example.com") for n in range(2, 7)]  # u2, u3 known
+            adding = asyncio.create_task(ledger.add_list(batch, 2))
+            waiting = (
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                " AND wait_event_type = 'Lock' AND query LIKE '%%pg_advisory_xact_lock%%'"
+            )
+            while not (rows := await (await other.execute(waiting)).fetchall()):
+                await asyncio.sleep(0.02)
+            # ...while the worker's own connection goes on: the first group is claimed.
+            (item,) = await asyncio.wait_for(ledger.claim(10, now=0.0), 5)
+            assert [m.addr for m in item.recipients] == ["u0@example.com", "u1@example.com"]
+            # The load's connection is cut mid-batch: the batch runs again on a new one.
+            await other.execute("SELECT pg_terminate_backend(%s)", (rows[0][0],))
+            await other.execute("SELECT pg_advisory_unlock(%s, %s)", lock_key(LOAD, run))
+            assert await asyncio.wait_for(adding, 10) == (3, 2)
+        await ledger.end_load()
+        counts = await ledger.counts()
+        rest = await ledger.claim(10, now=0.0)
+    assert counts == {JournalState.INFLIGHT: 2, JournalState.PENDING: 5}
+    assert [[m.addr for m in i.recipients] for i in rest] == [
+        ["u2@example.com", "u3@example.com"],
+        ["u4@example.com", "u5@example.com"],
+        ["u6@example.com"],
+    ]
+
+
+async def test_a_run_deleted_takes_its_groups_and_recipients_along(
+    two: tuple[PgLedger, PgLedger], pg_url: str, run: int
+) -> None:
+    async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as db:
+        await db.execute("DELETE FROM asyncmailer_runs WHERE serial = %s", (run,))
+        for table in ("asyncmailer_groups", "asyncmailer_recipients"):
+            cursor = await db.execute(f"SELECT count(*) FROM {table} WHERE run = %s", (run,))
+            assert await cursor.fetchone() == (0,)
