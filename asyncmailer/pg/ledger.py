@@ -129,6 +129,7 @@ class PgLedger:
             )
         )
         self._tokens = itertools.count(1)
+        self._loader = False  # this worker took the run's load (begin_load)
         self._heartbeat: asyncio.Task[None] | None = None
         self.reaped: Counter[JournalState] = Counter()  # what this worker reaped of others'
 
@@ -354,7 +355,8 @@ class PgLedger:
             )
             return True
 
-        return bool(await self._call(begin, solo=True))
+        self._loader = bool(await self._call(begin, solo=True))
+        return self._loader
 
     async def loading(self) -> bool:
         """The list is not all in the ledger yet."""
@@ -365,10 +367,11 @@ class PgLedger:
         return bool(await self._call(read))
 
     async def end_load(self) -> None:
-        await self._call(
-            lambda conn: self._set_meta(conn, load_reading=0, load_done=1, load_owner=0),
-            solo=True,
-        )
+        async def end(conn: Connection) -> None:
+            await self._set_meta(conn, load_reading=0, load_done=1, load_owner=0)
+            await _analyze(conn)
+
+        await self._call(end, solo=True)
 
     async def _owning(self, conn: Connection) -> dict[str, int]:
         """The run's meta, once this worker is sure it still has the load."""
@@ -545,6 +548,8 @@ class PgLedger:
                     f" AND state IN {TO_SEND} AND (next_try != 0 OR run_attempts != 0)",
                     (self.run,),
                 )
+            if self._loader:  # the list's first rows are in: the claims' plans need them
+                await _analyze(conn)
             return changed
 
         return await self._call(start, solo=True)  # type: ignore[no-any-return]
@@ -836,6 +841,15 @@ class PgLedger:
             return ResultPage(await cursor.fetchall())
 
         return await self._call(read)  # type: ignore[no-any-return]
+
+
+async def _analyze(conn: Connection) -> None:
+    """Statistics of the rows just loaded. Without them the planner takes a run's rows for a
+    handful (a new database's tables, or a new `run` value the statistics have not seen) and
+    a claim walks the whole run for each group it looks at (docs/design.md: the claim's
+    plans); autovacuum would come to it only after a minute or more. SKIP_LOCKED: another
+    worker or autovacuum analysing the table already is enough."""
+    await conn.execute(f"ANALYZE (SKIP_LOCKED) {_R}, asyncmailer_groups")
 
 
 def _fixed(group: int) -> Callable[[int], Awaitable[tuple[int, int, int, int]]]:

@@ -231,3 +231,28 @@ async def test_a_database_gone_for_too_long_stops_the_run_and_the_next_one_resum
     assert max(received.values()) == 1
     assert counts[JournalState.ACCEPTED] + counts[JournalState.UNKNOWN] == count
     assert counts[JournalState.UNKNOWN] <= 2  # at most one transaction per connection
+
+
+def _rows_planned(url: str) -> float:
+    """How many recipient rows the planner's statistics say there are."""
+    with psycopg.connect(url) as db:
+        row = db.execute(
+            "SELECT reltuples FROM pg_class WHERE relname = 'asyncmailer_recipients'"
+        ).fetchone()
+    assert row is not None
+    return float(row[0])
+
+
+async def test_the_planner_knows_the_loaded_rows_before_the_first_claim(
+    pg_url: str, run: int
+) -> None:
+    # Without statistics, the planner takes the run for a handful of rows and every claim
+    # walks all of them for each group it looks at (docs/design.md: the claim's plans).
+    async with await PgLedger.open(LedgerUrl(pg_url), campaign="fencing", run=run) as ledger:
+        assert await ledger.begin_load()
+        await ledger.add_list([Mailbox(f"u{n}@example.com") for n in range(300)], 1)
+        await ledger.start_run(resend_unknown=False)  # the loader, after its first batch
+        assert _rows_planned(pg_url) == 300
+        await ledger.add_list([Mailbox(f"v{n}@example.com") for n in range(200)], 1)
+        await ledger.end_load()
+        assert _rows_planned(pg_url) == 500
