@@ -327,12 +327,20 @@ class PgLedger:
 
     async def begin_load(self) -> bool:
         """Take the load of the run's list, unless it is done or another live worker has
-        it (then False). A load whose worker's lease lapsed is taken over."""
+        it (then False). A load whose worker's lease lapsed is taken over. While another
+        worker holds the load's lock (it is writing a batch of the list), False at once: the
+        caller looks again later, and meanwhile this worker's writer goes on with its marks
+        and results instead of queueing them behind the lock."""
 
         async def begin(conn: Connection) -> bool:
             if (await self._meta(conn)).get("load:done"):
                 return False  # loaded: nothing to wait for
-            await conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", lock_key(LOAD, self.run))
+            cursor = await conn.execute(
+                "SELECT pg_try_advisory_xact_lock(%s, %s)", lock_key(LOAD, self.run)
+            )
+            row = await cursor.fetchone()
+            if row is None or not row[0]:
+                return False
             meta = await self._meta(conn)
             if meta.get("load:done"):
                 return False

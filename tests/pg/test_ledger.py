@@ -21,7 +21,7 @@ from asyncmailer.ledger_url import LedgerUrl
 from asyncmailer.pg import PgLedger
 from asyncmailer.pg.database import connect, migrate
 from asyncmailer.pg.runs import PgRuns
-from asyncmailer.pg.schema import SCHEMA_VERSION
+from asyncmailer.pg.schema import LOAD, SCHEMA_VERSION, lock_key
 from asyncmailer.run.campaign import RunOptions, run_campaign
 
 from ..conftest import CampaignFactory, plain_list_campaign
@@ -256,3 +256,22 @@ async def test_the_planner_knows_the_loaded_rows_before_the_first_claim(
         await ledger.add_list([Mailbox(f"v{n}@example.com") for n in range(200)], 1)
         await ledger.end_load()
         assert _rows_planned(pg_url) == 500
+
+
+async def test_a_follower_does_not_wait_on_the_load_a_live_worker_is_writing(
+    pg_url: str, run: int
+) -> None:
+    url = LedgerUrl(pg_url)
+    async with (
+        await PgLedger.open(url, campaign="fencing", run=run) as a,
+        await PgLedger.open(url, campaign="fencing", run=run) as b,
+    ):
+        assert await a.begin_load()
+        await a.add_list([Mailbox(f"u{n}@example.com") for n in range(4)], 1)
+        # The loader is in the middle of its next batch: it holds the load's lock.
+        with psycopg.connect(pg_url) as loading:
+            loading.execute("SELECT pg_advisory_xact_lock(%s, %s)", lock_key(LOAD, run))
+            assert not await asyncio.wait_for(b.begin_load(), 2)  # at once, not after it
+            assert await b.loading()
+            items = await asyncio.wait_for(b.claim(10, now=0.0), 2)  # the writer goes on
+        assert [len(item.ids) for item in items] == [1, 1, 1]  # not the newest group
