@@ -369,12 +369,20 @@ class PgLedger:
 
     async def begin_load(self) -> bool:
         """Take the load of the run's list, unless it is done or another live worker has
-        it (then False). A load whose worker's lease lapsed is taken over."""
+        it (then False). A load whose worker's lease lapsed is taken over. While another
+        worker holds the load's lock (it is writing a batch of the list), False at once: the
+        caller looks again later, and meanwhile this worker's writer goes on with its marks
+        and results instead of queueing them behind the lock."""
 
         async def begin(conn: Connection) -> bool:
             if (await self._meta(conn)).get("load:done"):
                 return False  # loaded: nothing to wait for
-            await conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", lock_key(LOAD, self.run))
+            cursor = await conn.execute(
+                "SELECT pg_try_advisory_xact_lock(%s, %s)", lock_key(LOAD, self.run)
+            )
+            row = await cursor.fetchone()
+            if row is None or not row[0]:
+                return False
             meta = await self._meta(conn)
             if meta.get("load:done"):
                 return False
@@ -425,9 +433,11 @@ class PgLedger:
         return bool(await self._call(read))
 
     async def end_load(self) -> None:
-        await self._load(
-            lambda conn: self._set_meta(conn, load_reading=0, load_done=1, load_owner=0)
-        )
+        async def end(conn: Connection) -> None:
+            await self._set_meta(conn, load_reading=0, load_done=1, load_owner=0)
+            await _analyze(conn)
+
+        await self._load(end)
         await self._stop_loader()
 
     async def _owning(self, conn: Connection) -> dict[str, int]:
@@ -625,6 +635,10 @@ class PgLedger:
                     f" AND state IN {TO_SEND} AND (next_try != 0 OR run_attempts != 0)",
                     (self.run,),
                 )
+            if (
+                self._loader is not None
+            ):  # the list's first rows are in: the claims' plans need them
+                await _analyze(conn)
             return changed
 
         return await self._call(start, solo=True)  # type: ignore[no-any-return]
@@ -929,6 +943,20 @@ class PgLedger:
             return ResultPage(await cursor.fetchall())
 
         return await self._call(read)  # type: ignore[no-any-return]
+
+
+async def _analyze(conn: Connection) -> None:
+    """Statistics of the rows just loaded. Without them the planner takes a run's rows for a
+    handful (a new database's tables, or a new `run` value the statistics have not seen) and
+    a claim walks the whole run for each group it looks at (docs/design.md: the claim's
+    plans); autovacuum would come to it only after a minute or more. Only the columns those
+    plans look at: the addresses and fields cost most to sample and tell the planner nothing
+    it uses. SKIP_LOCKED: another worker or autovacuum analysing the table already is
+    enough."""
+    await conn.execute(
+        f"ANALYZE (SKIP_LOCKED) {_R} (run, grp, state, next_try, claim),"
+        " asyncmailer_groups (run, id)"
+    )
 
 
 def _fixed(group: int) -> Callable[[int], Awaitable[tuple[int, int, int, int]]]:

@@ -280,3 +280,47 @@ async def test_a_run_deleted_takes_its_groups_and_recipients_along(
         for table in ("asyncmailer_groups", "asyncmailer_recipients"):
             cursor = await db.execute(f"SELECT count(*) FROM {table} WHERE run = %s", (run,))
             assert await cursor.fetchone() == (0,)
+
+
+def _rows_planned(url: str) -> float:
+    """How many recipient rows the planner's statistics say there are."""
+    with psycopg.connect(url) as db:
+        row = db.execute(
+            "SELECT reltuples FROM pg_class WHERE relname = 'asyncmailer_recipients'"
+        ).fetchone()
+    assert row is not None
+    return float(row[0])
+
+
+async def test_the_planner_knows_the_loaded_rows_before_the_first_claim(
+    pg_url: str, run: int
+) -> None:
+    # Without statistics, the planner takes the run for a handful of rows and every claim
+    # walks all of them for each group it looks at (docs/design.md: the claim's plans).
+    async with await PgLedger.open(LedgerUrl(pg_url), campaign="fencing", run=run) as ledger:
+        assert await ledger.begin_load()
+        await ledger.add_list([Mailbox(f"u{n}@example.com") for n in range(300)], 1)
+        await ledger.start_run(resend_unknown=False)  # the loader, after its first batch
+        assert _rows_planned(pg_url) == 300
+        await ledger.add_list([Mailbox(f"v{n}@example.com") for n in range(200)], 1)
+        await ledger.end_load()
+        assert _rows_planned(pg_url) == 500
+
+
+async def test_a_follower_does_not_wait_on_the_load_a_live_worker_is_writing(
+    pg_url: str, run: int
+) -> None:
+    url = LedgerUrl(pg_url)
+    async with (
+        await PgLedger.open(url, campaign="fencing", run=run) as a,
+        await PgLedger.open(url, campaign="fencing", run=run) as b,
+    ):
+        assert await a.begin_load()
+        await a.add_list([Mailbox(f"u{n}@example.com") for n in range(4)], 1)
+        # The loader is in the middle of its next batch: it holds the load's lock.
+        with psycopg.connect(pg_url) as loading:
+            loading.execute("SELECT pg_advisory_xact_lock(%s, %s)", lock_key(LOAD, run))
+            assert not await asyncio.wait_for(b.begin_load(), 2)  # at once, not after it
+            assert await b.loading()
+            items = await asyncio.wait_for(b.claim(10, now=0.0), 2)  # the writer goes on
+        assert [len(item.ids) for item in items] == [1, 1, 1]  # not the newest group
