@@ -192,7 +192,7 @@ class SuppressionStore:
                     path=self.path,
                 )
             if not tables >= _OURS:
-                db.execute("PRAGMA journal_mode=WAL")
+                _wal(db)
                 # The tables and their version in one transaction: another process opening
                 # the new store at the same moment sees both or neither.
                 db.executescript(
@@ -221,6 +221,21 @@ def campaign_store(campaign: Campaign) -> SuppressionStorage:
 
         return PgSuppressionStore(campaign.ledger)
     return SuppressionStore.of(campaign.state_dir)
+
+
+def _wal(db: sqlite3.Connection) -> None:
+    """Switch a new store to WAL. SQLite does not wait on its busy timeout for this switch
+    when another connection is making the same new file (two runs ending at once): it says
+    "locked" at once, so the switch is tried again until the timeout."""
+    deadline = time.monotonic() + _BUSY_TIMEOUT
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 async def campaign_suppression(campaign: Campaign) -> Suppression:
