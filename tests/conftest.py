@@ -4,6 +4,7 @@ folders in the original reliances/ layout."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import itertools
 import json
@@ -13,7 +14,7 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import trustme
@@ -31,6 +32,9 @@ from asyncmailer.transport import Envelope, Transaction
 from .postfix import postfix  # noqa: F401  (the fixture, for every test folder)
 from .postgres import PgServer, PgUnavailable
 from .smtpd import DsnStore, Recorder, RecordingDsnSMTP, RecordingSMTP
+
+if TYPE_CHECKING:  # psycopg is an extra: imported by the tests that use it
+    from asyncmailer.pg import PgLedger
 
 PASSWORD = "пароль-Secret-42"  # non-ASCII on purpose: stdlib smtplib cannot send it
 USER = "sender@example.com"
@@ -145,6 +149,29 @@ def pg_url(pg_server: PgServer) -> str:
 
 
 _DATABASES = itertools.count(1)
+
+
+@contextlib.asynccontextmanager
+async def two_workers(
+    url: str, campaign: str, run: int | None = None
+) -> AsyncIterator[tuple[PgLedger, PgLedger]]:
+    """Two workers' ledgers of run `run` (a new one when None) of `campaign`, on the shared
+    ledger at `url`."""
+    from asyncmailer.ledger_url import LedgerUrl
+    from asyncmailer.pg import PgLedger
+    from asyncmailer.pg.runs import PgRuns
+    from asyncmailer.run_choice import RunRequest
+
+    ledger = LedgerUrl(url)
+    if run is None:
+        async with PgRuns(ledger, campaign) as runs:
+            run = runs.serial(await runs.begin(RunRequest(campaign=campaign)))
+    async with (
+        await PgLedger.open(ledger, campaign=campaign, run=run) as a,
+        await PgLedger.open(ledger, campaign=campaign, run=run) as b,
+    ):
+        yield a, b
+
 
 CampaignFactory = Callable[..., Path]
 

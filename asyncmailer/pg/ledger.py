@@ -635,9 +635,9 @@ class PgLedger:
                     f" AND state IN {TO_SEND} AND (next_try != 0 OR run_attempts != 0)",
                     (self.run,),
                 )
-            if (
-                self._loader is not None
-            ):  # the list's first rows are in: the claims' plans need them
+            # This worker loads the list: its first rows are in, and the claims' plans
+            # need their statistics.
+            if self._loader is not None:
                 await _analyze(conn)
             return changed
 

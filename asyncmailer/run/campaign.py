@@ -29,6 +29,7 @@ from ..ledger import ConnectionBank, JournalState, Ledger
 from ..message import UNRECORDED_RUN, MessageTemplate, load_body
 from ..observer import Observer
 from ..results import CampaignReport, RecipientResult, Status
+from ..run_choice import LEFT
 from ..smtp.oauth import TokenSource
 from ..smtp.pool import SessionPool
 from ..smtp.refusals import address_gone
@@ -340,7 +341,6 @@ async def _dispatch(
 
 
 CONNECTION_POLL = 2.0  # seconds between asks while other workers hold every connection
-_LEFT = (JournalState.PENDING, JournalState.DEFERRED, JournalState.INFLIGHT, JournalState.DATA)
 
 
 def _connection_limits(campaign: Campaign) -> dict[str, tuple[int, int]]:
@@ -371,7 +371,7 @@ async def _share_connections(
         if all(granted.values()):
             return _with_connections(campaign, granted)
         left = await ledger.counts()
-        done = not sum(left[state] for state in _LEFT) and not await ledger.loading()
+        done = not sum(left[state] for state in LEFT) and not await ledger.loading()
         if stop.is_set() or done:
             return _with_connections(campaign, {key: n or 1 for key, n in granted.items()})
         await wait_first((stop,), CONNECTION_POLL)

@@ -25,7 +25,7 @@ from asyncmailer.pg.schema import LOAD, SCHEMA_VERSION, lock_key
 from asyncmailer.run.campaign import RunOptions, run_campaign
 from asyncmailer.run_choice import RunRequest
 
-from ..conftest import CampaignFactory, plain_list_campaign
+from ..conftest import CampaignFactory, plain_list_campaign, two_workers
 from ..faulty import Faults, FaultyServer
 from ..postgres import PASSWORD, PgServer
 
@@ -39,11 +39,7 @@ async def run(pg_url: str) -> int:
 @pytest.fixture
 async def two(pg_url: str, run: int) -> AsyncIterator[tuple[PgLedger, PgLedger]]:
     """Two workers of one run, the list (20 groups of 2) loaded by the first."""
-    url = LedgerUrl(pg_url)
-    async with (
-        await PgLedger.open(url, campaign="fencing", run=run) as a,
-        await PgLedger.open(url, campaign="fencing", run=run) as b,
-    ):
+    async with two_workers(pg_url, "fencing", run) as (a, b):
         assert await a.begin_load()
         assert not await b.begin_load()  # the first has it, and is alive
         assert await b.loading()
@@ -181,14 +177,10 @@ async def test_runs_are_found_by_the_campaigns_id_not_by_a_path(
 async def test_max_connections_are_shared_out_and_freed_with_the_lease(
     pg_url: str, run: int
 ) -> None:
-    url = LedgerUrl(pg_url)
-    async with (
-        await PgLedger.open(url, campaign="fencing", run=run) as a,
-        await PgLedger.open(url, campaign="fencing", run=run) as b,
-    ):
+    async with two_workers(pg_url, "fencing", run) as (a, b):
         assert await a.reserve_connections(3, 4) == 3
         assert await b.reserve_connections(3, 4) == 1  # what is left of the 4
-        async with await PgLedger.open(url, campaign="fencing", run=run) as c:
+        async with await PgLedger.open(LedgerUrl(pg_url), campaign="fencing", run=run) as c:
             assert await c.reserve_connections(3, 4) == 0
             _expire(pg_url, a.lease_id)  # a died: its connections are free once it expired
             assert await c.reserve_connections(3, 4) == 3
@@ -310,11 +302,7 @@ async def test_the_planner_knows_the_loaded_rows_before_the_first_claim(
 async def test_a_follower_does_not_wait_on_the_load_a_live_worker_is_writing(
     pg_url: str, run: int
 ) -> None:
-    url = LedgerUrl(pg_url)
-    async with (
-        await PgLedger.open(url, campaign="fencing", run=run) as a,
-        await PgLedger.open(url, campaign="fencing", run=run) as b,
-    ):
+    async with two_workers(pg_url, "fencing", run) as (a, b):
         assert await a.begin_load()
         await a.add_list([Mailbox(f"u{n}@example.com") for n in range(4)], 1)
         # The loader is in the middle of its next batch: it holds the load's lock.

@@ -6,34 +6,12 @@ its daily quota."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
 
-from asyncmailer.ledger_url import LedgerUrl
 from asyncmailer.run.limits import DailyQuota, RateLimiter, SharedRateLimiter
 
-if TYPE_CHECKING:  # psycopg is an extra: imported by the tests that use it
-    from asyncmailer.pg import PgLedger
+from ..conftest import two_workers
 
 RATE = 200.0  # messages per second, for both workers together
-
-
-@contextlib.asynccontextmanager
-async def _two_workers(url: str, campaign: str) -> AsyncIterator[tuple[PgLedger, PgLedger]]:
-    """Two workers' ledgers of one new run of `campaign`."""
-    from asyncmailer.pg import PgLedger
-    from asyncmailer.pg.runs import PgRuns
-    from asyncmailer.run_choice import RunRequest
-
-    ledger = LedgerUrl(url)
-    async with PgRuns(ledger, campaign) as runs:
-        serial = runs.serial(await runs.begin(RunRequest(campaign=campaign)))
-    async with (
-        await PgLedger.open(ledger, campaign=campaign, run=serial) as a,
-        await PgLedger.open(ledger, campaign=campaign, run=serial) as b,
-    ):
-        yield a, b
 
 
 async def _starts(limiter: SharedRateLimiter | RateLimiter, count: int) -> list[float]:
@@ -46,7 +24,7 @@ async def _starts(limiter: SharedRateLimiter | RateLimiter, count: int) -> list[
 
 
 async def test_two_workers_share_one_rate(pg_url: str) -> None:
-    async with _two_workers(pg_url, "paced") as (a, b):
+    async with two_workers(pg_url, "paced") as (a, b):
         limiters = [SharedRateLimiter(RATE, a), SharedRateLimiter(RATE, b)]
         assert limiters[0].batch == 50  # a quarter of a second's slots per reservation
         # Two coroutines per worker (connections), 100 messages each: 400 in all.
@@ -69,7 +47,7 @@ async def test_one_process_rate_limiter_is_unchanged() -> None:
 
 
 async def test_two_workers_share_one_daily_quota(pg_url: str) -> None:
-    async with _two_workers(pg_url, "quota") as (a, b):
+    async with two_workers(pg_url, "quota") as (a, b):
         quotas = [DailyQuota(100, a), DailyQuota(100, b)]
         for quota in quotas:
             await quota.load()
@@ -99,7 +77,7 @@ async def test_two_workers_share_one_daily_quota(pg_url: str) -> None:
 async def test_a_relays_own_limits_are_kept_apart_from_the_campaigns(pg_url: str) -> None:
     # `servers:` relays have their own rate, daily_quota and max_connections, held by every
     # worker together under the relay's key, and never counted against the campaign's.
-    async with _two_workers(pg_url, "relays") as (a, b):
+    async with two_workers(pg_url, "relays") as (a, b):
         relay = [DailyQuota(40, a, key="@one"), DailyQuota(40, b, key="@one")]
         campaign = DailyQuota(100, a)
         for quota in (*relay, campaign):
