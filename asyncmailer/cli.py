@@ -25,7 +25,7 @@ import signal
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
@@ -57,6 +57,7 @@ from .journal.suppressions import STORE_NAME, Entry, SuppressionStore, campaign_
 from .ledger import LEASE, JournalState
 from .ledger_url import LEDGER_ENV, LedgerUrl
 from .message import MessageTemplate
+from .processes import can_fork, run_forked
 from .progress import ConsoleObserver
 from .report import ReportWriter, format_table
 from .results import CampaignReport, Status, plural
@@ -447,27 +448,37 @@ def parseargs(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line and return its exit code. Never raises for bad input."""
     args = parseargs(argv)
+    if args.command == "worker" and args.processes > 1:
+        return _processes(args)
+    return _run(args, _command)
+
+
+def _command(args: argparse.Namespace) -> Coroutine[None, None, int]:
+    """The coroutine that runs the parsed command."""
+    if args.command == "serve":
+        from .server import serve_command
+
+        return serve_command(args)
+    commands = {
+        "status": status_command,
+        "runs": runs_command,
+        "schedule": schedule_command,
+        "report": report_command,
+        "suppress": suppress_command,
+        "check": check_command,
+        "worker": worker_command,
+    }
+    return commands.get(args.command, send_command)(args)
+
+
+def _run(
+    args: argparse.Namespace, command: Callable[[argparse.Namespace], Coroutine[None, None, int]]
+) -> int:
+    """Run `command(args)` on an event loop of its own: its exit code, or the one its error
+    means (printed as one line; a traceback only with --debug)."""
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            if args.command == "serve":
-                from .server import serve_command
-
-                return runner.run(serve_command(args))
-            if args.command == "status":
-                return runner.run(status_command(args))
-            if args.command == "runs":
-                return runner.run(runs_command(args))
-            if args.command == "schedule":
-                return runner.run(schedule_command(args))
-            if args.command == "report":
-                return runner.run(report_command(args))
-            if args.command == "suppress":
-                return runner.run(suppress_command(args))
-            if args.command == "check":
-                return runner.run(check_command(args))
-            if args.command == "worker":
-                return runner.run(worker_command(args))
-            return runner.run(send_command(args))
+            return runner.run(command(args))
     except KeyboardInterrupt:
         print("asyncmailer: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -623,8 +634,16 @@ def _check_codes(args: argparse.Namespace) -> None:
 
 
 async def worker_command(args: argparse.Namespace, *, out: TextIO = sys.stdout) -> int:
-    """`asyncmailer worker`: one worker (or `--processes N` of them) of a campaign whose
-    ledger is shared."""
+    """`asyncmailer worker`: one worker of a campaign whose ledger is shared."""
+    campaign = await _worker_campaign(args)
+    built = await asyncio.to_thread(functools.partial(fingerprint, campaign, content=True))
+    with await prepare_message(campaign) as template:
+        personalizer = await prepare_personalizer(campaign)
+        return await _shared_send(args, campaign, template, personalizer, out, built)
+
+
+async def _worker_campaign(args: argparse.Namespace) -> Campaign:
+    """:raises InputError: the campaign cannot be read, or has no shared ledger."""
     campaign = await _campaign(args)
     if campaign.ledger is None:
         raise InputError(
@@ -633,43 +652,40 @@ async def worker_command(args: argparse.Namespace, *, out: TextIO = sys.stdout) 
             path=campaign.source,
             field="ledger",
         )
-    if args.processes > 1:
-        return await _processes(args)
-    built = await asyncio.to_thread(functools.partial(fingerprint, campaign, content=True))
-    with await prepare_message(campaign) as template:
-        personalizer = await prepare_personalizer(campaign)
-        return await _shared_send(args, campaign, template, personalizer, out, built)
+    return campaign
 
 
-async def _processes(args: argparse.Namespace) -> int:
+async def _workers_ready(args: argparse.Namespace) -> int:
+    """Before `--processes N` forks: the campaign checked once (an error is one line, not N),
+    and what a worker imports imported here, once for all of them."""
+    await _worker_campaign(args)
+    from .run import shared_runs  # noqa: F401  (the ledger's driver with it)
+
+    return EXIT_OK
+
+
+def _processes(args: argparse.Namespace) -> int:
     """`worker --processes N`: N worker processes of the same campaign on this host (each
-    with its own GIL), stopped together; the exit code is the worst of theirs."""
-    base = [sys.executable, "-m", "asyncmailer", "worker", str(args.config)]
-    base += ["--lease", str(args.lease)]
-    base += [
-        flag for flag, on in (("-q", args.quiet), ("--resend-unknown", args.resend_unknown)) if on
-    ]
-    children = []
-    for number in range(1, args.processes + 1):
-        argv = list(base)
+    with its own GIL), forked from this one; the exit code is the worst of theirs."""
+    if not can_fork():
+        print(
+            "asyncmailer: --processes needs a platform that can fork (Linux, macOS, BSD); "
+            "start that many `asyncmailer worker` instead",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    code = _run(args, _workers_ready)
+    if code != EXIT_OK:
+        return code
+
+    def one(number: int) -> int:
+        worker = argparse.Namespace(**vars(args))
+        worker.processes = 1
         if args.report is not None:  # one report file each
-            argv += ["--report", str(args.report.with_stem(f"{args.report.stem}.{number}"))]
-        children.append(await asyncio.create_subprocess_exec(*argv))
-    loop = asyncio.get_running_loop()
+            worker.report = args.report.with_stem(f"{args.report.stem}.{number}")
+        return _run(worker, worker_command)
 
-    def forward(signum: int) -> None:
-        for child in children:
-            if child.returncode is None:
-                child.send_signal(signum)
-
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, forward, signum)
-    try:
-        codes = [await child.wait() for child in children]
-    finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(signum)
-    return _worst(codes)
+    return _worst(run_forked(args.processes, one))
 
 
 def _worst(codes: Sequence[int]) -> int:

@@ -156,6 +156,44 @@ async def test_processes_start_that_many_workers_on_one_run(
         await server.stop()
 
 
+async def test_ctrl_c_to_processes_stops_each_worker_cleanly_once(
+    make_campaign: CampaignFactory, tmp_path: Path, pg_url: str
+) -> None:
+    """A terminal's Ctrl-C goes to its whole foreground process group. The parent passes
+    it on; the workers, each in a group of its own, get it once (a second SIGINT would be
+    "stop at once"), finish their transactions in flight and leave nothing unknown."""
+    count = 2000
+    server = await FaultyServer(Faults(final_delay=0.004, final_delay_times=None)).start()
+    try:
+        path = _campaign(make_campaign, server.port, count)
+        parent = await start_cli(
+            "worker",
+            str(path),
+            "-q",
+            "--processes",
+            "2",
+            cwd=tmp_path,
+            env={**os.environ, "ASYNCMAILER_LEDGER": pg_url},
+            stdout=asyncio.subprocess.DEVNULL,
+            start_new_session=True,  # a group of its own, as a terminal's job is
+        )
+        await _until(lambda: len(server.delivered) >= count // 4, 60, "a quarter delivered")
+        os.killpg(parent.pid, signal.SIGINT)
+        _, raw = await asyncio.wait_for(parent.communicate(), 60)
+        err = raw.decode()
+        assert parent.returncode == 75, err
+        assert err.count("finishing the transactions in flight") == 2, err
+        assert "stopped at once" not in err, err
+        states = _states(pg_url)
+        assert set(states.values()) <= {"accepted", "pending"}, collections.Counter(states.values())
+        assert "pending" in states.values()  # it stopped before the end
+        received = collections.Counter(server.delivered)
+        assert {a for a, s in states.items() if s == "accepted"} == set(received)
+        assert set(received.values()) == {1}
+    finally:
+        await server.stop()
+
+
 async def test_send_with_a_ledger_key_runs_on_the_shared_ledger(
     make_campaign: CampaignFactory, tmp_path: Path, pg_url: str
 ) -> None:
