@@ -46,7 +46,11 @@ from .schema import CONNECTIONS, LOAD, TO_SEND, lock_key
 __all__ = ["LEASE", "LeaseLostError", "PgLedger"]
 
 OUTAGE = 60.0  # seconds a worker waits for the database to come back before it stops
-POLL = 0.5  # seconds between looks while other workers hold work that may come back
+# Seconds between looks while other workers hold work that may come back: soon at first
+# (their last transactions end within a round trip or two: the run's end), then less often,
+# doubling up to POLL (a dead worker's rows come back only when its lease lapses).
+POLL_FIRST = 0.05
+POLL = 0.5
 _NO_GROUP = 1 << 62
 UNKNOWN_NOTE = (
     "the worker holding it stopped after the message was sent and before the server's reply: "
@@ -156,6 +160,7 @@ class PgLedger:
         self.campaign = campaign
         self.run = run
         self.lease_id = lease_id
+        self._poll = POLL_FIRST  # next_due's next wait while others hold rows
         self.lease = lease
         self.msgid_domain = msgid_domain
         self._pending: dict[str, tuple[list[Any], asyncio.Future[Any]]] = {}
@@ -917,10 +922,12 @@ class PgLedger:
                 f"SELECT 1 FROM {_R} WHERE run = %s AND claim IS NOT NULL AND claim != %s LIMIT 1",
                 (self.run, self.lease_id),
             )
-            if await cursor.fetchone() is not None:
-                soon = time.time() + POLL
-                found = soon if found is None else min(found, soon)
-            return found
+            if await cursor.fetchone() is None:
+                self._poll = POLL_FIRST
+                return found
+            soon = time.time() + self._poll
+            self._poll = min(self._poll * 2, POLL)
+            return soon if found is None else min(found, soon)
 
         return await self._call(due)  # type: ignore[no-any-return]
 

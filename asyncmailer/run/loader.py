@@ -25,7 +25,10 @@ LOAD_BATCH = 5000  # list rows per ledger write
 # Sending starts once this many rows are in the ledger; the rest are read while it goes on
 # (docs/design.md: a run, end to end).
 FIRST_BATCH = 20_000
-FOLLOW_EVERY = 0.5  # seconds between looks at a load another worker of a shared ledger makes
+# Seconds between looks at a load another worker of a shared ledger makes: soon at first (its
+# first batch is in within a second), then less often, doubling up to FOLLOW_EVERY.
+FOLLOW_FIRST = 0.05
+FOLLOW_EVERY = 0.5
 
 
 def check_row(personalizer: Personalizer, item: Recipient) -> str | None:
@@ -163,6 +166,7 @@ class Loader:
 
     async def _read(self) -> None:
         campaign, ledger, personalizer = self.campaign, self.ledger, self.personalizer
+        follow = FOLLOW_FIRST
         while not await ledger.begin_load():
             # A shared ledger whose list another worker reads (or has read): wait for it,
             # taking over should that worker die (its load lease lapses).
@@ -171,7 +175,8 @@ class Loader:
             if self.stop.is_set() or not await ledger.loading():
                 return
             self.more.set()  # its batches may have come: claims look again
-            await asyncio.sleep(FOLLOW_EVERY)
+            await asyncio.sleep(follow)
+            follow = min(follow * 2, FOLLOW_EVERY)
         if campaign.recipients:
             self.added += (await ledger.add_config_group(campaign.recipients)).new
         if campaign.recipients_file is None:
