@@ -164,6 +164,7 @@ class PgLedger:
         self.lease = lease
         self.msgid_domain = msgid_domain
         self._pending: dict[str, tuple[list[Any], asyncio.Future[Any]]] = {}
+        self._marking: asyncio.Future[Any] | None = None  # the last "past DATA" statement
         self._latch = FailureLatch(
             lambda error: (
                 error
@@ -726,7 +727,7 @@ class PgLedger:
             cursor = await conn.execute(_MARK, {**params, "ids": rows})
             return {row_id for (row_id,) in await cursor.fetchall()}
 
-        shared = self._add("mark", ids, mark)
+        shared = self._marking = self._add("mark", ids, mark)
         try:
             marked = await asyncio.shield(shared)
         except Exception as err:
@@ -737,6 +738,16 @@ class PgLedger:
             raise self._lost("before a final '.'")
 
     def unmark_data(self, ids: Sequence[int]) -> None:
+        """The final "." was not written after all: back in flight. A mark of the rows may
+        still be queued (its caller cancelled): the unmark is queued once the last mark has
+        run, since joining an unmark queued before it would leave the rows past DATA."""
+        marking = self._marking
+        if marking is not None and not marking.done():
+            marking.add_done_callback(lambda _: self._unmark(ids))
+        else:
+            self._unmark(ids)
+
+    def _unmark(self, ids: Sequence[int]) -> None:
         params = {"me": self.lease_id}
 
         async def unmark(conn: Connection, rows: list[int]) -> None:

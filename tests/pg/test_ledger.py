@@ -88,6 +88,37 @@ async def test_a_lapsed_lease_is_fenced_out_and_what_it_held_is_reaped(
     assert sent.group not in {item.group for item in again}  # unknown: never sent again
 
 
+async def test_rows_put_back_after_a_cancelled_mark_do_not_stay_past_data(
+    two: tuple[PgLedger, PgLedger], pg_url: str
+) -> None:
+    """The run stopping at once cancels a "past DATA" mark still queued, and the dispatcher
+    puts its rows back. That unmark must run after the mark: unmarks are coalesced, and
+    joining one queued before the mark would leave the rows past DATA (reaped as unknown,
+    though their final "." never went)."""
+    a, _ = two
+    first, second, third = await a.claim(3, now=0.0)
+    await a.mark_data(first.ids)
+    async with await psycopg.AsyncConnection.connect(pg_url) as blocker:
+        await blocker.execute("LOCK TABLE asyncmailer_recipients IN ACCESS EXCLUSIVE MODE")
+        a.unmark_data(first.ids)  # the writer takes it and waits on the lock
+        await asyncio.sleep(0.3)
+        a.unmark_data(second.ids)  # an unmark statement queued behind it
+        marking = asyncio.ensure_future(a.mark_data(third.ids))
+        await asyncio.sleep(0)  # the mark is queued behind that unmark
+        marking.cancel()
+        a.unmark_data(third.ids)  # as the dispatcher does when its commit is cancelled
+    # the lock is gone with the blocker's transaction
+    with pytest.raises(asyncio.CancelledError):
+        await marking
+    for _ in range(50):
+        counts = await a.counts()
+        if not counts[JournalState.DATA]:
+            break
+        await asyncio.sleep(0.1)
+    assert counts[JournalState.DATA] == 0, counts
+    assert counts[JournalState.INFLIGHT] == 6
+
+
 async def test_the_heartbeat_notices_a_lapsed_lease_and_stops_the_run(
     pg_url: str, run: int
 ) -> None:
