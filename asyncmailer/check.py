@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import binascii
 import contextlib
+import json
+import sqlite3
 import ssl
 from base64 import b64decode
 from collections.abc import Callable, Mapping, Sequence
@@ -154,11 +156,14 @@ async def check_campaign(campaign: Campaign, options: CheckOptions | None = None
     with await prepare_message(campaign) as template:
         personalizer = await prepare_personalizer(campaign)
         rows = _Rows(campaign, template, personalizer, options)
-        async with asyncio.TaskGroup() as group:
-            rendered = group.create_task(rows.run())
-            looked_up = group.create_task(_dns_findings(campaign, options.dns))
-            limit = group.create_task(_server(campaign, options))
-        await rendered
+        try:
+            async with asyncio.TaskGroup() as group:
+                rendered = group.create_task(rows.run())
+                looked_up = group.create_task(_dns_findings(campaign, options.dns))
+                limit = group.create_task(_server(campaign, options))
+            await rendered
+        finally:
+            rows.seen.close()
     findings += rows.findings()
     findings += _header_findings(rows.sample, campaign)
     findings += looked_up.result()
@@ -172,6 +177,36 @@ async def check_campaign(campaign: Campaign, options: CheckOptions | None = None
 
 # ---------------------------------------------------------------------------------------------
 # The rows
+
+
+class _Seen:
+    """The addresses met so far, in a private temporary SQLite database (on disk, deleted
+    when closed): memory stays flat however long the list (a set of them took ~65 MB per
+    200,000 addresses). Used by one thread at a time."""
+
+    def __init__(self) -> None:
+        self._db = sqlite3.connect("", check_same_thread=False)  # "": a temporary file
+        self._db.execute("CREATE TABLE seen (key TEXT PRIMARY KEY) WITHOUT ROWID")
+        self.count = 0
+
+    def add(self, keys: Sequence[str]) -> set[str]:
+        """Remember `keys`; returns those not met before."""
+        new = {
+            key
+            for (key,) in self._db.execute(
+                "INSERT OR IGNORE INTO seen SELECT value FROM json_each(?) RETURNING key",
+                (json.dumps(keys),),
+            )
+        }
+        self.count += len(new)
+        return new
+
+    def forget(self, key: str) -> None:
+        self._db.execute("DELETE FROM seen WHERE key = ?", (key,))
+        self.count -= 1
+
+    def close(self) -> None:
+        self._db.close()
 
 
 class _Rows:
@@ -192,7 +227,7 @@ class _Rows:
         self.suppressed = options.suppressed
         self.shown = options.rows_shown
         self.message_id = template.new_message_id()
-        self.keys: set[str] = set()
+        self.seen = _Seen()
         self.duplicates = 0
         self.suppressed_count = 0
         self.rows = 0  # good and bad, blank lines and comments left out
@@ -210,7 +245,7 @@ class _Rows:
     @property
     def recipients(self) -> int:
         """Whom the run sends to: each address once, the suppressed left out."""
-        return len(self.keys) - self.suppressed_count
+        return self.seen.count - self.suppressed_count
 
     def _note(self, code: Code, text: str) -> None:
         count = self._counted.get(code, 0)
@@ -275,25 +310,32 @@ class _Rows:
     def _batch(self, batch: RowBatch) -> None:
         """One batch of rows (in a worker thread: rendering is CPU work)."""
         path = self.campaign.recipients_file
-        for row in batch.items():
+        rows = list(batch.items())
+        # The batch's addresses not met before, each once: the first good row of it is kept.
+        first = self.seen.add([r.mailbox.key for r in rows if not isinstance(r, BadRow)])
+        for row in rows:
             self.rows += 1
             if isinstance(row, BadRow):
                 self._note(Code.BAD_ROW, str(row))
                 continue
             mailbox = row.mailbox
-            if mailbox.key in self.keys:
+            if mailbox.key not in first:
                 self.duplicates += 1  # the journal keeps the first: its row is the one sent
                 continue
+            first.discard(mailbox.key)  # its later rows are duplicates
             if self.suppressed is not None and self.suppressed(mailbox):
-                self._add(mailbox)  # never sent: its row need not render
+                self.suppressed_count += 1  # never sent: its row need not render
                 continue
             if self._render_each or not self._list_rendered:
                 item = self._item((mailbox,), (row.fields,) if row.fields else (), headers=False)
                 try:
                     transaction = render(self.campaign, self.template, self.personalizer, item)
                 except ValueError as err:
-                    # The loader (a subject) and the dispatcher (a body) skip such a row.
+                    # The loader (a subject) and the dispatcher (a body) skip such a row;
+                    # a later row of the address may still be good.
                     self._note(Code.ROW, f"{path}:{row.line}: {mailbox.addr}: {err}")
+                    self.seen.forget(mailbox.key)
+                    first.add(mailbox.key)
                     continue
                 self._measure(transaction.message)
                 self._list_rendered = True
@@ -302,13 +344,11 @@ class _Rows:
                     self._note(
                         Code.EMPTY_FIELD, f"{path}:{row.line}: {mailbox.addr}: {name} is empty"
                     )
-            self._add(mailbox)
 
     def _add(self, mailbox: Mailbox) -> None:
-        if mailbox.key in self.keys:
+        if not self.seen.add([mailbox.key]):
             self.duplicates += 1
             return
-        self.keys.add(mailbox.key)
         if self.suppressed is not None and self.suppressed(mailbox):
             self.suppressed_count += 1
 
