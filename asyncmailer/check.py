@@ -30,6 +30,7 @@ from .config import Campaign, DkimSettings, Security, is_loopback
 from .display import printable, shorten
 from .dns_records import DnsRecords, Lookup, Outcome, tags
 from .errors import DeliveryError, InputError
+from .journal.schema import check_sqlite
 from .ledger import WorkItem
 from .message import MessageTemplate, message_size
 from .personalize import BUILT_IN_FIELDS
@@ -185,6 +186,7 @@ class _Seen:
     200,000 addresses). Used by one thread at a time."""
 
     def __init__(self) -> None:
+        check_sqlite()  # RETURNING: 3.35, as the journal
         self._db = sqlite3.connect("", check_same_thread=False)  # "": a temporary file
         self._db.execute("CREATE TABLE seen (key TEXT PRIMARY KEY) WITHOUT ROWID")
         self.count = 0
