@@ -182,8 +182,8 @@ async def check_campaign(campaign: Campaign, options: CheckOptions | None = None
 
 class _Seen:
     """The addresses met so far, in a private temporary SQLite database (on disk, deleted
-    when closed): memory stays flat however long the list (a set of them took ~65 MB per
-    200,000 addresses). Used by one thread at a time."""
+    when closed): memory stays flat however long the list (docs/design.md: flat memory).
+    Used by one thread at a time."""
 
     def __init__(self) -> None:
         check_sqlite()  # RETURNING: 3.35, as the journal
