@@ -107,7 +107,17 @@ def fingerprint(campaign: Campaign, *, content: bool = False) -> dict[str, str]:
         ),
         "attachments": _digest(attachments),
         "recipients": _digest([str(m) for m in (*campaign.to, *campaign.cc, *campaign.bcc)]),
-        "list": _digest(_file(campaign.recipients_file, content), campaign.group_size),
+        # How the list is read makes it another list as much as its bytes do: another column
+        # (or delimiter, or encoding) names other addresses.
+        "list": _digest(
+            _file(campaign.recipients_file, content),
+            campaign.group_size,
+            campaign.recipients_column,
+            campaign.name_column,
+            campaign.recipients_encoding,
+            campaign.recipients_delimiter,
+            campaign.timezone_column,
+        ),
     }
 
 

@@ -86,6 +86,27 @@ async def test_addresses_added_to_a_finished_campaigns_list_are_sent_alone(
     assert sorted(delivered) == ["a@example.com", "b@example.com", "c@example.com", "d@example.com"]
 
 
+async def test_a_list_read_another_way_is_a_changed_list(
+    smtp_server: ServerFactory, make_campaign: CampaignFactory, tmp_path: Path
+) -> None:
+    # The same file read with another column (or delimiter, or encoding) is another list:
+    # its new addresses go, not "sent already".
+    running = await smtp_server()
+    (tmp_path / "list.csv").write_text(
+        "email;work\na@example.com;a@work.example\nb@example.com;b@work.example\n"
+    )
+    settings = dict(port=running.server.ssl_port, to=None, cc=None, recipients_file="list.csv")
+    path = make_campaign(**settings, recipients_delimiter=";")
+    assert (await run_cli("send", str(path), "-q", cwd=tmp_path))[0] == 0
+    path = make_campaign(**settings, recipients_delimiter=";", recipients_column="work")
+    code, _, err = await run_cli("send", str(path), "-q", cwd=tmp_path)
+    assert code == 0, err
+    assert [sorted(m.rcpt_tos) for m in running.messages] == [
+        ["a@example.com", "b@example.com"],
+        ["a@work.example", "b@work.example"],
+    ]
+
+
 async def test_a_project_moved_whole_resumes_and_a_new_campaign_id_is_refused(
     smtp_server: ServerFactory, make_campaign: CampaignFactory, tmp_path: Path
 ) -> None:
