@@ -38,7 +38,7 @@ from .recipient_list import BadRow, RecipientFile, RowBatch
 from .results import plural
 from .run.campaign import prepare_message, prepare_personalizer
 from .run.dispatcher import render
-from .run.loader import list_file
+from .run.loader import check_row, list_file
 from .smtp.session import Session, build_tls_context
 
 if TYPE_CHECKING:
@@ -232,6 +232,7 @@ class _Rows:
         self.seen = _Seen()
         self.duplicates = 0
         self.suppressed_count = 0
+        self.unsent = 0  # addresses the journal keeps whose message cannot be made
         self.rows = 0  # good and bad, blank lines and comments left out
         self.largest = 0  # bytes of the largest message
         self.sample = b""  # the headers of one rendered message
@@ -246,8 +247,9 @@ class _Rows:
 
     @property
     def recipients(self) -> int:
-        """Whom the run sends to: each address once, the suppressed left out."""
-        return self.seen.count - self.suppressed_count
+        """Whom the run sends to: each address once, the suppressed and those whose message
+        cannot be made left out."""
+        return self.seen.count - self.suppressed_count - self.unsent
 
     def _note(self, code: Code, text: str) -> None:
         count = self._counted.get(code, 0)
@@ -315,16 +317,21 @@ class _Rows:
         rows = list(batch.items())
         # The batch's addresses not met before, each once: the first good row of it is kept.
         first = self.seen.add([r.mailbox.key for r in rows if not isinstance(r, BadRow)])
+        skipped: set[str] = set()  # addresses the loader skipped a row of, not yet met again
         for row in rows:
             self.rows += 1
             if isinstance(row, BadRow):
                 self._note(Code.BAD_ROW, str(row))
                 continue
             mailbox = row.mailbox
-            if mailbox.key not in first:
+            if mailbox.key in first:
+                first.discard(mailbox.key)  # its later rows are duplicates
+            elif mailbox.key in skipped:
+                skipped.discard(mailbox.key)  # its row was skipped earlier in this batch
+                self.seen.add([mailbox.key])
+            else:
                 self.duplicates += 1  # the journal keeps the first: its row is the one sent
                 continue
-            first.discard(mailbox.key)  # its later rows are duplicates
             if self.suppressed is not None and self.suppressed(mailbox):
                 self.suppressed_count += 1  # never sent: its row need not render
                 continue
@@ -333,11 +340,16 @@ class _Rows:
                 try:
                     transaction = render(self.campaign, self.template, self.personalizer, item)
                 except ValueError as err:
-                    # The loader (a subject) and the dispatcher (a body) skip such a row;
-                    # a later row of the address may still be good.
+                    # The run skips such a row either way. If its subject or headers fail,
+                    # the loader skips it before the journal, so a later row of the address
+                    # may still be sent; if only its body fails, the journal has kept the
+                    # address and the dispatcher skips it there: its later rows are duplicates.
                     self._note(Code.ROW, f"{path}:{row.line}: {mailbox.addr}: {err}")
-                    self.seen.forget(mailbox.key)
-                    first.add(mailbox.key)
+                    if self.personalizer is not None and check_row(self.personalizer, row):
+                        self.seen.forget(mailbox.key)
+                        skipped.add(mailbox.key)
+                    else:
+                        self.unsent += 1
                     continue
                 self._measure(transaction.message)
                 self._list_rendered = True

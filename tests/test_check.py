@@ -375,6 +375,8 @@ BAD_ROWS = (
     "erin@example.com,Erin\n"  # 7: a column short: count is empty, the body divides by zero
     "frank@example.com,Frank,0\n"  # 8: the body divides by zero
     "ALICE@example.com,Alice2,3\n"  # 9: alice again
+    "FRANK@example.com,Frank2,5\n"  # 10: frank again: the run has him already (his body failed)
+    "dave@example.net,Dave,1\n"  # 11: dave again: the run has not (his subject failed)
 )
 
 
@@ -395,10 +397,26 @@ async def test_every_row_is_rendered(make_campaign: CampaignFactory, rsa_key: An
         "server: not connected to (--no-connect)",
         only(verdict, Code.SIZE)[0].__str__(),
     ]
-    assert verdict.recipients == 2  # alice and bob
+    assert verdict.recipients == 3  # alice, bob and dave's later row
     assert only(verdict, Code.RECIPIENTS)[0].text == (
-        "2 recipients to send to from 7 list rows (1 duplicate left out, 4 rows skipped)"
+        "3 recipients to send to from 9 list rows (2 duplicates left out, 4 rows skipped)"
     )
+
+
+async def test_the_check_counts_whom_a_run_sends_to(
+    make_campaign: CampaignFactory, smtp_server: ServerFactory, rsa_key: Any
+) -> None:
+    running = await smtp_server()
+    body = "Hi {{ first_name }}: {{ 10 // count|int }}\n"
+    path = newsletter(
+        make_campaign, rsa_key, rows=BAD_ROWS, body=body, port=running.server.starttls_port
+    )
+    verdict = await check(path)
+    code, out, err = await run_cli("send", str(path), cwd=path.parent.parent)
+    assert code == 1, out + err  # rows were skipped
+    sent = sorted(rcpt for message in running.messages for rcpt in message.rcpt_tos)
+    assert sent == ["alice@example.com", "bob@example.org", "dave@example.net"]
+    assert verdict.recipients == len(sent)
 
 
 async def test_rows_shown_are_capped(make_campaign: CampaignFactory, rsa_key: Any) -> None:
