@@ -315,14 +315,15 @@ def _ratio_key(case: Case) -> tuple[int, str, int, bool, bool]:
 def _median(rows: list[Row]) -> Row:
     """The median run by msgs/s (personalised rows: by CPU per message, what their ratio
     compares), its detail listing every run (or the first that failed)."""
+    failed = [r for r in rows if not r.ok]
+    if failed:  # a failed run has no figures to list
+        return failed[0]
     if rows and rows[0].case.personal:
-        done = sorted((r for r in rows if r.ok), key=lambda r: r.cpu_per_1k or 0.0)
+        done = sorted(rows, key=lambda r: r.cpu_per_1k or 0.0)
         spread = ", ".join(f"{r.cpu_per_1k:.3f}" for r in done) + " CPU s/1k"
     else:
-        done = sorted((r for r in rows if r.ok), key=lambda r: r.msgs_per_s or 0.0)
+        done = sorted(rows, key=lambda r: r.msgs_per_s or 0.0)
         spread = ", ".join(f"{r.msgs_per_s:,.0f}" for r in rows) + " msgs/s"
-    if len(done) < len(rows):
-        return next(r for r in rows if not r.ok)
     return replace(done[len(rows) // 2], detail=f"median of {len(rows)} runs: {spread}")
 
 
