@@ -132,8 +132,9 @@ def _write_dkim_keys(folder: Path) -> dict[str, Path]:
     of asyncmailer)."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+    from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
-    keys = {
+    keys: dict[str, PrivateKeyTypes] = {
         "rsa-2048": rsa.generate_private_key(public_exponent=65537, key_size=2048),
         "ed25519": ed25519.Ed25519PrivateKey.generate(),
     }
