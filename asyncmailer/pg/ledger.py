@@ -7,6 +7,10 @@ the lease; the "past DATA" commit and every result are written only where a row 
 held by this lease (and the lease is alive), so a worker that lost its lease cannot send the
 final "." nor overwrite what another worker did. An expired lease is reaped by any worker:
 its rows in flight go back to pending, its rows past DATA become unknown.
+
+When a deferred recipient is due again is kept on the database's clock too: each worker
+measures its host clock's offset from the database's (at its lease, then at each heartbeat)
+and moves its times by it, so workers on hosts whose clocks disagree retry on one schedule.
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ UNKNOWN_NOTE = (
     "it may or may not have been delivered"
 )
 _R = "asyncmailer_recipients"
+_CLOCK = "extract(epoch FROM clock_timestamp())"  # the database's clock, as time.time()
 
 
 # The rows as the report shows them, read as `journal.reader` reads SQLite's.
@@ -132,6 +137,12 @@ assert Decision._fields == (
 )
 
 
+def _offset(before: float, database: float) -> float:
+    """The database's clock minus this host's, from a reading of it taken between `before`
+    and now (its error is at most half the round trip)."""
+    return database - (before + time.time()) / 2
+
+
 def _owner() -> str:
     return f"{socket.gethostname()} process {os.getpid()}"
 
@@ -150,8 +161,11 @@ class PgLedger:
         lease_id: int,
         lease: float,
         msgid_domain: str,
+        offset: float = 0.0,
     ) -> None:
         self._writer = writer
+        # The database's clock minus this host's: next_try is stored on the database's.
+        self.offset = offset
         # The list's load has a connection of its own (opened by `begin_load`, closed by
         # `end_load`): its long batches do not hold up the claims and results queued behind
         # them, nor they the load.
@@ -197,18 +211,19 @@ class PgLedger:
         writer = Writer(url, outage=outage)
         await writer.start()
 
-        async def take(conn: Connection) -> int:
+        async def take(conn: Connection) -> tuple[int, float]:
+            before = time.time()
             cursor = await conn.execute(
                 "INSERT INTO asyncmailer_leases (run, owner, expires)"
-                " VALUES (%s, %s, now() + make_interval(secs => %s)) RETURNING id",
+                f" VALUES (%s, %s, now() + make_interval(secs => %s)) RETURNING id, {_CLOCK}",
                 (run, _owner(), lease),
             )
             row = await cursor.fetchone()
             assert row is not None
-            return int(row[0])
+            return int(row[0]), _offset(before, float(row[1]))
 
         try:
-            lease_id = await writer.submit(take)
+            lease_id, offset = await writer.submit(take)
         except Exception as err:
             await writer.stop()
             raise translate(url, err, "cannot use") from None
@@ -220,6 +235,7 @@ class PgLedger:
             lease_id=lease_id,
             lease=lease,
             msgid_domain=msgid_domain,
+            offset=offset,
         )
         ledger._heartbeat = asyncio.create_task(ledger._beat())
         return ledger
@@ -331,14 +347,17 @@ class PgLedger:
 
         async def renew(conn: Connection) -> None:
             async with conn.transaction():
+                before = time.time()
                 cursor = await conn.execute(
                     "UPDATE asyncmailer_leases"
                     " SET expires = now() + make_interval(secs => %(secs)s)"
-                    " WHERE id = %(me)s AND expires > now() RETURNING id",
+                    f" WHERE id = %(me)s AND expires > now() RETURNING {_CLOCK}",
                     params,
                 )
-                if await cursor.fetchone() is None:
+                row = await cursor.fetchone()
+                if row is None:
                     raise self._lost("at its heartbeat")
+                self.offset = _offset(before, float(row[0]))
                 await self._reap(conn)
 
         try:
@@ -659,7 +678,7 @@ class PgLedger:
         """
         token = next(self._tokens)
         tried = False
-        due = {"run": self.run, "now": now, "me": self.lease_id, "token": token}
+        due = {"run": self.run, "now": now + self.offset, "me": self.lease_id, "token": token}
 
         async def claim(conn: Connection) -> list[WorkItem]:
             nonlocal tried
@@ -763,6 +782,11 @@ class PgLedger:
         if new:
             self._latch.watch(future)
 
+    def _to_database(self, next_try: float) -> float:
+        """A decision's next try (on this host's clock) on the database's; "now" (0) and
+        "not in this run" (`NEVER`) stay as they are."""
+        return next_try if next_try == 0 or next_try >= NEVER else next_try + self.offset
+
     def record(self, decisions: Sequence[Decision]) -> None:
         """Queue a transaction's decided rows; only rows this lease still holds take them."""
         params = {"me": self.lease_id}
@@ -770,6 +794,7 @@ class PgLedger:
         async def write(conn: Connection, rows: list[Decision]) -> None:
             columns = {name: [getattr(d, name) for d in rows] for name in Decision._fields}
             columns["state"] = [str(s) for s in columns["state"]]
+            columns["next_try"] = [self._to_database(t) for t in columns["next_try"]]
             await conn.execute(_RECORD, {**params, **columns})
 
         new = "record" not in self._pending
@@ -928,7 +953,7 @@ class PgLedger:
                 (self.run, NEVER),
             )
             row = await cursor.fetchone()
-            found = None if row is None or row[0] is None else float(row[0])
+            found = None if row is None or row[0] is None else float(row[0]) - self.offset
             cursor = await conn.execute(
                 f"SELECT 1 FROM {_R} WHERE run = %s AND claim IS NOT NULL AND claim != %s LIMIT 1",
                 (self.run, self.lease_id),

@@ -6,6 +6,7 @@ DATA -> unknown); the schema is versioned; the password never shows."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 from asyncmailer.addresses import Mailbox
 from asyncmailer.config import load_campaign
 from asyncmailer.errors import JournalError, LeaseLostError
-from asyncmailer.ledger import Decision, JournalState
+from asyncmailer.ledger import Decision, JournalState, WorkItem
 from asyncmailer.ledger_url import LedgerUrl
 from asyncmailer.pg import PgLedger
 from asyncmailer.pg.database import connect, migrate
@@ -117,6 +118,39 @@ async def test_rows_put_back_after_a_cancelled_mark_do_not_stay_past_data(
         await asyncio.sleep(0.1)
     assert counts[JournalState.DATA] == 0, counts
     assert counts[JournalState.INFLIGHT] == 6
+
+
+def _decide(item: WorkItem, state: JournalState, at: float, delay: float) -> list[Decision]:
+    return [Decision(state, 451 if delay else 250, "", 1, at, at + delay, "", i) for i in item.ids]
+
+
+async def test_workers_whose_host_clocks_disagree_retry_on_the_databases_clock(
+    two: tuple[PgLedger, PgLedger],
+) -> None:
+    """A deferred recipient is due after its delay whichever worker looks, though one host's
+    clock is an hour ahead and the other's an hour behind (each decides on its own clock)."""
+    a, b = two
+    assert abs(a.offset) < 1 and abs(b.offset) < 1  # measured: one machine, one clock
+    ahead, behind = 3600.0, -3600.0
+    a.offset -= ahead  # what a host an hour ahead measures
+    b.offset -= behind
+    mine, theirs = (
+        await a.claim(10, now=time.time() + ahead),
+        await b.claim(10, now=time.time() + behind),
+    )
+    at_a, at_b = time.time() + ahead, time.time() + behind
+    a.record(_decide(mine[0], JournalState.DEFERRED, at_a, 1.0))
+    b.record(_decide(theirs[0], JournalState.DEFERRED, at_b, 60.0))
+    for item in mine[1:]:
+        a.record(_decide(item, JournalState.ACCEPTED, at_a, 0.0))
+    for item in theirs[1:]:
+        b.record(_decide(item, JournalState.ACCEPTED, at_b, 0.0))
+    assert await a.claim(10, now=time.time() + ahead) == []  # neither is due yet
+    await asyncio.sleep(1.5)
+    (again,) = await b.claim(10, now=time.time() + behind)  # a's, one second later
+    assert again.group == mine[0].group
+    due = await b.next_due()  # theirs, on b's own clock
+    assert due is not None and abs(due - (at_b + 60.0)) < 2.0
 
 
 async def test_the_heartbeat_notices_a_lapsed_lease_and_stops_the_run(
