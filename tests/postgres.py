@@ -7,6 +7,7 @@ tests that need it skip with that reason."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import glob
 import os
@@ -17,7 +18,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-__all__ = ["PASSWORD", "PgServer", "PgUnavailable"]
+__all__ = ["PASSWORD", "CommitCutter", "PgServer", "PgUnavailable"]
 
 PASSWORD = "pg-Secret-7741"  # the superuser's: every test URL carries it, never a message
 _USER = "postgres"
@@ -137,3 +138,75 @@ class PgServer:
         with contextlib.suppress(subprocess.CalledProcessError, OSError):
             self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+# The server's CommandComplete message for a COMMIT: tag "C", its length, "COMMIT\0".
+_COMMITTED = b"C\x00\x00\x00\x0bCOMMIT\x00"
+
+
+class CommitCutter:
+    """A TCP proxy on loopback in front of a server (no TLS: the test server has none).
+    Once `arm()`ed, it cuts the next connection whose server sends a COMMIT's answer,
+    without passing that answer on: the transaction is committed, and the client cannot
+    know it. `cuts` counts the connections so cut."""
+
+    def __init__(self, port: int) -> None:
+        self.target = port
+        self.port = 0
+        self.armed = False
+        self.cuts = 0
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> CommitCutter:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in self._writers:
+            writer.close()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._server.wait_closed()
+
+    def url(self, url: str) -> str:
+        """`url` (of the server behind) through the proxy."""
+        return url.replace(f":{self.target}/", f":{self.port}/", 1)
+
+    def arm(self) -> None:
+        self.armed = True
+
+    async def _serve(
+        self, client_in: asyncio.StreamReader, client_out: asyncio.StreamWriter
+    ) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        self._writers.add(client_out)
+        try:
+            server_in, server_out = await asyncio.open_connection("127.0.0.1", self.target)
+        except OSError:
+            client_out.close()
+            return
+        self._writers.add(server_out)
+
+        async def pipe(
+            source: asyncio.StreamReader, sink: asyncio.StreamWriter, answers: bool
+        ) -> None:
+            with contextlib.suppress(OSError):
+                while data := await source.read(65536):
+                    if answers and self.armed and _COMMITTED in data:
+                        self.armed = False
+                        self.cuts += 1
+                        break
+                    sink.write(data)
+            for writer in (client_out, server_out):
+                writer.close()
+
+        await asyncio.gather(pipe(client_in, server_out, False), pipe(server_in, client_out, True))
+        for writer in (client_out, server_out):
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()

@@ -473,9 +473,33 @@ class PgLedger:
             raise self._lost("while loading the list")
         return meta
 
-    async def add_config_group(self, mailboxes: Sequence[Mailbox]) -> Added:
-        async def add(conn: Connection) -> Added:
+    async def _load_batch(
+        self, work: Callable[[Connection, dict[str, int]], Awaitable[Added]]
+    ) -> Added:
+        """Run `work`, one batch of the load (given the run's meta), and keep what it added
+        with a number of this worker's for it: when a commit's answer is lost and the writer
+        runs the batch again, the repeat finds it committed and returns what the first try
+        added (run again, it would count every new row of the batch a duplicate)."""
+        token = next(self._tokens)
+
+        async def batch(conn: Connection) -> Added:
             meta = await self._owning(conn)
+            if meta.get("load:batch") == token and meta.get("load:batcher") == self.lease_id:
+                return Added(meta.get("load:new", 0), meta.get("load:duplicates", 0))
+            added = await work(conn, meta)
+            await self._set_meta(
+                conn,
+                load_batch=token,
+                load_batcher=self.lease_id,
+                load_new=added.new,
+                load_duplicates=added.duplicates,
+            )
+            return added
+
+        return await self._load(batch)  # type: ignore[no-any-return]
+
+    async def add_config_group(self, mailboxes: Sequence[Mailbox]) -> Added:
+        async def add(conn: Connection, meta: dict[str, int]) -> Added:
             group = meta.get("config:group", 0)
             if not group:
                 cursor = await conn.execute(
@@ -495,7 +519,7 @@ class PgLedger:
                 await self._set_meta(conn, **values)
             return await self._insert(conn, meta, mailboxes, None, _fixed(group))
 
-        return await self._load(add)  # type: ignore[no-any-return]
+        return await self._load_batch(add)
 
     async def add_list(
         self,
@@ -505,9 +529,7 @@ class PgLedger:
     ) -> Added:
         rows = [json.dumps(f, ensure_ascii=False) for f in fields] if fields is not None else None
 
-        async def add(conn: Connection) -> Added:
-            meta = await self._owning(conn)
-
+        async def add(conn: Connection, meta: dict[str, int]) -> Added:
             async def groups(count: int) -> tuple[int, int, int, int]:
                 group, filled = meta.get("load:group", 0), meta.get("load:filled", 0)
                 room = min(max(group_size - filled, 0), count) if group else 0
@@ -541,7 +563,7 @@ class PgLedger:
 
             return await self._insert(conn, meta, mailboxes, rows, groups)
 
-        return await self._load(add)  # type: ignore[no-any-return]
+        return await self._load_batch(add)
 
     async def _insert(
         self,

@@ -28,7 +28,7 @@ from asyncmailer.run_choice import RunRequest
 
 from ..conftest import CampaignFactory, plain_list_campaign, two_workers
 from ..faulty import Faults, FaultyServer
-from ..postgres import PASSWORD, PgServer
+from ..postgres import PASSWORD, CommitCutter, PgServer
 
 
 @pytest.fixture
@@ -327,6 +327,30 @@ async def test_the_load_has_a_connection_of_its_own_and_a_batch_cut_off_is_run_a
         ["u4@example.com", "u5@example.com"],
         ["u6@example.com"],
     ]
+
+
+async def test_a_load_batch_whose_commit_answer_is_lost_counts_its_rows_once(
+    pg_server: PgServer, pg_url: str, run: int
+) -> None:
+    """The batch's commit is made but its answer never comes: the writer runs the batch
+    again on a new connection, which must say what the first try added (5 new), not take
+    its own rows for duplicates."""
+    async with CommitCutter(pg_server.port) as proxy:
+        url = LedgerUrl(proxy.url(pg_url))
+        async with await PgLedger.open(url, campaign="fencing", run=run) as ledger:
+            assert await ledger.begin_load()
+            assert await ledger.add_list([Mailbox(f"u{n}@example.com") for n in range(3)], 2) == (
+                3,
+                0,
+            )
+            proxy.arm()
+            batch = [Mailbox(f"u{n}@example.com") for n in range(3, 8)]
+            assert await ledger.add_list(batch, 2) == (5, 0)
+            assert proxy.cuts == 1  # it was cut, and run again
+            assert await ledger.add_list([Mailbox("u1@example.com")], 2) == (0, 1)  # a duplicate
+            await ledger.end_load()
+            counts = await ledger.counts()
+    assert counts == {JournalState.PENDING: 8}
 
 
 async def test_a_run_deleted_takes_its_groups_and_recipients_along(
