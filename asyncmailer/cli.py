@@ -28,7 +28,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, TextIO, cast
 
 from . import __version__
 from .config import (
@@ -445,30 +445,72 @@ def parseargs(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parsed
 
 
+class _Output:
+    """Standard output whose reader may go away (`asyncmailer send ... | head -1`): from then
+    on the rest of the output is dropped and the command goes on, so a send is not cut
+    short, nor ended as an internal error, by whoever reads what it prints."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self.gone = False
+
+    def write(self, text: str) -> int:
+        if not self.gone:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self._drop()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.gone:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._drop()
+
+    def _drop(self) -> None:
+        self.gone = True
+        # What is still buffered would fail again when the interpreter flushes at exit.
+        with contextlib.suppress(OSError, ValueError):
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, self._stream.fileno())
+            os.close(null)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._stream, name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line and return its exit code. Never raises for bad input."""
     args = parseargs(argv)
     if args.command == "worker" and args.processes > 1:
         return _processes(args)
-    return _run(args, _command)
+    stdout = sys.stdout
+    sys.stdout = cast("TextIO", _Output(stdout))
+    try:
+        return _run(args, _command)
+    finally:
+        sys.stdout = stdout
 
 
 def _command(args: argparse.Namespace) -> Coroutine[None, None, int]:
-    """The coroutine that runs the parsed command."""
+    """The coroutine that runs the parsed command (its output to stdout as it is now)."""
     if args.command == "serve":
         from .server import serve_command
 
         return serve_command(args)
+    if args.command == "suppress":
+        return suppress_command(args)
     commands = {
         "status": status_command,
         "runs": runs_command,
         "schedule": schedule_command,
         "report": report_command,
-        "suppress": suppress_command,
         "check": check_command,
         "worker": worker_command,
     }
-    return commands.get(args.command, send_command)(args)
+    return commands.get(args.command, send_command)(args, out=sys.stdout)
 
 
 def _run(

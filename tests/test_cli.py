@@ -6,6 +6,7 @@ import asyncio
 import csv
 import email
 import json
+import os
 import re
 import signal
 import socket
@@ -385,6 +386,27 @@ async def test_rerun_sends_nothing_new_and_restart_sends_again(
     assert len(running.messages) == 2
     kept = list((tmp_path / ".asyncmailer").glob("config.json.journal.sqlite.*"))
     assert kept
+
+
+async def test_output_whose_reader_has_gone_cuts_nothing_short(
+    smtp_server: ServerFactory, make_campaign: CampaignFactory, tmp_path: Path
+) -> None:
+    """As `asyncmailer send | head -1`: every write to stdout fails (EPIPE). The send goes
+    on to its end, and exits as it would have: not an internal error (exit 70)."""
+    running = await smtp_server()
+    path = make_campaign(port=running.server.ssl_port)
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line
+    try:
+        process = await start_cli("-c", str(path), cwd=tmp_path, stdout=write)
+    finally:
+        os.close(write)
+    _, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, err.decode()
+    assert b"accepted bob@example.org" in err  # what goes to stderr still goes
+    assert b"internal error" not in err and b"Traceback" not in err
+    [message] = running.messages
+    assert len(message.rcpt_tos) == 3
 
 
 async def test_status_before_any_run_and_with_state_dir(
