@@ -700,7 +700,7 @@ class PgLedger:
         """
         token = next(self._tokens)
         tried = False
-        due = {"run": self.run, "now": now + self.offset, "me": self.lease_id, "token": token}
+        due = {"run": self.run, "now": self._to_database(now), "me": self.lease_id, "token": token}
 
         async def claim(conn: Connection) -> list[WorkItem]:
             nonlocal tried
@@ -804,10 +804,10 @@ class PgLedger:
         if new:
             self._latch.watch(future)
 
-    def _to_database(self, next_try: float) -> float:
-        """A decision's next try (on this host's clock) on the database's; "now" (0) and
-        "not in this run" (`NEVER`) stay as they are."""
-        return next_try if next_try == 0 or next_try >= NEVER else next_try + self.offset
+    def _to_database(self, moment: float) -> float:
+        """A time of this host's clock (a decision's next try, a claim's now) on the
+        database's; 0 (at once, or the beginning of time) and `NEVER` stay as they are."""
+        return moment if moment == 0 or moment >= NEVER else moment + self.offset
 
     def record(self, decisions: Sequence[Decision]) -> None:
         """Queue a transaction's decided rows; only rows this lease still holds take them."""

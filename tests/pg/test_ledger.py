@@ -337,7 +337,8 @@ async def test_a_load_batch_whose_commit_answer_is_lost_counts_its_rows_once(
     its own rows for duplicates."""
     async with CommitCutter(pg_server.port) as proxy:
         url = LedgerUrl(proxy.url(pg_url))
-        async with await PgLedger.open(url, campaign="fencing", run=run) as ledger:
+        # A long lease: no heartbeat (on a connection of its own) can take the cut.
+        async with await PgLedger.open(url, campaign="fencing", run=run, lease=600) as ledger:
             assert await ledger.begin_load()
             assert await ledger.add_list([Mailbox(f"u{n}@example.com") for n in range(3)], 2) == (
                 3,
