@@ -3,6 +3,7 @@ envelopes; nothing reaches a server and the campaign's journal is not touched.""
 
 from __future__ import annotations
 
+import asyncio
 import email
 import json
 from email import policy
@@ -81,6 +82,25 @@ async def test_limit_stops_a_dry_run_and_a_real_one_after_n_messages(
     assert (await run_cli("send", str(path), "-q", cwd=tmp_path))[0] == 0
     delivered = sorted(r for m in running.messages for r in m.rcpt_tos)
     assert delivered == sorted(addresses)  # each once
+
+
+async def test_limit_with_a_slow_rate_ends_after_the_nth_message(
+    smtp_server: ServerFactory, make_campaign: CampaignFactory, tmp_path: Path
+) -> None:
+    """Each of the 4 connections reserves its slot of the rate (one a minute) before it may
+    start: the run must end after its one message, not when the last reserved slot comes
+    (three minutes on)."""
+    running = await smtp_server()
+    addresses = [f"u{i}@example.com" for i in range(8)]
+    path = list_campaign(
+        make_campaign, running.server.ssl_port, addresses, group_size=1, concurrency=4,
+        rate="1/minute",
+    )  # fmt: skip
+    code, _, err = await asyncio.wait_for(
+        run_cli("send", str(path), "--limit", "1", "-q", cwd=tmp_path), 60
+    )
+    assert code == 75 and "stopped after 1 message (--limit)" in err, err
+    assert len(running.messages) == 1
 
 
 def test_a_dry_run_refuses_a_folder_of_an_earlier_one(

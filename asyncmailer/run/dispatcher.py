@@ -180,7 +180,7 @@ class Dispatcher:
                 await self._give_back(item)
                 break
             if not admitted and self.limiter is not None:
-                await self.limiter.wait()
+                await self._turn()
             if not admitted and self._later(item):
                 item = await self.scheduler.next()  # not its local time yet: waits for it
                 continue
@@ -199,6 +199,24 @@ class Dispatcher:
             if pending is _AGAIN:  # not sent: the same item, through a relay still left
                 continue
             item, admitted = (pending, True) if pending else (await self.scheduler.next(), False)
+
+    async def _turn(self) -> None:
+        """Wait for the rate's next slot, unless the run stops first (the slot then goes
+        unused: with `--limit N` and a slow rate, the run ends after its Nth message instead
+        of when each worker's reserved slot comes). No wait once the limit is used up: the
+        admission that follows refuses the item and stops the run."""
+        assert self.limiter is not None
+        if self.limit.used_up or self.stop.is_set():
+            return
+        slot = asyncio.ensure_future(self.limiter.wait())
+        stopped = asyncio.ensure_future(self.stop.wait())
+        try:
+            await asyncio.wait((slot, stopped), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            slot.cancel()
+            stopped.cancel()
+        if slot.done() and not slot.cancelled():
+            slot.result()  # a shared rate's reservation may fail: the ledger's error
 
     async def _through(self, relay: Relay, item: WorkItem) -> WorkItem | None:
         """Send `item` (and what is pipelined after it) through `relay`. Returns an item

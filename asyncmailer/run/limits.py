@@ -161,8 +161,13 @@ class MessageLimit:
         self.limit = limit
         self.started = 0
 
+    @property
+    def used_up(self) -> bool:
+        """No message may start any more."""
+        return self.limit is not None and self.started >= self.limit
+
     def take(self) -> bool:
-        if self.limit is not None and self.started >= self.limit:
+        if self.used_up:
             return False
         self.started += 1
         return True
