@@ -118,6 +118,18 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
+def _unknown_arguments(parser: argparse.ArgumentParser, extra: Sequence[str]) -> None:
+    """Exit 2 for arguments `parser` (a command's) does not take, naming the closest option
+    of that command for a mistyped one (`--limt`: did you mean `--limit`?)."""
+    options = [o for action in parser._actions for o in action.option_strings]
+    for argument in extra:
+        if argument.startswith("-"):
+            close = difflib.get_close_matches(argument.partition("=")[0], options, n=1)
+            if close:
+                parser.error(f"unknown option {argument!r}; did you mean {close[0]!r}?")
+    parser.error(f"unrecognized arguments: {' '.join(extra)}")
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -437,7 +449,9 @@ def parseargs(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     serve.add_argument("command_line", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
     serve.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
-    parsed = parser.parse_args(args)
+    parsed, extra = parser.parse_known_args(args)
+    if extra:
+        _unknown_arguments(commands.choices[parsed.command], extra)
     if parsed.command in ("send", "check", "status", "runs", "report", "worker"):
         if parsed.campaign is not None and parsed.config is not None:
             parser.error("name the campaign once: as an argument or with --config, not both")

@@ -444,6 +444,32 @@ def test_naming_the_campaign_twice_is_a_usage_error(
     assert "name the campaign once" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (
+            ["send", "c.json", "--limt", "2"],
+            "send: error: unknown option '--limt'; did you mean '--limit'?",
+        ),
+        (
+            ["c.json", "--dry-rn=out"],
+            "send: error: unknown option '--dry-rn=out'; did you mean '--dry-run'?",
+        ),
+        (["status", "--zzz"], "status: error: unrecognized arguments: --zzz"),
+        (["send", "a.json", "b.json"], "send: error: unrecognized arguments: b.json"),
+    ],
+)
+def test_a_mistyped_option_names_the_commands_closest(
+    argv: list[str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(argv)
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"usage: asyncmailer {argv[0] if argv[0] != 'c.json' else 'send'} ")
+    assert err.rstrip().endswith(said), err
+
+
 @pytest.mark.parametrize(("typed", "meant"), [("stauts", "status"), ("sned", "send")])
 def test_a_mistyped_command_gets_did_you_mean(
     typed: str,
