@@ -514,13 +514,12 @@ def _command(args: argparse.Namespace) -> Coroutine[None, None, int]:
         from .server import serve_command
 
         return serve_command(args)
-    if args.command == "suppress":
-        return suppress_command(args)
     commands = {
         "status": status_command,
         "runs": runs_command,
         "schedule": schedule_command,
         "report": report_command,
+        "suppress": suppress_command,
         "check": check_command,
         "worker": worker_command,
     }
