@@ -57,6 +57,7 @@ from .journal.suppressions import STORE_NAME, Entry, SuppressionStore, campaign_
 from .ledger import LEASE, JournalState
 from .ledger_url import LEDGER_ENV, LedgerUrl
 from .message import MessageTemplate
+from .preview import preview
 from .processes import can_fork, run_forked
 from .progress import ConsoleObserver
 from .report import ReportWriter, format_table
@@ -965,7 +966,7 @@ def _duration(seconds: float) -> str:
     return f"{minutes} min {secs} s" if minutes else f"{secs} s"
 
 
-PREVIEW_LINES = 40  # of the first message a dry run wrote
+PREVIEW_LINES = 20  # of the text of the first message a dry run wrote
 
 
 async def _dry_run(
@@ -997,7 +998,11 @@ async def _dry_run(
     campaign = dataclasses.replace(campaign, rate=None, daily_quota=0)
     transport = EmlTransport(args.dry_run)
     await transport.open()
-    observer = ConsoleObserver(per_recipient=campaign.recipients_file is None, quiet=args.quiet)
+    observer = ConsoleObserver(
+        per_recipient=campaign.recipients_file is None,
+        quiet=args.quiet,
+        names={Status.ACCEPTED: "written"},  # a file took the message, not a server
+    )
     options = RunOptions(limit=args.limit, store_bounces=False)
     with tempfile.TemporaryDirectory(prefix="asyncmailer-dry-run-") as scratch:
         async with await Journal.open(
@@ -1029,13 +1034,11 @@ async def _dry_run(
         print(f"stopped after {plural(args.limit, 'message')} (--limit)", file=out)
     if transport.first is not None and not args.quiet:
         first = transport.first
-        text = (await asyncio.to_thread(first.read_bytes)).decode("ascii", "replace")
-        lines = text.splitlines()
+        data = await asyncio.to_thread(first.read_bytes)
         print(f"--- {first} ---", file=out)
-        for line in lines[:PREVIEW_LINES]:
-            print(printable(line), file=out)
-        if len(lines) > PREVIEW_LINES:
-            print(f"--- ({plural(len(lines) - PREVIEW_LINES, 'more line')}) ---", file=out)
+        for line in preview(data, transport.first_envelope, text_lines=PREVIEW_LINES):
+            print(line, file=out)
+        print(f"--- (the whole message: {first}) ---", file=out)
     if options.stop.is_set() and not report.limit_reached:
         return EXIT_INTERRUPTED
     return EXIT_OK if not report.problems else EXIT_NOT_ALL_ACCEPTED

@@ -30,6 +30,7 @@ class EmlTransport:
         self.folder = folder
         self.count = 0  # messages written
         self.first: Path | None = None  # the first of them
+        self.first_envelope: dict[str, object] | None = None  # its line of ENVELOPES
         self._one = asyncio.Lock()  # one connection: files numbered in the order sent
 
     def __repr__(self) -> str:
@@ -72,7 +73,12 @@ class EmlTransport:
         envelope, parts = transaction
         sender, recipients = envelope.sender, envelope.recipients
         path = self.folder / f"{self.count + 1:06d}.eml"
-        line = json.dumps({"file": path.name, "mail_from": sender, "rcpt_to": list(recipients)})
+        entry: dict[str, object] = {
+            "file": path.name,
+            "mail_from": sender,
+            "rcpt_to": list(recipients),
+        }
+        line = json.dumps(entry)
         if commit is not None:  # the contract: committed before the message is complete
             await commit()
         try:
@@ -80,8 +86,9 @@ class EmlTransport:
         except OSError as err:  # a full disk: the dry run cannot go on
             raise InputError(f"cannot write the message: {err.strerror}", path=path) from err
         self.count += 1
-        self.first = self.first or path
-        note = f"dry run: written to {path}"
+        if self.first is None:
+            self.first, self.first_envelope = path, entry
+        note = f"dry run: {path}"
         return Sent([RecipientResult(r, Status.ACCEPTED, None, note) for r in recipients])
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, TextIO
 
 from .display import printable
@@ -35,8 +35,11 @@ class ConsoleObserver(Observer):
         quiet: bool = False,
         stream: TextIO = sys.stderr,
         interval: float = PLAIN_INTERVAL,
+        names: Mapping[Status, str] | None = None,
     ) -> None:
+        """`names`: a status shown under another word (a dry run's `accepted` is `written`)."""
         self.writer = writer
+        self.names = {s: s.value for s in Status} | dict(names or {})
         self.full_report = full_report
         self.per_recipient = per_recipient
         self.quiet = quiet
@@ -123,7 +126,7 @@ class ConsoleObserver(Observer):
             return
         if self.per_recipient:
             for result in results:
-                print(f"  {result}", file=self.stream)
+                print(f"  {result.line(self.names[result.status])}", file=self.stream)
         elif self._bar is not None and self._task is not None:
             relays = self.describe_relays()
             self._bar.update(
@@ -150,7 +153,7 @@ class ConsoleObserver(Observer):
     def describe(self) -> str:
         """``1,200 accepted, 3 refused, 7 deferrals`` (a recipient may be deferred twice)."""
         return ", ".join(
-            f"{self.counts[s]:,} {'deferrals' if s is Status.DEFERRED else s.value}"
+            f"{self.counts[s]:,} {'deferrals' if s is Status.DEFERRED else self.names[s]}"
             for s in Status
             if self.counts[s]
         )

@@ -59,10 +59,15 @@ class RecipientResult:
     relay: str = ""  # the relay that answered (read back from the ledger; "": none)
 
     def __str__(self) -> str:
-        """One line, safe to print: control characters escaped, long texts shortened."""
+        return self.line()
+
+    def line(self, status: str | None = None) -> str:
+        """One line, safe to print: control characters escaped, long texts shortened;
+        `status` in place of the status's own word."""
         code = f" {self.code}" if self.code is not None else ""
         text = f" {shorten(printable(self.message), 300)}" if self.message else ""
-        return f"{self.status.value:<8} {shorten(printable(self.recipient), 200)}{code}{text}"
+        word = self.status.value if status is None else status
+        return f"{word:<8} {shorten(printable(self.recipient), 200)}{code}{text}"
 
     def as_row(self) -> dict[str, str | int | None]:
         return {

@@ -15,7 +15,7 @@ from asyncmailer.attachments import SPOOL_ABOVE
 from asyncmailer.cli import main
 from asyncmailer.dryrun import ENVELOPES
 
-from .conftest import CampaignFactory, ServerFactory, list_campaign, run_cli
+from .conftest import SUBJECT, CampaignFactory, ServerFactory, list_campaign, run_cli
 from .dkimkeys import DOMAIN, SELECTOR, key_text, verifies, write_key
 
 
@@ -40,7 +40,13 @@ async def test_a_dry_run_writes_every_message_and_sends_nothing(
 ) -> None:
     running = await smtp_server()
     addresses = [f"u{i}@example.com" for i in range(25)]
-    path = list_campaign(make_campaign, running.server.ssl_port, addresses, group_size=10)
+    path = list_campaign(
+        make_campaign,
+        running.server.ssl_port,
+        addresses,
+        group_size=10,
+        files={"report.txt": b"sixteen bytes..\n"},
+    )
     out = tmp_path / "preview"
 
     code, shown, err = await run_cli("send", str(path), "--dry-run", str(out), cwd=tmp_path)
@@ -59,7 +65,17 @@ async def test_a_dry_run_writes_every_message_and_sends_nothing(
         # The file holds the bytes that would go out: CRLF line ends, as on the wire.
         assert body.get_content() == "Hello!\r\nПривет!\r\n"
     assert f"dry run: 3 messages to 25 recipients written to {out}/" in shown
-    assert f"--- {out / '000001.eml'} ---" in shown and "Subject: " in shown
+    # The first message as a person reads it: headers decoded, its text, its attachment.
+    first = shown[shown.index(f"--- {out / '000001.eml'} ---") :].splitlines()
+    group = len(messages[0][0]["rcpt_to"])  # type: ignore[arg-type]
+    assert first[1].startswith(f"Envelope: from sender@example.com to {group} recipients (u")
+    assert f"Subject: {SUBJECT.strip()}" in first and "Привет!" in first
+    assert first[-3:] == [
+        "Other parts:",
+        "  attachment report.txt (text/plain, 16 bytes)",
+        f"--- (the whole message: {out / '000001.eml'}) ---",
+    ]
+    assert "(25 written)" in err  # the progress line: no server accepted anything
     assert running.messages == []  # no connection carried a message
     assert not (tmp_path / ".asyncmailer").exists()  # the campaign's journal was never made
 

@@ -1,0 +1,76 @@
+"""`preview`: a message as a person reads it (headers decoded, its text, its other parts),
+checked on messages the email package builds as the campaign's would be."""
+
+from __future__ import annotations
+
+from email.message import EmailMessage
+
+from asyncmailer.preview import describe_size, preview
+
+
+def _message(*, html: bool = False, text: str | None = "Привет!\nSecond line\n") -> bytes:
+    message = EmailMessage()
+    message["From"] = "Отправитель <sender@example.com>"
+    message["To"] = "undisclosed-recipients:;"
+    message["Subject"] = "Ноябрь: the report"
+    if text is not None:
+        message.set_content(text)
+    if html:
+        message.add_alternative("<p>Привет!</p>", subtype="html")
+        html_part = message.get_body(("html",))
+        assert html_part is not None
+        html_part.add_related(b"\x89PNG" + bytes(96), "image", "png", cid="<logo.png>")
+    message.add_attachment(b"x" * 3000, "application", "pdf", filename="отчёт.pdf")
+    return message.as_bytes().replace(b"\n", b"\r\n")  # as the run writes it
+
+
+def test_headers_are_decoded_and_the_text_shown_with_the_other_parts_listed() -> None:
+    envelope = {
+        "mail_from": "sender@example.com",
+        "rcpt_to": [f"u{i}@example.com" for i in range(5)],
+    }
+    lines = preview(_message(), envelope)
+    assert lines[0] == (
+        "Envelope: from sender@example.com to 5 recipients "
+        "(u0@example.com, u1@example.com, u2@example.com and 2 more)"
+    )
+    assert "Subject: Ноябрь: the report" in lines
+    assert "From: Отправитель <sender@example.com>" in lines
+    assert not any(line.lower().startswith(("content-type", "mime-version")) for line in lines)
+    text = lines.index("Привет!")
+    assert lines[text + 1] == "Second line"
+    assert lines[-2:] == ["Other parts:", "  attachment отчёт.pdf (application/pdf, 2.9 KB)"]
+
+
+def test_the_text_is_cut_after_so_many_lines() -> None:
+    body = "".join(f"line {n}\n" for n in range(30))
+    lines = preview(_message(text=body), text_lines=5)
+    assert "line 4" in lines and "line 5" not in lines
+    assert "--- (25 more lines of text) ---" in lines
+
+
+def test_an_html_message_shows_its_text_and_lists_the_html_and_its_images() -> None:
+    lines = preview(_message(html=True))
+    assert "Привет!" in lines
+    others = lines[lines.index("Other parts:") + 1 :]
+    assert others == [
+        "  text/html, 22 bytes",
+        "  inline <logo.png> (image/png, 100 bytes)",
+        "  attachment отчёт.pdf (application/pdf, 2.9 KB)",
+    ]
+
+
+def test_control_characters_are_escaped() -> None:
+    message = EmailMessage()
+    message["Subject"] = "x"
+    message.set_content("a\x1b[2Jb\n")
+    assert "a\\x1b[2Jb" in preview(message.as_bytes())
+
+
+def test_sizes() -> None:
+    assert [describe_size(n) for n in (1, 54, 2150, 9 * 1024 * 1024)] == [
+        "1 byte",
+        "54 bytes",
+        "2.1 KB",
+        "9.0 MB",
+    ]
