@@ -1251,7 +1251,8 @@ async def status_command(args: argparse.Namespace, *, out: TextIO = sys.stdout) 
     if not await asyncio.to_thread(path.exists):
         print(f"campaign {args.config} has not run yet (no journal at {path})", file=out)
         return EXIT_OK
-    counts = await JournalReader(path).counts()
+    reader = JournalReader(path)
+    counts, bad_rows = await reader.counts(), await reader.bad_rows()
     print(f"campaign {args.config}: journal {path}", file=out)
     try:
         await asyncio.to_thread(probe_lock, path)
@@ -1259,7 +1260,7 @@ async def status_command(args: argparse.Namespace, *, out: TextIO = sys.stdout) 
         busy = True
     else:
         busy = False
-    _print_counts(counts, busy, out)
+    _print_counts(counts, busy, out, bad_rows)
     return EXIT_OK
 
 
@@ -1278,18 +1279,29 @@ async def _shared_status(
         latest = records[-1]
         counts = Counter({JournalState(k): v for k, v in (await runs.counts(latest)).items()})
         workers = await runs.live_workers(latest)
+        bad_rows = await runs.bad_rows(latest)
     print(f"campaign {args.config}: run {latest.id} in the ledger {url}", file=out)
     if workers:
         print(f"  {plural(workers, 'worker')} at work on it", file=out)
-    _print_counts(counts, bool(workers), out)
+    _print_counts(counts, bool(workers), out, bad_rows)
     return EXIT_OK
 
 
-def _print_counts(counts: Counter[JournalState], busy: bool, out: TextIO) -> None:
+def _print_counts(
+    counts: Counter[JournalState], busy: bool, out: TextIO, bad_rows: int = 0
+) -> None:
+    """The states' counts; `bad_rows`: list rows without an address (not recipients: the
+    journal has no row for them, `send` reports them `skipped`)."""
     for state, word in STATE_WORDS.items():
         if counts[state]:
             print(f"  {counts[state]:>9,}  {word}", file=out)
     print(f"  {sum(counts.values()):>9,}  recipients in all", file=out)
+    if bad_rows:
+        print(
+            f"{plural(bad_rows, 'list row')} skipped: no address that parses "
+            "(asyncmailer check lists such rows)",
+            file=out,
+        )
     left = sum(
         counts[s] for s in (JournalState.PENDING, JournalState.DEFERRED, JournalState.INFLIGHT)
     )

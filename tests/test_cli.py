@@ -434,6 +434,30 @@ async def test_the_campaign_file_may_be_a_positional_argument(
     assert len(running.messages) == 1
 
 
+async def test_status_counts_the_list_rows_a_send_skipped(
+    smtp_server: ServerFactory, make_campaign: CampaignFactory, tmp_path: Path
+) -> None:
+    """A row without an address is no recipient (the journal has no row for it), but `send`
+    reports it `skipped`: `status` tells it too, as the last whole reading of the list found."""
+    running = await smtp_server()
+    rows = ["a@example.com", "not an address", "b@example.com", "<also not>"]
+    path = list_campaign(make_campaign, running.server.ssl_port, rows)
+    code, out, err = await run_cli("send", str(path), "-q", cwd=tmp_path)
+    assert code == 1 and "2 skipped" in out, err
+    code, out, err = await run_cli("status", str(path), cwd=tmp_path)
+    assert code == 0, err
+    assert out.splitlines()[-2:] == [
+        "          2  recipients in all",
+        "2 list rows skipped: no address that parses (asyncmailer check lists such rows)",
+    ]
+    # A row mended: the next reading counts again (the run is finished; its new row is sent).
+    (path.parent.parent / "list.txt").write_text("a@example.com\nb@example.com\nc@example.com\n")
+    code, out, err = await run_cli("send", str(path), "-q", cwd=tmp_path)
+    assert code == 0, err
+    code, out, err = await run_cli("status", str(path), cwd=tmp_path)
+    assert "skipped" not in out and "3  recipients in all" in out, out
+
+
 def test_naming_the_campaign_twice_is_a_usage_error(
     make_campaign: CampaignFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -97,10 +97,17 @@ class JournalReader:
 
     async def sent_on(self, day: str) -> int:
         """How many recipients this journal's run tried on `day` (YYYY-MM-DD)."""
+        return await self._meta(f"sent:{day}")
 
+    async def bad_rows(self) -> int:
+        """How many rows of the list had no address that parses, as its last whole reading
+        found (`Ledger.end_load`)."""
+        return await self._meta("load:bad_rows")
+
+    async def _meta(self, key: str) -> int:
         def read() -> int:
             with contextlib.closing(self._connect()) as db:
-                row = db.execute("SELECT value FROM meta WHERE key = ?", (f"sent:{day}",))
+                row = db.execute("SELECT value FROM meta WHERE key = ?", (key,))
                 found = row.fetchone()
                 return int(found[0]) if found else 0
 

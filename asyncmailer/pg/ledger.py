@@ -457,9 +457,11 @@ class PgLedger:
 
         return bool(await self._call(read))
 
-    async def end_load(self) -> None:
+    async def end_load(self, bad_rows: int | None = None) -> None:
+        counted = {} if bad_rows is None else {"load_bad_rows": bad_rows}
+
         async def end(conn: Connection) -> None:
-            await self._set_meta(conn, load_reading=0, load_done=1, load_owner=0)
+            await self._set_meta(conn, load_reading=0, load_done=1, load_owner=0, **counted)
             await _analyze(conn)
 
         await self._load(end)

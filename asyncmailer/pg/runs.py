@@ -164,6 +164,14 @@ class PgRuns:
         )
         return {str(state): int(count) for state, count in sorted(rows)}
 
+    async def bad_rows(self, record: RunRecord) -> int:
+        """How many rows of the run's list had no address that parses."""
+        rows = await self._query(
+            "SELECT value FROM asyncmailer_meta WHERE run = %s AND key = 'load:bad_rows'",
+            (self.serial(record),),
+        )
+        return int(rows[0][0]) if rows else 0
+
     async def live_workers(self, record: RunRecord) -> int:
         """Workers holding a live lease on the run now."""
         rows = await self._query(

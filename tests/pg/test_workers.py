@@ -229,6 +229,25 @@ async def test_send_with_a_ledger_key_runs_on_the_shared_ledger(
         await server.stop()
 
 
+async def test_status_of_a_shared_ledger_counts_the_list_rows_a_send_skipped(
+    make_campaign: CampaignFactory, tmp_path: Path, pg_url: str
+) -> None:
+    server = await FaultyServer(Faults()).start()
+    try:
+        rows = ["u0@example.com", "not an address", "u1@example.com"]
+        path = plain_list_campaign(make_campaign, server.port, rows, ledger=pg_url)
+        code, out, err = await run_cli("send", str(path), "-q", cwd=tmp_path)
+        assert code == 1 and "1 skipped" in out, err
+        code, out, err = await run_cli("status", str(path), cwd=tmp_path)
+        assert code == 0, err
+        assert out.splitlines()[-2:] == [
+            "          2  recipients in all",
+            "1 list row skipped: no address that parses (asyncmailer check lists such rows)",
+        ]
+    finally:
+        await server.stop()
+
+
 async def test_a_worker_needs_a_shared_ledger_and_its_extra(
     make_campaign: CampaignFactory, tmp_path: Path, pg_url: str
 ) -> None:
