@@ -1290,16 +1290,17 @@ async def _shared_status(
 def _print_counts(
     counts: Counter[JournalState], busy: bool, out: TextIO, bad_rows: int = 0
 ) -> None:
-    """The states' counts; `bad_rows`: list rows without an address (not recipients: the
-    journal has no row for them, `send` reports them `skipped`)."""
+    """The states' counts; `bad_rows`: list rows the journal has no row for (an address that
+    does not parse, or a personal subject or header that cannot be made; `send` reports
+    them `skipped`)."""
     for state, word in STATE_WORDS.items():
         if counts[state]:
             print(f"  {counts[state]:>9,}  {word}", file=out)
     print(f"  {sum(counts.values()):>9,}  recipients in all", file=out)
     if bad_rows:
         print(
-            f"{plural(bad_rows, 'list row')} skipped: no address that parses "
-            "(asyncmailer check lists such rows)",
+            f"{plural(bad_rows, 'bad list row')} skipped, not recipients "
+            "(asyncmailer check names each)",
             file=out,
         )
     left = sum(

@@ -437,8 +437,8 @@ async def test_the_campaign_file_may_be_a_positional_argument(
 async def test_status_counts_the_list_rows_a_send_skipped(
     smtp_server: ServerFactory, make_campaign: CampaignFactory, tmp_path: Path
 ) -> None:
-    """A row without an address is no recipient (the journal has no row for it), but `send`
-    reports it `skipped`: `status` tells it too, as the last whole reading of the list found."""
+    """A bad row is no recipient (the journal has no row for it), but `send` reports it
+    `skipped`: `status` tells it too, as the last whole reading of the list found."""
     running = await smtp_server()
     rows = ["a@example.com", "not an address", "b@example.com", "<also not>"]
     path = list_campaign(make_campaign, running.server.ssl_port, rows)
@@ -448,7 +448,7 @@ async def test_status_counts_the_list_rows_a_send_skipped(
     assert code == 0, err
     assert out.splitlines()[-2:] == [
         "          2  recipients in all",
-        "2 list rows skipped: no address that parses (asyncmailer check lists such rows)",
+        "2 bad list rows skipped, not recipients (asyncmailer check names each)",
     ]
     # A row mended: the next reading counts again (the run is finished; its new row is sent).
     (path.parent.parent / "list.txt").write_text("a@example.com\nb@example.com\nc@example.com\n")

@@ -100,8 +100,8 @@ class JournalReader:
         return await self._meta(f"sent:{day}")
 
     async def bad_rows(self) -> int:
-        """How many rows of the list had no address that parses, as its last whole reading
-        found (`Ledger.end_load`)."""
+        """How many rows of the list were bad (no row here), as its last whole reading found
+        (`Ledger.end_load`)."""
         return await self._meta("load:bad_rows")
 
     async def _meta(self, key: str) -> int:

@@ -255,7 +255,7 @@ class Journal:
 
     async def end_load(self, bad_rows: int | None = None) -> None:
         """The list is read: claims take every group again. `bad_rows`: how many of its
-        rows had no address that parses (they have no row here; `status` tells them), None
+        rows were bad (`run.loader`: no row here; `status` tells them), None
         when the reading was cut short (the count of the last whole reading stays)."""
         counted = {} if bad_rows is None else {"load_bad_rows": bad_rows}
         await self._call(lambda db: _set_meta(db, load_reading=0, **counted))

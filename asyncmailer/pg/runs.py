@@ -165,7 +165,7 @@ class PgRuns:
         return {str(state): int(count) for state, count in sorted(rows)}
 
     async def bad_rows(self, record: RunRecord) -> int:
-        """How many rows of the run's list had no address that parses."""
+        """How many rows of the run's list were bad (`run.loader`: no row of their own)."""
         rows = await self._query(
             "SELECT value FROM asyncmailer_meta WHERE run = %s AND key = 'load:bad_rows'",
             (self.serial(record),),

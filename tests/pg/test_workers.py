@@ -242,7 +242,7 @@ async def test_status_of_a_shared_ledger_counts_the_list_rows_a_send_skipped(
         assert code == 0, err
         assert out.splitlines()[-2:] == [
             "          2  recipients in all",
-            "1 list row skipped: no address that parses (asyncmailer check lists such rows)",
+            "1 bad list row skipped, not recipients (asyncmailer check names each)",
         ]
     finally:
         await server.stop()
