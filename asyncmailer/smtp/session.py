@@ -62,6 +62,16 @@ def build_tls_context(settings: ServerSettings) -> ssl.SSLContext:
     return context
 
 
+def _why(err: BaseException, timeout: float) -> str:
+    """Why a connection failed, without the host and port aiosmtplib's errors name again
+    (the `ConnectError` names them once, first)."""
+    if isinstance(err, aiosmtplib.SMTPConnectTimeoutError):
+        return f"no answer within {timeout:g} s"
+    if isinstance(err, aiosmtplib.SMTPConnectError) and err.__cause__ is not None:
+        return describe(err.__cause__)
+    return describe(err)
+
+
 class Session:
     """A long-lived SMTP connection, reused across transactions.
 
@@ -179,7 +189,9 @@ class Session:
                 raise ConnectError(
                     f"could not connect: {plain_text_hint(settings.port)}", **self._where
                 ) from None
-            raise ConnectError(f"could not connect: {describe(err)}", **self._where) from None
+            raise ConnectError(
+                f"could not connect: {_why(err, settings.timeout)}", **self._where
+            ) from None
         if settings.logs_in:
             await self._login()
         self._take_over()
