@@ -88,7 +88,7 @@ class EmlTransport:
         self.count += 1
         if self.first is None:
             self.first, self.first_envelope = path, entry
-        note = f"dry run: {path}"
+        note = f"in {path}"
         return Sent([RecipientResult(r, Status.ACCEPTED, None, note) for r in recipients])
 
 

@@ -17,7 +17,8 @@ __all__ = ["describe_size", "preview"]
 
 # The MIME plumbing of the top level: its parts are listed instead.
 _PLUMBING = frozenset({"mime-version", "content-type", "content-transfer-encoding"})
-_SHOWN_RECIPIENTS = 3
+_ALL_SHOWN = 10  # envelope recipients named in full up to this many (Bcc is only there)
+_SHOWN_RECIPIENTS = 3  # named of a longer envelope
 
 
 def describe_size(size: int) -> str:
@@ -61,8 +62,10 @@ def preview(
 
 def _envelope(envelope: Mapping[str, object]) -> str:
     recipients = [str(r) for r in cast(Sequence[object], envelope.get("rcpt_to", ()))]
-    shown = ", ".join(recipients[:_SHOWN_RECIPIENTS])
-    if len(recipients) > _SHOWN_RECIPIENTS:
+    if len(recipients) <= _ALL_SHOWN:
+        shown = ", ".join(recipients)
+    else:
+        shown = ", ".join(recipients[:_SHOWN_RECIPIENTS])
         shown += f" and {len(recipients) - _SHOWN_RECIPIENTS:,} more"
     return (
         f"Envelope: from {envelope.get('mail_from') or '<>'} to "

@@ -27,12 +27,16 @@ def _message(*, html: bool = False, text: str | None = "Привет!\nSecond li
 def test_headers_are_decoded_and_the_text_shown_with_the_other_parts_listed() -> None:
     envelope = {
         "mail_from": "sender@example.com",
-        "rcpt_to": [f"u{i}@example.com" for i in range(5)],
+        "rcpt_to": [f"u{i}@example.com" for i in range(12)],
     }
     lines = preview(_message(), envelope)
     assert lines[0] == (
-        "Envelope: from sender@example.com to 5 recipients "
-        "(u0@example.com, u1@example.com, u2@example.com and 2 more)"
+        "Envelope: from sender@example.com to 12 recipients "
+        "(u0@example.com, u1@example.com, u2@example.com and 9 more)"
+    )
+    few = {"mail_from": "sender@example.com", "rcpt_to": ["to@example.com", "bcc@example.org"]}
+    assert preview(_message(), few)[0] == (
+        "Envelope: from sender@example.com to 2 recipients (to@example.com, bcc@example.org)"
     )
     assert "Subject: Ноябрь: the report" in lines
     assert "From: Отправитель <sender@example.com>" in lines
