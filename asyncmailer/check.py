@@ -80,6 +80,7 @@ class Code(StrEnum):
     CERTIFICATE = "certificate"
     DKIM = "dkim"  # who signs
     DKIM_RECORD = "dkim-record"  # the public key in DNS
+    DNS = "dns"  # the lookups as a whole (left out with --no-dns)
     SPF = "spf"
     DMARC = "dmarc"
     ALIGNMENT = "dmarc-alignment"
@@ -448,7 +449,7 @@ def _transport_findings(campaign: Campaign) -> list[Finding]:
     )
     if server.tls_verify:
         trusted = f"tls_ca_file {server.tls_ca_file}" if server.tls_ca_file else "the system's CAs"
-        text = f"the server's certificate is verified against {trusted}"
+        text = f"the server's certificate must verify against {trusted}"
         found.append(Finding(Severity.OK, Code.CERTIFICATE, text))
     else:
         text = (
@@ -457,6 +458,22 @@ def _transport_findings(campaign: Campaign) -> list[Finding]:
         )
         found.append(Finding(Severity.WARNING if local else Severity.ERROR, Code.CERTIFICATE, text))
     return found
+
+
+def _bulk(campaign: Campaign) -> bool:
+    """A list campaign is bulk mail; a message to the config's own to/cc/bcc (the original
+    program's report to a few people) is not, and the bulk-sender rules only advise it."""
+    return campaign.recipients_file is not None
+
+
+_NOT_BULK = " (a message to the config's own recipients need not; a list campaign must)"
+
+
+def _bulk_rule(campaign: Campaign, code: Code, text: str) -> Finding:
+    """A bulk-sender requirement not met: an error for a list, a warning otherwise."""
+    if _bulk(campaign):
+        return Finding(Severity.ERROR, code, text)
+    return Finding(Severity.WARNING, code, text + _NOT_BULK)
 
 
 def _dkim_setting(campaign: Campaign) -> list[Finding]:
@@ -471,7 +488,7 @@ def _dkim_setting(campaign: Campaign) -> list[Finding]:
         "no DKIM signature: bulk senders must sign; sign here (dkim: {domain, selector, "
         "key_file}), or write dkim: relay if the relay signs"
     )
-    return [Finding(Severity.ERROR, Code.DKIM, text)]
+    return [_bulk_rule(campaign, Code.DKIM, text)]
 
 
 def _header_findings(sample: bytes, campaign: Campaign) -> list[Finding]:
@@ -488,7 +505,7 @@ def _header_findings(sample: bytes, campaign: Campaign) -> list[Finding]:
             "no List-Unsubscribe header: Gmail and Yahoo require one of bulk senders "
             "(list_unsubscribe: {url: https://...})"
         )
-        found.append(Finding(Severity.ERROR, Code.UNSUBSCRIBE, text))
+        found.append(_bulk_rule(campaign, Code.UNSUBSCRIBE, text))
     else:
         config = campaign.list_unsubscribe
         shown = [f"<{config.url}>"] if config is not None and config.url else []
@@ -509,7 +526,7 @@ def _header_findings(sample: bytes, campaign: Campaign) -> list[Finding]:
             "no one-click unsubscribe (RFC 8058: List-Unsubscribe-Post and an https link; a "
             "mailto alone does not meet the 2024 rules): add list_unsubscribe.url"
         )
-        found.append(Finding(Severity.ERROR, Code.ONE_CLICK, text))
+        found.append(_bulk_rule(campaign, Code.ONE_CLICK, text))
     return found
 
 
@@ -531,7 +548,10 @@ async def _dns_findings(campaign: Campaign, dns: DnsRecords | None) -> list[Find
     found: list[Finding] = []
     key = dkim.key.public_forms() if dkim is not None else None
     if dns is None:
-        return found + _alignment(campaign, None)
+        skipped = Finding(
+            Severity.WARNING, Code.DNS, "SPF, DMARC and DKIM records not looked up (--no-dns)"
+        )
+        return [skipped, *_alignment(campaign, None)]
     async with asyncio.TaskGroup() as group:
         spf = group.create_task(dns.spf(domain))
         dmarc = group.create_task(dns.dmarc(domain))

@@ -98,7 +98,7 @@ EXIT_CODES = {
     "sent, and whether it changed since); --new-run sends it again",
     EXIT_INTERNAL: "internal error (a bug; run with --debug and report it)",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C, SIGTERM), the daily quota or --limit reached, or the "
-    "server kept asking to try later; run the same command again to resume",
+    "server kept asking to try later; run the same command again (without --new-run) to resume",
 }
 _COMMANDS = (
     "send",
@@ -793,6 +793,22 @@ async def _shared_send(
         return await _run_once(args, campaign, template, personalizer, runs, record, out)
 
 
+def _again(args: argparse.Namespace) -> str:
+    """How to go on with the run: the same command, but for the options that would begin
+    another run (sending to everyone again) or wait for a time that has passed."""
+    drop = [
+        flag
+        for flag, given in (
+            ("--new-run", getattr(args, "new_run", False)),
+            ("--restart", getattr(args, "restart", False)),
+            ("--at", getattr(args, "at", None) is not None),
+            ("--tz", getattr(args, "tz", None) is not None),
+        )
+        if given
+    ]
+    return "run the same command again" + (f" without {' and '.join(drop)}" if drop else "")
+
+
 async def _run_once(
     args: argparse.Namespace,
     campaign: Campaign,
@@ -859,8 +875,8 @@ async def _run_once(
     except asyncio.CancelledError:
         observer.finish()
         print(
-            "asyncmailer: stopped at once; the journal knows where every recipient stands. "
-            "Run the same command again to resume.",
+            "asyncmailer: stopped at once; the journal knows where every recipient stands: "
+            f"{_again(args)} to resume",
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
@@ -879,7 +895,7 @@ async def _run_once(
             )
             print(
                 "asyncmailer: the recipients not sent yet are left as they were: once the "
-                f"cause is gone ({cause}), run the same command again to send them",
+                f"cause is gone ({cause}), {_again(args)} to send them",
                 file=sys.stderr,
             )
             if report.fatal.temporary:
@@ -892,19 +908,19 @@ async def _run_once(
             else "daily quota of every relay"
         )
         print(
-            f"asyncmailer: {quota} reached; run the same command again tomorrow to go on",
+            f"asyncmailer: {quota} reached; {_again(args)} tomorrow to go on",
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
     if report.limit_reached:
         print(
-            f"asyncmailer: stopped after {plural(args.limit, 'message')} (--limit); run the same "
-            "command again to send the rest",
+            f"asyncmailer: stopped after {plural(args.limit, 'message')} (--limit); "
+            f"{_again(args)} to send the rest",
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
     if options.stop.is_set():
-        print("asyncmailer: interrupted; run the same command again to resume", file=sys.stderr)
+        print(f"asyncmailer: interrupted; {_again(args)} to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
     return EXIT_OK if report.all_accepted else EXIT_NOT_ALL_ACCEPTED
 

@@ -281,6 +281,27 @@ async def test_no_unsubscribe_no_dkim(make_campaign: CampaignFactory, rsa_key: A
     assert only(verdict, Code.ALIGNMENT) == []
 
 
+async def test_a_message_to_the_configs_own_recipients_is_not_held_to_the_bulk_rules(
+    make_campaign: CampaignFactory,
+) -> None:
+    """The original program's job (one message to the config's to/cc, as `make demo` sends
+    it) is no bulk mail: no DKIM and no unsubscribe are warnings there, not errors."""
+    path = make_campaign(port=1)  # to and cc, no list, no dkim, no list_unsubscribe
+    verdict = await check(path)
+    assert verdict.ready and not verdict.errors
+    advised = {f.code: f.text for f in verdict.warnings if f.code in _BULK_RULES}
+    assert set(advised) == _BULK_RULES
+    assert all(text.endswith(BULK_ONLY) for text in advised.values())
+    code, out, err = await run_cli(
+        "check", str(path), "--no-dns", "--no-connect", cwd=path.parent.parent
+    )
+    assert code == 0 and "ready to send: 0 errors" in out, out + err
+
+
+_BULK_RULES = {Code.DKIM, Code.UNSUBSCRIBE, Code.ONE_CLICK}
+BULK_ONLY = "(a message to the config's own recipients need not; a list campaign must)"
+
+
 async def test_mailto_alone_is_not_one_click(make_campaign: CampaignFactory, rsa_key: Any) -> None:
     mailto = {"mailto": "unsubscribe@example.com", "key_file": "unsub.key"}
     path = newsletter(make_campaign, rsa_key, list_unsubscribe=mailto)
@@ -394,6 +415,7 @@ async def test_every_row_is_rendered(make_campaign: CampaignFactory, rsa_key: An
         f"row: {listed}:7: erin@example.com: template error: integer division or modulo by zero",
         f"row: {listed}:8: frank@example.com: template error: integer division or modulo by zero",
         f"empty-field: {listed}:3: bob@example.org: first_name is empty",
+        "dns: SPF, DMARC and DKIM records not looked up (--no-dns)",
         "server: not connected to (--no-connect)",
         only(verdict, Code.SIZE)[0].__str__(),
     ]
@@ -425,7 +447,7 @@ async def test_rows_shown_are_capped(make_campaign: CampaignFactory, rsa_key: An
     bad = only(verdict, Code.BAD_ROW)
     assert len(bad) == 6
     assert bad[-1].text == "... and 25 more rows like these"
-    assert verdict.count(Severity.WARNING) == 30 + 2  # and the server and size ones
+    assert verdict.count(Severity.WARNING) == 30 + 3  # and the server, size and DNS ones
     assert verdict.recipients == 1
 
 
@@ -574,7 +596,8 @@ async def test_cli_no_dns_and_bad_options(make_campaign: CampaignFactory, rsa_ke
     path = newsletter(make_campaign, rsa_key)
     root = path.parent.parent
     code, out, _ = await run_cli("check", str(path), "--no-connect", "--no-dns", cwd=root)
-    assert code == 0 and "spf:" not in out and out.endswith("ready to send: 0 errors, 2 warnings\n")
+    assert code == 0 and "spf:" not in out and out.endswith("ready to send: 0 errors, 3 warnings\n")
+    assert "  dns: SPF, DMARC and DKIM records not looked up (--no-dns)\n" in out
     code, _, err = await run_cli("check", str(path), "--dns-server", "dns.example", cwd=root)
     assert code == 2
     assert err == (

@@ -458,6 +458,26 @@ async def test_status_counts_the_list_rows_a_send_skipped(
     assert "skipped" not in out and "3  recipients in all" in out, out
 
 
+async def test_a_limited_new_run_says_to_go_on_without_new_run(
+    smtp_server: ServerFactory, make_campaign: CampaignFactory, tmp_path: Path
+) -> None:
+    """Followed to the letter, "run the same command again" with --new-run in it would begin
+    yet another run and send the first messages twice: the line names what to leave out."""
+    running = await smtp_server()
+    addresses = [f"u{i}@example.com" for i in range(6)]
+    path = list_campaign(make_campaign, running.server.ssl_port, addresses, group_size=2)
+    code, _, err = await run_cli("send", str(path), "-q", cwd=tmp_path)
+    assert code == 0, err
+    code, _, err = await run_cli("send", str(path), "--new-run", "--limit", "1", cwd=tmp_path)
+    assert code == 75, err
+    hint = "run the same command again without --new-run to send the rest"
+    assert f"stopped after 1 message (--limit); {hint}" in err
+    code, _, err = await run_cli("send", str(path), "-q", cwd=tmp_path)  # as it says
+    assert code == 0, err
+    delivered = [r for m in running.messages for r in m.rcpt_tos]
+    assert sorted(delivered) == sorted(addresses * 2)  # each once per run, none more
+
+
 def test_naming_the_campaign_twice_is_a_usage_error(
     make_campaign: CampaignFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:
