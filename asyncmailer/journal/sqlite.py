@@ -253,11 +253,11 @@ class Journal:
         """Never read by another process: the journal is locked to this one."""
         return False
 
-    async def end_load(self, bad_rows: int | None = None) -> None:
+    async def end_load(self, bad_rows: int = 0, *, cut_short: bool = False) -> None:
         """The list is read: claims take every group again. `bad_rows`: how many of its
-        rows were bad (`run.loader`: no row here; `status` tells them), None
-        when the reading was cut short (the count of the last whole reading stays)."""
-        counted = {} if bad_rows is None else {"load_bad_rows": bad_rows}
+        rows were bad (`run.loader`: no row here; `status` tells them), kept unless the
+        reading was `cut_short` (the run stopping; every send reads the list again)."""
+        counted = {} if cut_short else {"load_bad_rows": bad_rows}
         await self._call(lambda db: _set_meta(db, load_reading=0, **counted))
 
     async def add_config_group(self, mailboxes: Sequence[Mailbox]) -> Added:

@@ -457,11 +457,14 @@ class PgLedger:
 
         return bool(await self._call(read))
 
-    async def end_load(self, bad_rows: int | None = None) -> None:
-        counted = {} if bad_rows is None else {"load_bad_rows": bad_rows}
+    async def end_load(self, bad_rows: int = 0, *, cut_short: bool = False) -> None:
+        """The load ends: the whole list read (`bad_rows` of it bad), or a reading
+        `cut_short` (the run stopping), which leaves the list to the next worker or start of
+        the run to read again (its rows already here stay as they are)."""
+        done = {"load_done": 0} if cut_short else {"load_done": 1, "load_bad_rows": bad_rows}
 
         async def end(conn: Connection) -> None:
-            await self._set_meta(conn, load_reading=0, load_done=1, load_owner=0, **counted)
+            await self._set_meta(conn, load_reading=0, load_owner=0, **done)
             await _analyze(conn)
 
         await self._load(end)

@@ -156,7 +156,7 @@ class Loader:
 
     async def _end_load(self) -> None:
         """The last batch is in: the ledger lifts its fence, then claims take every group."""
-        await self.ledger.end_load(len(self.bad) if self.read_to is None else None)
+        await self.ledger.end_load(len(self.bad), cut_short=self.read_to is not None)
         self._done_reading()
 
     def _done_reading(self) -> None:

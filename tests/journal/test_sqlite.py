@@ -295,3 +295,18 @@ async def test_a_journal_of_a_newer_format_is_refused(tmp_path: Path) -> None:
     db.close()
     with pytest.raises(JournalError, match="of format 99; this asyncmailer reads formats up to 2"):
         await Journal.open(path)
+
+
+async def test_the_bad_rows_of_the_last_whole_reading_are_kept(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    async with await Journal.open(path) as journal:
+        await journal.begin_load()
+        await journal.add_list(boxes(1, 2), 10)
+        await journal.end_load(3)
+        assert await JournalReader(path).bad_rows() == 3
+        await journal.begin_load()  # the next send reads the list again, and stops early
+        await journal.end_load(1, cut_short=True)
+        assert await JournalReader(path).bad_rows() == 3  # what a whole reading found
+        await journal.begin_load()
+        await journal.end_load(0)
+        assert await JournalReader(path).bad_rows() == 0

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import psycopg
@@ -19,10 +19,12 @@ from asyncmailer.config import load_campaign
 from asyncmailer.errors import JournalError, LeaseLostError
 from asyncmailer.ledger import Decision, JournalState, WorkItem
 from asyncmailer.ledger_url import LedgerUrl
+from asyncmailer.observer import Observer
 from asyncmailer.pg import PgLedger
 from asyncmailer.pg.database import connect, migrate
 from asyncmailer.pg.runs import PgRuns
 from asyncmailer.pg.schema import LOAD, SCHEMA_VERSION, lock_key
+from asyncmailer.results import RecipientResult, Status
 from asyncmailer.run.campaign import RunOptions, run_campaign
 from asyncmailer.run_choice import RunRequest
 
@@ -402,3 +404,48 @@ async def test_a_follower_does_not_wait_on_the_load_a_live_worker_is_writing(
             assert await b.loading()
             items = await asyncio.wait_for(b.claim(10, now=0.0), 2)  # the writer goes on
         assert [len(item.ids) for item in items] == [1, 1, 1]  # not the newest group
+
+
+async def test_a_run_stopped_while_reading_the_list_reads_the_rest_when_it_goes_on(
+    make_campaign: CampaignFactory, pg_url: str, run: int
+) -> None:
+    """A reading cut short (Ctrl-C, the quota) is no finished load: the next start of the run
+    reads the list again, so its rest is sent (it was marked loaded, and never read)."""
+    rows = [f"u{i}@example.com" for i in range(5000)]
+    rows.insert(1500, "not an address")  # line 1,501: in the second batch
+    server = await FaultyServer(Faults()).start()
+    url = LedgerUrl(pg_url)
+    options = RunOptions(first_batch=1000, load_batch=1000)
+
+    class StopOnFirstAnswer(Observer):
+        async def results(self, results: Sequence[RecipientResult]) -> None:
+            if any(r.status is Status.ACCEPTED for r in results):
+                options.stop.set()  # as Ctrl-C does
+            else:
+                await options.stop.wait()  # hold the reader on the bad row until then
+
+    try:
+        path = plain_list_campaign(make_campaign, server.port, rows, group_size=10)
+        campaign = await load_campaign(path, env={})
+        async with await PgLedger.open(url, campaign="fencing", run=run) as ledger:
+            first = await asyncio.wait_for(
+                run_campaign(
+                    campaign, observer=StopOnFirstAnswer(), options=options, ledger=ledger
+                ),
+                60,
+            )
+        assert first.list_read_to == 2001
+        async with await PgLedger.open(url, campaign="fencing", run=run) as ledger:
+            second = await asyncio.wait_for(
+                run_campaign(
+                    campaign, options=RunOptions(first_batch=1000, load_batch=1000), ledger=ledger
+                ),
+                60,
+            )
+            counts = await ledger.counts()
+    finally:
+        await server.stop()
+    assert second.list_read_to is None
+    assert counts[JournalState.ACCEPTED] == 5000
+    received = Counter(server.delivered)
+    assert len(received) == 5000 and max(received.values()) == 1  # nothing lost, none twice
