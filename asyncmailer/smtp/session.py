@@ -190,7 +190,7 @@ class Session:
                     f"could not connect: {plain_text_hint(settings.port)}", **self._where
                 ) from None
             raise ConnectError(
-                f"could not connect: {_why(err, settings.timeout)}", **self._where
+                f"could not connect: {_why(err, settings.connect_timeout)}", **self._where
             ) from None
         if settings.logs_in:
             await self._login()
