@@ -985,6 +985,17 @@ def _duration(seconds: float) -> str:
 PREVIEW_LINES = 20  # of the text of the first message a dry run wrote
 
 
+def _preview(path: Path, envelope: dict[str, object] | None) -> list[str]:
+    """The message at `path` as `preview` shows it, or, should the email package fail on it,
+    its first lines as written (blocking: in a thread)."""
+    data = path.read_bytes()
+    try:
+        return preview(data, envelope, text_lines=PREVIEW_LINES)
+    except Exception:  # a preview never stops a dry run that wrote its files
+        lines = data.decode("ascii", "replace").splitlines()
+        return [shorten(printable(line), 300) for line in lines[: PREVIEW_LINES * 2]]
+
+
 async def _dry_run(
     args: argparse.Namespace,
     campaign: Campaign,
@@ -1050,9 +1061,9 @@ async def _dry_run(
         print(f"stopped after {plural(args.limit, 'message')} (--limit)", file=out)
     if transport.first is not None and not args.quiet:
         first = transport.first
-        data = await asyncio.to_thread(first.read_bytes)
+        shown = await asyncio.to_thread(_preview, first, transport.first_envelope)
         print(f"--- {first} ---", file=out)
-        for line in preview(data, transport.first_envelope, text_lines=PREVIEW_LINES):
+        for line in shown:
             print(line, file=out)
         print(f"--- (the whole message: {first}) ---", file=out)
     if options.stop.is_set() and not report.limit_reached:

@@ -19,6 +19,7 @@ __all__ = ["describe_size", "preview"]
 _PLUMBING = frozenset({"mime-version", "content-type", "content-transfer-encoding"})
 _ALL_SHOWN = 10  # envelope recipients named in full up to this many (Bcc is only there)
 _SHOWN_RECIPIENTS = 3  # named of a longer envelope
+_LINE = 300  # characters of a line of text shown (an HTML part may be one long line)
 
 
 def describe_size(size: int) -> str:
@@ -47,7 +48,7 @@ def preview(
     lines.append("")
     if body is not None:
         text = body.get_content().splitlines()
-        lines += text[:text_lines]
+        lines += [shorten(line, _LINE) for line in text[:text_lines]]
         if len(text) > text_lines:
             lines.append(f"--- ({plural(len(text) - text_lines, 'more line')} of text) ---")
     others = [
@@ -76,9 +77,21 @@ def _envelope(envelope: Mapping[str, object]) -> str:
 def _part(part: Message) -> str:
     """``attachment report.pdf (application/pdf, 2.1 MB)``, ``inline <logo.png> (image/png,
     1.8 KB)``, ``text/html, 3.4 KB``"""
-    payload = part.get_payload(decode=True)
-    size = describe_size(len(payload) if isinstance(payload, bytes) else 0)
+    size = describe_size(_decoded_size(part))
     label = part.get_filename() or part.get("Content-ID")
     named = " ".join(str(word) for word in (part.get_content_disposition(), label) if word)
     kind = part.get_content_type()
     return f"{named} ({kind}, {size})" if named else f"{kind}, {size}"
+
+
+def _decoded_size(part: Message) -> int:
+    """The part's size once decoded; base64 (attachments) counted from its encoded length,
+    not decoded: a large attachment is not copied again just to be measured."""
+    payload = part.get_payload()
+    if not isinstance(payload, str):
+        return 0
+    if part.get("Content-Transfer-Encoding", "").strip().lower() == "base64":
+        data = "".join(payload.split())
+        return len(data) * 3 // 4 - len(data) + len(data.rstrip("="))
+    decoded = part.get_payload(decode=True)
+    return len(decoded) if isinstance(decoded, bytes) else 0

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from asyncmailer.attachments import SPOOL_ABOVE
-from asyncmailer.cli import main
+from asyncmailer.cli import _preview, main
 from asyncmailer.dryrun import ENVELOPES
 
 from .conftest import SUBJECT, CampaignFactory, ServerFactory, list_campaign, run_cli
@@ -189,3 +189,11 @@ async def test_a_signed_dry_run_writes_messages_that_verify(
     tampered = files[0].read_bytes().replace(b"big.bin", b"big.exe")
     assert tampered != files[0].read_bytes() and not verifies(tampered, "rsa-2048")
     assert key_text("rsa-2048")[:40] not in shown + err
+
+
+def test_a_message_the_email_package_cannot_read_is_shown_as_written(tmp_path: Path) -> None:
+    """The preview never stops a dry run that wrote its files: the email package raises on
+    some headers (an unknown charset, a malformed address); the lines are shown as they are."""
+    path = tmp_path / "000001.eml"
+    path.write_bytes(b'To: "a" <@\r\nSubject: s\x1b\r\n\r\nbody\r\n')
+    assert _preview(path, None) == ['To: "a" <@', "Subject: s\\x1b", "", "body"]

@@ -78,3 +78,27 @@ def test_sizes() -> None:
         "2.1 KB",
         "9.0 MB",
     ]
+
+
+def test_a_message_without_text_lists_its_parts_and_long_lines_are_cut() -> None:
+    message = EmailMessage()
+    message["Subject"] = "x"
+    message.set_content("<p>" + "word " * 2000 + "</p>", subtype="html")
+    lines = preview(message.as_bytes())
+    (long,) = [line for line in lines if line.startswith("<p>word")]
+    assert len(long) < 400 and long.endswith("more characters)")
+    assert "Parts:" not in lines  # the HTML is the text shown
+
+
+def test_attachment_sizes_are_counted_without_decoding_right() -> None:
+    message = EmailMessage()
+    message.set_content("text\n")
+    for size in (1, 2, 3, 3000):
+        message.add_attachment(bytes(size), "application", "octet-stream", filename=f"{size}.bin")
+    shown = [line for line in preview(message.as_bytes()) if ".bin" in line]
+    assert shown == [
+        "  attachment 1.bin (application/octet-stream, 1 byte)",
+        "  attachment 2.bin (application/octet-stream, 2 bytes)",
+        "  attachment 3.bin (application/octet-stream, 3 bytes)",
+        "  attachment 3000.bin (application/octet-stream, 2.9 KB)",
+    ]
