@@ -558,7 +558,7 @@ async def _dns_findings(campaign: Campaign, dns: DnsRecords | None) -> list[Find
         record = group.create_task(dns.dkim(dkim.selector, dkim.domain)) if dkim else None
     found += _spf(domain, spf.result())
     dmarc_lookup = dmarc.result()
-    found += _dmarc(dmarc_lookup)
+    found += _dmarc(dmarc_lookup, campaign)
     if record is not None and dkim is not None:
         found += _dkim_record(record.result(), key)
     policy = tags(dmarc_lookup.records[0]) if len(dmarc_lookup.records) == 1 else None
@@ -583,7 +583,7 @@ def _spf(domain: str, lookup: Lookup) -> list[Finding]:
     return [Finding(Severity.OK, Code.SPF, f"{domain}: {shorten(lookup.records[0], 160)}")]
 
 
-def _dmarc(lookup: Lookup) -> list[Finding]:
+def _dmarc(lookup: Lookup, campaign: Campaign) -> list[Finding]:
     if lookup.outcome is Outcome.UNREACHABLE:
         return [_unreachable("DMARC", lookup)]
     if lookup.outcome is Outcome.ABSENT:
@@ -591,7 +591,7 @@ def _dmarc(lookup: Lookup) -> list[Finding]:
             f"no DMARC record at {lookup.name}: Gmail and Yahoo require one of bulk senders "
             "(v=DMARC1; p=none at least)"
         )
-        return [Finding(Severity.ERROR, Code.DMARC, text)]
+        return [_bulk_rule(campaign, Code.DMARC, text)]
     if len(lookup.records) > 1:
         text = (
             f"{len(lookup.records)} DMARC records at {lookup.name}: receivers then apply none "

@@ -795,7 +795,7 @@ async def _shared_send(
 
 def _again(args: argparse.Namespace) -> str:
     """How to go on with the run: the same command, but for the options that would begin
-    another run (sending to everyone again) or wait for a time that has passed."""
+    another run (sending to everyone again) or be refused (an --at time that has passed)."""
     drop = [
         flag
         for flag, given in (

@@ -298,6 +298,17 @@ async def test_a_message_to_the_configs_own_recipients_is_not_held_to_the_bulk_r
     assert code == 0 and "ready to send: 0 errors" in out, out + err
 
 
+async def test_no_dmarc_is_a_warning_for_a_message_to_the_configs_own_recipients(
+    make_campaign: CampaignFactory, rsa_key: rsa.RSAPrivateKey
+) -> None:
+    path = make_campaign(port=1)
+    with serve_zone({**good_zone(rsa_key), "_dmarc.example.com": []}) as dns:
+        verdict = await check(path, dns=DnsRecords(dns.nameserver))
+    assert verdict.ready
+    (dmarc,) = only(verdict, Code.DMARC)
+    assert dmarc.severity is Severity.WARNING and dmarc.text.endswith(BULK_ONLY)
+
+
 _BULK_RULES = {Code.DKIM, Code.UNSUBSCRIBE, Code.ONE_CLICK}
 BULK_ONLY = "(a message to the config's own recipients need not; a list campaign must)"
 

@@ -60,7 +60,9 @@ def test_the_anchor_rule_matches_githubs() -> None:
 def test_every_link_leads_to_a_file_and_heading_that_exist(page: Path) -> None:
     broken = []
     for target, fragment in links(page):
-        if not target.exists():
+        if not target.is_relative_to(ROOT):
+            broken.append(f"{target} (outside the repository)")
+        elif not target.exists():
             broken.append(f"{target.relative_to(ROOT)} (no such file)")
         elif fragment and target.suffix == ".md" and fragment not in anchors(target):
             broken.append(f"{target.relative_to(ROOT)}#{fragment} (no such heading)")
