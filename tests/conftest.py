@@ -24,7 +24,8 @@ from asyncmailer.addresses import Mailbox
 from asyncmailer.attachments import Part
 from asyncmailer.config import Secret, Security, ServerSettings
 from asyncmailer.ledger import Decision, JournalState, Ledger
-from asyncmailer.results import RecipientResult
+from asyncmailer.observer import Observer
+from asyncmailer.results import RecipientResult, Status
 from asyncmailer.server import Account, EmbeddedServer, MailStore
 from asyncmailer.smtp.session import Session, build_tls_context
 from asyncmailer.transport import Envelope, Transaction
@@ -317,3 +318,17 @@ async def load_and_accept(ledger: Ledger, mailboxes: Sequence[Mailbox], at: floa
     await ledger.end_load()
     (item,) = await ledger.claim(10, now=0.0)
     ledger.record([Decision(JournalState.ACCEPTED, 250, "ok", 1, at, 0.0, "", i) for i in item.ids])
+
+
+class StopOnFirstAnswer(Observer):
+    """Sets `stop` (as Ctrl-C does) at the first accepted recipient; holds the list's reader
+    on its first bad row until then, so that a run stops with its list read part-way."""
+
+    def __init__(self, stop: asyncio.Event) -> None:
+        self.stop = stop
+
+    async def results(self, results: Sequence[RecipientResult]) -> None:
+        if any(r.status is Status.ACCEPTED for r in results):
+            self.stop.set()
+        else:
+            await self.stop.wait()

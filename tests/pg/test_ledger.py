@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import psycopg
@@ -19,16 +19,14 @@ from asyncmailer.config import load_campaign
 from asyncmailer.errors import JournalError, LeaseLostError
 from asyncmailer.ledger import Decision, JournalState, WorkItem
 from asyncmailer.ledger_url import LedgerUrl
-from asyncmailer.observer import Observer
 from asyncmailer.pg import PgLedger
 from asyncmailer.pg.database import connect, migrate
 from asyncmailer.pg.runs import PgRuns
 from asyncmailer.pg.schema import LOAD, SCHEMA_VERSION, lock_key
-from asyncmailer.results import RecipientResult, Status
 from asyncmailer.run.campaign import RunOptions, run_campaign
 from asyncmailer.run_choice import RunRequest
 
-from ..conftest import CampaignFactory, plain_list_campaign, two_workers
+from ..conftest import CampaignFactory, StopOnFirstAnswer, plain_list_campaign, two_workers
 from ..faulty import Faults, FaultyServer
 from ..postgres import PASSWORD, CommitCutter, PgServer
 
@@ -417,20 +415,16 @@ async def test_a_run_stopped_while_reading_the_list_reads_the_rest_when_it_goes_
     url = LedgerUrl(pg_url)
     options = RunOptions(first_batch=1000, load_batch=1000)
 
-    class StopOnFirstAnswer(Observer):
-        async def results(self, results: Sequence[RecipientResult]) -> None:
-            if any(r.status is Status.ACCEPTED for r in results):
-                options.stop.set()  # as Ctrl-C does
-            else:
-                await options.stop.wait()  # hold the reader on the bad row until then
-
     try:
         path = plain_list_campaign(make_campaign, server.port, rows, group_size=10)
         campaign = await load_campaign(path, env={})
         async with await PgLedger.open(url, campaign="fencing", run=run) as ledger:
             first = await asyncio.wait_for(
                 run_campaign(
-                    campaign, observer=StopOnFirstAnswer(), options=options, ledger=ledger
+                    campaign,
+                    observer=StopOnFirstAnswer(options.stop),
+                    options=options,
+                    ledger=ledger,
                 ),
                 60,
             )

@@ -22,7 +22,15 @@ from asyncmailer.results import RecipientResult, Status
 from asyncmailer.run.campaign import RunOptions, prepare_message, run_campaign
 from asyncmailer.suppression import Reason
 
-from ..conftest import PASSWORD, SUBJECT, USER, CampaignFactory, RunningServer, ServerFactory
+from ..conftest import (
+    PASSWORD,
+    SUBJECT,
+    USER,
+    CampaignFactory,
+    RunningServer,
+    ServerFactory,
+    StopOnFirstAnswer,
+)
 from ..dkimkeys import DOMAIN, SELECTOR, Kind, verifies, write_key
 from ..postfix import PostfixFactory
 
@@ -283,16 +291,9 @@ async def test_a_stopped_run_stops_reading_the_list_and_the_next_run_reads_on(
     path = list_campaign(make_campaign, running, recipients, group_size=10, concurrency=2)
     options = RunOptions(first_batch=1000, load_batch=1000)
 
-    class StopOnFirstAnswer(Observer):
-        async def results(self, results: Sequence[RecipientResult]) -> None:
-            if any(r.status is Status.ACCEPTED for r in results):
-                options.stop.set()  # as Ctrl-C does
-            else:
-                await options.stop.wait()  # hold the reader on the bad row until then
-
     campaign = await load_campaign(path, env={})
     first = await asyncio.wait_for(
-        run_campaign(campaign, observer=StopOnFirstAnswer(), options=options), 60
+        run_campaign(campaign, observer=StopOnFirstAnswer(options.stop), options=options), 60
     )
     # The second batch (rows up to line 2,002) was the last one read.
     assert first.list_read_to == 2002
