@@ -460,18 +460,14 @@ def _transport_findings(campaign: Campaign) -> list[Finding]:
     return found
 
 
-def _bulk(campaign: Campaign) -> bool:
-    """A list campaign is bulk mail; a message to the config's own to/cc/bcc (the original
-    program's report to a few people) is not, and the bulk-sender rules only advise it."""
-    return campaign.recipients_file is not None
-
-
 _NOT_BULK = " (a message to the config's own recipients need not; a list campaign must)"
 
 
 def _bulk_rule(campaign: Campaign, code: Code, text: str) -> Finding:
-    """A bulk-sender requirement not met: an error for a list, a warning otherwise."""
-    if _bulk(campaign):
+    """A bulk-sender requirement not met: an error for a list campaign, which is bulk mail; a
+    warning for a message to the config's own to/cc/bcc (the original program's report to a
+    few people), which the rules only advise."""
+    if campaign.recipients_file is not None:
         return Finding(Severity.ERROR, code, text)
     return Finding(Severity.WARNING, code, text + _NOT_BULK)
 

@@ -986,14 +986,8 @@ PREVIEW_LINES = 20  # of the text of the first message a dry run wrote
 
 
 def _preview(path: Path, envelope: dict[str, object] | None) -> list[str]:
-    """The message at `path` as `preview` shows it, or, should the email package fail on it,
-    its first lines as written (blocking: in a thread)."""
-    data = path.read_bytes()
-    try:
-        return preview(data, envelope, text_lines=PREVIEW_LINES)
-    except Exception:  # a preview never stops a dry run that wrote its files
-        lines = data.decode("ascii", "replace").splitlines()
-        return [shorten(printable(line), 300) for line in lines[: PREVIEW_LINES * 2]]
+    """The message at `path` as `preview` shows it (blocking: in a thread)."""
+    return preview(path.read_bytes(), envelope, text_lines=PREVIEW_LINES)
 
 
 async def _dry_run(

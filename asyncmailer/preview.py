@@ -36,7 +36,17 @@ def preview(
 ) -> list[str]:
     """Lines that show the message `data` (as written, CRLF line ends): who the envelope
     (MAIL FROM and RCPT TO, from ``envelopes.jsonl``) sends it to, its headers decoded, the
-    first `text_lines` of its text and one line per other part. Every line is printable."""
+    first `text_lines` of its text and one line per other part; should the email package
+    fail on it (an unknown charset, a malformed address), its first lines as written. Every
+    line is printable."""
+    try:
+        return _readable(data, envelope, text_lines)
+    except Exception:  # a preview never stops a dry run that wrote its files
+        lines = data.decode("ascii", "replace").splitlines()[: text_lines * 2]
+        return [shorten(printable(line), _LINE) for line in lines]
+
+
+def _readable(data: bytes, envelope: Mapping[str, object] | None, text_lines: int) -> list[str]:
     message = email.message_from_bytes(data, policy=email.policy.default)
     lines = []
     if envelope is not None:
