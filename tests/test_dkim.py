@@ -154,6 +154,12 @@ def _openssl(*args: str, stdin: bytes = b"") -> bytes:
     return subprocess.run(["openssl", *args], input=stdin, capture_output=True, check=True).stdout
 
 
+def _dsa_key() -> bytes:
+    bits = "dsa_paramgen_bits:2048"
+    params = _openssl("genpkey", "-genparam", "-algorithm", "DSA", "-pkeyopt", bits)
+    return _openssl("genpkey", "-paramfile", "/dev/stdin", stdin=params)
+
+
 @pytest.mark.parametrize(
     ("make", "says"),
     [
@@ -176,6 +182,10 @@ def _openssl(*args: str, stdin: bytes = b"") -> bytes:
                 "pkey", "-aes256", "-passout", "pass:secret-words", stdin=pem("ed25519")
             ),
             "the key is encrypted",
+        ),
+        (
+            _dsa_key,
+            "a DSA key; DKIM signs with RSA or Ed25519",
         ),
         (
             lambda: _openssl("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:512"),
