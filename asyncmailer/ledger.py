@@ -206,8 +206,9 @@ class QuotaBank(Protocol):
 class ConnectionBank(Protocol):
     """A ledger shared by workers that shares out the campaign's `max_connections`."""
 
-    async def reserve_connections(self, count: int, limit: int, key: str = "") -> int:
-        """Hold up to `count` of the campaign's `limit` connections for this worker (until
-        it ends); returns how many (0: all are held by other workers). `key` names whose:
-        "" the campaign's, ``@name`` a relay's."""
+    async def reserve_connections(self, wants: Mapping[str, tuple[int, int]]) -> dict[str, int]:
+        """Hold, for each key of `wants`, up to `count` of its `limit` connections for this
+        worker (until it ends); returns how many of each, or 0 for every key when any one of
+        them has none free (all are held by other workers): a worker never holds some while
+        it waits for the rest. A key names whose: "" the campaign's, ``@name`` a relay's."""
         ...

@@ -884,39 +884,55 @@ class PgLedger:
 
         self._latch.watch(self._writer.submit(add, solo=True))
 
-    async def reserve_connections(self, count: int, limit: int, key: str = "") -> int:
-        """`ConnectionBank`: up to `count` of the campaign's (or relay's) `limit`
-        connections, held by this lease (freed with it: a worker that died frees them once
-        its lease expires)."""
-        params = {
-            "campaign": self.campaign,
-            "key": key,
-            "want": count,
-            "limit": limit,
-            "me": self.lease_id,
-        }
+    async def reserve_connections(self, wants: Mapping[str, tuple[int, int]]) -> dict[str, int]:
+        """`ConnectionBank`: for each key (the campaign's "", a relay's ``@name``) up to
+        `count` of its `limit` connections, held by this lease (freed with it: a worker that
+        died frees them once its lease expires). All or nothing in one transaction: a worker
+        that kept one relay's while it waited for another's could be waiting on the worker
+        that waits for the first (CI caught the two workers of a test so, for good)."""
+        keys = sorted(wants)
 
-        async def reserve(conn: Connection) -> int:
-            await conn.execute(
-                "SELECT pg_advisory_xact_lock(%s, %s)",
-                lock_key(CONNECTIONS, self.campaign + key),
-            )
+        async def reserve(conn: Connection) -> dict[str, int]:
+            for key in keys:  # one order for every worker: the locks cannot deadlock
+                await conn.execute(
+                    "SELECT pg_advisory_xact_lock(%s, %s)",
+                    lock_key(CONNECTIONS, self.campaign + key),
+                )
             await conn.execute(
                 "DELETE FROM asyncmailer_connections AS c USING asyncmailer_leases AS l"
-                " WHERE c.campaign = %(campaign)s AND c.key = %(key)s AND c.lease = l.id"
+                " WHERE c.campaign = %s AND c.key = ANY(%s) AND c.lease = l.id"
                 " AND l.expires <= now()",
-                params,
+                (self.campaign, keys),
             )
             cursor = await conn.execute(
-                "INSERT INTO asyncmailer_connections (campaign, key, slot, lease)"
-                " SELECT %(campaign)s, %(key)s, s, %(me)s"
-                " FROM generate_series(0, %(limit)s - 1) AS s"
-                " WHERE s NOT IN (SELECT slot FROM asyncmailer_connections"
-                " WHERE campaign = %(campaign)s AND key = %(key)s)"
-                " ORDER BY s LIMIT %(want)s RETURNING slot",
-                params,
+                "SELECT key, count(*) FROM asyncmailer_connections"
+                " WHERE campaign = %s AND key = ANY(%s) GROUP BY key",
+                (self.campaign, keys),
             )
-            return len(await cursor.fetchall())
+            held = dict(await cursor.fetchall())
+            granted = {
+                key: max(0, min(count, limit - held.get(key, 0)))
+                for key, (count, limit) in wants.items()
+            }
+            if not all(granted.values()):
+                return dict.fromkeys(wants, 0)
+            for key, count in granted.items():
+                await conn.execute(
+                    "INSERT INTO asyncmailer_connections (campaign, key, slot, lease)"
+                    " SELECT %(campaign)s, %(key)s, s, %(me)s"
+                    " FROM generate_series(0, %(limit)s - 1) AS s"
+                    " WHERE s NOT IN (SELECT slot FROM asyncmailer_connections"
+                    " WHERE campaign = %(campaign)s AND key = %(key)s)"
+                    " ORDER BY s LIMIT %(want)s",
+                    {
+                        "campaign": self.campaign,
+                        "key": key,
+                        "want": count,
+                        "limit": wants[key][1],
+                        "me": self.lease_id,
+                    },
+                )
+            return granted
 
         return await self._call(reserve, solo=True)  # type: ignore[no-any-return]
 

@@ -363,17 +363,14 @@ async def _share_connections(
     shared by workers: waits while others hold all of one of them (until the run stops, or
     nothing is left to send, when no connection will be opened anyway)."""
     limits = _connection_limits(campaign)
-    granted = dict.fromkeys(limits, 0)
     while True:
-        for key, (count, limit) in limits.items():
-            if not granted[key]:
-                granted[key] = await bank.reserve_connections(count, limit, key)
+        granted = await bank.reserve_connections(limits)
         if all(granted.values()):
             return _with_connections(campaign, granted)
         left = await ledger.counts()
         done = not sum(left[state] for state in LEFT) and not await ledger.loading()
         if stop.is_set() or done:
-            return _with_connections(campaign, {key: n or 1 for key, n in granted.items()})
+            return _with_connections(campaign, dict.fromkeys(limits, 1))
         await wait_first((stop,), CONNECTION_POLL)
 
 

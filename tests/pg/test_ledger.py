@@ -243,12 +243,26 @@ async def test_max_connections_are_shared_out_and_freed_with_the_lease(
     pg_url: str, run: int
 ) -> None:
     async with two_workers(pg_url, "fencing", run) as (a, b):
-        assert await a.reserve_connections(3, 4) == 3
-        assert await b.reserve_connections(3, 4) == 1  # what is left of the 4
+        assert await a.reserve_connections({"": (3, 4)}) == {"": 3}
+        assert await b.reserve_connections({"": (3, 4)}) == {"": 1}  # what is left of the 4
         async with await PgLedger.open(LedgerUrl(pg_url), campaign="fencing", run=run) as c:
-            assert await c.reserve_connections(3, 4) == 0
+            assert await c.reserve_connections({"": (3, 4)}) == {"": 0}
             _expire(pg_url, a.lease_id)  # a died: its connections are free once it expired
-            assert await c.reserve_connections(3, 4) == 3
+            assert await c.reserve_connections({"": (3, 4)}) == {"": 3}
+
+
+async def test_connections_of_several_relays_are_held_all_or_none(pg_url: str, run: int) -> None:
+    # a holds all of one relay's; b, wanting both relays', must not keep the other's while
+    # it waits: a waiting for those would wait for ever (two workers did so in CI).
+    both = {"@one": (3, 2), "@two": (3, 2)}
+    async with two_workers(pg_url, "relays", run) as (a, b):
+        assert await a.reserve_connections({"@two": (3, 2)}) == {"@two": 2}
+        assert await b.reserve_connections(both) == {"@one": 0, "@two": 0}
+        assert await a.reserve_connections({"@one": (3, 2)}) == {"@one": 2}
+        assert await b.reserve_connections({"@one": (1, 3), "@two": (1, 3)}) == {
+            "@one": 1,
+            "@two": 1,
+        }
 
 
 async def test_a_database_gone_for_too_long_stops_the_run_and_the_next_one_resumes(

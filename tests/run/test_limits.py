@@ -94,10 +94,9 @@ async def test_a_relays_own_limits_are_kept_apart_from_the_campaigns(pg_url: str
         assert await a.sent_on(day + "@one") == taken * 4
         assert await a.sent_on(day) == 100
         # Connections: the relay's 4 shared by the workers, the campaign's apart.
-        assert await a.reserve_connections(3, 4, "@one") == 3
-        assert await b.reserve_connections(3, 4, "@one") == 1
-        assert await b.reserve_connections(3, 4) == 3
-        assert await b.reserve_connections(3, 4, "@two") == 3
+        assert await a.reserve_connections({"@one": (3, 4)}) == {"@one": 3}
+        assert await b.reserve_connections({"@one": (3, 4)}) == {"@one": 1}
+        assert await b.reserve_connections({"": (3, 4), "@two": (3, 4)}) == {"": 3, "@two": 3}
         # Rates: the relay's slots are shared by both workers; the campaign's run apart.
         shared = [SharedRateLimiter(RATE, a, key="@one"), SharedRateLimiter(RATE, b, key="@one")]
         own = SharedRateLimiter(RATE, a)
