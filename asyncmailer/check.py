@@ -39,7 +39,7 @@ from .results import plural
 from .run.campaign import prepare_message, prepare_personalizer
 from .run.dispatcher import render
 from .run.loader import check_row, list_file
-from .smtp.session import Session, build_tls_context
+from .smtp.session import Session, build_tls_context, helo_name
 
 if TYPE_CHECKING:
     from .personalize import Personalizer
@@ -696,7 +696,8 @@ async def _server(campaign: Campaign, options: CheckOptions) -> _Probe:
     except (ssl.SSLError, OSError) as err:
         text = f"cannot load tls_ca_file {server.tls_ca_file}: {err}"
         return _Probe([Finding(Severity.ERROR, Code.SERVER, text)])
-    session = Session(server, tls_context=tls, local_hostname=options.local_hostname)
+    local_hostname = await helo_name(server, options.local_hostname)
+    session = Session(server, tls_context=tls, local_hostname=local_hostname)
     try:
         await session.connect()
     except DeliveryError as err:

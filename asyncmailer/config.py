@@ -124,6 +124,8 @@ class ServerSettings:
     max_messages_per_connection: int = 0
     connect_timeout: float = 30.0
     data_timeout: float = 600.0
+    # The name given in EHLO (None: this host's fully qualified name, looked up once a run).
+    helo_name: str | None = None
     auth: AuthMethod = AuthMethod.LOGIN
     # XOAUTH2: where the access token comes from, one of them: a file read at each login, or
     # a command (argv) that prints it, run once and again when the server says it expired.
@@ -644,6 +646,8 @@ KNOWN_KEYS: dict[str, str] = {
     "max_connections": "cap on simultaneous connections (default: concurrency)",
     "daily_quota": "at most this many recipients a day, across runs (default 0: no limit)",
     "connect_timeout": "seconds to connect, greet, secure and log in (default 30)",
+    "helo_name": "the name given in EHLO: the sending host's name in DNS, as its address's "
+    "PTR record says (default: this machine's fully qualified name)",
     "servers": "several relays: a list of {name, host, port, security, username, "
     "password_file, ..., concurrency, max_connections, rate, daily_quota, weight, domains, "
     "fallback} (instead of the single-server keys)",
@@ -694,6 +698,7 @@ SERVER_KEYS = frozenset(
         "max_messages_per_connection",
         "connect_timeout",
         "data_timeout",
+        "helo_name",
         "auth",
         "token_file",
         "token_command",
@@ -1245,6 +1250,29 @@ def _names(fields: _Fields, key: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+# RFC 5321 4.1.1.1: EHLO's argument is a domain (letters, digits and hyphens, labels joined by
+# dots) or an address literal ([192.0.2.1], [IPv6:2001:db8::1]).
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+_ADDRESS_LITERAL = re.compile(r"\[(?:IPv6:[0-9A-Fa-f:.]+|[0-9.]+)\]")
+
+
+def _helo_name(fields: _Fields) -> str | None:
+    name = fields.get_str("helo_name")
+    if name is None:
+        return None
+    if _ADDRESS_LITERAL.fullmatch(name):
+        return name
+    labels = name.removesuffix(".").split(".")
+    if len(name) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
+        hint = "; give a name with non-ASCII letters in its xn-- form" if not name.isascii() else ""
+        raise fields.error(
+            "helo_name",
+            f"expected a host name (mail.example.com) or an address in brackets "
+            f"([192.0.2.1]), not {_quote(name)}{hint}",
+        )
+    return name
+
+
 async def _server_settings(
     fields: _Fields,
     root: Path,
@@ -1350,6 +1378,7 @@ async def _server_settings(
             timeout=fields.get_number("timeout", 60.0, 0, 3600),
             pipelining=fields.get_bool("pipelining", True),
             connect_timeout=fields.get_number("connect_timeout", 30.0, 0, 3600),
+            helo_name=_helo_name(fields),
             data_timeout=fields.get_number("data_timeout", 600.0, 0, 86400),
             max_messages_per_connection=fields.get_int(
                 "max_messages_per_connection", 0, 0, 10_000_000

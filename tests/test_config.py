@@ -132,6 +132,17 @@ async def test_tls_verify_false_only_when_written(make_campaign: CampaignFactory
         await load_campaign(make_campaign(tls_verify="false"), env={})
 
 
+@pytest.mark.parametrize(
+    "name",
+    ["mx1.example.com", "mx1.example.com.", "xn--bcher-kva.example", "[192.0.2.1]", "[IPv6:::1]"],
+)
+async def test_helo_name_takes_host_names_and_address_literals(
+    make_campaign: CampaignFactory, name: str
+) -> None:
+    assert (await load_campaign(make_campaign(helo_name=name), env={})).server.helo_name == name
+    assert (await load_campaign(make_campaign(), env={})).server.helo_name is None
+
+
 async def test_plaintext_only_to_loopback(make_campaign: CampaignFactory) -> None:
     campaign = await load_campaign(make_campaign(security="none"), env={})
     assert (campaign.server.security, campaign.server.port) == (Security.NONE, 25)
@@ -202,6 +213,13 @@ def line_of(path: Path, text: str) -> int:
             "password_file",
             "not used with auth: xoauth2",
         ),
+        ({"helo_name": "my host"}, "helo_name", "expected a host name (mail.example.com)"),
+        ({"helo_name": "mx.example.com\r\nRSET"}, "helo_name", "not 'mx.example.com\\r\\nRSET'"),
+        ({"helo_name": "-bad-.example.com"}, "helo_name", "expected a host name"),
+        ({"helo_name": "a..example.com"}, "helo_name", "expected a host name"),
+        ({"helo_name": "[not-an-address]"}, "helo_name", "or an address in brackets"),
+        ({"helo_name": "bücher.example"}, "helo_name", "in its xn-- form"),
+        ({"helo_name": 5}, "helo_name", "expected a string, got a number"),
     ],
 )
 async def test_bad_keys_give_one_line_with_file_line_and_key(

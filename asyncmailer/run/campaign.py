@@ -33,7 +33,7 @@ from ..run_choice import LEFT
 from ..smtp.oauth import TokenSource
 from ..smtp.pool import SessionPool
 from ..smtp.refusals import address_gone
-from ..smtp.session import Session, build_tls_context
+from ..smtp.session import Session, build_tls_context, helo_name
 from ..suppression import Reason, Suppression
 from ..transport import Transport
 from .dispatcher import Dispatcher
@@ -169,12 +169,13 @@ async def smtp_transport(relay: RelaySettings, options: RunOptions) -> SessionPo
     )
 
     tokens = TokenSource(server) if server.auth is AuthMethod.XOAUTH2 else None
+    local_hostname = await helo_name(server, options.local_hostname)
 
     def new_session() -> Session:
         return Session(
             server,
             tls_context=tls_context,
-            local_hostname=options.local_hostname,
+            local_hostname=local_hostname,
             tokens=tokens,
             relay=relay.name,
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
 from collections.abc import Sequence
 from typing import Any, cast
@@ -39,12 +40,21 @@ from .refusals import Scope, relay_denied
 from .replies import ReplyReader
 from .scrub import Scrubber
 
-__all__ = ["Session", "build_tls_context"]
+__all__ = ["Session", "build_tls_context", "helo_name"]
 
 _JOIN_BELOW = 64 * 1024
 _CHUNK = 256 * 1024
 # Anything that leaves the connection in an unknown state: the session is dropped.
 _CONNECTION_ERRORS = (aiosmtplib.SMTPException, OSError)
+
+
+async def helo_name(settings: ServerSettings, given: str | None = None) -> str:
+    """The name to give in EHLO: the config's `helo_name`, else `given`, else this machine's
+    fully qualified name, looked up here once for all the connections it is passed to
+    (aiosmtplib would look it up at each connect, and a resolver that is slow to answer
+    would make that a wait per connection)."""
+    name = settings.helo_name or given
+    return name if name else await asyncio.to_thread(socket.getfqdn)
 
 
 def build_tls_context(settings: ServerSettings) -> ssl.SSLContext:

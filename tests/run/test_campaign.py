@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Sequence
 from email import policy
 from email.message import EmailMessage
@@ -144,6 +145,32 @@ async def test_groups_share_the_pool_and_its_connections(
     # At most `concurrency` connections, each reused for many messages.
     assert 1 <= len(running.recorder.connections) <= 3
     assert len(running.messages) == 30
+
+
+@pytest.mark.parametrize("helo_name", [None, "mx1.example.com", "[127.0.0.1]"])
+async def test_every_connection_says_the_same_ehlo_name(
+    smtp_server: ServerFactory,
+    make_campaign: CampaignFactory,
+    tmp_path: Path,
+    helo_name: str | None,
+) -> None:
+    running = await smtp_server()
+    keys = {"helo_name": helo_name} if helo_name else {}
+    path = list_campaign(
+        make_campaign,
+        running,
+        write_list(tmp_path / "list.csv", 12),
+        group_size=1,
+        concurrency=3,
+        max_messages_per_connection=2,  # six connections at least
+        **keys,
+    )
+    report = await run_campaign(await load_campaign(path, env={}))
+
+    assert report.all_accepted
+    greetings = [c for c in running.recorder.commands() if c.upper().startswith("EHLO")]
+    assert len(greetings) == len(running.recorder.connections) >= 6
+    assert set(greetings) == {f"EHLO {helo_name or socket.getfqdn()}"}
 
 
 async def test_login_failure_stops_the_run_and_skips_everyone(
