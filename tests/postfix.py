@@ -71,6 +71,10 @@ class Limits:
       many recipients``.
     - `blocked_senders`: `check_sender_access` REJECT in `smtpd_recipient_restrictions`;
       every RCPT gets ``554 5.7.1 <sender>: Sender address rejected: Access denied``.
+    - `blocked_client`: `check_client_access` REJECT for 127.0.0.1; every RCPT gets
+      ``554 5.7.1 <unknown[127.0.0.1]>: Client host rejected: Access denied``.
+    - `fqdn_helo`: `reject_non_fqdn_helo_hostname`; after an EHLO name without a dot, every
+      RCPT gets ``504 5.5.2 <name>: Helo command rejected: need fully-qualified hostname``.
 
     0 means no limit. Loopback clients are not exempt (`smtpd_client_event_limit_exceptions`
     is empty).
@@ -81,6 +85,8 @@ class Limits:
     rate_time_unit: int = 60
     recipient_limit: int = 1000
     blocked_senders: tuple[str, ...] = ()
+    blocked_client: bool = False
+    fqdn_helo: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +229,11 @@ smtpd_peername_lookup = no
 smtpd_relay_restrictions = {permit}, reject_unauth_destination
 smtpd_recipient_restrictions = check_sender_access texthash:{etc / "sender_access"},
     {permit}, reject_unauth_destination
+# Refused at RCPT, as Postfix does by default (smtpd_delay_reject): replies that name each
+# recipient but are about the client.
+smtpd_client_restrictions = check_client_access texthash:{etc / "client_access"}
+smtpd_helo_required = yes
+smtpd_helo_restrictions = {"reject_non_fqdn_helo_hostname" if limits.fqdn_helo else ""}
 smtpd_client_event_limit_exceptions =
 smtpd_client_connection_count_limit = {limits.connection_count}
 smtpd_client_message_rate_limit = {limits.message_rate}
@@ -334,6 +345,8 @@ class Postfix:
         key.chmod(0o600)
         blocked = "".join(f"{sender} REJECT\n" for sender in self.limits.blocked_senders)
         (self.config_dir / "sender_access").write_text(blocked)
+        client = "127.0.0.1 REJECT\n" if self.limits.blocked_client else ""
+        (self.config_dir / "client_access").write_text(client)
         (self.config_dir / "main.cf").write_text(_main_cf(self) + _sasl_cf(self))
         if self.accounts:
             self._write_accounts()

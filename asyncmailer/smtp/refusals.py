@@ -20,6 +20,7 @@ __all__ = [
     "enhanced_code",
     "is_throttling",
     "names_sender",
+    "refuses_helo",
     "relay_denied",
     "scope_of",
     "scope_of_rcpts",
@@ -35,6 +36,15 @@ _SENDER_REFUSED = re.compile(
 _RELAY_DENIED = re.compile(
     r"\brelay(?:ing)?\s+(?:access\s+)?(?:denied|not\s+(?:allowed|permitted))"
     r"|\bmail\s+relay\s+denied|\bnot\s+permitted\s+to\s+relay|\bunable\s+to\s+relay",
+    re.IGNORECASE,
+)
+# "Client host rejected", "Client host [192.0.2.1] blocked using zen.spamhaus.org" (Postfix,
+# Exchange) and "Helo command rejected" (Postfix): refusals of this client, its address or
+# its EHLO name, that Postfix gives at RCPT time (smtpd_delay_reject) and so names each
+# recipient in.
+_CLIENT_REFUSED = re.compile(
+    r"\bclient\s+host\b(?:\s*\[[^\]]*\])?\s*(?:rejected|blocked)"
+    r"|\b(?P<helo>helo)\s+command\s+rejected",
     re.IGNORECASE,
 )
 _ENHANCED = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
@@ -85,7 +95,8 @@ def scope_of(reply: SMTPResponse, stage: Stage) -> Scope:
     """Whom one failed reply is about.
 
     - 421 at any point, 530 (authentication required), or an enhanced code of authentication
-      or encryption (x.7.8, x.7.9, x.7.11, x.7.12), or x.7.0 with 530: the session.
+      or encryption (x.7.8, x.7.9, x.7.11, x.7.12), or x.7.0 with 530, or a refusal that
+      says it refuses the client host or its EHLO name: the session.
     - Any refusal of MAIL FROM; an enhanced code naming the sender's address, quota, rate or
       authentication (x.1.7, x.1.8, x.4.5, x.7.23-x.7.28) at any stage; and a policy refusal
       (x.7.y) of DATA or of the message itself: the sender.
@@ -97,6 +108,8 @@ def scope_of(reply: SMTPResponse, stage: Stage) -> Scope:
         return Scope.SESSION
     detail = enhanced_code(reply.message)
     if detail is not None and detail[1:] in _SESSION_DETAILS:
+        return Scope.SESSION
+    if _CLIENT_REFUSED.search(reply.message):
         return Scope.SESSION
     if stage is Stage.MAIL:
         return Scope.SENDER
@@ -113,6 +126,13 @@ def relay_denied(reply: SMTPResponse) -> bool:
     denied"): a policy refusal (x.7.y) in those words."""
     detail = enhanced_code(reply.message)
     return detail is not None and detail[1] == 7 and _RELAY_DENIED.search(reply.message) is not None
+
+
+def refuses_helo(reply: SMTPResponse) -> bool:
+    """The server refuses the name this client gave in EHLO ("504 5.5.2 <mailer>: Helo
+    command rejected: need fully-qualified hostname")."""
+    match = _CLIENT_REFUSED.search(reply.message)
+    return match is not None and match["helo"] is not None
 
 
 def scope_of_rcpts(replies: Sequence[SMTPResponse], *, every: bool) -> Scope:

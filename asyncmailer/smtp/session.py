@@ -36,7 +36,7 @@ from .mixups import (
 from .oauth import TokenSource
 from .outcome import AFTER_END, describe
 from .outcome import Transaction as Bookkeeping
-from .refusals import Scope, relay_denied
+from .refusals import Scope, refuses_helo, relay_denied
 from .replies import ReplyReader
 from .scrub import Scrubber
 
@@ -458,6 +458,8 @@ class Session:
                 if not self.settings.logs_in
                 else "; the login is not allowed to send through this server"
             )
+        elif scope is Scope.SESSION and refuses_helo(reply):
+            hint = "; set helo_name to this host's name in DNS (what its address's PTR gives)"
         return RefusedError(
             f"the server refused the {scope} (its reply to {stage}): {reply.code} "
             f"{' '.join(reply.message.split())}{hint}",

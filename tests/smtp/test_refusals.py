@@ -22,6 +22,7 @@ from asyncmailer.smtp.refusals import (
     Stage,
     address_gone,
     names_sender,
+    refuses_helo,
     scope_of,
     scope_of_rcpts,
 )
@@ -95,6 +96,35 @@ async def test_a_sender_refused_by_check_sender_access_stops_the_run(
     assert relay.sink.messages == []
 
 
+async def test_a_client_refused_by_postfix_stops_the_run_and_nobody_is_refused(
+    postfix: PostfixFactory, make_campaign: CampaignFactory
+) -> None:
+    # "554 5.7.1 <unknown[127.0.0.1]>: Client host rejected": Postfix names each recipient
+    # (it refuses at RCPT), but it is about this client. One recipient per message, as in a
+    # personalised campaign: nothing else tells it from a refused recipient.
+    relay = await postfix(Limits(blocked_client=True))
+    report, journal = await send(make_campaign, relay.port, LIST[:4])
+    assert isinstance(report.fatal, RefusedError) and report.fatal.scope == "session"
+    assert "Client host rejected" in str(report.fatal)
+    assert journal == Counter(pending=4)
+    assert relay.sink.messages == []
+
+
+async def test_an_ehlo_name_postfix_refuses_stops_the_run_and_helo_name_mends_it(
+    postfix: PostfixFactory, make_campaign: CampaignFactory
+) -> None:
+    relay = await postfix(Limits(fqdn_helo=True))
+    report, journal = await send(make_campaign, relay.port, LIST[:4], helo_name="mailer")
+    assert isinstance(report.fatal, RefusedError) and report.fatal.scope == "session"
+    assert "504 5.5.2 <mailer>: Helo command rejected" in str(report.fatal)
+    assert "set helo_name to this host's name in DNS" in str(report.fatal)
+    assert journal == Counter(pending=4)
+
+    report, journal = await send(make_campaign, relay.port, LIST[:4], helo_name="mx.example.com")
+    assert report.fatal is None and journal == Counter(accepted=4)
+    assert sorted(await relay.sink.wait_for(4)) == LIST[:4]
+
+
 async def test_postfixs_recipient_limit_sends_the_rest_in_the_next_transaction(
     postfix: PostfixFactory, make_campaign: CampaignFactory
 ) -> None:
@@ -150,6 +180,46 @@ def test_relay_denied_to_one_of_several_is_that_recipients() -> None:
     assert scope_of_rcpts([SMTPResponse(550, "5.7.1 Relaying denied")] * 2, every=True) is (
         Scope.SESSION
     )
+
+
+@pytest.mark.parametrize(
+    ("code", "text", "helo"),
+    [
+        (554, "5.7.1 <unknown[127.0.0.1]>: Client host rejected: Access denied", False),
+        (
+            554,
+            "5.7.1 Service unavailable; Client host [192.0.2.1] blocked using zen.spamhaus.org",
+            False,
+        ),
+        (550, "5.7.1 Client host blocked", False),
+        (504, "5.5.2 <mailer>: Helo command rejected: need fully-qualified hostname", True),
+        (450, "4.7.1 <mailer>: Helo command rejected: Host not found", True),
+    ],
+)
+def test_a_refusal_of_the_client_or_its_ehlo_name_is_the_sessions(
+    code: int, text: str, helo: bool
+) -> None:
+    # Postfix says these at RCPT, naming the recipient: they are still about this client.
+    reply = SMTPResponse(code, text)
+    assert scope_of(reply, Stage.RCPT) is Scope.SESSION
+    assert scope_of(reply, Stage.MAIL) is Scope.SESSION
+    assert refuses_helo(reply) is helo
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "5.1.1 <client@example.org>: Recipient address rejected: User unknown",
+        "5.7.1 <x@example.org>: Recipient address rejected: host client.example.org blocked",
+        "5.7.1 <helo@example.org>: Recipient address rejected: Access denied",
+    ],
+)
+def test_a_recipients_refusal_that_mentions_a_client_or_helo_stays_the_recipients(
+    text: str,
+) -> None:
+    reply = SMTPResponse(550, text)
+    assert scope_of(reply, Stage.RCPT) is Scope.RECIPIENT
+    assert not refuses_helo(reply)
 
 
 @pytest.mark.parametrize(
