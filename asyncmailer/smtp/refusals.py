@@ -41,10 +41,13 @@ _RELAY_DENIED = re.compile(
 # "Client host rejected", "Client host [192.0.2.1] blocked using zen.spamhaus.org" (Postfix,
 # Exchange) and "Helo command rejected" (Postfix): refusals of this client, its address or
 # its EHLO name, that Postfix gives at RCPT time (smtpd_delay_reject) and so names each
-# recipient in.
+# recipient in. Only as the reply's own words, at its start: a relay that quotes another
+# server ("Recipient address rejected: ... said: 554 Client host rejected") refuses the
+# recipient.
 _CLIENT_REFUSED = re.compile(
-    r"\bclient\s+host\b(?:\s*\[[^\]]*\])?\s*(?:rejected|blocked)"
-    r"|\b(?P<helo>helo)\s+command\s+rejected",
+    r"\s*(?:[245]\.\d{1,3}\.\d{1,3}\s+)?(?:<[^>]*>:\s*)?(?:service\s+unavailable;\s*)?"
+    r"(?:client\s+host\s*(?:\[[^\]]*\]\s*)?(?:rejected|blocked)"
+    r"|(?P<helo>helo)\s+command\s+rejected)",
     re.IGNORECASE,
 )
 _ENHANCED = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
@@ -109,7 +112,7 @@ def scope_of(reply: SMTPResponse, stage: Stage) -> Scope:
     detail = enhanced_code(reply.message)
     if detail is not None and detail[1:] in _SESSION_DETAILS:
         return Scope.SESSION
-    if _CLIENT_REFUSED.search(reply.message):
+    if _CLIENT_REFUSED.match(reply.message):
         return Scope.SESSION
     if stage is Stage.MAIL:
         return Scope.SENDER
@@ -131,7 +134,7 @@ def relay_denied(reply: SMTPResponse) -> bool:
 def refuses_helo(reply: SMTPResponse) -> bool:
     """The server refuses the name this client gave in EHLO ("504 5.5.2 <mailer>: Helo
     command rejected: need fully-qualified hostname")."""
-    match = _CLIENT_REFUSED.search(reply.message)
+    match = _CLIENT_REFUSED.match(reply.message)
     return match is not None and match["helo"] is not None
 
 

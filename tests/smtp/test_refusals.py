@@ -212,6 +212,12 @@ def test_a_refusal_of_the_client_or_its_ehlo_name_is_the_sessions(
         "5.1.1 <client@example.org>: Recipient address rejected: User unknown",
         "5.7.1 <x@example.org>: Recipient address rejected: host client.example.org blocked",
         "5.7.1 <helo@example.org>: Recipient address rejected: Access denied",
+        # A relay quoting the server it asked (Postfix's address verification, Exim's callout)
+        "5.1.1 <bob@example.org>: Recipient address rejected: unverified address: host"
+        " mx.example.org[192.0.2.7] said: 554 5.7.1 Client host rejected: Access denied",
+        "Callout verification failed: 550 Client host rejected",
+        "5.1.1 <bob@example.org>: Recipient address rejected: host mx.example.org said:"
+        " 504 5.5.2 <relay>: Helo command rejected",
     ],
 )
 def test_a_recipients_refusal_that_mentions_a_client_or_helo_stays_the_recipients(
