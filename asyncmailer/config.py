@@ -124,7 +124,8 @@ class ServerSettings:
     max_messages_per_connection: int = 0
     connect_timeout: float = 30.0
     data_timeout: float = 600.0
-    # The name given in EHLO (None: this host's fully qualified name, looked up once a run).
+    # The name given in EHLO (None: this host's fully qualified name, looked up as each relay
+    # is set up).
     helo_name: str | None = None
     auth: AuthMethod = AuthMethod.LOGIN
     # XOAUTH2: where the access token comes from, one of them: a file read at each login, or
@@ -1251,26 +1252,43 @@ def _names(fields: _Fields, key: str) -> tuple[str, ...]:
 
 
 # RFC 5321 4.1.1.1: EHLO's argument is a domain (letters, digits and hyphens, labels joined by
-# dots) or an address literal ([192.0.2.1], [IPv6:2001:db8::1]).
+# dots, the last not all digits) or an address literal ([192.0.2.1], [IPv6:2001:db8::1]).
 _LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
-_ADDRESS_LITERAL = re.compile(r"\[(?:IPv6:[0-9A-Fa-f:.]+|[0-9.]+)\]")
+_ADDRESS_LITERAL = re.compile(r"\[(?:(?P<v6>IPv6:)?(?P<address>[0-9A-Fa-f:.]+))\]", re.IGNORECASE)
 
 
 def _helo_name(fields: _Fields) -> str | None:
+    """The config's `helo_name`, checked; a trailing dot dropped (the name is sent as a host
+    name, and reverse DNS is compared without it)."""
     name = fields.get_str("helo_name")
     if name is None:
         return None
-    if _ADDRESS_LITERAL.fullmatch(name):
-        return name
-    labels = name.removesuffix(".").split(".")
-    if len(name) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
-        hint = "; give a name with non-ASCII letters in its xn-- form" if not name.isascii() else ""
+    literal = _ADDRESS_LITERAL.fullmatch(name)
+    if literal is not None:
+        try:
+            address = ipaddress.ip_address(literal["address"])
+        except ValueError:
+            address = None
+        if address is not None and (address.version == 6) == bool(literal["v6"]):
+            return name
         raise fields.error(
             "helo_name",
-            f"expected a host name (mail.example.com) or an address in brackets "
-            f"([192.0.2.1]), not {_quote(name)}{hint}",
+            "expected an address in brackets, [192.0.2.1] or [IPv6:2001:db8::1], "
+            f"not {_quote(name)}",
         )
-    return name
+    host = name.removesuffix(".")
+    labels = host.split(".")
+    if len(host) <= 253 and all(_LABEL.fullmatch(label) for label in labels):
+        if not labels[-1].isdigit():
+            return host
+        hint = "; put an address in brackets ([192.0.2.1])"
+    else:
+        hint = "; give a name with non-ASCII letters in its xn-- form" if not name.isascii() else ""
+    raise fields.error(
+        "helo_name",
+        f"expected a host name (mail.example.com) or an address in brackets "
+        f"([192.0.2.1]), not {_quote(name)}{hint}",
+    )
 
 
 async def _server_settings(

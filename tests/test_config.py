@@ -134,12 +134,14 @@ async def test_tls_verify_false_only_when_written(make_campaign: CampaignFactory
 
 @pytest.mark.parametrize(
     "name",
-    ["mx1.example.com", "mx1.example.com.", "xn--bcher-kva.example", "[192.0.2.1]", "[IPv6:::1]"],
+    ["mx1.example.com", "xn--bcher-kva.example", "3com.example", "[192.0.2.1]", "[IPv6:::1]"],
 )
 async def test_helo_name_takes_host_names_and_address_literals(
     make_campaign: CampaignFactory, name: str
 ) -> None:
     assert (await load_campaign(make_campaign(helo_name=name), env={})).server.helo_name == name
+    trailing_dot = make_campaign(helo_name="mx1.example.com.")
+    assert (await load_campaign(trailing_dot, env={})).server.helo_name == "mx1.example.com"
     assert (await load_campaign(make_campaign(), env={})).server.helo_name is None
 
 
@@ -218,6 +220,11 @@ def line_of(path: Path, text: str) -> int:
         ({"helo_name": "-bad-.example.com"}, "helo_name", "expected a host name"),
         ({"helo_name": "a..example.com"}, "helo_name", "expected a host name"),
         ({"helo_name": "[not-an-address]"}, "helo_name", "or an address in brackets"),
+        ({"helo_name": "[999.1]"}, "helo_name", "expected an address in brackets, [192.0.2.1]"),
+        ({"helo_name": "[IPv6:192.0.2.1]"}, "helo_name", "expected an address in brackets"),
+        ({"helo_name": "[::1]"}, "helo_name", "or [IPv6:2001:db8::1]"),
+        ({"helo_name": "192.0.2.1"}, "helo_name", "put an address in brackets ([192.0.2.1])"),
+        ({"helo_name": "a" * 300 + ".example"}, "helo_name", "expected a host name"),
         ({"helo_name": "bücher.example"}, "helo_name", "in its xn-- form"),
         ({"helo_name": 5}, "helo_name", "expected a string, got a number"),
     ],
