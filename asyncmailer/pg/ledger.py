@@ -891,18 +891,21 @@ class PgLedger:
         that kept one relay's while it waited for another's could be waiting on the worker
         that waits for the first (CI caught the two workers of a test so, for good)."""
         keys = sorted(wants)
+        # One order for every worker, that of the locks themselves (two names may hash to
+        # keys in the other order): they cannot deadlock.
+        locks = sorted({lock_key(CONNECTIONS, self.campaign + key) for key in keys})
 
         async def reserve(conn: Connection) -> dict[str, int]:
-            for key in keys:  # one order for every worker: the locks cannot deadlock
-                await conn.execute(
-                    "SELECT pg_advisory_xact_lock(%s, %s)",
-                    lock_key(CONNECTIONS, self.campaign + key),
-                )
+            for lock in locks:
+                await conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", lock)
+            # Expired leases' slots are free; so are this lease's own: it asks only while it
+            # holds none, unless this is the writer repeating a request whose commit answer
+            # was lost, which must grant the same again, not count them as another's.
             await conn.execute(
                 "DELETE FROM asyncmailer_connections AS c USING asyncmailer_leases AS l"
                 " WHERE c.campaign = %s AND c.key = ANY(%s) AND c.lease = l.id"
-                " AND l.expires <= now()",
-                (self.campaign, keys),
+                " AND (l.expires <= now() OR l.id = %s)",
+                (self.campaign, keys, self.lease_id),
             )
             cursor = await conn.execute(
                 "SELECT key, count(*) FROM asyncmailer_connections"

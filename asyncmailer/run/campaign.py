@@ -259,8 +259,6 @@ async def run_campaign(
                     path, msgid_domain=campaign.sender.domain, sync=campaign.journal_sync.value
                 )
             )
-        if isinstance(ledger, ConnectionBank) and _connection_limits(campaign):
-            campaign = await _share_connections(campaign, ledger, ledger, options.stop)
         loader = Loader(
             campaign,
             ledger,
@@ -274,6 +272,9 @@ async def run_campaign(
             await ledger.start_run(resend_unknown=options.resend_unknown)
             if options.retry_refused:
                 await ledger.requeue_refused(options.retry_codes)
+            if isinstance(ledger, ConnectionBank) and _connection_limits(campaign):
+                # After the requeues: a finished run they reopen has work for connections.
+                campaign = await _share_connections(campaign, ledger, ledger, options.stop)
             counts = await ledger.counts()
             expected = counts[JournalState.PENDING] + counts[JournalState.DEFERRED]
             await observer.started(None if loader.reading else expected + len(loader.bad))

@@ -368,6 +368,21 @@ async def test_a_load_batch_whose_commit_answer_is_lost_counts_its_rows_once(
     assert counts == {JournalState.PENDING: 8}
 
 
+async def test_a_connection_reservation_whose_commit_answer_is_lost_is_granted_once(
+    pg_server: PgServer, pg_url: str, run: int
+) -> None:
+    """Run again after its lost answer, the reservation must not take its own slots for
+    another worker's (it would grant none and wait on itself)."""
+    async with CommitCutter(pg_server.port) as proxy:
+        url = LedgerUrl(proxy.url(pg_url))
+        async with await PgLedger.open(url, campaign="fencing", run=run, lease=600) as ledger:
+            proxy.arm()
+            assert await ledger.reserve_connections({"@one": (2, 3)}) == {"@one": 2}
+            assert proxy.cuts == 1
+            async with await PgLedger.open(LedgerUrl(pg_url), campaign="fencing", run=run) as b:
+                assert await b.reserve_connections({"@one": (2, 3)}) == {"@one": 1}
+
+
 async def test_a_run_deleted_takes_its_groups_and_recipients_along(
     two: tuple[PgLedger, PgLedger], pg_url: str, run: int
 ) -> None:
