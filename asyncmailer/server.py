@@ -89,6 +89,7 @@ class MailStore:
         self.pipelining = pipelining
         self.refuse = {k.lower(): v for k, v in (refuse or {}).items()}
         self.messages: list[ReceivedMessage] = []
+        self._stored: set[str] = set()  # the Maildirs written to, not those found there
 
     async def handle_EHLO(
         self,
@@ -149,13 +150,15 @@ class MailStore:
             name = re.sub(r"[^A-Za-z0-9@._+-]", "_", rcpt.lower())
             self.folder.mkdir(parents=True, exist_ok=True)
             box = mailbox.Maildir(self.folder / name, create=True)
+            self._stored.add(name)
             prefix = f"Return-Path: <{message.mail_from}>\r\nDelivered-To: {rcpt}\r\n"
             box.add(prefix.encode() + message.data)
 
     def stored_folders(self) -> list[Path]:
-        if self.folder is None or not self.folder.is_dir():
+        """The Maildirs this store wrote messages to (a reused folder may hold others)."""
+        if self.folder is None:
             return []
-        return sorted(p for p in self.folder.iterdir() if p.is_dir())
+        return [self.folder / name for name in sorted(self._stored)]
 
 
 def make_certificates(

@@ -16,6 +16,8 @@ from asyncmailer.server import Account, EmbeddedServer, MailStore, make_certific
 async def test_stores_one_maildir_per_recipient(tmp_path: Path) -> None:
     context, ca_file = make_certificates(tmp_path / "state")
     assert ca_file.read_text().startswith("-----BEGIN CERTIFICATE-----")
+    (tmp_path / "mail").mkdir()  # a reused folder: the Maildir of an earlier run is not counted
+    mailbox.Maildir(tmp_path / "mail" / "earlier@example.com", create=True)
     store = MailStore(tmp_path / "mail")
     async with EmbeddedServer(
         tls_context=context, store=store, account=Account("u@example.com", "pässword")
