@@ -461,13 +461,16 @@ def _transport_findings(campaign: Campaign) -> list[Finding]:
 
 
 _NOT_BULK = " (a message to the config's own recipients need not; a list campaign must)"
+# More config recipients than this (to, cc and bcc together) are a mailing, not a message to a
+# few people: held to the bulk rules as a list is.
+BULK_CONFIG_RECIPIENTS = 100
 
 
 def _bulk_rule(campaign: Campaign, code: Code, text: str) -> Finding:
-    """A bulk-sender requirement not met: an error for a list campaign, which is bulk mail; a
-    warning for a message to the config's own to/cc/bcc (the original program's report to a
-    few people), which the rules only advise."""
-    if campaign.recipients_file is not None:
+    """A bulk-sender requirement not met: an error for a list campaign, or a config's to/cc/bcc
+    of more than `BULK_CONFIG_RECIPIENTS`, which are bulk mail; a warning for a message to a
+    few people (the original program's report), which the rules only advise."""
+    if campaign.recipients_file is not None or len(campaign.recipients) > BULK_CONFIG_RECIPIENTS:
         return Finding(Severity.ERROR, code, text)
     return Finding(Severity.WARNING, code, text + _NOT_BULK)
 

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from asyncmailer.check import (
+    BULK_CONFIG_RECIPIENTS,
     CheckOptions,
     Code,
     Finding,
@@ -296,6 +297,16 @@ async def test_a_message_to_the_configs_own_recipients_is_not_held_to_the_bulk_r
         "check", str(path), "--no-dns", "--no-connect", cwd=path.parent.parent
     )
     assert code == 0 and "ready to send: 0 errors" in out, out + err
+
+
+async def test_a_config_bcc_of_many_is_held_to_the_bulk_rules_as_a_list_is(
+    make_campaign: CampaignFactory,
+) -> None:
+    many = [f"r{n}@example.org" for n in range(BULK_CONFIG_RECIPIENTS)]
+    verdict = await check(make_campaign(port=1, bcc=many))  # with to and cc: over the line
+    assert not verdict.ready
+    assert {f.code for f in verdict.errors} >= _BULK_RULES
+    assert not any(f.text.endswith(BULK_ONLY) for f in verdict.errors)
 
 
 async def test_no_dmarc_is_a_warning_for_a_message_to_the_configs_own_recipients(
