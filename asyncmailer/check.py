@@ -686,7 +686,7 @@ class _Probe:
 
 
 async def _server(campaign: Campaign, options: CheckOptions) -> _Probe:
-    """Connect as a run does (TLS, login), read SIZE, QUIT."""
+    """Connect as a run does (TLS, login), read SIZE, try the envelope (no DATA), QUIT."""
     server = campaign.server
     if not options.connect:
         return _Probe([Finding(Severity.WARNING, Code.SERVER, "not connected to (--no-connect)")])
@@ -706,12 +706,23 @@ async def _server(campaign: Campaign, options: CheckOptions) -> _Probe:
     except DeliveryError as err:
         return _Probe([Finding(Severity.ERROR, Code.SERVER, str(err))])
     limit = session.size_limit
-    await session.close()
+    sender = campaign.sender.addr
+    try:
+        # To the sender's own address: what Postfix refuses of a client or its EHLO name it
+        # says only to a RCPT, and no list recipient is asked about.
+        refusal = await session.probe(sender, sender)
+    except DeliveryError as err:
+        return _Probe([Finding(Severity.ERROR, Code.SERVER, str(err))])
+    finally:
+        await session.close()
+    if refusal is not None:
+        severity = Severity.WARNING if refusal.temporary else Severity.ERROR
+        return _Probe([Finding(severity, Code.SERVER, str(refusal))], connected=True, limit=limit)
     how = server.security.value
     if server.username is not None:
         how += f", logged in as {server.username}"
-    found = [Finding(Severity.OK, Code.SERVER, f"{server.address}: connected ({how})")]
-    return _Probe(found, connected=True, limit=limit)
+    text = f"{server.address}: connected ({how}); MAIL FROM and RCPT TO <{sender}> taken"
+    return _Probe([Finding(Severity.OK, Code.SERVER, text)], connected=True, limit=limit)
 
 
 def _size_findings(largest: int, probe: _Probe) -> list[Finding]:

@@ -30,6 +30,7 @@ from asyncmailer.errors import ConfigError
 from .conftest import CampaignFactory, ServerFactory, plain_list_campaign, run_cli
 from .dns_server import closed_port, serve_zone
 from .faulty import Faults, FaultyServer
+from .postfix import Limits, PostfixFactory
 
 SELECTOR = "s2026"
 UNSUBSCRIBE = {"url": "https://example.com/u?t={{ unsubscribe_token }}", "key_file": "unsub.key"}
@@ -152,11 +153,16 @@ async def test_a_good_campaign_is_ready(
     assert only(verdict, Code.UNSUBSCRIBE)[0].text == (
         "<https://example.com/u?t={{ unsubscribe_token }}>"
     )
-    # connected, secured, logged in, and sent nothing
+    # connected, secured, logged in, tried the envelope to the sender alone, sent nothing
     commands = running.recorder.commands()
     assert any(c.startswith("AUTH") for c in commands)
-    assert not any(c.startswith(("MAIL", "RCPT", "DATA")) for c in commands)
-    assert commands[-1] == "QUIT"
+    login = [c.startswith("AUTH") for c in commands].index(True)
+    assert commands[login + 2 :] == [
+        "MAIL FROM:<sender@example.com>",
+        "RCPT TO:<sender@example.com>",
+        "RSET",
+        "QUIT",
+    ], commands
     assert running.messages == []
 
 
@@ -532,6 +538,54 @@ async def test_memory_stays_flat_as_the_list_grows(
 # The server
 
 
+@pytest.mark.parametrize(
+    ("limits", "keys", "said"),
+    [
+        (Limits(blocked_client=True), {}, "Client host rejected: Access denied"),
+        (
+            Limits(fqdn_helo=True),
+            {"helo_name": "mailer"},
+            "Helo command rejected: need fully-qualified hostname; set helo_name",
+        ),
+        (Limits(blocked_senders=("sender@example.com",)), {}, "Sender address rejected"),
+        (Limits(), {}, None),
+    ],
+)
+async def test_the_check_finds_the_refusal_a_run_would_stop_on(
+    postfix: PostfixFactory,
+    make_campaign: CampaignFactory,
+    limits: Limits,
+    keys: dict[str, str],
+    said: str | None,
+) -> None:
+    # Postfix says these only to a RCPT: connecting and logging in is not enough to know.
+    relay = await postfix(limits)
+    path = plain_list_campaign(make_campaign, relay.port, ["a@example.com"], **keys)
+    verdict = await check(path, connect=True)
+    (server,) = only(verdict, Code.SERVER)
+    if said is None:
+        assert server.severity is Severity.OK, server.text
+        assert "MAIL FROM and RCPT TO <sender@example.com> taken" in server.text
+    else:
+        assert server.severity is Severity.ERROR and not verdict.ready
+        assert "the server refused the" in server.text and said in server.text
+    assert relay.sink.messages == []
+
+
+async def test_a_temporary_refusal_of_the_envelope_is_a_warning(
+    make_campaign: CampaignFactory,
+) -> None:
+    server = await FaultyServer(Faults(rcpt_421_at=1)).start()
+    try:
+        path = plain_list_campaign(make_campaign, server.port, ["a@example.com"])
+        verdict = await check(path, connect=True)
+    finally:
+        await server.stop()
+    (finding,) = only(verdict, Code.SERVER)
+    assert finding.severity is Severity.WARNING
+    assert "the server refused the session (its reply to RCPT TO): 421" in finding.text
+
+
 @pytest.mark.parametrize(("size", "severity"), [(400, Severity.ERROR), (100_000, Severity.OK)])
 async def test_message_size_against_the_servers_size(
     make_campaign: CampaignFactory, size: int, severity: Severity
@@ -545,7 +599,7 @@ async def test_message_size_against_the_servers_size(
     (finding,) = only(verdict, Code.SIZE)
     assert finding.severity is severity
     assert f"the server's SIZE of {size:,}" in finding.text
-    assert server.messages == [] and server.mails == 0
+    assert server.messages == [] and server.mails == 1  # the envelope tried, no DATA
     assert only(verdict, Code.ENCRYPTION)[0].severity is Severity.WARNING  # plain to loopback
 
 

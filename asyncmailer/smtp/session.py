@@ -447,6 +447,42 @@ class Session:
             refusal=self._refusal(tx),
         )
 
+    async def probe(self, sender: str, recipient: str) -> RefusedError | None:
+        """MAIL FROM `sender`, RCPT TO `recipient`, then RSET: nothing is sent. Returns the
+        refusal of the sender or the session that a run would stop on (a server that refuses
+        a client or its EHLO name, as Postfix does, says so only to RCPT), or None.
+
+        :raises ConnectError: the connection was lost.
+        :raises UnsafeArgumentError: an address holds CR, LF or NUL (nothing was written).
+        """
+        reader = self._reader
+        assert reader is not None, "connect() first"
+        mail_line = commands.mail_from(sender, None).encode()
+        rcpt_line = commands.rcpt_to(recipient).encode()
+        tx = Bookkeeping([recipient], sender, self.relay)
+        timeout = self.settings.timeout
+        try:
+            reader.write(mail_line)
+            mail = await reader.read(timeout)
+            self._check_421(mail)
+            tx.mail(mail)
+            if mail.code == SMTPStatus.completed:
+                reader.write(rcpt_line)
+                reply = await reader.read(timeout)
+                self._check_421(reply)
+                tx.rcpt(recipient, reply, mail)
+            else:
+                tx.rcpt(recipient, mail, mail)
+            tx.rcpts_done()
+        except _CONNECTION_ERRORS as err:
+            self.abort()
+            raise ConnectError(
+                f"the connection was lost while trying the envelope: {err}", **self._where
+            ) from err
+        if mail.code == SMTPStatus.completed:
+            await self._reset()
+        return self._refusal(tx)
+
     def _refusal(self, tx: Bookkeeping) -> RefusedError | None:
         if tx.refusal is None:
             return None
