@@ -875,14 +875,40 @@ class PgLedger:
         return await self._call(read)  # type: ignore[no-any-return]
 
     def count_sent(self, day: str, count: int) -> None:
+        token = next(self._tokens)
+
         async def add(conn: Connection) -> None:
+            if await self._quota_written(conn, token) is not None:
+                return  # a repeat: the first try committed
             await conn.execute(
                 "INSERT INTO asyncmailer_quota VALUES (%s, %s, %s) ON CONFLICT (campaign, day)"
                 " DO UPDATE SET count = asyncmailer_quota.count + excluded.count",
                 (self.campaign, day, count),
             )
+            await self._quota_done(conn, token, count)
 
         self._latch.watch(self._writer.submit(add, solo=True))
+
+    async def _quota_written(self, conn: Connection, token: int) -> int | None:
+        """What the quota write `token` granted when it is committed already (the writer
+        repeats a write whose commit answer was lost), else None: to be done.
+
+        :raises LeaseLostError: the lease is gone (reaped).
+        """
+        cursor = await conn.execute(
+            "SELECT quota_write, quota_granted FROM asyncmailer_leases WHERE id = %s FOR UPDATE",
+            (self.lease_id,),
+        )
+        row = await cursor.fetchone()
+        if row is None:
+            raise self._lost("at a quota count")
+        return int(row[1]) if row[0] == token else None
+
+    async def _quota_done(self, conn: Connection, token: int, granted: int) -> None:
+        await conn.execute(
+            "UPDATE asyncmailer_leases SET quota_write = %s, quota_granted = %s WHERE id = %s",
+            (token, granted, self.lease_id),
+        )
 
     async def reserve_connections(self, wants: Mapping[str, tuple[int, int]]) -> dict[str, int]:
         """`ConnectionBank`: for each key (the campaign's "", a relay's ``@name``) up to
@@ -942,8 +968,12 @@ class PgLedger:
     async def reserve_quota(self, day: str, count: int, limit: int) -> int:
         """`QuotaBank`: up to `count` of the day's quota, for the campaign (all workers)."""
         params = {"campaign": self.campaign, "day": day, "want": count, "limit": limit}
+        token = next(self._tokens)
 
         async def reserve(conn: Connection) -> int:
+            granted = await self._quota_written(conn, token)
+            if granted is not None:
+                return granted
             await conn.execute(
                 "INSERT INTO asyncmailer_quota VALUES (%(campaign)s, %(day)s, 0)"
                 " ON CONFLICT DO NOTHING",
@@ -960,6 +990,7 @@ class PgLedger:
             )
             row = await cursor.fetchone()
             assert row is not None
+            await self._quota_done(conn, token, int(row[0]))
             return int(row[0])
 
         return await self._call(reserve, solo=True)  # type: ignore[no-any-return]

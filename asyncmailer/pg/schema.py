@@ -142,6 +142,13 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TRIGGER asyncmailer_run_deleted BEFORE DELETE ON asyncmailer_runs
         FOR EACH ROW EXECUTE PROCEDURE asyncmailer_run_deleted();
     """,
+    # 9: the last quota write of each worker (its number, and what it granted): the writer
+    # runs a write again when its commit's answer is lost, and a quota write must not count
+    # twice (a give-back counted twice would let the campaign past its daily_quota).
+    """
+    ALTER TABLE asyncmailer_leases ADD COLUMN quota_write BIGINT NOT NULL DEFAULT 0,
+        ADD COLUMN quota_granted BIGINT NOT NULL DEFAULT 0;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -383,6 +383,26 @@ async def test_a_connection_reservation_whose_commit_answer_is_lost_is_granted_o
                 assert await b.reserve_connections({"@one": (2, 3)}) == {"@one": 1}
 
 
+async def test_quota_writes_whose_commit_answer_is_lost_count_once(
+    pg_server: PgServer, pg_url: str, run: int
+) -> None:
+    """A reservation and a give-back, each run again after its lost answer: counted twice,
+    the give-back would let the campaign past its daily quota."""
+    day = "2026-12-06@cut"
+    async with CommitCutter(pg_server.port) as proxy:
+        url = LedgerUrl(proxy.url(pg_url))
+        async with await PgLedger.open(url, campaign="fencing", run=run, lease=600) as ledger:
+            proxy.arm()
+            assert await ledger.reserve_quota(day, 10, 100) == 10
+            assert (proxy.cuts, await ledger.sent_on(day)) == (1, 10)
+            proxy.arm()
+            ledger.count_sent(day, -4)
+            assert await ledger.sent_on(day) == 6  # read after the write: the same writer
+            assert proxy.cuts == 2
+            assert await ledger.reserve_quota(day, 10, 100) == 10  # not mistaken for a repeat
+            assert await ledger.sent_on(day) == 16
+
+
 async def test_a_run_deleted_takes_its_groups_and_recipients_along(
     two: tuple[PgLedger, PgLedger], pg_url: str, run: int
 ) -> None:
