@@ -259,6 +259,7 @@ class PgLedger:
             await conn.execute(
                 "UPDATE asyncmailer_leases SET expires = now() WHERE id = %(me)s", params
             )
+            await conn.execute("DELETE FROM asyncmailer_quota_writes WHERE lease = %(me)s", params)
 
         if self._latch.failure is not None:  # the database may be gone: do not wait long for it
             self._writer.outage = min(self._writer.outage, 2.0)
@@ -891,23 +892,20 @@ class PgLedger:
 
     async def _quota_written(self, conn: Connection, token: int) -> int | None:
         """What the quota write `token` granted when it is committed already (the writer
-        repeats a write whose commit answer was lost), else None: to be done.
-
-        :raises LeaseLostError: the lease is gone (reaped).
-        """
+        repeats a write whose commit answer was lost), else None: to be done. Only this
+        worker's writer reads and writes its row: no lock is waited for."""
         cursor = await conn.execute(
-            "SELECT quota_write, quota_granted FROM asyncmailer_leases WHERE id = %s FOR UPDATE",
+            "SELECT write, granted FROM asyncmailer_quota_writes WHERE lease = %s",
             (self.lease_id,),
         )
         row = await cursor.fetchone()
-        if row is None:
-            raise self._lost("at a quota count")
-        return int(row[1]) if row[0] == token else None
+        return int(row[1]) if row is not None and row[0] == token else None
 
     async def _quota_done(self, conn: Connection, token: int, granted: int) -> None:
         await conn.execute(
-            "UPDATE asyncmailer_leases SET quota_write = %s, quota_granted = %s WHERE id = %s",
-            (token, granted, self.lease_id),
+            "INSERT INTO asyncmailer_quota_writes VALUES (%s, %s, %s)"
+            " ON CONFLICT (lease) DO UPDATE SET write = excluded.write, granted = excluded.granted",
+            (self.lease_id, token, granted),
         )
 
     async def reserve_connections(self, wants: Mapping[str, tuple[int, int]]) -> dict[str, int]:

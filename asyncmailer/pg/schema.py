@@ -144,10 +144,15 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # 9: the last quota write of each worker (its number, and what it granted): the writer
     # runs a write again when its commit's answer is lost, and a quota write must not count
-    # twice (a give-back counted twice would let the campaign past its daily_quota).
+    # twice (a give-back counted twice would let the campaign past its daily_quota). Not
+    # tied to the lease row: a repeat may come after the lease was reaped. Deleted as the
+    # worker ends; a worker that died leaves its row.
     """
-    ALTER TABLE asyncmailer_leases ADD COLUMN quota_write BIGINT NOT NULL DEFAULT 0,
-        ADD COLUMN quota_granted BIGINT NOT NULL DEFAULT 0;
+    CREATE TABLE asyncmailer_quota_writes (
+        lease BIGINT PRIMARY KEY,
+        write BIGINT NOT NULL,
+        granted BIGINT NOT NULL
+    );
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
