@@ -29,7 +29,7 @@ from .attachments import Part
 from .config import Campaign, DkimSettings, Security, is_loopback
 from .display import printable, shorten
 from .dns_records import DnsRecords, Lookup, Outcome, tags
-from .errors import DeliveryError, InputError
+from .errors import DeliveryError, InputError, RefusedError
 from .journal.schema import check_sqlite
 from .ledger import WorkItem
 from .message import MessageTemplate, message_size
@@ -706,23 +706,30 @@ async def _server(campaign: Campaign, options: CheckOptions) -> _Probe:
     except DeliveryError as err:
         return _Probe([Finding(Severity.ERROR, Code.SERVER, str(err))])
     limit = session.size_limit
-    sender = campaign.sender.addr
+    sender = campaign.sender
+    # What Postfix refuses of a client or its EHLO name it says only to a RCPT. To the
+    # postmaster every domain must have (RFC 5321 4.5.1): no list recipient is asked about,
+    # and a refusal that quotes it is not taken for one that names the sender.
+    postmaster = f"postmaster@{sender.domain}"
     try:
-        # To the sender's own address: what Postfix refuses of a client or its EHLO name it
-        # says only to a RCPT, and no list recipient is asked about.
-        refusal = await session.probe(sender, sender)
+        answer = await session.probe(sender.addr, postmaster)
     except DeliveryError as err:
         return _Probe([Finding(Severity.ERROR, Code.SERVER, str(err))])
     finally:
         await session.close()
-    if refusal is not None:
-        severity = Severity.WARNING if refusal.temporary else Severity.ERROR
-        return _Probe([Finding(severity, Code.SERVER, str(refusal))], connected=True, limit=limit)
+    if isinstance(answer, RefusedError):
+        severity = Severity.WARNING if answer.temporary else Severity.ERROR
+        return _Probe([Finding(severity, Code.SERVER, str(answer))], connected=True, limit=limit)
     how = server.security.value
     if server.username is not None:
         how += f", logged in as {server.username}"
-    text = f"{server.address}: connected ({how}); MAIL FROM and RCPT TO <{sender}> taken"
-    return _Probe([Finding(Severity.OK, Code.SERVER, text)], connected=True, limit=limit)
+    text = f"{server.address}: connected ({how}); MAIL FROM <{sender.addr}> taken"
+    if 200 <= answer.code < 300:
+        text += f", and RCPT TO <{postmaster}>"
+        return _Probe([Finding(Severity.OK, Code.SERVER, text)], connected=True, limit=limit)
+    said = " ".join(answer.message.split())
+    text += f"; RCPT TO <{postmaster}> refused as a recipient ({answer.code} {said})"
+    return _Probe([Finding(Severity.WARNING, Code.SERVER, text)], connected=True, limit=limit)
 
 
 def _size_findings(largest: int, probe: _Probe) -> list[Finding]:

@@ -159,7 +159,7 @@ async def test_a_good_campaign_is_ready(
     login = [c.startswith("AUTH") for c in commands].index(True)
     assert commands[login + 2 :] == [
         "MAIL FROM:<sender@example.com>",
-        "RCPT TO:<sender@example.com>",
+        "RCPT TO:<postmaster@example.com>",
         "RSET",
         "QUIT",
     ], commands
@@ -565,25 +565,48 @@ async def test_the_check_finds_the_refusal_a_run_would_stop_on(
     (server,) = only(verdict, Code.SERVER)
     if said is None:
         assert server.severity is Severity.OK, server.text
-        assert "MAIL FROM and RCPT TO <sender@example.com> taken" in server.text
+        assert server.text.endswith(
+            "MAIL FROM <sender@example.com> taken, and RCPT TO <postmaster@example.com>"
+        )
     else:
         assert server.severity is Severity.ERROR and not verdict.ready
         assert "the server refused the" in server.text and said in server.text
     assert relay.sink.messages == []
 
 
-async def test_a_temporary_refusal_of_the_envelope_is_a_warning(
-    make_campaign: CampaignFactory,
+@pytest.mark.parametrize(
+    ("faults", "severity", "said"),
+    [
+        (
+            Faults(rcpt_421_at=1),
+            Severity.WARNING,
+            "the server refused the session (its reply to RCPT TO): 421",
+        ),
+        (
+            # a refusal that quotes the address is not taken for the sender's
+            Faults(rcpt={"postmaster@example.com": "550 5.7.1 <postmaster@example.com>: no"}),
+            Severity.WARNING,
+            "RCPT TO <postmaster@example.com> refused as a recipient (550 5.7.1",
+        ),
+        (
+            Faults(mail_reply="530 5.7.0 Authentication required"),
+            Severity.ERROR,
+            "530 5.7.0 Authentication required; the server wants a login: set the password",
+        ),
+    ],
+)
+async def test_what_the_envelope_is_answered_is_told(
+    make_campaign: CampaignFactory, faults: Faults, severity: Severity, said: str
 ) -> None:
-    server = await FaultyServer(Faults(rcpt_421_at=1)).start()
+    server = await FaultyServer(faults).start()
     try:
         path = plain_list_campaign(make_campaign, server.port, ["a@example.com"])
         verdict = await check(path, connect=True)
     finally:
         await server.stop()
     (finding,) = only(verdict, Code.SERVER)
-    assert finding.severity is Severity.WARNING
-    assert "the server refused the session (its reply to RCPT TO): 421" in finding.text
+    assert finding.severity is severity
+    assert said in finding.text, finding.text
 
 
 @pytest.mark.parametrize(("size", "severity"), [(400, Severity.ERROR), (100_000, Severity.OK)])

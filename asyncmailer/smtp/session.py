@@ -447,10 +447,11 @@ class Session:
             refusal=self._refusal(tx),
         )
 
-    async def probe(self, sender: str, recipient: str) -> RefusedError | None:
+    async def probe(self, sender: str, recipient: str) -> RefusedError | SMTPResponse:
         """MAIL FROM `sender`, RCPT TO `recipient`, then RSET: nothing is sent. Returns the
         refusal of the sender or the session that a run would stop on (a server that refuses
-        a client or its EHLO name, as Postfix does, says so only to RCPT), or None.
+        a client or its EHLO name, as Postfix does, says so only to RCPT), else the reply
+        to RCPT (taken, or a refusal of that recipient alone).
 
         :raises ConnectError: the connection was lost.
         :raises UnsafeArgumentError: an address holds CR, LF or NUL (nothing was written).
@@ -463,16 +464,14 @@ class Session:
         timeout = self.settings.timeout
         try:
             reader.write(mail_line)
-            mail = await reader.read(timeout)
+            reply = mail = await reader.read(timeout)
             self._check_421(mail)
             tx.mail(mail)
             if mail.code == SMTPStatus.completed:
                 reader.write(rcpt_line)
                 reply = await reader.read(timeout)
                 self._check_421(reply)
-                tx.rcpt(recipient, reply, mail)
-            else:
-                tx.rcpt(recipient, mail, mail)
+            tx.rcpt(recipient, reply, mail)
             tx.rcpts_done()
         except _CONNECTION_ERRORS as err:
             self.abort()
@@ -481,7 +480,7 @@ class Session:
             ) from err
         if mail.code == SMTPStatus.completed:
             await self._reset()
-        return self._refusal(tx)
+        return self._refusal(tx) or reply
 
     def _refusal(self, tx: Bookkeeping) -> RefusedError | None:
         if tx.refusal is None:
@@ -496,6 +495,8 @@ class Session:
             )
         elif scope is Scope.SESSION and refuses_helo(reply):
             hint = "; set helo_name to this host's name in DNS (what its address's PTR gives)"
+        elif reply.code == SMTPStatus.access_denied and not self.settings.logs_in:
+            hint = "; the server wants a login: set the password (or auth: xoauth2)"
         return RefusedError(
             f"the server refused the {scope} (its reply to {stage}): {reply.code} "
             f"{' '.join(reply.message.split())}{hint}",
