@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from .addresses import Mailbox
 from .attachments import Part
-from .config import Campaign, DkimSettings, Security, is_loopback
+from .config import Campaign, DkimSettings, Security, ServerSettings, is_loopback
 from .display import printable, shorten
 from .dns_records import DnsRecords, Lookup, Outcome, tags
 from .errors import DeliveryError, InputError, RefusedError
@@ -427,8 +427,16 @@ class _Rows:
 # The campaign's settings and the rendered message
 
 
+def _servers(campaign: Campaign) -> list[ServerSettings]:
+    """Every relay's server (`servers:`), or the one server."""
+    return [relay.server for relay in campaign.relays] or [campaign.server]
+
+
 def _transport_findings(campaign: Campaign) -> list[Finding]:
-    server = campaign.server
+    return [f for server in _servers(campaign) for f in _server_transport(server)]
+
+
+def _server_transport(server: ServerSettings) -> list[Finding]:
     local = is_loopback(server.host)
     found = []
     if server.security is Security.NONE:
@@ -449,7 +457,7 @@ def _transport_findings(campaign: Campaign) -> list[Finding]:
     )
     if server.tls_verify:
         trusted = f"tls_ca_file {server.tls_ca_file}" if server.tls_ca_file else "the system's CAs"
-        text = f"the server's certificate must verify against {trusted}"
+        text = f"{server.address}: the certificate must verify against {trusted}"
         found.append(Finding(Severity.OK, Code.CERTIFICATE, text))
     else:
         text = (
@@ -686,10 +694,23 @@ class _Probe:
 
 
 async def _server(campaign: Campaign, options: CheckOptions) -> _Probe:
-    """Connect as a run does (TLS, login), read SIZE, try the envelope (no DATA), QUIT."""
-    server = campaign.server
+    """Every relay probed at once (`_probe`); SIZE is the smallest one's (any relay may
+    carry the largest message)."""
     if not options.connect:
         return _Probe([Finding(Severity.WARNING, Code.SERVER, "not connected to (--no-connect)")])
+    probes = await asyncio.gather(
+        *(_probe(server, campaign, options) for server in _servers(campaign))
+    )
+    limits = [p.limit for p in probes if p.limit is not None]
+    return _Probe(
+        [f for p in probes for f in p.findings],
+        connected=all(p.connected for p in probes),
+        limit=min(limits) if limits else None,
+    )
+
+
+async def _probe(server: ServerSettings, campaign: Campaign, options: CheckOptions) -> _Probe:
+    """Connect as a run does (TLS, login), read SIZE, try the envelope (no DATA), QUIT."""
     try:
         tls = (
             await asyncio.to_thread(build_tls_context, server)
@@ -697,7 +718,7 @@ async def _server(campaign: Campaign, options: CheckOptions) -> _Probe:
             else None
         )
     except (ssl.SSLError, OSError) as err:
-        text = f"cannot load tls_ca_file {server.tls_ca_file}: {err}"
+        text = f"{server.address}: cannot load tls_ca_file {server.tls_ca_file}: {err}"
         return _Probe([Finding(Severity.ERROR, Code.SERVER, text)])
     local_hostname = await helo_name(server, options.local_hostname)
     session = Session(server, tls_context=tls, local_hostname=local_hostname)

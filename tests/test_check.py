@@ -609,6 +609,36 @@ async def test_what_the_envelope_is_answered_is_told(
     assert said in finding.text, finding.text
 
 
+async def test_every_relay_is_probed_and_the_smallest_size_counts(
+    make_campaign: CampaignFactory,
+) -> None:
+    small = await FaultyServer(Faults(size=400)).start()
+    large = await FaultyServer(Faults()).start()
+    gone = closed_port()
+    try:
+        servers = [
+            {"name": name, "host": "127.0.0.1", "port": port, "security": "none"}
+            for name, port in (("small", small.port), ("large", large.port), ("gone", gone))
+        ]
+        path = make_campaign(host=None, tls_ca_file=None, servers=servers)
+        verdict = await check(path, connect=True)
+        reached = make_campaign(host=None, tls_ca_file=None, servers=servers[:2])
+        (smallest,) = only(await check(reached, connect=True), Code.SIZE)
+    finally:
+        await small.stop()
+        await large.stop()
+    assert smallest.severity is Severity.ERROR and "the server's SIZE of 400" in smallest.text
+    found = {f.text.split(": ")[0]: f.severity for f in only(verdict, Code.SERVER)}
+    assert found == {
+        f"127.0.0.1:{small.port}": Severity.OK,
+        f"127.0.0.1:{large.port}": Severity.OK,
+        f"127.0.0.1:{gone}": Severity.ERROR,
+    }
+    assert len(only(verdict, Code.ENCRYPTION)) == 3
+    (size,) = only(verdict, Code.SIZE)  # gone was not connected to: not compared
+    assert "not compared" in size.text
+
+
 @pytest.mark.parametrize(("size", "severity"), [(400, Severity.ERROR), (100_000, Severity.OK)])
 async def test_message_size_against_the_servers_size(
     make_campaign: CampaignFactory, size: int, severity: Severity
