@@ -259,15 +259,20 @@ class PgLedger:
             await conn.execute(
                 "UPDATE asyncmailer_leases SET expires = now() WHERE id = %(me)s", params
             )
+
+        async def forget(conn: Connection) -> None:
             await conn.execute("DELETE FROM asyncmailer_quota_writes WHERE lease = %(me)s", params)
 
         if self._latch.failure is not None:  # the database may be gone: do not wait long for it
             self._writer.outage = min(self._writer.outage, 2.0)
         await self._stop_loader()
         end_future = self._writer.submit(end)
+        # Solo: its own transaction, so that nothing it could fail on takes the last marks down.
+        forget_future = self._writer.submit(forget, solo=True)
         await self._writer.stop()
-        if end_future.done() and not end_future.cancelled():
-            end_future.exception()  # retrieved: the database may be gone by now
+        for future in (end_future, forget_future):
+            if future.done() and not future.cancelled():
+                future.exception()  # retrieved: the database may be gone by now
 
     # -- the failure latch -------------------------------------------------------------------
 
