@@ -26,7 +26,14 @@ from typing import TYPE_CHECKING
 
 from .addresses import Mailbox
 from .attachments import Part
-from .config import Campaign, DkimSettings, Security, ServerSettings, is_loopback
+from .config import (
+    Campaign,
+    DkimSettings,
+    RelaySettings,
+    Security,
+    ServerSettings,
+    is_loopback,
+)
 from .display import printable, shorten
 from .dns_records import DnsRecords, Lookup, Outcome, tags
 from .errors import DeliveryError, InputError, RefusedError
@@ -39,6 +46,7 @@ from .results import plural
 from .run.campaign import prepare_message, prepare_personalizer
 from .run.dispatcher import render
 from .run.loader import check_row, list_file
+from .smtp.outcome import ACCEPTED_RCPT
 from .smtp.session import Session, build_tls_context, helo_name
 
 if TYPE_CHECKING:
@@ -427,13 +435,24 @@ class _Rows:
 # The campaign's settings and the rendered message
 
 
-def _servers(campaign: Campaign) -> list[ServerSettings]:
-    """Every relay's server (`servers:`), or the one server."""
-    return [relay.server for relay in campaign.relays] or [campaign.server]
+def _servers(campaign: Campaign) -> list[tuple[str, ServerSettings]]:
+    """Every relay's server (`servers:`), or the one server, each with what its findings
+    begin with: its name when it has one of its own (two relays may share a host)."""
+    relays = campaign.relays or (
+        RelaySettings(name=campaign.server.address, server=campaign.server),
+    )
+    return [
+        ("" if relay.name == relay.server.address else f"{relay.name}: ", relay.server)
+        for relay in relays
+    ]
 
 
 def _transport_findings(campaign: Campaign) -> list[Finding]:
-    return [f for server in _servers(campaign) for f in _server_transport(server)]
+    return [
+        Finding(f.severity, f.code, name + f.text)
+        for name, server in _servers(campaign)
+        for f in _server_transport(server)
+    ]
 
 
 def _server_transport(server: ServerSettings) -> list[Finding]:
@@ -461,8 +480,8 @@ def _server_transport(server: ServerSettings) -> list[Finding]:
         found.append(Finding(Severity.OK, Code.CERTIFICATE, text))
     else:
         text = (
-            "tls_verify is false: the server's certificate is not checked, so whoever is in "
-            "between can read the mail and the password"
+            f"tls_verify is false: {server.address}'s certificate is not checked, so whoever "
+            "is in between can read the mail and the password"
         )
         found.append(Finding(Severity.WARNING if local else Severity.ERROR, Code.CERTIFICATE, text))
     return found
@@ -698,13 +717,17 @@ async def _server(campaign: Campaign, options: CheckOptions) -> _Probe:
     carry the largest message)."""
     if not options.connect:
         return _Probe([Finding(Severity.WARNING, Code.SERVER, "not connected to (--no-connect)")])
-    probes = await asyncio.gather(
-        *(_probe(server, campaign, options) for server in _servers(campaign))
-    )
-    limits = [p.limit for p in probes if p.limit is not None]
-    return _Probe(
-        [f for p in probes for f in p.findings],
-        connected=all(p.connected for p in probes),
+    async with asyncio.TaskGroup() as group:
+        tasks = [
+            (name, group.create_task(_probe(server, campaign, options)))
+            for name, server in _servers(campaign)
+        ]
+    probes = [(name, task.result()) for name, task in tasks]
+    reached = [probe for _, probe in probes if probe.connected]
+    limits = [probe.limit for probe in reached if probe.limit is not None]
+    return _Probe(  # a relay not reached has its error: the others' SIZE still counts
+        [Finding(f.severity, f.code, name + f.text) for name, p in probes for f in p.findings],
+        connected=bool(reached),
         limit=min(limits) if limits else None,
     )
 
@@ -732,9 +755,11 @@ async def _probe(server: ServerSettings, campaign: Campaign, options: CheckOptio
     # postmaster every domain must have (RFC 5321 4.5.1): no list recipient is asked about,
     # and a refusal that quotes it is not taken for one that names the sender.
     postmaster = f"postmaster@{sender.domain}"
+    if sender.key == postmaster:  # another address: a refusal quoting it is not the sender's
+        postmaster = f"abuse@{sender.domain}"  # RFC 2142
     try:
         answer = await session.probe(sender.addr, postmaster)
-    except DeliveryError as err:
+    except (DeliveryError, InputError) as err:
         return _Probe([Finding(Severity.ERROR, Code.SERVER, str(err))])
     finally:
         await session.close()
@@ -745,7 +770,7 @@ async def _probe(server: ServerSettings, campaign: Campaign, options: CheckOptio
     if server.username is not None:
         how += f", logged in as {server.username}"
     text = f"{server.address}: connected ({how}); MAIL FROM <{sender.addr}> taken"
-    if 200 <= answer.code < 300:
+    if answer.code in ACCEPTED_RCPT:  # as a run takes it
         text += f", and RCPT TO <{postmaster}>"
         return _Probe([Finding(Severity.OK, Code.SERVER, text)], connected=True, limit=limit)
     said = " ".join(answer.message.split())

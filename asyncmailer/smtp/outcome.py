@@ -9,10 +9,10 @@ from aiosmtplib import SMTPResponse, SMTPStatus
 from ..results import RecipientResult, Status
 from .refusals import Scope, Stage, names_sender, scope_of, scope_of_rcpts
 
-__all__ = ["AFTER_END", "Transaction", "classify", "describe"]
+__all__ = ["ACCEPTED_RCPT", "AFTER_END", "Transaction", "classify", "describe"]
 
 AFTER_END = "after the final '.'"
-_ACCEPTED_RCPT = (SMTPStatus.completed, SMTPStatus.will_forward)
+ACCEPTED_RCPT = (SMTPStatus.completed, SMTPStatus.will_forward)
 
 
 def classify(code: int) -> Status:
@@ -87,7 +87,7 @@ class Transaction:
             )
             self.failed = True
             self._refuse(mail, Stage.MAIL)
-        elif reply.code in _ACCEPTED_RCPT:
+        elif reply.code in ACCEPTED_RCPT:
             self.accepted.append(recipient)
         else:
             self.outcome[recipient] = _result(recipient, classify(reply.code), reply, self.relay)

@@ -495,6 +495,8 @@ class Session:
             )
         elif scope is Scope.SESSION and refuses_helo(reply):
             hint = "; set helo_name to this host's name in DNS (what its address's PTR gives)"
+        elif reply.code == SMTPStatus.access_denied and "tls" in reply.message.lower():
+            hint = "; the server wants TLS first: use security: starttls (or ssl)"
         elif reply.code == SMTPStatus.access_denied and not self.settings.logs_in:
             hint = "; the server wants a login: set the password (or auth: xoauth2)"
         return RefusedError(
