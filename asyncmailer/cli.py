@@ -1183,8 +1183,10 @@ class _SignalStop:
         if self.count == 1:
             for stop in self.stops:
                 stop.set()
+            # On a terminal, first end the line that the ^C (or the progress bar) is on.
+            first = "\n" if sys.stderr.isatty() else ""
             print(
-                "\nasyncmailer: stopping: finishing the transactions in flight "
+                f"{first}asyncmailer: stopping: finishing the transactions in flight "
                 f"(at most {STOP_TIMEOUT:.0f} s); press Ctrl-C again to stop at once",
                 file=sys.stderr,
                 flush=True,

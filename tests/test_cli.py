@@ -321,6 +321,8 @@ async def test_sigterm_finishes_transactions_in_flight_then_resume_completes(
         assert process.returncode == 75, err.decode()
         assert "stopping: finishing the transactions in flight" in err.decode()
         assert "interrupted; run the same command again to resume" in err.decode()
+        # Not a terminal: no blank line in front of the stop notice (nor anywhere).
+        assert "\n\n" not in err.decode() and not err.startswith(b"\n"), err.decode()
         sent_before = len(server.delivered)
         assert 0 < sent_before < 200
         # The report already has every recipient: accepted ones, and the rest not attempted.
