@@ -19,7 +19,7 @@ T = TypeVar("T")
 
 __all__ = ["NOT_YET", "JournalReader", "counts", "page", "result_columns"]
 
-NOT_YET = "not attempted yet: run the campaign again to send"
+NOT_YET = "run the campaign again to send it"  # the message beside "not attempted"
 _NOT_RUN = f"('{JournalState.PENDING}', '{JournalState.INFLIGHT}')"  # the run never got to it
 # Each row as the report shows it (a `ResultRow`), made in SQL: a long list's final read is a
 # million rows. Past DATA without a reply is unknown; pending or in flight and never tried,

@@ -429,7 +429,8 @@ def _bounces(results: Iterable[RecipientResult], campaign_id: str) -> Iterable[E
 
 
 def _explain(result: RecipientResult, report: CampaignReport) -> RecipientResult:
-    """A recipient this run never got to, when the run stopped on a fatal error: say why."""
+    """A recipient this run never got to, when the run stopped on a fatal error: say why (the
+    status already says "not attempted")."""
     if result.status is Status.NOT_ATTEMPTED:
-        return dataclasses.replace(result, message=f"not attempted: {report.fatal}")
+        return dataclasses.replace(result, message=str(report.fatal))
     return result
