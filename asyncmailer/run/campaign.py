@@ -272,15 +272,17 @@ async def run_campaign(
             await ledger.start_run(resend_unknown=options.resend_unknown)
             if options.retry_refused:
                 await ledger.requeue_refused(options.retry_codes)
-            if isinstance(ledger, ConnectionBank) and _connection_limits(campaign):
-                # After the requeues: a finished run they reopen has work for connections.
-                campaign = await _share_connections(campaign, ledger, ledger, options.stop)
             counts = await ledger.counts()
             expected = counts[JournalState.PENDING] + counts[JournalState.DEFERRED]
             await observer.started(None if loader.reading else expected + len(loader.bad))
             if loader.bad:
                 await observer.results(list(loader.bad))  # a copy: the list grows
             loader.go_on(observer, expected)
+            if isinstance(ledger, ConnectionBank) and _connection_limits(campaign):
+                # After the requeues (a finished run they reopen has work for connections),
+                # and with the loader reading on: the workers holding every connection may be
+                # waiting for its rows, and would never free one.
+                campaign = await _share_connections(campaign, ledger, ledger, options.stop)
             async with contextlib.AsyncExitStack() as transports:
                 relays = await _relays(campaign, options, ledger, transport, transports)
                 if transport is not None:

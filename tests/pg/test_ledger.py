@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 import psycopg
@@ -492,3 +492,61 @@ async def test_a_run_stopped_while_reading_the_list_reads_the_rest_when_it_goes_
     assert counts[JournalState.ACCEPTED] == 5000
     received = Counter(server.delivered)
     assert len(received) == 5000 and max(received.values()) == 1  # nothing lost, none twice
+
+
+class _LateToReserve(PgLedger):
+    """A worker that asks for its connections only once `go` is set: it stands in for a loader
+    a little slower than the others (its first batch, ANALYZE)."""
+
+    go: asyncio.Event
+
+    async def reserve_connections(self, wants: Mapping[str, tuple[int, int]]) -> dict[str, int]:
+        await self.go.wait()
+        return await super().reserve_connections(wants)
+
+
+async def test_the_loader_reads_on_while_the_other_workers_hold_every_connection(
+    make_campaign: CampaignFactory, pg_url: str, run: int
+) -> None:
+    """The worker reading the list waits for a connection slot while another worker holds
+    them all and has sent what was read so far: the loader must go on reading meanwhile, or
+    each waits for the other for ever (the sender for rows, the loader for a slot)."""
+    server = await FaultyServer(Faults()).start()
+    url = LedgerUrl(pg_url)
+    try:
+        path = plain_list_campaign(
+            make_campaign,
+            server.port,
+            [f"u{i}@example.com" for i in range(40)],
+            group_size=1,
+            concurrency=2,
+            max_connections=2,
+        )
+        campaign = await load_campaign(path, env={})
+        async with (
+            await _LateToReserve.open(url, campaign="fencing", run=run) as loader,
+            await PgLedger.open(url, campaign="fencing", run=run) as sender,
+        ):
+            assert isinstance(loader, _LateToReserve)
+            loader.go = asyncio.Event()
+            loading = asyncio.create_task(
+                run_campaign(
+                    campaign, options=RunOptions(first_batch=10, load_batch=10), ledger=loader
+                )
+            )
+            while not await sender.loading():  # the first worker has begun the load
+                await asyncio.sleep(0.01)
+            sending = asyncio.create_task(
+                run_campaign(
+                    campaign, options=RunOptions(first_batch=10, load_batch=10), ledger=sender
+                )
+            )
+            while not server.delivered:  # the second holds both connections, and sends
+                await asyncio.sleep(0.01)
+            loader.go.set()
+            await asyncio.wait_for(asyncio.gather(loading, sending), 30)
+            counts = await sender.counts()
+    finally:
+        await server.stop()
+    assert counts[JournalState.ACCEPTED] == 40
+    assert sorted(server.delivered) == sorted(f"u{i}@example.com" for i in range(40))
