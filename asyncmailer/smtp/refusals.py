@@ -39,15 +39,16 @@ _RELAY_DENIED = re.compile(
     re.IGNORECASE,
 )
 # "Client host rejected", "Client host [192.0.2.1] blocked using zen.spamhaus.org" (Postfix,
-# Exchange) and "Helo command rejected" (Postfix): refusals of this client, its address or
+# Exchange), "Unverified Client host rejected" (its reverse name), "Helo command rejected"
+# and "Helo command [name] blocked using ..." (Postfix): refusals of this client, its address or
 # its EHLO name, that Postfix gives at RCPT time (smtpd_delay_reject) and so names each
 # recipient in. Only as the reply's own words, at its start: a relay that quotes another
 # server ("Recipient address rejected: ... said: 554 Client host rejected") refuses the
 # recipient.
 _CLIENT_REFUSED = re.compile(
     r"\s*(?:[245]\.\d{1,3}\.\d{1,3}\s+)?(?:<[^>]*>:\s*)?(?:service\s+unavailable;\s*)?"
-    r"(?:client\s+host\s*(?:\[[^\]]*\]\s*)?(?:rejected|blocked)"
-    r"|(?P<helo>helo)\s+command\s+rejected)",
+    r"(?:(?:unverified\s+)?client\s+host\s*(?:\[[^\]]*\]\s*)?(?:rejected|blocked)"
+    r"|(?P<helo>helo)\s+command\s*(?:\[[^\]]*\]\s*)?(?:rejected|blocked))",
     re.IGNORECASE,
 )
 _ENHANCED = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])")

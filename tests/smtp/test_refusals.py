@@ -194,6 +194,21 @@ def test_relay_denied_to_one_of_several_is_that_recipients() -> None:
         (550, "5.7.1 Client host blocked", False),
         (504, "5.5.2 <mailer>: Helo command rejected: need fully-qualified hostname", True),
         (450, "4.7.1 <mailer>: Helo command rejected: Host not found", True),
+        # Postfix's check_reverse_client_hostname_access, reject_rhsbl_reverse_client and
+        # reject_rhsbl_helo
+        (554, "5.7.1 <unknown[127.0.0.1]>: Unverified Client host rejected: Access denied", False),
+        (
+            554,
+            "5.7.1 Service unavailable; Unverified Client host [bad.example] blocked using"
+            " dbl.example.org",
+            False,
+        ),
+        (
+            554,
+            "5.7.1 Service unavailable; Helo command [mailer.example] blocked using"
+            " dbl.example.org",
+            True,
+        ),
     ],
 )
 def test_a_refusal_of_the_client_or_its_ehlo_name_is_the_sessions(
