@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 from .addresses import Mailbox
 from .attachments import Part
 from .config import (
+    AuthMethod,
     Campaign,
     DkimSettings,
     RelaySettings,
@@ -46,6 +47,7 @@ from .results import plural
 from .run.campaign import prepare_message, prepare_personalizer
 from .run.dispatcher import render
 from .run.loader import check_row, list_file
+from .smtp.oauth import TokenSource
 from .smtp.outcome import ACCEPTED_RCPT
 from .smtp.session import Session, build_tls_context, helo_name
 
@@ -744,7 +746,8 @@ async def _probe(server: ServerSettings, campaign: Campaign, options: CheckOptio
         text = f"{server.address}: cannot load tls_ca_file {server.tls_ca_file}: {err}"
         return _Probe([Finding(Severity.ERROR, Code.SERVER, text)])
     local_hostname = await helo_name(server, options.local_hostname)
-    session = Session(server, tls_context=tls, local_hostname=local_hostname)
+    tokens = TokenSource(server) if server.auth is AuthMethod.XOAUTH2 else None
+    session = Session(server, tls_context=tls, local_hostname=local_hostname, tokens=tokens)
     try:
         await session.connect()
     except DeliveryError as err:
@@ -755,7 +758,7 @@ async def _probe(server: ServerSettings, campaign: Campaign, options: CheckOptio
     # postmaster every domain must have (RFC 5321 4.5.1): no list recipient is asked about,
     # and a refusal that quotes it is not taken for one that names the sender.
     postmaster = f"postmaster@{sender.domain}"
-    if sender.key == postmaster:  # another address: a refusal quoting it is not the sender's
+    if sender.key == postmaster.lower():  # another: a refusal quoting it is not the sender's
         postmaster = f"abuse@{sender.domain}"  # RFC 2142
     try:
         answer = await session.probe(sender.addr, postmaster)

@@ -27,10 +27,11 @@ from asyncmailer.dkim import DkimKey
 from asyncmailer.dns_records import DnsRecords, Nameserver
 from asyncmailer.errors import ConfigError
 
-from .conftest import CampaignFactory, ServerFactory, plain_list_campaign, run_cli
+from .conftest import USER, CampaignFactory, ServerFactory, plain_list_campaign, run_cli
 from .dns_server import closed_port, serve_zone
 from .faulty import Faults, FaultyServer
 from .postfix import Limits, PostfixFactory
+from .smtpd import OAuthStore
 
 SELECTOR = "s2026"
 UNSUBSCRIBE = {"url": "https://example.com/u?t={{ unsubscribe_token }}", "key_file": "unsub.key"}
@@ -612,6 +613,37 @@ async def test_what_the_envelope_is_answered_is_told(
     (finding,) = only(verdict, Code.SERVER)
     assert finding.severity is severity
     assert said in finding.text, finding.text
+
+
+async def test_a_login_with_an_oauth_token_is_checked_as_a_run_logs_in(
+    smtp_server: ServerFactory, make_campaign: CampaignFactory, tmp_path: Path
+) -> None:
+    running = await smtp_server(store=OAuthStore(user=USER, valid={"ya29.good"}))
+    token = tmp_path / "token.txt"
+    token.write_text("ya29.good\n")
+    token.chmod(0o600)
+    path = make_campaign(
+        port=running.server.ssl_port, password=None, auth="xoauth2", token_file=str(token)
+    )
+    verdict = await check(path, connect=True)
+    (server,) = only(verdict, Code.SERVER)
+    assert server.severity is Severity.OK, server.text
+    assert f"logged in as {USER}" in server.text and "ya29" not in server.text
+
+
+async def test_a_sender_that_is_the_postmaster_in_capitals_is_not_asked_about_itself(
+    make_campaign: CampaignFactory,
+) -> None:
+    server = await FaultyServer(Faults()).start()
+    try:
+        path = plain_list_campaign(
+            make_campaign, server.port, ["a@example.com"], **{"from": "Postmaster@Example.COM"}
+        )
+        verdict = await check(path, connect=True)
+    finally:
+        await server.stop()
+    (finding,) = only(verdict, Code.SERVER)
+    assert finding.text.endswith("and RCPT TO <abuse@Example.COM>"), finding.text
 
 
 async def test_every_relay_is_probed_and_the_smallest_size_counts(
