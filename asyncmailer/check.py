@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING
 from .addresses import Mailbox
 from .attachments import Part
 from .config import (
-    AuthMethod,
     Campaign,
     DkimSettings,
     RelaySettings,
@@ -746,7 +745,7 @@ async def _probe(server: ServerSettings, campaign: Campaign, options: CheckOptio
         text = f"{server.address}: cannot load tls_ca_file {server.tls_ca_file}: {err}"
         return _Probe([Finding(Severity.ERROR, Code.SERVER, text)])
     local_hostname = await helo_name(server, options.local_hostname)
-    tokens = TokenSource(server) if server.auth is AuthMethod.XOAUTH2 else None
+    tokens = TokenSource.of(server)
     session = Session(server, tls_context=tls, local_hostname=local_hostname, tokens=tokens)
     try:
         await session.connect()

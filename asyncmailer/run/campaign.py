@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..attachments import Attachment, load_attachments
-from ..config import AuthMethod, Campaign, DkimSettings, RelaySettings, Security
+from ..config import Campaign, DkimSettings, RelaySettings, Security
 from ..html_body import MARKDOWN, inline_images, render_markdown
 from ..journal.files import journal_path
 from ..journal.sqlite import Journal
@@ -168,7 +168,7 @@ async def smtp_transport(relay: RelaySettings, options: RunOptions) -> SessionPo
         else None
     )
 
-    tokens = TokenSource(server) if server.auth is AuthMethod.XOAUTH2 else None
+    tokens = TokenSource.of(server)
     local_hostname = await helo_name(server, options.local_hostname)
 
     def new_session() -> Session:

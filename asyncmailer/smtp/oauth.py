@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import re
 
-from ..config import ServerSettings
+from ..config import AuthMethod, ServerSettings
 from ..errors import AuthError, InputError
 from ..textfiles import read_secret
 
@@ -39,6 +39,12 @@ class TokenSource:
         self._token: str | None = None
         self._lock = asyncio.Lock()
         self.fetched = 0  # how many times the file was read or the command run
+
+    @classmethod
+    def of(cls, settings: ServerSettings) -> TokenSource | None:
+        """The server's token source: None unless it logs in with XOAUTH2 (a run's pool and
+        `check`'s probe take it from here alike)."""
+        return cls(settings) if settings.auth is AuthMethod.XOAUTH2 else None
 
     def __repr__(self) -> str:
         source = f"file={self._file}" if self._file else f"command={(self._command or ('',))[0]}"
