@@ -11,11 +11,14 @@ skips nor doubles an occurrence.
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import tzlocal
 
 _UTC_ZONE = ZoneInfo("UTC")
 
@@ -53,20 +56,37 @@ def zone(name: str | None) -> ZoneInfo:
     :raises ValueError: no such zone.
     """
     if name is None:
-        local = datetime.now().astimezone().tzinfo
-        key = getattr(local, "key", None)
-        if key:
-            return ZoneInfo(key)
-        try:
-            return ZoneInfo("localtime")
-        except (ValueError, OSError):
-            return _UTC_ZONE
+        return _local_zone()
     try:
         return ZoneInfo(name)
     except (ValueError, OSError, ZoneInfoNotFoundError):
         raise ValueError(
             f"no such time zone: {name[:60]!r} (an IANA name, e.g. Europe/Berlin)"
         ) from None
+
+
+def _local_zone() -> ZoneInfo:
+    """The machine's zone as its C library sees it: ``TZ`` first, then the system's setting
+    (/etc/localtime, macOS's, Windows' registry). Read anew each time, not tzlocal's cached
+    answer, so a changed ``TZ`` counts.
+
+    :raises ValueError: ``TZ`` names no zone, or the system's settings disagree.
+    """
+    try:
+        # Typed ZoneInfo, but timezone.utc on a system with no zone data at all.
+        found: tzinfo = tzlocal.reload_localzone()
+    except (ValueError, OSError, ZoneInfoNotFoundError) as err:
+        told = os.environ.get("TZ")
+        if told:
+            reason = f"TZ={told[:60]!r} is not a time zone name"
+        else:
+            words = str(err.args[0]) if err.args else type(err).__name__
+            reason = f"cannot tell this machine's time zone: {words.splitlines()[0][:120]}"
+        raise ValueError(
+            f"{reason}; set TZ to an IANA name (e.g. TZ=Europe/Berlin), "
+            "or name the zone (--tz, timezone:)"
+        ) from None
+    return found if isinstance(found, ZoneInfo) else _UTC_ZONE
 
 
 def parse_send_time(text: str, timezone: ZoneInfo, now: datetime) -> datetime:

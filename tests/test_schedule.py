@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from asyncmailer.schedule import Schedule, parse_duration
+from asyncmailer.schedule import Schedule, parse_duration, parse_send_time, zone
 
 BERLIN = ZoneInfo("Europe/Berlin")
 
@@ -127,3 +127,24 @@ def test_send_at_local_is_that_time_in_each_zone_or_the_next_day_once_passed() -
     # The spring change in Berlin: 02:30 does not exist on 29 March; it is 03:30 then.
     spring = datetime(2026, 3, 29, 0, 0, tzinfo=UTC)
     assert local_due((2, 30, 0), BERLIN, spring) == datetime(2026, 3, 29, 1, 30, tzinfo=UTC)
+
+
+def test_the_local_zone_is_the_one_tz_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    # What the C library uses for local time (and what "sending at ..." prints): TZ first.
+    monkeypatch.setenv("TZ", "Europe/Berlin")
+    now = datetime(2026, 12, 1, tzinfo=UTC)
+    assert zone(None) == BERLIN
+    assert parse_send_time("2026-12-07 09:00", zone(None), now) == datetime(
+        2026, 12, 7, 8, 0, tzinfo=UTC
+    )
+    monkeypatch.setenv("TZ", ":America/New_York")  # the POSIX form with a colon
+    assert zone(None) == ZoneInfo("America/New_York")
+
+
+@pytest.mark.parametrize("told", ["Nowhere/Land", "CET-1CEST,M3.5.0,M10.5.0/3"])
+def test_a_tz_that_names_no_zone_is_one_clear_error(
+    monkeypatch: pytest.MonkeyPatch, told: str
+) -> None:
+    monkeypatch.setenv("TZ", told)
+    with pytest.raises(ValueError, match=r"^TZ='.*' is not a time zone name; set TZ"):
+        zone(None)
