@@ -1351,7 +1351,7 @@ async def runs_command(args: argparse.Namespace, *, out: TextIO = sys.stdout) ->
             counted = [r.counts or await book.counts(r) for r in records]
     else:
         catalog = RunCatalog(state_dir, campaign_id)
-        _, records = await asyncio.to_thread(catalog.load)
+        records = (await asyncio.to_thread(catalog.load)).runs
         counted = []
         for record in records:
             counts = record.counts
@@ -1401,7 +1401,7 @@ async def report_command(args: argparse.Namespace, *, out: TextIO = sys.stdout) 
         async with PgRuns(shared, campaign_id) as book:
             return await _report(args, campaign_id, await book.runs(), out, book)
     catalog = RunCatalog(state_dir, campaign_id)
-    _, records = await asyncio.to_thread(catalog.load)
+    records = (await asyncio.to_thread(catalog.load)).runs
     return await _report(args, campaign_id, records, out, catalog)
 
 

@@ -189,7 +189,11 @@ class Runs(RunList):
         os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
         self._lock = fd
         try:
-            self._source, self._runs = self.catalog.load()
+            catalog = self.catalog.load()
+            self._source, self._runs = catalog.source, catalog.runs
+            if catalog.setting_aside is not None:  # a crash came while a new run began
+                self.catalog.set_aside(catalog.setting_aside)
+                self.catalog.save(self._source, self._runs)
             # Where the campaign file is, seen from the state folder: the same when the
             # project moves whole, different for another campaign of the same file name.
             here = os.path.relpath(
@@ -210,7 +214,7 @@ class Runs(RunList):
                 and not self.catalog.journal.exists()
                 and by_name.exists()
                 # ...and it is this campaign's (or nobody can tell): not another of its name
-                and RunCatalog(self.campaign.state_dir, name).load()[0] in (None, here)
+                and RunCatalog(self.campaign.state_dir, name).load().source in (None, here)
             ):
                 raise JournalError(
                     f"this campaign's runs are still named after its file: rename "
@@ -275,14 +279,18 @@ class Runs(RunList):
             await self._save([*runs[:-1], choice.record])
             return choice.record
         latest = runs[-1] if runs else None
-        moving = latest is not None and await asyncio.to_thread(self.catalog.journal.exists)
-        if moving and latest is not None:
-            # The catalog names the earlier run's new journal name before the rename: a crash
-            # between the two leaves the new run with the old journal (nobody sent twice).
-            runs[-1] = replace(latest, journal=self.catalog.set_aside_name(latest))
-        await self._save([*runs, choice.record])
-        if moving and latest is not None:
-            await asyncio.to_thread(self.catalog.set_aside, latest)
+        if latest is None or not await asyncio.to_thread(self.catalog.journal.exists):
+            await self._save([*runs, choice.record])
+            return choice.record
+        # The catalog names the earlier run's new journal name, and says the rename is under
+        # way, before the rename: a crash between the two is finished at the next open
+        # (before, it left the new run with the old run's journal: an occurrence sent to
+        # nobody).
+        aside = self.catalog.set_aside_name(latest)
+        runs[-1] = replace(latest, journal=aside)
+        await self._save([*runs, choice.record], setting_aside=aside)
+        await asyncio.to_thread(self.catalog.set_aside, aside)
+        await self._save(self._runs)
         return choice.record
 
     async def sent_today(self, day: str) -> int:
@@ -325,9 +333,11 @@ class Runs(RunList):
         await self._save([record])
         return record
 
-    async def _save(self, runs: list[RunRecord]) -> None:
+    async def _save(self, runs: list[RunRecord], *, setting_aside: str | None = None) -> None:
         try:
-            await asyncio.to_thread(self.catalog.save, self._source, runs)
+            await asyncio.to_thread(
+                self.catalog.save, self._source, runs, setting_aside=setting_aside
+            )
         except OSError as err:
             raise JournalError(
                 f"cannot write the runs of this campaign: {err.strerror}", path=self.catalog.path

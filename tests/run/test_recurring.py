@@ -13,7 +13,7 @@ import pytest
 
 from asyncmailer.config import load_campaign
 from asyncmailer.errors import JournalError
-from asyncmailer.journal.runs import RunCatalog, RunRecord
+from asyncmailer.journal.runs import Catalog, RunCatalog, RunRecord
 from asyncmailer.run.recurring import Recurring
 from asyncmailer.run.runs import RunBook, Runs, fingerprint
 from asyncmailer.schedule import Schedule
@@ -94,7 +94,7 @@ async def test_an_unfinished_run_goes_on_at_the_next_occurrence(
     await asyncio.wait_for(recurring.run(), 30)
     assert ran == ["20261201T080000Z"]
     assert any("run 20261201T080000Z goes on" in line for line in told)
-    _, records = catalog.load()
+    records = catalog.load().runs
     assert [r.id for r in records] == ["20261201T080000Z"]
     assert records[0].covers == ["20261201T090000Z"]  # served by that run: never run again
 
@@ -120,5 +120,5 @@ async def test_the_catalog_is_written_whole(tmp_path: Path) -> None:
     record = RunRecord(id="r1", started="2026-12-01T00:00:00Z", journal="c.journal.sqlite")
     catalog.save("/x/c.yaml", [record])
     assert json.loads(catalog.path.read_text())["runs"][0]["id"] == "r1"
-    assert catalog.load() == ("/x/c.yaml", [record])
+    assert catalog.load() == Catalog(source="/x/c.yaml", runs=[record])
     assert [p.name for p in tmp_path.iterdir()] == ["c.runs.json"]  # no temporary left

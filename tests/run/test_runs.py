@@ -3,7 +3,11 @@ run resumes (or starts over when asked), two campaigns of one file name cannot m
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
+
+from asyncmailer.config import load_campaign
+from asyncmailer.journal.runs import RunCatalog, RunRecord
 
 from ..conftest import CampaignFactory, ServerFactory, run_cli
 
@@ -175,3 +179,36 @@ async def test_a_content_fingerprint_ignores_times_and_sees_bytes(
     listing.write_text("b@example.com\n")
     changed = fingerprint(campaign, content=True)
     assert [p for p in before if before[p] != changed[p]] == ["list"]
+
+
+async def test_a_crash_between_the_runs_file_and_the_journals_rename_is_finished_next_start(
+    smtp_server: ServerFactory, make_campaign: CampaignFactory, tmp_path: Path
+) -> None:
+    running = await smtp_server()
+    path = list_of_three(make_campaign, running.server.ssl_port, tmp_path)
+    assert (await run_cli("send", str(path), "-q", cwd=tmp_path))[0] == 0
+    # What a new run's begin() leaves when the process dies between its two steps: the runs
+    # file names the new run and the first run's new journal name, the rename not done.
+    campaign = await load_campaign(path, env={})
+    catalog = RunCatalog(campaign.state_dir, campaign.id)
+    found = catalog.load()
+    (first,) = found.runs
+    aside = catalog.set_aside_name(first)
+    second = RunRecord(
+        id="20991231T000000Z",
+        started="2099-12-31T00:00:00Z",
+        journal=catalog.journal.name,
+        fingerprint=first.fingerprint,
+    )
+    catalog.save(found.source, [replace(first, journal=aside), second], setting_aside=aside)
+    assert catalog.journal.exists() and not (catalog.state_dir / aside).exists()
+
+    code, _, err = await run_cli("send", str(path), "-q", cwd=tmp_path)
+    assert code == 0, err
+    # The second run went on with a journal of its own: everyone got it once more, not zero.
+    delivered = sorted(r for m in running.messages[3:] for r in m.rcpt_tos)
+    assert delivered == ["a@example.com", "b@example.com", "c@example.com"]
+    after = catalog.load()
+    assert after.setting_aside is None
+    assert [r.id for r in after.runs] == [first.id, second.id]
+    assert (catalog.state_dir / aside).exists()  # the first run's journal, under its new name
