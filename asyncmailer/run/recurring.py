@@ -43,6 +43,9 @@ class _Entry:
     schedule: Schedule
     runs: RunBook
     since: datetime  # the last occurrence that ran (or the start, less the grace)
+    # The latest run, unfinished at the start (cut off: a crash, a stop), is still to go on
+    # even when no occurrence is due; once, so a run the daily quota holds does not loop.
+    resume: bool = False
 
 
 class Recurring:
@@ -89,7 +92,16 @@ class Recurring:
             for campaign in self.campaigns:
                 assert campaign.schedule is not None
                 runs = await stack.enter_async_context(self.open_runs(campaign))
-                entries.append(_Entry(campaign, campaign.schedule, runs, self._since(runs)))
+                latest = runs.latest
+                entries.append(
+                    _Entry(
+                        campaign,
+                        campaign.schedule,
+                        runs,
+                        self._since(runs),
+                        resume=latest is not None and not latest.finished,
+                    )
+                )
             while not self.stop.is_set():
                 ran = False
                 for entry in entries:
@@ -142,31 +154,39 @@ class Recurring:
                 f"{occurrence.at:%Y-%m-%d %H:%M:%S} UTC: {why}"
             )
             entry.since = max(entry.since, occurrence.at)
-        if current is None:
+        if current is None and not entry.resume:
             return None
+        entry.resume = False
         latest = entry.runs.latest
         try:
             if self.reload is not None:
                 entry.campaign = entry.runs.campaign = await self.reload(entry.campaign)
+            # No occurrence: the run cut off goes on (begin() refuses a finished one).
             record = await entry.runs.begin(occurrence=current)
         except (InputError, NothingToSendError) as err:
             # Edited while a run is unfinished, say: the scheduler goes on, this occurrence
             # does not (`send --continue` or `--new-run` settles it).
-            self.tell(
-                f"{entry.campaign.id}: skipped the occurrence of "
-                f"{current.at:%Y-%m-%d %H:%M:%S} UTC: {err}"
+            what = (
+                f"the occurrence of {current.at:%Y-%m-%d %H:%M:%S} UTC"
+                if current is not None
+                else f"going on with run {latest.id if latest else '?'}"
             )
-            entry.since = max(entry.since, current.at)
+            self.tell(f"{entry.campaign.id}: skipped {what}: {err}")
+            if current is not None:
+                entry.since = max(entry.since, current.at)
             return None
         if entry.runs.began:
             shown = ""
             if latest is not None and entry.runs.changed:
                 shown = f" (changed since run {latest.id}: {', '.join(entry.runs.changed)})"
             self.tell(f"{entry.campaign.id}: run {record.id} begins{shown}")
+        elif current is None:
+            self.tell(f"{entry.campaign.id}: run {record.id} goes on (it was cut off)")
         else:  # unfinished, or begun by another scheduler of a shared ledger just now
             self.tell(f"{entry.campaign.id}: run {record.id} goes on")
         code = await self.run_once(entry.campaign, entry.runs, record)
-        entry.since = max(entry.since, current.at)
+        if current is not None:
+            entry.since = max(entry.since, current.at)
         return code
 
 

@@ -99,6 +99,40 @@ async def test_an_unfinished_run_goes_on_at_the_next_occurrence(
     assert records[0].covers == ["20261201T090000Z"]  # served by that run: never run again
 
 
+async def test_a_run_cut_off_goes_on_at_the_next_start_once_even_past_its_grace(
+    make_campaign: CampaignFactory,
+) -> None:
+    # The 09:00 run was cut off (a crash); the scheduler starts again at 11:00, past the
+    # grace of that occurrence, with the next one tomorrow: the run goes on now, and once.
+    path = make_campaign(schedule={"cron": "0 9 * * *", "timezone": "UTC", "grace": "10m"})
+    campaign = await load_campaign(path, env={})
+    catalog = RunCatalog(campaign.state_dir, campaign.id)
+    cut_off = RunRecord(
+        id="20261201T090000Z",
+        started="2026-12-01T09:00:00Z",
+        journal="x",
+        fingerprint=fingerprint(campaign),
+        scheduled="2026-12-01T09:00:00Z",
+    )
+    catalog.save(None, [cut_off])
+    ran: list[str] = []
+    stop = asyncio.Event()
+
+    async def run_once(_campaign: object, runs: RunBook, record: RunRecord) -> int:
+        ran.append(record.id)
+        asyncio.get_running_loop().call_later(0.3, stop.set)
+        return 75  # stopped again (say, by the daily quota): not tried over and over
+
+    clock = lambda: datetime(2026, 12, 1, 11, 0, tzinfo=UTC)  # noqa: E731
+    told: list[str] = []
+    recurring = Recurring([campaign], run_once=run_once, stop=stop, tell=told.append, clock=clock)
+    await asyncio.wait_for(recurring.run(), 30)
+    assert ran == ["20261201T090000Z"]
+    assert any("run 20261201T090000Z goes on (it was cut off)" in line for line in told)
+    (record,) = catalog.load().runs
+    assert record.covers == []  # no occurrence used up: tomorrow's still begins a run
+
+
 async def test_two_schedulers_of_one_campaign_cannot_both_run_it(
     make_campaign: CampaignFactory,
 ) -> None:
