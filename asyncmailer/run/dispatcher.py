@@ -255,7 +255,7 @@ class Dispatcher:
         quota only when no relay with some left remains."""
         relay.spent = True
         tomorrow = datetime.now().astimezone().replace(hour=0, minute=0, second=0) + _DAY
-        self.relays.take_out(relay, tomorrow.timestamp())
+        self.relays.take_out(relay, time.monotonic() + (tomorrow.timestamp() - time.time()))
         if not self.relays.left(relay):
             self.report.quota_reached = True
             self.stop.set()
@@ -295,11 +295,11 @@ class Dispatcher:
         if (
             (stops_the_run(err, connected=relay.connected) and not busy)
             or failures >= self.retry.attempts
-            or time.time() + delay > self.retry.deadline
+            or time.monotonic() + delay > self.retry.deadline
         ):
             self._lost(relay, err)
             return
-        self.relays.take_out(relay, time.time() + delay)
+        self.relays.take_out(relay, time.monotonic() + delay)
 
     async def _refused(
         self, item: WorkItem, refusal: RefusedError, relay: Relay, *, echo: bool = False

@@ -181,7 +181,9 @@ class Pause:
     own per-connection limit, and the others go on. Only once more of them came than the run
     has connections, with no message accepted in between, does every worker wait: `delay`,
     then twice that each time, up to `ceiling`. `hit()` says None once waiting would pass
-    `deadline` (the run's retry_max_age): the run stops then, and the next run goes on.
+    `deadline` (the run's retry_max_age, on `time.monotonic()`, as every wait here: a clock
+    set back an hour does not make the run wait an hour more): the run stops then, and the
+    next run goes on.
     """
 
     def __init__(self, *, delay: float, ceiling: float, threshold: int, deadline: float) -> None:
@@ -190,7 +192,7 @@ class Pause:
         self.threshold = threshold
         self.deadline = deadline
         self.hits = 0  # temporary refusals since a message was last accepted
-        self.until = 0.0  # no worker starts a transaction before this time (time.time())
+        self.until = 0.0  # no worker starts a transaction before this (time.monotonic())
 
     def __repr__(self) -> str:
         return f"<Pause hits={self.hits} until={self.until:.0f}>"
@@ -201,7 +203,7 @@ class Pause:
         if self.hits <= self.threshold:
             return 0.0
         wait = min(self.delay * 2.0 ** (self.hits - self.threshold - 1), self.ceiling)
-        now = time.time()
+        now = time.monotonic()
         if now + wait > self.deadline:
             return None
         self.until = max(self.until, now + wait)
@@ -213,7 +215,7 @@ class Pause:
 
     async def wait(self, stop: asyncio.Event) -> None:
         """Return once the pause is over, or at once when `stop` is set."""
-        left = self.until - time.time()
+        left = self.until - time.monotonic()
         if left > 0 and not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), left)

@@ -36,20 +36,23 @@ _ACCEPTED = JournalState.ACCEPTED
 
 
 class Retry:
-    """Exponential backoff with jitter, bounded by attempts and by time in this run."""
+    """Exponential backoff with jitter, bounded by attempts and by time in this run (its
+    `deadline` on `time.monotonic()`; the times of next tries are wall-clock times, kept in
+    the ledger across runs)."""
 
     def __init__(self, campaign: Campaign) -> None:
         self.attempts = campaign.retry_attempts
         self.delay = campaign.retry_delay
-        self.deadline = time.time() + campaign.retry_max_age
+        self.deadline = time.monotonic() + campaign.retry_max_age
 
     def at(self, attempt: int) -> float | None:
         """When try number `attempt + 1` is due, or None: no more tries in this run."""
         if attempt >= self.attempts:
             return None
-        delay = min(self.delay * 2 ** (attempt - 1), MAX_RETRY_DELAY)
-        when = time.time() + delay * random.uniform(0.8, 1.2)
-        return when if when <= self.deadline else None
+        delay = min(self.delay * 2.0 ** (attempt - 1), MAX_RETRY_DELAY) * random.uniform(0.8, 1.2)
+        if time.monotonic() + delay > self.deadline:
+            return None
+        return time.time() + delay
 
 
 def decide(

@@ -68,7 +68,7 @@ class Relay:
         self.connected = False  # a connection to it has worked in this run
         self.connect_failures = 0  # connections that failed in a row
         self.backoffs = 0  # times taken out of rotation since it last carried a message
-        self.out_until = 0.0  # time.time() before which it takes no new work
+        self.out_until = 0.0  # time.monotonic() before which it takes no new work
         self.gone: DeliveryError | None = None  # out for what would stop a one-relay run
         self.spent = False  # its own daily quota is reached: out until tomorrow
         self.sent = 0  # messages accepted through it in this run
@@ -80,7 +80,7 @@ class Relay:
         return f"<Relay {self.name} {state} busy={self.busy} {self.throttle!r}>"
 
     def in_rotation(self, now: float | None = None) -> bool:
-        return self.out_until <= (time.time() if now is None else now)
+        return self.out_until <= (time.monotonic() if now is None else now)
 
     @property
     def has_slot(self) -> bool:
@@ -164,7 +164,7 @@ class Relays:
 
         Among the preferred ones (its domain's relay, or the default ones), by weight; when
         every one of them is out, the first in rotation in fallback order."""
-        now = time.time()
+        now = time.monotonic()
         home = self.route(item.recipients[0].addr) if item.recipients else None
         first = [home] if home is not None else self.default
         up = [r for r in first if r.in_rotation(now)]
@@ -190,7 +190,7 @@ class Relays:
                 return chosen
             if all(r.gone is not None or r.spent for r in self.relays):
                 return None
-            now = time.time()
+            now = time.monotonic()
             waits = [r.out_until - now for r in self.relays if not r.in_rotation(now)]
             self.changed.clear()
             await _first(self.changed, self.stop, timeout=max(min(waits), 0.0) if waits else None)
@@ -224,7 +224,8 @@ class Relays:
         self.changed.set()
 
     def take_out(self, relay: Relay, until: float, *, gone: DeliveryError | None = None) -> None:
-        """Out of rotation until `until` (time.time()): its work goes to the others.
+        """Out of rotation until `until` (time.monotonic(): a changed clock moves no wait):
+        its work goes to the others.
         `gone`: for a reason that would stop a run with this relay alone."""
         relay.out_until = max(relay.out_until, until)
         relay.backoffs += 1
@@ -234,7 +235,7 @@ class Relays:
     def back_off(self, relay: Relay, delay: float) -> float:
         """How long `relay` stays out this time: `delay` doubled for each time it was taken
         out since it last carried a message, at most `MAX_RETRY_DELAY`."""
-        return time.time() + min(delay * 2.0**relay.backoffs, MAX_RETRY_DELAY)
+        return time.monotonic() + min(delay * 2.0**relay.backoffs, MAX_RETRY_DELAY)
 
     def carried(self, relay: Relay) -> None:
         """It took a message: in good standing again."""

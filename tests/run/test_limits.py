@@ -6,8 +6,9 @@ its daily quota."""
 from __future__ import annotations
 
 import asyncio
+import time
 
-from asyncmailer.run.limits import DailyQuota, RateLimiter, SharedRateLimiter
+from asyncmailer.run.limits import DailyQuota, Pause, RateLimiter, SharedRateLimiter
 
 from ..conftest import two_workers
 
@@ -109,3 +110,18 @@ async def test_a_relays_own_limits_are_kept_apart_from_the_campaigns(pg_url: str
         together = sorted(t for times in both for t in times)
         assert together[-1] - began >= (200 - 2 * shared[0].batch) / RATE * 0.98
         assert alone[-1] - began < (together[-1] - began) * 0.75  # not slowed by the relay's
+
+
+async def test_a_pause_waits_on_the_monotonic_clock_not_the_wall_clock() -> None:
+    # On the wall clock, a clock set back an hour during a 1 s pause made it an hour long.
+    pause = Pause(delay=0.2, ceiling=1.0, threshold=1, deadline=time.monotonic() + 5)
+    assert pause.hit() == 0.0  # within the threshold: no wait
+    wait = pause.hit()
+    assert wait == 0.2
+    assert abs(pause.until - (time.monotonic() + wait)) < 0.1
+    began = time.monotonic()
+    await pause.wait(asyncio.Event())
+    assert 0.15 < time.monotonic() - began < 1.0
+    # Past the deadline (monotonic too), it gives up rather than wait.
+    late = Pause(delay=10.0, ceiling=10.0, threshold=0, deadline=time.monotonic() + 5)
+    assert late.hit() is None
