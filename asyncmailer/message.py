@@ -119,6 +119,7 @@ def _fold(name: str, value: str) -> bytes:
 _PLAIN_TEXT = re.compile(r"[\x21-\x7e]+(?: [\x21-\x7e]+)*\Z")
 _PLAIN_PHRASE = re.compile(rf"{ATOM}(?: {ATOM})*\Z")  # a display name needing no quotes
 _MAX_LINE = POLICY.max_line_length or 78
+_LONGEST_LINE = 998  # RFC 5322 section 2.1.1, without the CRLF
 
 
 def _subject(subject: str) -> bytes:
@@ -241,7 +242,7 @@ class MessageTemplate:
         if reply_to:
             extra = _address_header("Reply-To", reply_to) + extra
         shared = prepare_data(
-            _fold("From", str(sender))
+            _address_header("From", [sender])
             + subject_header
             + extra
             + mime_headers
@@ -487,20 +488,26 @@ def _address_header(name: str, mailboxes: Sequence[Mailbox]) -> bytes:
         line = f"{name}: {mailbox.name} <{mailbox.addr}>"
         if len(line) <= _MAX_LINE and _PLAIN_PHRASE.match(mailbox.name) and "=?" not in line:
             return (line + "\r\n").encode("ascii")
-    if any("=?" in m.name for m in mailboxes):
-        # A name that looks like an encoded word would be decoded by clients into another
-        # (=?utf-8?b?QWRtaW4=?= shows as "Admin"): encoded as RFC 2047 itself, it shows as
-        # written.
-        return (f"{name}: " + ", ".join(_literal_name(m) for m in mailboxes) + "\r\n").encode(
-            "ascii"
-        )
-    return _fold(name, ", ".join(str(m) for m in mailboxes))
+    if not any("=?" in m.name for m in mailboxes):
+        folded = _fold(name, ", ".join(str(m) for m in mailboxes))
+        if max(map(len, folded.split(b"\r\n"))) <= _LONGEST_LINE:
+            return folded
+        # A word the folder cannot break (a name of 1,000 letters from a list row): encoded
+        # words can be split anywhere, so RFC 2047 keeps every line within RFC 5322's limit.
+    # A name that looks like an encoded word would be decoded by clients into another
+    # (=?utf-8?b?QWRtaW4=?= shows as "Admin"): encoded as RFC 2047 itself, it shows as
+    # written.
+    return (f"{name}: " + ",\r\n ".join(_literal_name(name, m) for m in mailboxes) + "\r\n").encode(
+        "ascii"
+    )
 
 
-def _literal_name(mailbox: Mailbox) -> str:
+def _literal_name(name: str, mailbox: Mailbox) -> str:
+    """The mailbox with its display name RFC 2047-encoded whatever it holds: encoded words of
+    at most 75 characters (RFC 2047 section 2), folded with CRLF."""
     if not mailbox.name:
         return mailbox.addr
-    encoded = Header(mailbox.name, "utf-8", maxlinelen=998).encode()
+    encoded = Header(mailbox.name, "utf-8", maxlinelen=76, header_name=name).encode(linesep="\r\n")
     return f"{encoded} <{mailbox.addr}>"
 
 

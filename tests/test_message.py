@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email
+import email.header
 import quopri
 import random
 import re
@@ -252,6 +253,43 @@ def test_a_name_that_looks_like_an_encoded_word_shows_as_written() -> None:
     header = _address_header("To", [mailbox])
     parsed = email.message_from_bytes(header + b"\r\n", policy=policy.default)
     assert parsed["To"].addresses[0].display_name == "=?utf-8?b?QWRtaW4=?="
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "=?x?= " + "word " * 250,  # took the encoded-word path: one LF-folded line of 1,311
+        "Bartholomew" * 100,  # one word of 1,100 letters: the email package cannot fold it
+        "Élodie " + "é" * 600,
+    ],
+)
+def test_a_long_display_name_keeps_every_line_within_998_and_ends_it_with_crlf(
+    name: str,
+) -> None:
+    # A list row's name, or the sender's: what is written must stay a valid RFC 5322 head
+    # (a bare LF is refused since the SMTP smuggling fixes; over 998 octets, 500 Line too long).
+    for field in ("To", "From"):
+        header = _address_header(field, [Mailbox("a@example.com", name), Mailbox("b@example.com")])
+        lines = header.split(b"\r\n")
+        assert lines[-1] == b"" and b"\n" not in header.replace(b"\r\n", b"")
+        assert max(len(line) for line in lines) <= 998
+        # RFC 2047 says 75; the email package's folder (a name with no "=?") writes up to 76.
+        assert all(len(word) <= 76 for word in re.findall(rb"=\?[^?]+\?[qQbB]\?[^?]*\?=", header))
+        # The classic decoder (what mail clients do) gives the name back as written.
+        parsed = email.message_from_bytes(header + b"\r\n", policy=policy.compat32)
+        decoded = str(email.header.make_header(email.header.decode_header(parsed[field])))
+        assert decoded.startswith(name.strip()[:200]) and "<a@example.com>" in decoded
+
+
+def test_a_sender_name_that_looks_like_an_encoded_word_shows_as_written() -> None:
+    # "=?utf-8?b?UGF5UGFs?=" would be shown as "PayPal" if written as it is.
+    data = render(
+        MessageTemplate(
+            sender=Mailbox("news@example.com", "=?utf-8?b?UGF5UGFs?="), subject="S", body="b\n"
+        ),
+        to=[Mailbox("a@example.com")],
+    )
+    assert parse_payload(data)["From"].addresses[0].display_name == "=?utf-8?b?UGF5UGFs?="
 
 
 def test_personal_headers_are_encoded_and_round_trip() -> None:
