@@ -448,6 +448,20 @@ async def test_a_sender_blocked_at_rcpt_with_one_recipient_per_message_stops_the
     assert journal == Counter(pending=5)
 
 
+@pytest.mark.parametrize("pipelining", [True, False])
+async def test_a_senders_refusal_at_the_second_rcpt_leaves_everyone_pending(
+    faulty: Any, make_campaign: CampaignFactory, pipelining: bool
+) -> None:
+    # r0 is taken, then the sending quota refuses r1: nobody of the group gets the message,
+    # and nobody is written off (without PIPELINING this was a KeyError, exit 70).
+    quota = "550 5.4.5 Daily user sending limit exceeded"
+    server = await faulty(pipelining=pipelining, rcpt={"r1@example.com": quota})
+    report, journal = await send(make_campaign, server.port)
+    assert isinstance(report.fatal, RefusedError) and quota in str(report.fatal)
+    assert journal == Counter(pending=6)
+    assert server.messages == []
+
+
 async def test_a_connection_limit_shrinks_the_pool_instead_of_stopping_the_run(
     faulty: Any, make_campaign: CampaignFactory
 ) -> None:

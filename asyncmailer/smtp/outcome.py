@@ -142,5 +142,16 @@ class Transaction:
                     recipient, status, None, note, relay=self.relay
                 )
 
+    def not_sent(self, why: str) -> None:
+        """The transaction ends before its message: each recipient the server took is not
+        sent (`deferred`: what the run makes of it follows `refusal`)."""
+        for recipient in self.accepted:
+            self.outcome.setdefault(
+                recipient,
+                RecipientResult(
+                    recipient, Status.DEFERRED, None, f"not sent: {why}", relay=self.relay
+                ),
+            )
+
     def results(self) -> list[RecipientResult]:
         return [self.outcome[r] for r in self.recipients]

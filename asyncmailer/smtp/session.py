@@ -569,6 +569,8 @@ class Session:
             tx.rcpt(recipient, reply, mail)
         tx.rcpts_done()
         if not tx.accepted or tx.refusal is not None:
+            # Those taken before the refusal came get no message (RSET ends the transaction).
+            tx.not_sent("the sender or the session was refused")
             tx.failed = True
             return False
         tx.phase = "before the message was sent"
