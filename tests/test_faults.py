@@ -462,6 +462,31 @@ async def test_a_senders_refusal_at_the_second_rcpt_leaves_everyone_pending(
     assert server.messages == []
 
 
+@pytest.mark.parametrize("reply", ["354 go ahead", "220 faulty.test ESMTP", "600 what"])
+async def test_a_reply_of_the_wrong_kind_to_the_final_dot_is_unknown_not_refused(
+    faulty: Any, make_campaign: CampaignFactory, reply: str
+) -> None:
+    # The server stored the message and answered out of step: nobody may be written off as
+    # refused (nor sent again by a later run without --resend-unknown).
+    server = await faulty(data_reply=reply)
+    _, journal = await send(make_campaign, server.port)
+    assert journal == Counter(unknown=6)
+    assert len(server.messages) == 1
+    _, journal = await send(make_campaign, server.port)
+    assert journal == Counter(unknown=6) and len(server.messages) == 1
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+async def test_a_reply_of_the_wrong_kind_to_rcpt_is_tried_again_not_refused(
+    faulty: Any, make_campaign: CampaignFactory, pipelining: bool
+) -> None:
+    server = await faulty(pipelining=pipelining, rcpt_once={"r2@example.com": "354 go ahead"})
+    report, journal = await send(make_campaign, server.port)
+    assert report.fatal is None
+    assert journal == Counter(accepted=6)
+    assert sorted(server.delivered) == sorted(RECIPIENTS)
+
+
 async def test_a_connection_limit_shrinks_the_pool_instead_of_stopping_the_run(
     faulty: Any, make_campaign: CampaignFactory
 ) -> None:

@@ -16,8 +16,10 @@ ACCEPTED_RCPT = (SMTPStatus.completed, SMTPStatus.will_forward)
 
 
 def classify(code: int) -> Status:
-    """The status a failed reply code gives its recipients: 4xx is temporary, else permanent."""
-    return Status.DEFERRED if 400 <= code < 500 else Status.REFUSED
+    """The status a failed reply code gives its recipients: 5xx is permanent; 4xx, and a
+    reply of the wrong kind (250 to DATA, 354 to RCPT: a server out of step, which says
+    nothing about the recipient), temporary."""
+    return Status.REFUSED if 500 <= code < 600 else Status.DEFERRED
 
 
 def describe(err: BaseException) -> str:
@@ -117,7 +119,12 @@ class Transaction:
     def finish(self, end: SMTPResponse) -> None:
         self.ended = True
         accepted = end.code == SMTPStatus.completed
-        status = Status.ACCEPTED if accepted else classify(end.code)
+        if accepted:
+            status = Status.ACCEPTED
+        elif 400 <= end.code < 600:
+            status = classify(end.code)
+        else:  # 354 or 220 to the final ".": no answer to it; the message may have gone
+            status = Status.UNKNOWN
         text = _clean(end.message)
         for recipient in self.accepted:
             self.outcome[recipient] = RecipientResult(

@@ -34,7 +34,7 @@ from .mixups import (
     speaks_tls,
 )
 from .oauth import TokenSource
-from .outcome import AFTER_END, describe
+from .outcome import ACCEPTED_RCPT, AFTER_END, describe
 from .outcome import Transaction as Bookkeeping
 from .refusals import Scope, refuses_helo, relay_denied
 from .replies import ReplyReader
@@ -522,13 +522,17 @@ class Session:
         timeout = self.settings.timeout
         tx.phase = "during MAIL FROM"
         mail = reader.take() or await reader.read(timeout)
+        self._out_of_step(mail, SMTPStatus.completed)
         tx.mail(mail)  # a refused sender is known before the server may close
         tx.phase = "during RCPT TO"
         for recipient in tx.recipients:
-            tx.rcpt(recipient, reader.take() or await reader.read(timeout), mail)
+            reply = reader.take() or await reader.read(timeout)
+            self._out_of_step(reply, *ACCEPTED_RCPT)
+            tx.rcpt(recipient, reply, mail)
         tx.rcpts_done()
         tx.phase = "before the message was sent"
         start = reader.take() or await reader.read(timeout)
+        self._out_of_step(start, SMTPStatus.start_input)
         self._check_421(mail, start)
         if start.code == SMTPStatus.start_input and tx.accepted and tx.refusal is not None:
             # The sender or the session was refused: no message may reach those accepted.
@@ -556,6 +560,7 @@ class Session:
         reader.write(commands.mail_from(sender, self._size_argument(size), envid).encode())
         mail = await reader.read(timeout)
         self._check_421(mail)
+        self._out_of_step(mail, SMTPStatus.completed)
         tx.mail(mail)
         if mail.code != SMTPStatus.completed:
             for recipient in tx.recipients:
@@ -566,6 +571,7 @@ class Session:
             reader.write(commands.rcpt_to(recipient, dsn=envid is not None).encode())
             reply = await reader.read(timeout)
             self._check_421(reply)
+            self._out_of_step(reply, *ACCEPTED_RCPT)
             tx.rcpt(recipient, reply, mail)
         tx.rcpts_done()
         if not tx.accepted or tx.refusal is not None:
@@ -577,6 +583,7 @@ class Session:
         reader.write(commands.DATA)
         start = await reader.read(timeout)
         self._check_421(start)
+        self._out_of_step(start, SMTPStatus.start_input)
         return tx.data_started(start)
 
     async def _message(
@@ -636,7 +643,15 @@ class Session:
             await reader.drain(self.settings.timeout)
         reply = await reader.read(self._data_timeout(size))
         self._check_421(reply)
+        self._out_of_step(reply, SMTPStatus.completed)
         tx.finish(reply)
+
+    def _out_of_step(self, reply: SMTPResponse, *fitting: int) -> None:
+        """A reply neither of the kind its command wants nor a refusal (250 to DATA, 354 to
+        RCPT or to the final "."): the server is out of step, and the replies after it may
+        answer other commands. Drop the connection once this transaction ends."""
+        if reply.code not in fitting and not 400 <= reply.code < 600:
+            self._closing = True
 
     def _check_421(self, *replies: SMTPResponse) -> None:
         """421: the server is closing the connection; drop it once this transaction ends."""
