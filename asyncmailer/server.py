@@ -140,9 +140,10 @@ class MailStore:
             received_at=time.monotonic(),
         )
         self.messages.append(message)
+        number = len(self.messages)  # before the await: another session may store meanwhile
         if self.folder is not None:
             await asyncio.to_thread(self._store, message)
-        return f"250 2.0.0 OK: queued as {len(self.messages)}"
+        return f"250 2.0.0 OK: queued as {number}"
 
     def _store(self, message: ReceivedMessage) -> None:
         assert self.folder is not None
@@ -338,8 +339,15 @@ async def serve_command(args: argparse.Namespace) -> int:
             flush=True,
         )
         if command:
-            process = await asyncio.create_subprocess_exec(*command)
+            try:
+                process = await asyncio.create_subprocess_exec(*command)
+            except OSError as err:
+                raise InputError(
+                    f"cannot run {command[0]!r}: {err.strerror or err}", field="--"
+                ) from err
             status = await process.wait()
+            if status < 0:  # killed by a signal: what a shell says, 128 + its number
+                status = 128 - status
         else:
             await _wait_for_signal()
             status = 0

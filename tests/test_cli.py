@@ -997,3 +997,20 @@ def test_a_bad_dkim_key_is_one_line_and_exit_2(
     assert "Traceback" not in captured.err and captured.out == ""
     text = key_text("rsa-2048")
     assert not any(text[at : at + 16] in line for at in range(0, len(text) - 16, 8))
+
+
+@pytest.mark.parametrize(
+    ("command", "code", "said"),
+    [
+        (["no-such-command-here"], 2, "asyncmailer: --: cannot run 'no-such-command-here': "),
+        (["sh", "-c", "kill -TERM $$"], 128 + 15, ""),  # as a shell says it, not 241
+    ],
+)
+async def test_serve_says_what_its_command_came_to(
+    tmp_path: Path, command: list[str], code: int, said: str
+) -> None:
+    ports = [str(free_port()), str(free_port())]
+    args = ["serve", "--dir", "d", "--ssl-port", ports[0], "--starttls-port", ports[1]]
+    status, _out, err = await run_cli(*args, "--", *command, cwd=tmp_path)
+    assert status == code, err
+    assert said in err and "Traceback" not in err and "internal error" not in err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import mailbox
 import ssl
 from pathlib import Path
@@ -66,3 +67,30 @@ def test_only_loopback(tmp_path: Path) -> None:
 
 def test_account_repr_hides_the_password() -> None:
     assert "secret" not in repr(Account("u", "secret"))
+
+
+async def test_each_message_gets_its_own_queue_id_when_sessions_store_at_once(
+    tmp_path: Path,
+) -> None:
+    # The id was read after storing (an await), so sessions finishing together shared one.
+    context, ca_file = make_certificates(tmp_path / "state")
+    store = MailStore(tmp_path / "mail")
+    async with EmbeddedServer(tls_context=context, store=store) as server:
+
+        async def one(number: int) -> str:
+            smtp = aiosmtplib.SMTP(
+                hostname="127.0.0.1",
+                port=server.ssl_port,
+                use_tls=True,
+                tls_context=ssl.create_default_context(cafile=str(ca_file)),
+            )
+            async with smtp:
+                await smtp.ehlo()
+                await smtp.mail("u@example.com")
+                await smtp.rcpt(f"r{number}@example.com")
+                reply = await smtp.data(b"Subject: x\r\n\r\nhi\r\n")
+                return reply.message
+
+        replies = await asyncio.gather(*(one(n) for n in range(8)))
+    assert len(set(replies)) == 8, replies
+    assert sorted(int(r.rpartition(" ")[2]) for r in replies) == list(range(1, 9))
