@@ -648,7 +648,7 @@ async def _send(
     for notice in campaign.notices:
         print(f"asyncmailer: {notice}", file=sys.stderr)
     async with Runs(campaign) as runs:
-        _check_codes(args)
+        await asyncio.to_thread(_check_run_flags, args)
         record = await runs.begin(
             new_run=args.new_run or args.restart,
             keep_changes=args.keep_changes,
@@ -678,8 +678,22 @@ def _own_headers(campaign: Campaign) -> str:
     return " and ".join(own)
 
 
-def _check_codes(args: argparse.Namespace) -> None:
-    """:raises InputError: --code without --retry-refused, or not a reply code."""
+def _check_run_flags(args: argparse.Namespace) -> None:
+    """What a run's flags ask for is possible, checked before a run is begun or a journal set
+    aside (a report that cannot be written would otherwise fail once the run is recorded).
+
+    :raises InputError: --code without --retry-refused, or not a reply code; a --report
+        whose folder is missing or not writable, or that is a folder.
+    """
+    report = getattr(args, "report", None)
+    if report is not None:
+        folder = report.parent
+        if report.is_dir():
+            raise InputError("cannot write the report: it is a folder", path=report)
+        if not folder.is_dir():
+            raise InputError(f"cannot write the report: no folder {folder}", path=report)
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise InputError(f"cannot write the report: {folder} is not writable", path=report)
     if args.code and not args.retry_refused:
         raise InputError("--code goes with --retry-refused", field="--code")
     for code in args.code:
@@ -773,7 +787,7 @@ async def _shared_send(
 
     for notice in campaign.notices:
         print(f"asyncmailer: {notice}", file=sys.stderr)
-    _check_codes(args)
+    await asyncio.to_thread(_check_run_flags, args)
     async with SharedRuns(campaign) as runs:
         record = await runs.begin(
             current=built,

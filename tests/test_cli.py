@@ -1014,3 +1014,18 @@ async def test_serve_says_what_its_command_came_to(
     status, _out, err = await run_cli(*args, "--", *command, cwd=tmp_path)
     assert status == code, err
     assert said in err and "Traceback" not in err and "internal error" not in err
+
+
+async def test_a_report_that_cannot_be_written_is_refused_before_a_run_begins(
+    smtp_server: ServerFactory, make_campaign: CampaignFactory, tmp_path: Path
+) -> None:
+    running = await smtp_server()
+    path = make_campaign(port=running.server.ssl_port)
+    missing = tmp_path / "no-such-folder" / "r.csv"
+    code, _out, err = await run_cli("send", str(path), "--report", str(missing), cwd=tmp_path)
+    assert code == 2
+    assert f"{missing}: cannot write the report: no folder {missing.parent}" in err
+    assert running.messages == []
+    # Nothing was recorded: before, `runs` listed an unfinished run that `status` denied.
+    code, out, _err = await run_cli("runs", str(path), cwd=tmp_path)
+    assert code == 0 and "has no runs yet" in out
