@@ -109,6 +109,9 @@ class Mailboxes(Sequence[Mailbox]):
         self.names.extend(other.names)
 
 
+_LONGEST_WORD = 900  # leaves room for the longest header name before it
+
+
 def check_header_value(value: str) -> str | None:
     """Return why `value` cannot go into a header: CR, LF or another control character, or
     an invisible one a header cannot carry as it is (zero width, soft hyphen, bidi
@@ -118,6 +121,14 @@ def check_header_value(value: str) -> str | None:
         return "contains a line break (CR/LF), which could inject headers"
     if _CONTROL_RE.search(value.replace("\t", "")):
         return "contains a control character"
+    if len(value) > _LONGEST_WORD and value.isascii():
+        longest = max(value.split(), key=len, default="")
+        if len(longest) > _LONGEST_WORD:
+            # A header is folded only at spaces: one line must hold the word (RFC 5322: 998).
+            return (
+                f"has a word of {len(longest)} characters; a header line holds at most 998, "
+                f"so at most {_LONGEST_WORD} without a space"
+            )
     if not value.isascii():
         for char in value:
             if unicodedata.category(char) in _INVISIBLE:

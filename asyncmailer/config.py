@@ -770,6 +770,9 @@ _OWN_HEADERS = {
 }
 
 
+_LONGEST_UNSUBSCRIBE_URL = 300  # without {{ email }} and {{ unsubscribe_token }}
+
+
 async def _list_unsubscribe(
     fields: _Fields, root: Path, env: Mapping[str, str], notices: list[str]
 ) -> ListUnsubscribe | None:
@@ -790,6 +793,14 @@ async def _list_unsubscribe(
         bare = url.replace(TOKEN, "").replace(EMAIL, "")
         if check_header_value(bare) or " " in bare:
             raise fields.error(key, "url: contains a space, line break or control character")
+        if len(bare) > _LONGEST_UNSUBSCRIBE_URL:
+            # A URL cannot be folded (RFC 2369): with the longest address and its token the
+            # header line must stay within RFC 5322's 998 octets.
+            raise fields.error(
+                key,
+                f"url: {len(bare)} characters; at most {_LONGEST_UNSUBSCRIBE_URL} (with the "
+                "token and the address it must fit on one header line of 998)",
+            )
     if mailto is not None:
         if not isinstance(mailto, str):
             raise fields.error(key, f"mailto: expected an address, got {_describe(mailto)}")

@@ -97,6 +97,12 @@ async def test_every_message_carries_its_recipients_link_and_the_extra_headers(
             "needs a key of 16 characters or more",
         ),
         ({"list_unsubscribe": {"mailto": "not an address"}}, "mailto:"),
+        (
+            {"list_unsubscribe": {"url": "https://example.com/" + "u" * 400}},
+            "url: 420 characters; at most 300",
+        ),
+        ({"headers": {"X-A": "x" * 1200}}, "X-A: has a word of 1200 characters"),
+        ({"subject": "y" * 1000}, "subject: has a word of 1000 characters"),
     ],
 )
 async def test_bad_headers_and_links_are_one_clear_line(
