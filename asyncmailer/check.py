@@ -49,6 +49,7 @@ from .run.loader import check_row, list_file
 from .smtp.oauth import TokenSource
 from .smtp.outcome import ACCEPTED_RCPT
 from .smtp.session import Session, build_tls_context, helo_name
+from .unsubscribe import EMAIL, TOKEN
 
 if TYPE_CHECKING:
     from .personalize import Personalizer
@@ -548,6 +549,15 @@ def _header_findings(sample: bytes, campaign: Campaign) -> list[Finding]:
     ):
         text = "List-Unsubscribe-Post: List-Unsubscribe=One-Click with an https link"
         found.append(Finding(Severity.OK, Code.ONE_CLICK, text))
+        config = campaign.list_unsubscribe
+        url = config.url if config is not None else None
+        if url is not None and TOKEN not in url and EMAIL not in url:
+            # RFC 8058 3.1: the POST carries nothing but the URL, so the URL must say who.
+            text = (
+                "the one-click link is the same for every recipient, so a click cannot say who "
+                "asked to leave: put {{ unsubscribe_token }} in list_unsubscribe.url"
+            )
+            found.append(Finding(Severity.WARNING, Code.ONE_CLICK, text))
     else:
         text = (
             "no one-click unsubscribe (RFC 8058: List-Unsubscribe-Post and an https link; a "

@@ -339,6 +339,22 @@ async def test_mailto_alone_is_not_one_click(make_campaign: CampaignFactory, rsa
     assert only(verdict, Code.UNSUBSCRIBE)[0].text == "<mailto:unsubscribe@example.com>"
 
 
+async def test_a_one_click_link_the_same_for_everyone_is_a_warning(
+    make_campaign: CampaignFactory, rsa_key: Any
+) -> None:
+    # RFC 8058 3.1: the POST carries only the URL; without a token it cannot say who left.
+    shared = {"url": "https://example.com/unsubscribe/list"}
+    verdict = await check(newsletter(make_campaign, rsa_key, list_unsubscribe=shared))
+    warnings = [f for f in only(verdict, Code.ONE_CLICK) if f.severity is Severity.WARNING]
+    assert [f.text for f in warnings] == [
+        "the one-click link is the same for every recipient, so a click cannot say who asked "
+        "to leave: put {{ unsubscribe_token }} in list_unsubscribe.url"
+    ]
+    # With the token, no such warning.
+    verdict = await check(newsletter(make_campaign, rsa_key))
+    assert all(f.severity is not Severity.WARNING for f in only(verdict, Code.ONE_CLICK))
+
+
 async def test_dkim_by_the_relay(make_campaign: CampaignFactory, rsa_key: Any) -> None:
     verdict = await check(newsletter(make_campaign, rsa_key, dkim="relay"))
     assert verdict.ready
